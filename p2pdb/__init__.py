@@ -1,0 +1,58 @@
+"""p2pdb: a local-first document database whose collections replicate peer-to-peer.
+
+    import p2pdb
+    db = await p2pdb.create_database("app.db")
+    todos = await db.add_collection("todos", schema=SCHEMA)
+    await todos.insert({"id": "a", "text": "milk"})
+"""
+
+from .changes import LOCAL, ChangeEvent
+from .collection import BulkWriteResult, Collection
+from .conflicts import Conflict, ConflictHandler, last_write_wins, master_wins
+from .database import Database, create_database
+from .document import Document
+from .errors import (
+    ClosedError,
+    ConflictError,
+    EncryptionError,
+    NotFoundError,
+    P2PDBError,
+    PeerError,
+    QueryError,
+    ReplicationError,
+    SchemaError,
+    StorageError,
+    ValidationError,
+)
+from .queries import CountQuery, FindOneQuery, FindQuery, Query
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOCAL",
+    "BulkWriteResult",
+    "ChangeEvent",
+    "ClosedError",
+    "Collection",
+    "Conflict",
+    "ConflictError",
+    "ConflictHandler",
+    "CountQuery",
+    "Database",
+    "Document",
+    "EncryptionError",
+    "FindOneQuery",
+    "FindQuery",
+    "NotFoundError",
+    "P2PDBError",
+    "PeerError",
+    "Query",
+    "QueryError",
+    "ReplicationError",
+    "SchemaError",
+    "StorageError",
+    "ValidationError",
+    "create_database",
+    "last_write_wins",
+    "master_wins",
+]

@@ -1,0 +1,285 @@
+"""Collection: the documents of one schema, and every way to write and query them."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from reactivex import Observable
+
+from .changes import LOCAL, ChangeEvent
+from .conflicts import ConflictHandler, as_conflict_handler
+from .document import Document
+from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
+from .queries import CountQuery, FindOneQuery, FindQuery
+from .schema import Schema
+from .storage import ANY_REVISION, Write, WriteTxn
+from .streams import EventStream, iterate
+
+if TYPE_CHECKING:
+    from .database import Database
+
+__all__ = ["BulkWriteResult", "Collection"]
+
+
+@dataclass
+class BulkWriteResult:
+    """What a bulk write did: the documents written, and one error per document that was not.
+
+    Each error carries ``parameters["document_id"]`` (``None`` when the document had no
+    usable primary key) and ``parameters["index"]``, its position in the input.
+    """
+
+    success: list[Document] = field(default_factory=list)
+    errors: list[P2PDBError] = field(default_factory=list)
+
+
+class Collection:
+    """A named set of documents that share a schema. Get one from ``db.add_collection``."""
+
+    def __init__(
+        self, database: Database, name: str, schema: Schema, conflict_handler: object = None
+    ) -> None:
+        self.database = database
+        self.name = name
+        self.schema = schema
+        self.conflict_handler: ConflictHandler = as_conflict_handler(conflict_handler)
+        self._events: EventStream[ChangeEvent] = EventStream()
+        self._batches: EventStream[list[ChangeEvent]] = EventStream()
+
+    @property
+    def changes(self) -> Observable[ChangeEvent]:
+        """Every committed write to this collection, one :class:`ChangeEvent` per document,
+        in commit order. Hot: subscribers get the events after they subscribe."""
+        return self._events
+
+    def watch(self, *, max_buffer: int = 10_000) -> AsyncIterator[ChangeEvent]:
+        """``async for event in collection.watch()``: the events of :attr:`changes`.
+
+        A consumer more than ``max_buffer`` events behind gets
+        :class:`~p2pdb.streams.StreamOverflowError`; closing the database ends the loop.
+        """
+        return iterate(self._events, max_buffer=max_buffer)
+
+    def _emit(self, events: list[ChangeEvent]) -> None:
+        self._batches.on_next(events)
+        for event in events:
+            self._events.on_next(event)
+
+    def _complete(self) -> None:
+        self._batches.on_completed()
+        self._events.on_completed()
+
+    def __repr__(self) -> str:
+        return f"<Collection {self.name}>"
+
+    def _check_open(self) -> None:
+        self.database._check_open()
+
+    # -- validation ------------------------------------------------------------------------
+
+    def prepare(self, data: object) -> dict[str, Any]:
+        """A validated deep copy of ``data`` as it will be stored (raises ValidationError)."""
+        if not isinstance(data, Mapping):
+            raise ValidationError(
+                f"A document must be a dict, got {type(data).__name__}.",
+                code="DOCUMENT_NOT_OBJECT",
+            )
+        for key in data:
+            if not isinstance(key, str):
+                raise ValidationError(
+                    f"Document keys must be strings, got {key!r}.", code="DOCUMENT_NOT_JSON"
+                )
+            if key[:1] == "_":
+                raise ValidationError(
+                    f"Field {key!r} starts with an underscore; such names are reserved for "
+                    "p2pdb (_rev, _deleted, _meta). Rename it.",
+                    code="DOCUMENT_RESERVED_FIELD",
+                    field=key,
+                )
+        try:
+            doc: dict[str, Any] = orjson.loads(orjson.dumps(data))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise ValidationError(
+                f"A document must hold only JSON values (str, int, float, bool, None, list, "
+                f"dict): {exc}.",
+                code="DOCUMENT_NOT_JSON",
+            ) from exc
+        self.schema.primary_value(doc)
+        self.schema.validate(doc)
+        return doc
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def _write(
+        self, writes: Sequence[Write], origin: str = LOCAL
+    ) -> list[dict[str, Any] | ConflictError]:
+        self._check_open()
+
+        def run(txn: WriteTxn) -> list[dict[str, Any] | ConflictError]:
+            return txn.put(self.name, writes, origin)
+
+        return await self.database.storage.write(run)
+
+    async def _write_one(self, write: Write) -> Document:
+        (result,) = await self._write([write])
+        if isinstance(result, ConflictError):
+            raise result
+        return Document(self, result)
+
+    async def insert(self, data: Mapping[str, Any]) -> Document:
+        """Insert a new document; raises ConflictError (code ``DOCUMENT_EXISTS``) if its id
+        is taken and ValidationError if it breaks the schema."""
+        return await self._write_one(Write(self.prepare(data), expected=None))
+
+    async def upsert(self, data: Mapping[str, Any]) -> Document:
+        """Insert the document, or overwrite the stored one with the same id."""
+        return await self._write_one(Write(self.prepare(data)))
+
+    async def bulk_insert(self, docs: Sequence[Mapping[str, Any]]) -> BulkWriteResult:
+        """Insert many documents in one transaction: the valid ones are written, each
+        invalid or duplicate one is reported in ``result.errors``."""
+        return await self._bulk(docs, expected=None)
+
+    async def bulk_upsert(self, docs: Sequence[Mapping[str, Any]]) -> BulkWriteResult:
+        """Upsert many documents in one transaction (invalid ones reported, not written)."""
+        return await self._bulk(docs, expected=ANY_REVISION)
+
+    async def _bulk(self, docs: Sequence[Mapping[str, Any]], expected: Any) -> BulkWriteResult:
+        result = BulkWriteResult()
+        writes: list[Write] = []
+        positions: list[int] = []
+        for index, data in enumerate(docs):
+            try:
+                writes.append(Write(self.prepare(data), expected=expected))
+                positions.append(index)
+            except ValidationError as exc:
+                doc_id = data.get(self.schema.primary_key) if isinstance(data, Mapping) else None
+                exc.parameters.setdefault("document_id", doc_id)
+                exc.parameters["index"] = index
+                result.errors.append(exc)
+        if writes:
+            for index, outcome in zip(positions, await self._write(writes), strict=True):
+                if isinstance(outcome, ConflictError):
+                    outcome.parameters["document_id"] = outcome.parameters.get("id")
+                    outcome.parameters["index"] = index
+                    result.errors.append(outcome)
+                else:
+                    result.success.append(Document(self, outcome))
+        result.errors.sort(key=lambda e: e.parameters["index"])
+        return result
+
+    async def remove(self, selector: Mapping[str, Any] | None = None) -> list[Document]:
+        """Delete every document matching ``selector``; returns their tombstones."""
+        found = await self.find(selector)
+        if not found:
+            return []
+        writes = [Write(doc.to_dict(), deleted=True, expected=doc.revision) for doc in found]
+        outcomes = await self._write(writes)
+        removed = [Document(self, o) for o in outcomes if not isinstance(o, ConflictError)]
+        # A document changed between the read and the write: remove what it is now.
+        for outcome in outcomes:
+            if isinstance(outcome, ConflictError) and outcome.document is not None:
+                if not outcome.document["_deleted"]:
+                    removed.append(await self._remove_one(outcome.parameters["id"]))
+        return removed
+
+    async def _remove_one(self, doc_id: str) -> Document:
+        async def tombstone(data: dict[str, Any]) -> dict[str, Any]:
+            return data
+
+        return await self._modify_id(doc_id, tombstone, deleted=True)
+
+    async def _modify(
+        self,
+        doc: Document,
+        fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]],
+    ) -> Document:
+        return await self._modify_id(doc.id, fn, first=doc)
+
+    async def _modify_id(
+        self,
+        doc_id: str,
+        fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]],
+        *,
+        deleted: bool = False,
+        first: Document | None = None,
+    ) -> Document:
+        current = first
+        while True:
+            if current is None:
+                current = await self.find_one(doc_id)
+                if current is None:
+                    raise NotFoundError(
+                        f"Document {doc_id!r} does not exist in {self.name!r} (or was removed).",
+                        code="DOCUMENT_NOT_FOUND",
+                        id=doc_id,
+                    )
+            if current.deleted:
+                raise NotFoundError(
+                    f"Document {doc_id!r} in {self.name!r} was removed; insert it again instead.",
+                    code="DOCUMENT_NOT_FOUND",
+                    id=doc_id,
+                )
+            new = fn(current.to_dict())
+            if inspect.isawaitable(new):
+                new = await new
+            data = self.prepare(new)
+            if data[self.schema.primary_key] != doc_id:
+                raise ValidationError(
+                    f"The primary key cannot change (was {doc_id!r}, got "
+                    f"{data[self.schema.primary_key]!r}).",
+                    code="DOCUMENT_PRIMARY_KEY_CHANGED",
+                    id=doc_id,
+                )
+            try:
+                return await self._write_one(Write(data, deleted, expected=current.revision))
+            except ConflictError as exc:
+                if exc.document is None:
+                    raise
+                current = Document(self, exc.document)
+
+    async def _replace(self, doc: Document, data: Mapping[str, Any]) -> Document:
+        prepared = self.prepare(data)
+        if prepared[self.schema.primary_key] != doc.id:
+            raise ValidationError(
+                "replace() cannot change the primary key.", code="DOCUMENT_PRIMARY_KEY_CHANGED"
+            )
+        return await self._write_one(Write(prepared, expected=doc.revision))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def find(
+        self,
+        selector: Mapping[str, Any] | None = None,
+        sort: Sequence[Mapping[str, str]] | None = None,
+        skip: int = 0,
+        limit: int | None = None,
+    ) -> FindQuery:
+        """Documents matching a Mango ``selector``, ordered by ``sort`` (a list of
+        ``{"field": "asc" | "desc"}``), then by primary key. Await the result."""
+        return FindQuery(self, selector, sort, skip, limit)
+
+    def find_one(
+        self,
+        selector: Mapping[str, Any] | str | None = None,
+        sort: Sequence[Mapping[str, str]] | None = None,
+    ) -> FindOneQuery:
+        """The document with this primary key, or the first matching a selector; ``None``
+        when there is none. Await the result."""
+        return FindOneQuery(self, selector, sort)
+
+    def count(self, selector: Mapping[str, Any] | None = None) -> CountQuery:
+        """How many documents match. Await the result."""
+        return CountQuery(self, selector)
+
+    async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
+        """Documents by primary key; ids that do not exist (or were removed) are left out."""
+        self._check_open()
+        states = self.database.storage.get(self.name, list(ids))
+        return {
+            i: Document(self, states[i]) for i in ids if i in states and not states[i]["_deleted"]
+        }

@@ -1,0 +1,149 @@
+"""Database: one SQLite file holding named collections."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import AsyncIterator, Generator, Mapping
+from typing import Any
+
+from reactivex import Observable
+
+from .changes import ChangeEvent
+from .collection import Collection
+from .errors import ClosedError, SchemaError
+from .schema import Schema
+from .storage import SQLiteStorage
+from .streams import EventStream, iterate
+from .tailer import ForeignWriteTailer
+
+__all__ = ["Database", "create_database"]
+
+
+class Database:
+    """An open database. Create one with :func:`create_database`."""
+
+    def __init__(self, storage: SQLiteStorage) -> None:
+        self.storage = storage
+        self._collections: dict[str, Collection] = {}
+        self.collections: Mapping[str, Collection] = types.MappingProxyType(self._collections)
+        self._events: EventStream[ChangeEvent] = EventStream()
+        storage.on_commit = self._on_commit
+        self._tailer = ForeignWriteTailer(storage, self._on_commit)
+        self._tailer.start()
+
+    @property
+    def path(self) -> str:
+        """The file this database lives in (``":memory:"`` for a temporary one)."""
+        return self.storage.path
+
+    @property
+    def token(self) -> str:
+        """A random token created with the database file and kept for its whole life.
+
+        Peers use it to tell databases apart and to elect which side of a pair leads.
+        """
+        return self.storage.token
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self.storage.closed
+
+    def _check_open(self) -> None:
+        if self.storage.closed:
+            raise ClosedError(
+                f"The database {self.path!r} is closed; open it again with create_database().",
+                code="DATABASE_CLOSED",
+            )
+
+    async def add_collection(
+        self, name: str, schema: Mapping[str, Any], conflict_handler: object = None
+    ) -> Collection:
+        """Open the collection ``name`` (creating its table on first use).
+
+        ``conflict_handler`` decides conflicts in replication: an object with ``is_equal``
+        and ``resolve``, or a plain ``resolve`` function (default:
+        :data:`p2pdb.conflicts.master_wins`).
+        """
+        self._check_open()
+        if name in self._collections:
+            raise SchemaError(
+                f"Collection {name!r} was already added to this database; use "
+                f"db.collections[{name!r}].",
+                code="COLLECTION_EXISTS",
+                name=name,
+            )
+        checked = Schema(schema)
+        await self.storage.ensure_collection(name, checked)
+        collection = Collection(self, name, checked, conflict_handler)
+        self._collections[name] = collection
+        return collection
+
+    @property
+    def changes(self) -> Observable[ChangeEvent]:
+        """Every committed write to any collection of this database, in commit order."""
+        return self._events
+
+    def watch(self, *, max_buffer: int = 10_000) -> AsyncIterator[ChangeEvent]:
+        """``async for event in db.watch()``: the events of :attr:`changes`."""
+        return iterate(self._events, max_buffer=max_buffer)
+
+    def _on_commit(self, events: list[ChangeEvent]) -> None:
+        """Called on the loop, in commit order, once per committed transaction."""
+        by_collection: dict[str, list[ChangeEvent]] = {}
+        for event in events:
+            by_collection.setdefault(event.collection, []).append(event)
+        for name, batch in by_collection.items():
+            collection = self._collections.get(name)
+            if collection is not None:
+                collection._emit(batch)
+        for event in events:
+            self._events.on_next(event)
+
+    async def close(self) -> None:
+        """Close the database: streams complete, ``async for`` loops end, and further use
+        raises :class:`~p2pdb.errors.ClosedError`."""
+        if self.storage.closed:
+            return
+        await self._tailer.stop()
+        await self.storage.close()
+        for collection in self._collections.values():
+            collection._complete()
+        self._events.on_completed()
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _DatabaseOpener:
+    """Makes ``create_database`` usable with both ``await`` and ``async with``."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._db: Database | None = None
+
+    async def _open(self) -> Database:
+        self._db = Database(await SQLiteStorage.open(self._path))
+        return self._db
+
+    def __await__(self) -> Generator[Any, None, Database]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Database:
+        return await self._open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._db is not None:
+            await self._db.close()
+
+
+def create_database(path: str) -> _DatabaseOpener:
+    """Open the database stored in the SQLite file ``path``, creating it if needed.
+
+    ``":memory:"`` gives a database that disappears when closed. Use as
+    ``db = await create_database(path)`` or ``async with create_database(path) as db:``.
+    """
+    return _DatabaseOpener(path)

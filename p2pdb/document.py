@@ -1,0 +1,145 @@
+"""Document: a read-only snapshot of one stored document, with helpers to write new states."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import reactivex
+from reactivex import Observable
+from reactivex import operators as ops
+
+if TYPE_CHECKING:
+    from .changes import ChangeEvent
+    from .collection import Collection
+
+__all__ = ["Document", "user_fields"]
+
+
+def user_fields(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a stored state without p2pdb's underscore fields."""
+    copy: dict[str, Any] = orjson.loads(
+        orjson.dumps({k: v for k, v in state.items() if k[0] != "_"})
+    )
+    return copy
+
+
+class Document(Mapping[str, Any]):
+    """One state of one document, as it was when read. Never changes; writes return new ones.
+
+    Read fields with ``doc["field"]`` or ``doc.get("field")``; ``doc.to_dict()`` gives a
+    deep copy of the user fields.
+    """
+
+    __slots__ = ("_collection", "_state")
+
+    def __init__(self, collection: Collection, state: dict[str, Any]) -> None:
+        self._collection = collection
+        self._state = state
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The primary key value."""
+        value: str = self._state[self._collection.schema.primary_key]
+        return value
+
+    @property
+    def revision(self) -> str:
+        """The revision, ``"<height>-<token>"``; the height grows by one per write."""
+        value: str = self._state["_rev"]
+        return value
+
+    @property
+    def deleted(self) -> bool:
+        """True for the state left by a removal (a tombstone)."""
+        return bool(self._state["_deleted"])
+
+    @property
+    def collection(self) -> Collection:
+        """The collection the document belongs to."""
+        return self._collection
+
+    def __getitem__(self, key: str) -> Any:
+        if key[:1] == "_":
+            raise KeyError(key)
+        return self._state[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in self._state if k[:1] != "_")
+
+    def __len__(self) -> int:
+        return sum(1 for k in self._state if k[:1] != "_")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Document):
+            return self._state == other._state
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Document {self._collection.name}/{self.id} rev={self.revision}>"
+
+    def to_dict(self, *, include_meta: bool = False) -> dict[str, Any]:
+        """A deep copy of the user fields; with ``include_meta``, also ``_deleted``, ``_rev``
+        and ``_meta``."""
+        if include_meta:
+            result: dict[str, Any] = orjson.loads(orjson.dumps(self._state))
+            return result
+        return user_fields(self._state)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def patch(self, changes: Mapping[str, Any]) -> Document:
+        """Set the given top-level fields on the latest state; returns the new Document."""
+        patch = dict(changes)
+        return await self.modify(lambda data: {**data, **patch})
+
+    async def modify(
+        self, fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
+    ) -> Document:
+        """Write ``fn(current data)``; if another write got in first, run ``fn`` again on the
+        newer state, until it applies. ``fn`` may be async. Returns the new Document."""
+        return await self._collection._modify(self, fn)
+
+    async def replace(self, data: Mapping[str, Any]) -> Document:
+        """Write ``data`` as the next state of this revision exactly: raises
+        :class:`~p2pdb.errors.ConflictError` (with the stored state) if the document changed
+        since this snapshot was read."""
+        return await self._collection._replace(self, data)
+
+    def observe(self) -> Observable[Document]:
+        """This document's latest stored state now, then each new state (a removal gives a
+        Document with ``deleted`` True)."""
+        return observe_document(self._collection, self.id)
+
+    async def remove(self) -> Document:
+        """Delete the document (write a tombstone); returns the tombstone's Document."""
+        return await self._collection._remove_one(self.id)
+
+
+def observe_document(collection: Collection, doc_id: str) -> Observable[Document]:
+    """The stored state of one document now, then each committed new state."""
+
+    def current() -> Observable[Document]:
+        state = collection.database.storage.get_one(collection.name, doc_id)
+        now = reactivex.empty() if state is None else reactivex.just(Document(collection, state))
+        def same_id(event: ChangeEvent) -> bool:
+            return event.id == doc_id
+
+        def to_document(event: ChangeEvent) -> Document:
+            return Document(collection, event.document)
+
+        later: Observable[Document] = collection.changes.pipe(
+            ops.filter(same_id), ops.map(to_document)
+        )
+
+        def revision(doc: Document) -> str:
+            return doc.revision
+
+        return reactivex.concat(now, later).pipe(ops.distinct_until_changed(revision))
+
+    return reactivex.defer(lambda _scheduler: current())

@@ -1,0 +1,91 @@
+"""Notice writes made to the same file by another process (or another Database object).
+
+Every ``interval`` seconds the tailer asks SQLite's ``PRAGMA data_version``, which changes
+only when another connection committed; only then does it read the rows whose ``seq`` is
+past its cursor (an indexed range scan, never the whole table). Rows this database wrote
+itself are recognised by the sequence ranges its writer recorded before each commit, so an
+event is never emitted twice.
+
+Events from other writers have ``previous=None`` (their previous state is gone from disk)
+and an ``operation`` read from the row: ``DELETE`` for a tombstone, ``INSERT`` for a first
+revision, ``UPDATE`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .changes import ChangeEvent, Operation
+from .storage import revision_height
+
+if TYPE_CHECKING:
+    from .storage import SQLiteStorage
+
+__all__ = ["ForeignWriteTailer"]
+
+log = logging.getLogger("p2pdb.tailer")
+
+
+class ForeignWriteTailer:
+    """Polls for foreign commits and hands their events to ``emit``."""
+
+    def __init__(
+        self,
+        storage: SQLiteStorage,
+        emit: Callable[[list[ChangeEvent]], None],
+        interval: float = 0.05,
+    ) -> None:
+        self._storage = storage
+        self._emit = emit
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._version = -1
+        self._cursor = storage.current_seq()
+
+    def start(self) -> None:
+        """Begin polling (on the running loop)."""
+        self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        """Stop polling."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                self.poll()
+            except Exception:  # a busy or vanished file: try again next tick
+                log.exception("Reading changes of other writers failed")
+            await asyncio.sleep(self._interval)
+
+    def poll(self) -> None:
+        """Emit the events of foreign commits since the last call."""
+        version = self._storage.data_version()
+        if version == self._version:
+            return
+        self._version = version
+        top = self._storage.current_seq()
+        if top <= self._cursor:
+            return
+        events: list[ChangeEvent] = []
+        for name, seq, doc_id, state, origin in self._storage.rows_between(self._cursor, top):
+            if self._storage.is_own_seq(seq):
+                continue
+            height = revision_height(state["_rev"])
+            operation: Operation = (
+                "DELETE" if state["_deleted"] else ("INSERT" if height == 1 else "UPDATE")
+            )
+            events.append(ChangeEvent(operation, name, doc_id, state, None, origin, seq))
+        self._cursor = top
+        self._storage.forget_own_seqs(top)
+        events.sort(key=lambda e: e.seq)
+        if events:
+            self._emit(events)

@@ -1,0 +1,44 @@
+"""Shared fixtures: real SQLite files in temporary folders."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import p2pdb
+
+TODO_SCHEMA: dict[str, Any] = {
+    "version": 0,
+    "primaryKey": "id",
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "maxLength": 100},
+        "text": {"type": "string"},
+        "done": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 0},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "meta": {"type": "object", "properties": {"owner": {"type": "string"}}},
+    },
+    "required": ["id", "text"],
+    "indexes": ["n", ["done", "n"]],
+}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "app.db")
+
+
+@pytest.fixture
+async def db(db_path: str) -> AsyncIterator[p2pdb.Database]:
+    database = await p2pdb.create_database(db_path)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def todos(db: p2pdb.Database) -> p2pdb.Collection:
+    return await db.add_collection("todos", schema=TODO_SCHEMA)

@@ -27,7 +27,7 @@ class Database:
         self._collections: dict[str, Collection] = {}
         self.collections: Mapping[str, Collection] = types.MappingProxyType(self._collections)
         self._events: EventStream[ChangeEvent] = EventStream()
-        storage.on_commit = self._on_commit
+        storage.on_commit = self._on_own_commit
         self._tailer = ForeignWriteTailer(storage, self._on_commit)
         self._tailer.start()
 
@@ -87,6 +87,15 @@ class Database:
     def watch(self, *, max_buffer: int = 10_000) -> AsyncIterator[ChangeEvent]:
         """``async for event in db.watch()``: the events of :attr:`changes`."""
         return iterate(self._events, max_buffer=max_buffer)
+
+    def _on_own_commit(self, events: list[ChangeEvent]) -> None:
+        self._tailer.note_own(events[0].seq, events[-1].seq)
+        self._on_commit(events)
+
+    @property
+    def safe_seq(self) -> int:
+        """The sequence number up to which every write was emitted (see tailer.py)."""
+        return self._tailer.safe_seq
 
     def _on_commit(self, events: list[ChangeEvent]) -> None:
         """Called on the loop, in commit order, once per committed transaction."""

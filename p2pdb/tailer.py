@@ -45,6 +45,25 @@ class ForeignWriteTailer:
         self._task: asyncio.Task[None] | None = None
         self._version = -1
         self._cursor = storage.current_seq()
+        self._safe = self._cursor
+        self._own_ranges: list[tuple[int, int]] = []
+
+    @property
+    def safe_seq(self) -> int:
+        """Every write up to this sequence number has been emitted: a checkpoint at or
+        below it never skips a change (another process's commit may still be unread
+        above it)."""
+        return self._safe
+
+    def note_own(self, first: int, last: int) -> None:
+        """Record that this database's own writes ``first..last`` were emitted."""
+        self._own_ranges.append((first, last))
+        self._advance()
+
+    def _advance(self) -> None:
+        self._own_ranges.sort()
+        while self._own_ranges and self._own_ranges[0][0] <= self._safe + 1:
+            self._safe = max(self._safe, self._own_ranges.pop(0)[1])
 
     def start(self) -> None:
         """Begin polling (on the running loop)."""
@@ -85,6 +104,8 @@ class ForeignWriteTailer:
             )
             events.append(ChangeEvent(operation, name, doc_id, state, None, origin, seq))
         self._cursor = top
+        self._safe = max(self._safe, top)
+        self._advance()
         self._storage.forget_own_seqs(top)
         events.sort(key=lambda e: e.seq)
         if events:

@@ -1,0 +1,498 @@
+"""WebRTC connections to the peers of one topic, following simple-peer/RxDB 17.6 rules.
+
+A :class:`ConnectionHandler` joins a signaling room and keeps one link
+(:class:`~.link.Link`: an ``RTCPeerConnection`` with one data channel) per
+remote peer:
+
+- The **initiator** of a pair is the side whose remote peer id is greater
+  (string compare of signaling ids). It connects when the remote id appears in
+  ``joined``, with a fresh ``connectionId`` (10 a-z) on every signal of that
+  attempt, and sends ``{"type": "offer", "sdp"}`` with every candidate inside
+  the SDP (no trickle before the offer). It drops signals that carry another
+  ``connectionId``. After any drop it retries: 0.5 s, doubling up to 15 s
+  (reset once connected), each time with a new ``connectionId``.
+- The **responder** builds a link only on an ``offer`` with a new
+  ``connectionId`` (replacing the older one) and echoes that id. Candidates
+  trickled before their offer are kept for it (RxDB sends them that way).
+  It never initiates.
+- A link that does not open within ``connect_timeout`` is closed
+  (``WEBRTC_CONNECT_TIMEOUT``). A peer that leaves the room is dropped only if
+  it never connected; a working link survives a signaling outage, and after
+  the socket reconnects (with a new own id) links are keyed by
+  ``(own id, remote id)`` so old working links are left alone.
+
+Events are reactivex observables; every ``connects`` emission is followed by
+exactly one ``disconnects`` emission for the same :class:`Peer` (also on
+:meth:`ConnectionHandler.close`). Messages are de-chunked and emitted in
+arrival order on the event loop; subscribers that raise are logged, never
+propagated into aiortc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, TypeAlias, TypeVar
+
+from aiortc import RTCIceServer
+from reactivex import Observable
+from reactivex.subject import Subject
+
+from p2pdb.errors import PeerError, ReplicationError, ValidationError
+
+from .framing import (
+    DEFAULT_HIGH_WATER_MARK,
+    DEFAULT_LOW_WATER_MARK,
+    DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_PARTIAL_MESSAGES,
+    JSONMessage,
+    random_token,
+)
+from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
+from .link import Link, LinkCallbacks, LinkSettings, Peer, PeerMessage
+from .signaling_client import SignalingClient
+
+__all__ = [
+    "ConnectionHandler",
+    "ConnectionHandlerFactory",
+    "Peer",
+    "PeerMessage",
+    "aiortc_connection_handler",
+]
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_DELAY_MIN = 0.5
+RECONNECT_DELAY_MAX = 15.0
+_MAX_EARLY_CANDIDATES = 32
+
+_T = TypeVar("_T")
+
+ConnectionHandlerFactory: TypeAlias = Callable[[str], Awaitable["ConnectionHandler"]]
+"""``await factory(topic)`` returns a started :class:`ConnectionHandler` in that room."""
+
+
+class ConnectionHandler:
+    """The WebRTC links of one topic; see the module docstring for the rules.
+
+    Usually made by :func:`aiortc_connection_handler`. Observables:
+
+    - ``connects``: a :class:`Peer` whose data channel just opened.
+    - ``disconnects``: a connected :class:`Peer` that closed, failed or was dropped.
+    - ``messages``: :class:`PeerMessage` values, in arrival order.
+    - ``errors``: :class:`~p2pdb.errors.PeerError` values (bad frames, timeouts, ...).
+
+    All complete when :meth:`close` returns. Subscribing right after
+    ``await factory(topic)`` misses nothing: a link needs network round trips.
+    """
+
+    def __init__(
+        self,
+        topic: str,
+        signaling_url: str,
+        *,
+        ice_servers: Sequence[RTCIceServer] = (),
+        host_addresses: Sequence[str] | None = None,
+        relay_only: bool = False,
+        connect_timeout: float = 15.0,
+        ping_interval: float = 60.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES,
+        high_water_mark: int = DEFAULT_HIGH_WATER_MARK,
+        low_water_mark: int = DEFAULT_LOW_WATER_MARK,
+    ) -> None:
+        self.topic = topic
+        self._settings = LinkSettings(
+            ice_servers=tuple(ice_servers),
+            relay_only=relay_only,
+            host_addresses=validate_host_addresses(host_addresses),
+            connect_timeout=connect_timeout,
+            max_frame_bytes=max_frame_bytes,
+            max_message_size=max_message_size,
+            max_partial_messages=max_partial_messages,
+            high_water_mark=high_water_mark,
+            low_water_mark=low_water_mark,
+        )
+        self._client = SignalingClient(
+            signaling_url,
+            topic,
+            on_ready=self._on_ready,
+            on_members=self._on_members,
+            on_signal=self._on_signal,
+            on_lost=self._on_lost,
+            ping_interval=ping_interval,
+        )
+        self._callbacks = LinkCallbacks(
+            send_signal=self._send_signal,
+            opened=self._link_opened,
+            message=self._link_message,
+            error=self._link_error,
+            ended=self._link_ended,
+        )
+        self._connects: Subject[Peer] = Subject()
+        self._disconnects: Subject[Peer] = Subject()
+        self._messages: Subject[PeerMessage] = Subject()
+        self._errors: Subject[Exception] = Subject()
+        self._links: dict[tuple[str, str], Link] = {}  # current link per (own id, remote id)
+        self._connected: dict[Peer, Link] = {}
+        self._link_tasks: set[asyncio.Task[None]] = set()  # includes links still tearing down
+        self._members: set[str] = set()
+        self._early_candidates: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
+        self._reconnects: dict[str, asyncio.Task[None]] = {}
+        self._reconnect_delay: dict[str, float] = {}
+        self._started = False
+        self._closing = False
+        self._closed = asyncio.Event()
+
+    # -- public API -----------------------------------------------------------------------
+
+    @property
+    def connects(self) -> Observable[Peer]:
+        """Emits a :class:`Peer` when its data channel opens."""
+        return self._connects
+
+    @property
+    def disconnects(self) -> Observable[Peer]:
+        """Emits a previously connected :class:`Peer` when its link ends."""
+        return self._disconnects
+
+    @property
+    def messages(self) -> Observable[PeerMessage]:
+        """Emits every de-chunked message, in arrival order."""
+        return self._messages
+
+    @property
+    def errors(self) -> Observable[Exception]:
+        """Emits typed errors: malformed frames, timeouts, failed connections."""
+        return self._errors
+
+    @property
+    def own_peer_id(self) -> str | None:
+        """Our signaling id, ``None`` while the signaling socket is down."""
+        return self._client.own_peer_id
+
+    @property
+    def peers(self) -> list[Peer]:
+        """The peers with an open data channel."""
+        return list(self._connected)
+
+    async def start(self, join_timeout: float | None = None) -> None:
+        """Connect to signaling and wait until joined to the topic.
+
+        Raises :class:`ReplicationError` (``WEBRTC_SIGNALING_UNREACHABLE``) and
+        closes the handler if that takes longer than ``join_timeout`` seconds.
+        """
+        if self._started:
+            return
+        self._started = True
+        self._client.start()
+        try:
+            async with asyncio.timeout(join_timeout):
+                await self._client.wait_joined()
+        except TimeoutError:
+            await self.close()
+            raise ReplicationError(
+                f"Could not join topic {self.topic!r} on signaling server "
+                f"{self._client.url} within {join_timeout} s; is the server running?",
+                code="WEBRTC_SIGNALING_UNREACHABLE",
+                url=self._client.url,
+                topic=self.topic,
+            ) from None
+
+    async def send(self, peer: Peer, message: object) -> None:
+        """Send a JSON-serializable message to ``peer`` (chunked, flow controlled).
+
+        Raises :class:`PeerError` (``WEBRTC_PEER_GONE``) if the link is not open,
+        :class:`ValidationError` (``WEBRTC_MESSAGE_NOT_JSON``) for a bad message.
+        """
+        link = self._connected.get(peer)
+        if link is None:
+            raise PeerError(
+                f"Peer {peer.peer_id} ({peer.connection_id}) is not connected",
+                code="WEBRTC_PEER_GONE",
+                peer_id=peer.peer_id,
+            )
+        await link.send(message)
+
+    async def disconnect(self, peer: Peer) -> None:
+        """Close the link to ``peer`` (the initiator side reconnects later)."""
+        link = self._connected.get(peer)
+        if link is None:
+            return
+        logger.info("disconnecting peer %s on request", peer.peer_id)
+        link.end()
+        await link.wait_closed()
+
+    def candidate_pair(self, peer: Peer) -> tuple[str, str] | None:
+        """Types of the selected ICE candidates, e.g. ``("relay", "host")`` (diagnostic).
+
+        Reads aiortc/aioice internals; ``None`` when unknown.
+        """
+        link = self._connected.get(peer)
+        return None if link is None else link.candidate_pair()
+
+    async def close(self) -> None:
+        """Leave the topic, close every link and the socket; complete the observables."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        for task in self._reconnects.values():
+            task.cancel()
+        for link in list(self._links.values()):
+            link.end()
+        await self._client.close()
+        pending = set(self._link_tasks) | set(self._reconnects.values())
+        if pending:
+            await asyncio.wait(pending)
+        for subject in (self._connects, self._disconnects, self._messages, self._errors):
+            subject.on_completed()
+        self._closed.set()
+        logger.info("connection handler for %r closed", self.topic)
+
+    async def __aenter__(self) -> ConnectionHandler:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- signaling callbacks --------------------------------------------------------------
+
+    def _on_ready(self, own_id: str) -> None:
+        # Links that never connected under an older id can no longer get signals.
+        for link in list(self._links.values()):
+            if link.local_id != own_id and not link.connected:
+                link.end()
+        for task in self._reconnects.values():
+            task.cancel()
+        self._reconnects.clear()
+        self._early_candidates.clear()
+        self._members = set()  # until the next `joined`
+
+    def _on_lost(self) -> None:
+        logger.info("signaling lost; keeping %d open link(s)", len(self._connected))
+
+    def _on_members(self, others: list[str]) -> None:
+        own = self._client.own_peer_id
+        if own is None or self._closing:
+            return
+        self._members = set(others)
+        for link in list(self._links.values()):
+            if link.remote_id not in self._members and not link.connected:
+                link.end()
+        for remote_id in list(self._reconnects):
+            if remote_id not in self._members:
+                self._reconnects.pop(remote_id).cancel()
+                self._reconnect_delay.pop(remote_id, None)
+        for remote_id in list(self._early_candidates):
+            if remote_id not in self._members:
+                del self._early_candidates[remote_id]
+        for remote_id in others:
+            if (
+                remote_id > own
+                and (own, remote_id) not in self._links
+                and remote_id not in self._reconnects
+            ):
+                self._new_link(own, remote_id, initiator=True, connection_id=random_token(10))
+
+    def _on_signal(self, frame: dict[str, Any]) -> None:
+        own = self._client.own_peer_id
+        if own is None or self._closing:
+            return
+        remote_id: str = frame["senderPeerId"]
+        data = frame.get("data")
+        connection_id = frame.get("connectionId")
+        if not isinstance(data, dict) or not (
+            connection_id is None or isinstance(connection_id, str)
+        ):
+            logger.warning("malformed signal from %s ignored", remote_id)
+            return
+        link = self._links.get((own, remote_id))
+        if remote_id > own:  # we initiate this pair
+            if link is None or (
+                connection_id is not None and connection_id != link.signal_connection_id
+            ):
+                logger.debug("stale signal from %s dropped", remote_id)
+                return
+        elif link is None or link.signal_connection_id != connection_id:
+            if data.get("type") != "offer":
+                self._keep_early_candidate(remote_id, connection_id, data)
+                return
+            link = self._new_link(own, remote_id, initiator=False, connection_id=connection_id)
+            link.queue_signal(data)
+            early_id, early = self._early_candidates.pop(remote_id, (None, []))
+            for candidate in early if early_id == connection_id else []:
+                link.queue_signal(candidate)
+            return
+        link.queue_signal(data)
+
+    def _keep_early_candidate(
+        self, remote_id: str, connection_id: str | None, data: dict[str, Any]
+    ) -> None:
+        """Keep candidates that arrive before their offer, for the offer's link."""
+        if data.get("type") != "candidate" or remote_id not in self._members:
+            logger.debug("signal %r from %s before any offer dropped", data.get("type"), remote_id)
+            return
+        early_id, early = self._early_candidates.get(remote_id, (connection_id, []))
+        if early_id != connection_id:
+            early = []
+        if len(early) < _MAX_EARLY_CANDIDATES:
+            early.append(data)
+        self._early_candidates[remote_id] = (connection_id, early)
+
+    # -- links ----------------------------------------------------------------------------
+
+    def _new_link(
+        self, own: str, remote_id: str, *, initiator: bool, connection_id: str | None
+    ) -> Link:
+        previous = self._links.get((own, remote_id))
+        if previous is not None:
+            previous.end()
+        link = Link(
+            self._callbacks,
+            self._settings,
+            local_id=own,
+            remote_id=remote_id,
+            initiator=initiator,
+            connection_id=connection_id,
+        )
+        self._links[link.key] = link
+        task = link.start()
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+        logger.debug(
+            "new %s link to %s (connectionId %s)",
+            "initiator" if initiator else "responder",
+            remote_id,
+            connection_id,
+        )
+        return link
+
+    def _schedule_reconnect(self, remote_id: str) -> None:
+        own = self._client.own_peer_id
+        if (
+            self._closing
+            or own is None
+            or not remote_id > own
+            or remote_id not in self._members
+            or (own, remote_id) in self._links
+            or remote_id in self._reconnects
+        ):
+            return
+        delay = self._reconnect_delay.get(remote_id, RECONNECT_DELAY_MIN)
+        self._reconnect_delay[remote_id] = min(delay * 2, RECONNECT_DELAY_MAX)
+        logger.info("reconnecting to %s in %.1f s", remote_id, delay)
+        task = asyncio.get_running_loop().create_task(self._reconnect_later(remote_id, delay))
+        self._reconnects[remote_id] = task
+
+    async def _reconnect_later(self, remote_id: str, delay: float) -> None:
+        try:
+            await asyncio.sleep(delay)
+        finally:
+            if self._reconnects.get(remote_id) is asyncio.current_task():
+                del self._reconnects[remote_id]
+        own = self._client.own_peer_id
+        if (
+            not self._closing
+            and own is not None
+            and remote_id > own
+            and remote_id in self._members
+            and (own, remote_id) not in self._links
+        ):
+            self._new_link(own, remote_id, initiator=True, connection_id=random_token(10))
+
+    # -- link callbacks -------------------------------------------------------------------
+
+    async def _send_signal(self, link: Link, data: dict[str, Any]) -> None:
+        """Relay a link's signal through the signaling server (dropped while offline)."""
+        await self._client.send_signal(link.remote_id, data, link.signal_connection_id)
+
+    def _link_opened(self, link: Link) -> None:
+        """A link's data channel opened: announce the peer."""
+        self._reconnect_delay.pop(link.remote_id, None)
+        self._connected[link.peer] = link
+        logger.info("peer %s connected (%s)", link.remote_id, link.peer.connection_id)
+        self._emit(self._connects, link.peer)
+
+    def _link_message(self, link: Link, message: JSONMessage) -> None:
+        """A link delivered a complete message."""
+        self._emit(self._messages, PeerMessage(link.peer, message))
+
+    def _link_error(self, link: Link, error: PeerError) -> None:
+        """A link reports an error (not while closing: those are expected)."""
+        if not self._closing:
+            self._emit(self._errors, error)
+
+    def _link_ended(self, link: Link) -> None:
+        """Forget an ended link, announce it, and let the initiator retry."""
+        if self._links.get(link.key) is link:
+            del self._links[link.key]
+        if self._connected.pop(link.peer, None) is not None:
+            logger.info("peer %s disconnected", link.remote_id)
+            self._emit(self._disconnects, link.peer)
+        if link.initiator:
+            self._schedule_reconnect(link.remote_id)
+
+    def _emit(self, subject: Subject[_T], value: _T) -> None:
+        try:
+            subject.on_next(value)
+        except Exception:
+            logger.exception("a subscriber of the connection handler raised")
+
+
+def aiortc_connection_handler(
+    signaling_url: str,
+    ice_servers: list[dict[str, Any]] | None = None,
+    host_addresses: list[str] | None = None,
+    relay_only: bool = False,
+    connect_timeout: float = 15.0,
+) -> ConnectionHandlerFactory:
+    """Make a factory of aiortc connection handlers for one signaling server.
+
+    ``ice_servers``: dicts ``{"urls", "username"?, "credential"?}`` (default: none,
+    so aiortc never asks a public STUN server; aiortc uses the first STUN and the
+    first TURN server only). ``relay_only``: use only TURN relay candidates.
+    ``host_addresses``: gather host candidates only on these IPs (e.g.
+    ``["127.0.0.1"]``, which aioice leaves out otherwise). ``connect_timeout``:
+    for joining the topic and for each connection attempt.
+
+    ``await factory(topic)`` returns a started handler joined to ``topic``, or
+    raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
+    are checked here and raise :class:`ValidationError`.
+    """
+    servers = to_rtc_ice_servers(ice_servers)
+    hosts = validate_host_addresses(host_addresses)
+    if relay_only and not ice_servers_have_turn(servers):
+        raise ValidationError(
+            "relay_only=True needs a TURN server in ice_servers",
+            code="WEBRTC_ICE_SERVER_INVALID",
+        )
+    if connect_timeout <= 0:
+        raise ValidationError(
+            f"connect_timeout must be positive, got {connect_timeout}",
+            code="WEBRTC_SETTING_INVALID",
+        )
+
+    async def factory(topic: str) -> ConnectionHandler:
+        handler = ConnectionHandler(
+            topic,
+            signaling_url,
+            ice_servers=servers,
+            host_addresses=hosts,
+            relay_only=relay_only,
+            connect_timeout=connect_timeout,
+        )
+        await handler.start(join_timeout=connect_timeout)
+        return handler
+
+    return factory

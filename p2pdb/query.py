@@ -3,8 +3,9 @@
     q = compile_query({"n": {"$gt": 5}}, [{"n": "desc"}], primary_key="id",
                       field_types={"n": "integer"})
     sql = f"SELECT body FROM t WHERE deleted = 0 AND ({q.where_sql}) ORDER BY {q.order_sql}"
-    rows = [r for r in map(orjson.loads, body_column(sql, q.where_params))
-            if q.residual is None or q.residual(r)]
+    docs = [orjson.loads(body) for (body,) in conn.execute(sql, q.where_params)]
+    if q.residual is not None:  # parts SQL cannot answer exactly: skip/limit after this
+        docs = [d for d in docs if q.residual(d)]
 
 Semantics follow MongoDB (as RxDB does), with these precise choices:
 
@@ -19,15 +20,15 @@ Semantics follow MongoDB (as RxDB does), with these precise choices:
   require one element to meet them all. ``$ne`` and ``$nin`` are the negations.
 * Type bracketing: comparisons only hold between values of one type (numbers, strings,
   booleans); booleans are not numbers; ints and floats compare numerically; strings by code
-  point. ``$eq: null`` matches null or missing, ``$ne: null`` present and not null;
-  ``$gte``/``$lte: null`` are ``$eq: null``, ``$gt``/``$lt: null`` match nothing. Equality
-  with objects and arrays is deep (object key order does not matter).
+  point. ``$eq: null`` matches null, missing, or an array holding null; ``$ne: null`` the
+  rest; ``$gte``/``$lte: null`` are ``$eq: null``; ``$gt``/``$lt: null`` match nothing.
+  Equality with objects and arrays is deep (object key order does not matter).
 * ``$regex`` uses Python's :mod:`re` (``re.search``); ``$options`` letters ``imsx``.
 * Sort: missing/null < numbers < strings < objects < arrays < booleans, natural order within
   numbers, strings and booleans; objects tie with objects, arrays with arrays. Ties are
   broken by the primary key, in the direction of the last sort field.
 * Strings must not contain U+0000 (SQLite's JSON functions cut them there) and integers must
-  fit in 64 bits; the storage layer is expected to reject such documents.
+  fit in signed 64 bits; the storage layer is expected to reject such documents.
 
 ``field_types`` is a promise that every present value of a path has that JSON type; the SQL
 then reads values directly so that expression indexes serve filters and sorts.
@@ -483,11 +484,11 @@ def _evaluator(node: Node) -> Callable[[Any], bool]:
     return lambda root: any(c(root) for c in children)
 
 
-_RANKS: Final = {"missing": 0, "null": 0, "number": 1, "string": 2, "object": 3, "array": 4}
+_RANKS: Final = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
 
 
 def _sort_value(value: Any) -> tuple[int, Any]:
-    rank = _RANKS.get(kind_of(value), 5)  # booleans sort last
+    rank = _RANKS.get(kind_of(value), 0)  # missing sorts with null
     return (rank, value if rank in (1, 2, 5) else None)
 
 

@@ -51,12 +51,12 @@ async def contents(collection: p2pdb.Collection) -> dict[str, dict[str, Any]]:
     return {d.id: d.to_dict() for d in await collection.find()}
 
 
-async def wait_equal(*collections: p2pdb.Collection, timeout: float = 10.0) -> None:
+async def wait_equal(*collections: p2pdb.Collection, seconds: float = 10.0) -> None:
     """Wait until all collections hold the same documents (checked after each commit)."""
     changed = asyncio.Event()
     subs = [c.changes.subscribe(lambda _e: changed.set()) for c in collections]
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             while True:
                 changed.clear()
                 states = [await contents(c) for c in collections]

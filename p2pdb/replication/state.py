@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reactivex import Observable
@@ -108,11 +108,23 @@ class ReplicationState:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: list[DisposableBase] = []
         self._queue: asyncio.Queue[tuple[int, ChangesBatch | Resync]] = asyncio.Queue()
+        # Everything that reaches us from the master gets an arrival number. The master
+        # sends stream events and answers in order (an ordered channel does), so:
+        # - a stream event that arrived before the answer of a pull is covered by the
+        #   pull's result (the master read its state after sending the event);
+        # - a master state that arrived before the answer to a push of the same document
+        #   may predate that push: the push's outcome (accepted, or the conflict's real
+        #   master state) is newer, so that state is skipped.
+        # Applying such stale states would roll the fork back, and in a mesh another
+        # replication would then push the rolled-back state on as a new write.
         self._arrivals = itertools.count()
-        self._last_pull_start = -1
+        self._last_pull_end = -1
+        self._pushed_at: dict[str, int] = {}
         self._local_change = asyncio.Event()
-        self._up_idle = asyncio.Event()
-        self._up_idle.set()
+        # Held while one direction reads and updates documents and assumed master states:
+        # a push in flight and a pull must never interleave, or a state read by one side
+        # could be overwritten with a stale decision of the other.
+        self._persist_lock = asyncio.Lock()
         self._busy = {"up": False, "down": False}
         self._failing = {"up": False, "down": False}
         self._first_done = {"up": not push, "down": not pull}
@@ -166,9 +178,9 @@ class ReplicationState:
                 )
         loop = asyncio.get_running_loop()
         if self.pull:
-            self._tasks.append(loop.create_task(self._run("down", self._downstream())))
+            self._tasks.append(loop.create_task(self._run("down")))
         if self.push:
-            self._tasks.append(loop.create_task(self._run("up", self._upstream())))
+            self._tasks.append(loop.create_task(self._run("up")))
 
     async def pause(self) -> None:
         """Stop pulling and pushing until :meth:`start`; nothing is lost meanwhile."""
@@ -183,7 +195,6 @@ class ReplicationState:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._busy = {"up": False, "down": False}
-        self._up_idle.set()
         self._changed()
 
     async def re_sync(self) -> None:
@@ -245,8 +256,6 @@ class ReplicationState:
 
     def _set_busy(self, direction: str, busy: bool) -> None:
         self._busy[direction] = busy
-        if direction == "up":
-            (self._up_idle.clear if busy else self._up_idle.set)()
         self._changed()
 
     def _on_stream(self, item: ChangesBatch | Resync) -> None:
@@ -275,13 +284,13 @@ class ReplicationState:
         log.warning("replication %s (%s): %s", self.key, direction, wrapped)
         self.errors.on_next(wrapped)
 
-    async def _run(self, direction: str, body: Coroutine[Any, Any, None]) -> None:
+    async def _run(self, direction: str) -> None:
         """Run one direction; on failure report, back off, and start it over."""
         failures = 0
-        factory = self._downstream if direction == "down" else self._upstream
+        body = self._downstream if direction == "down" else self._upstream
         while True:
             try:
-                await body
+                await body()
                 return
             except asyncio.CancelledError:
                 raise
@@ -297,7 +306,6 @@ class ReplicationState:
                     self._queue.put_nowait((next(self._arrivals), RESYNC))
                 else:
                     self._local_change.set()
-                body = factory()
 
     def _succeeded(self, direction: str) -> None:
         if self._failing[direction]:
@@ -311,11 +319,9 @@ class ReplicationState:
             arrival, item = await self._queue.get()
             if item == RESYNC:
                 await self._pull_all()
-            elif isinstance(item, ChangesBatch) and arrival > self._last_pull_start:
-                # events older than the last pull are already covered by it
-                await self._up_idle.wait()  # never mix a push in flight with master states
+            elif isinstance(item, ChangesBatch) and arrival > self._last_pull_end:
                 self._set_busy("down", True)
-                await self._persist_from_master(item.documents, item.checkpoint)
+                await self._persist_from_master(item.documents, item.checkpoint, arrival)
                 self._succeeded("down")
             self._set_busy("down", False)
             if not self.live and self._first_done["down"]:
@@ -326,11 +332,10 @@ class ReplicationState:
         storage = self.collection.database.storage
         checkpoint = storage.get_meta(self.key, ["down"]).get("down")
         while True:
-            self._last_pull_start = next(self._arrivals)
-            batch = as_changes_batch(
-                await self.handler.changes_since(checkpoint, self.batch_size)
-            )
-            await self._persist_from_master(batch.documents, batch.checkpoint)
+            answer = await self.handler.changes_since(checkpoint, self.batch_size)
+            self._last_pull_end = arrival = next(self._arrivals)
+            batch = as_changes_batch(answer)
+            await self._persist_from_master(batch.documents, batch.checkpoint, arrival)
             checkpoint = batch.checkpoint
             self._succeeded("down")
             if len(batch.documents) < self.batch_size:
@@ -338,7 +343,17 @@ class ReplicationState:
         self._first_done["down"] = True
         self._set_busy("down", False)
 
-    async def _persist_from_master(self, documents: Sequence[object], checkpoint: Any) -> None:
+    async def _persist_from_master(
+        self, documents: Sequence[object], checkpoint: Any, arrival: int
+    ) -> None:
+        async with self._persist_lock:
+            await self._persist_from_master_locked(documents, checkpoint, arrival)
+            if len(self._pushed_at) > 1000:  # later arrivals are never older than this one
+                self._pushed_at = {k: v for k, v in self._pushed_at.items() if v > arrival}
+
+    async def _persist_from_master_locked(
+        self, documents: Sequence[object], checkpoint: Any, arrival: int
+    ) -> None:
         c = self.collection
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
@@ -352,6 +367,8 @@ class ReplicationState:
                 exc.parameters.setdefault("document_id", doc_id)
                 self._report("down", exc)  # not stored; the others go on
                 continue
+            if self._pushed_at.get(prepared[pk], -1) > arrival:
+                continue  # sent before our push of it was answered: stale (see __init__)
             incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
         storage = c.database.storage
         forks = storage.get(c.name, list(incoming))
@@ -410,10 +427,16 @@ class ReplicationState:
             self._succeeded("up")
 
     async def _persist_to_master(self, states: list[Doc], checkpoint: int) -> None:
+        async with self._persist_lock:
+            await self._persist_to_master_locked(states, checkpoint)
+
+    async def _persist_to_master_locked(self, changed: list[Doc], checkpoint: int) -> None:
         c = self.collection
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
         storage = c.database.storage
+        # the current states, not the ones listed: a pull may have written since
+        states = list(storage.get(c.name, [s[pk] for s in changed]).values())
         assumed = storage.get_meta(self.key, [f"doc:{s[pk]}" for s in states])
         revisions = {s[pk]: s["_rev"] for s in states}
         rows: list[WriteRow] = []
@@ -426,6 +449,9 @@ class ReplicationState:
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             answer = await self.handler.write(chunk)
+            answered_at = next(self._arrivals)
+            for row in chunk:
+                self._pushed_at[row.new_document_state[pk]] = answered_at
             if not isinstance(answer, list):
                 raise ReplicationError(
                     "write() must return a list of conflicting documents.",
@@ -458,8 +484,14 @@ class ReplicationState:
             resolutions.append(Write(user, deleted, expected=revisions[doc_id]))
 
         def persist(txn: WriteTxn) -> None:
-            if resolutions:
-                txn.put(c.name, resolutions, self.key)  # a newer local write wins: pushed next
+            for write, outcome in zip(
+                resolutions, txn.put(c.name, resolutions, self.key), strict=True
+            ):
+                if isinstance(outcome, ConflictError):
+                    # A local write came after the one we pushed. Keep the old assumed
+                    # state, so that write is pushed against it and conflicts (and is
+                    # resolved) again, instead of silently overwriting the master's state.
+                    del meta[f"doc:{write.document[pk]}"]
             txn.set_meta(self.key, meta)
 
         await storage.write(persist)

@@ -219,7 +219,7 @@ class ReplicationState:
 
     async def wait_for_in_sync(self) -> None:
         """Return when nothing is left to pull or push right now (never while failing)."""
-        await self._wait_until(self._in_sync)
+        await self._wait_until(self.is_in_sync)
 
     async def __aenter__(self) -> ReplicationState:
         return self
@@ -229,7 +229,8 @@ class ReplicationState:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _in_sync(self) -> bool:
+    def is_in_sync(self) -> bool:
+        """True when nothing is left to pull or push right now (see wait_for_in_sync)."""
         return (
             all(self._first_done.values())
             and not any(self._busy.values())

@@ -1,17 +1,27 @@
 """WebRTC replication for p2pdb, wire-compatible with RxDB 17.6's ``replicateWebRTC``.
 
-Transport layer: a signaling server (:func:`start_signaling_server`) and aiortc
-connection handlers (:func:`aiortc_connection_handler`) that give the replication
-pool de-chunked JSON messages per :class:`Peer`.
+    server = await start_signaling_server(host="127.0.0.1", port=8080)
+    handler = aiortc_connection_handler("ws://127.0.0.1:8080", ice_servers=[])
+    pool = await replicate_webrtc(todos, "my-app-room", handler)
+    await pool.wait_for_in_sync()
+
+The signaling server only introduces peers; documents travel directly between peers over
+aiortc data channels, in RxDB 17's message format.
 """
 
 from .connection import ConnectionHandler, Peer, PeerMessage, aiortc_connection_handler
-from .signaling_server import start_signaling_server
+from .pool import ReplicationPool, replicate_webrtc
+from .session import is_master
+from .signaling_server import SignalingServer, start_signaling_server
 
 __all__ = [
     "ConnectionHandler",
     "Peer",
     "PeerMessage",
+    "ReplicationPool",
+    "SignalingServer",
     "aiortc_connection_handler",
+    "is_master",
+    "replicate_webrtc",
     "start_signaling_server",
 ]

@@ -1,0 +1,208 @@
+"""``replicate_webrtc``: keep a collection in sync with every peer of a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from reactivex import Observable
+from reactivex.abc import DisposableBase
+from reactivex.subject import BehaviorSubject
+
+from p2pdb.errors import ReplicationError
+from p2pdb.replication import ReplicationState
+from p2pdb.streams import EventStream
+
+from .connection import ConnectionHandler, Peer, PeerMessage
+from .session import HashFunction, PeerSession, sha256_hex
+
+if TYPE_CHECKING:
+    from p2pdb.collection import Collection
+
+__all__ = ["ReplicationPool", "replicate_webrtc"]
+
+log = logging.getLogger("p2pdb.webrtc")
+
+PeerValidator = Callable[[Peer], bool | Awaitable[bool]]
+ConnectionHandlerFactory = Callable[[str], Awaitable[ConnectionHandler]]
+
+
+class ReplicationPool:
+    """The replications of one collection with the peers of one topic.
+
+    ``peers`` emits the set of connected peers; ``peer_states`` maps each peer for which we
+    are the fork to its :class:`~p2pdb.replication.ReplicationState`; ``errors`` emits every
+    error (transport, protocol, replication). Use ``async with`` or :meth:`cancel`.
+    """
+
+    def __init__(
+        self,
+        collection: Collection,
+        topic: str,
+        connection: ConnectionHandler,
+        *,
+        is_peer_valid: PeerValidator | None = None,
+        batch_size: int = 100,
+        hash_function: HashFunction = sha256_hex,
+        request_timeout: float = 20.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 4.0,
+    ) -> None:
+        self.collection = collection
+        self.topic = topic
+        self.connection = connection
+        self.is_peer_valid = is_peer_valid
+        self.batch_size = batch_size
+        self.hash_function = hash_function
+        self.request_timeout = request_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.token = collection.database.token
+        self.sessions: dict[Peer, PeerSession] = {}
+        self._peers: BehaviorSubject[frozenset[Peer]] = BehaviorSubject(frozenset())
+        self._errors: EventStream[Exception] = EventStream()
+        self._state_changed = asyncio.Event()
+        self._subscriptions: list[DisposableBase] = []
+        self._canceled = False
+
+    def start(self) -> None:
+        """Listen to the connection handler (called by :func:`replicate_webrtc`)."""
+        c = self.connection
+        self._subscriptions = [
+            c.connects.subscribe(on_next=self._on_connect),
+            c.disconnects.subscribe(on_next=self._on_disconnect),
+            c.messages.subscribe(on_next=self._on_message),
+            c.errors.subscribe(on_next=self._report),
+            self.collection._batches.subscribe(on_next=lambda _events: self._changed()),
+        ]
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def peers(self) -> Observable[frozenset[Peer]]:
+        """The connected peers, now and on every change."""
+        return self._peers
+
+    @property
+    def peer_states(self) -> dict[Peer, ReplicationState]:
+        """The replication state per peer for which this side is the fork."""
+        return {p: s.state for p, s in self.sessions.items() if s.state is not None}
+
+    @property
+    def errors(self) -> Observable[Exception]:
+        """Every error of the pool, its connections and its replications."""
+        return self._errors
+
+    async def wait_for_first_peer(self) -> Peer:
+        """Wait until a peer is connected, tokens exchanged and roles set; return it."""
+        while True:
+            for peer, session in self.sessions.items():
+                if session.is_master is not None:
+                    return peer
+            await self._wait_change()
+
+    async def wait_for_in_sync(self) -> None:
+        """Wait until, with every connected peer, nothing is left to send or receive: as a
+        fork our replication is in sync; as a master everything we hold was handed out."""
+        while True:
+            sessions = list(self.sessions.values())
+            if sessions and all(s.in_sync() for s in sessions):
+                return
+            await self._wait_change()
+
+    async def cancel(self) -> None:
+        """Stop replicating with everyone and leave the topic."""
+        if self._canceled:
+            return
+        self._canceled = True
+        for subscription in self._subscriptions:
+            subscription.dispose()
+        for session in list(self.sessions.values()):
+            await session.close()
+        self.sessions.clear()
+        await self.connection.close()
+        self._peers.on_next(frozenset())
+        self._peers.on_completed()
+        self._errors.on_completed()
+        self._changed()
+
+    async def __aenter__(self) -> ReplicationPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cancel()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _wait_change(self) -> None:
+        if self._canceled:
+            raise ReplicationError("The pool was canceled.", code="REPLICATION_CANCELED")
+        self._state_changed.clear()
+        await self._state_changed.wait()
+
+    def _changed(self) -> None:
+        self._state_changed.set()
+
+    def _report(self, error: Exception) -> None:
+        log.warning("webrtc %s/%s: %s", self.collection.name, self.topic, error)
+        self._errors.on_next(error)
+
+    def _on_connect(self, peer: Peer) -> None:
+        session = PeerSession(self, peer)
+        self.sessions[peer] = session
+        self._peers.on_next(frozenset(self.sessions))
+        session.start()
+        self._changed()
+
+    def _on_disconnect(self, peer: Peer) -> None:
+        session = self.sessions.pop(peer, None)
+        if session is None:
+            return
+        self._peers.on_next(frozenset(self.sessions))
+        task = asyncio.ensure_future(session.close())
+        task.add_done_callback(lambda _t: self._changed())
+
+    def _on_message(self, message: PeerMessage) -> None:
+        session = self.sessions.get(message.peer)
+        if session is not None:
+            session.on_message(message.data)
+
+    async def _adopt(self, session: PeerSession) -> None:
+        """A second link to a database we already replicate with (after a signaling
+        reconnect): keep the newest, drop the older one."""
+        for peer, other in list(self.sessions.items()):
+            if other is not session and other.token == session.token:
+                log.info("dropping an older link to token %s", session.token)
+                await self.connection.disconnect(peer)
+
+
+async def replicate_webrtc(
+    collection: Collection,
+    topic: str,
+    handler: ConnectionHandlerFactory,
+    is_peer_valid: PeerValidator | None = None,
+    batch_size: int = 100,
+    **options: Any,
+) -> ReplicationPool:
+    """Join ``topic`` and replicate ``collection`` with every peer that joins it.
+
+    ``handler`` makes the connections: ``aiortc_connection_handler(signaling_url, ...)``.
+    ``is_peer_valid(peer)`` (sync or async) returning False means that peer gets no data
+    and its requests get no answers. Other ``options``: ``hash_function`` (the master
+    election hash; RxDB's default is SHA-256 hex), ``request_timeout``,
+    ``heartbeat_interval``, ``heartbeat_timeout``.
+    """
+    connection = await handler(topic)
+    pool = ReplicationPool(
+        collection,
+        topic,
+        connection,
+        is_peer_valid=is_peer_valid,
+        batch_size=batch_size,
+        **options,
+    )
+    pool.start()
+    return pool
+

@@ -552,6 +552,12 @@ class SQLiteStorage:
         self._read_conn()  # raises ClosedError when closed
         return await self._write_raw(fn)
 
+    def last_seq(self, collection: str) -> int:
+        """The sequence number of the collection's latest write (0 if none)."""
+        info = self._collection(collection)
+        row = self._read_conn().execute(f"SELECT max(seq) FROM {info.table}").fetchone()
+        return int(row[0] or 0)
+
     def changes_since(
         self, collection: str, seq: int, limit: int
     ) -> tuple[list[tuple[int, dict[str, Any]]], int]:

@@ -210,9 +210,15 @@ async def test_schema_rules(db: p2pdb.Database, db_path: str) -> None:
         ),
         ({**TODO_SCHEMA, "indexes": ["nope"]}, "SCHEMA_BAD_INDEX"),
         ({**TODO_SCHEMA, "version": -1}, "SCHEMA_BAD_VERSION"),
-        ({**TODO_SCHEMA, "properties": {**TODO_SCHEMA["properties"], "_x": {}}}, "SCHEMA_RESERVED_PROPERTY"),
+        (
+            {**TODO_SCHEMA, "properties": {**TODO_SCHEMA["properties"], "_x": {}}},
+            "SCHEMA_RESERVED_PROPERTY",
+        ),
         ({**TODO_SCHEMA, "required": "id"}, "SCHEMA_INVALID_JSON_SCHEMA"),
-        ({**TODO_SCHEMA, "properties": {**TODO_SCHEMA["properties"], "q": {"type": "nope"}}}, "SCHEMA_INVALID_JSON_SCHEMA"),
+        (
+            {**TODO_SCHEMA, "properties": {**TODO_SCHEMA["properties"], "q": {"type": "nope"}}},
+            "SCHEMA_INVALID_JSON_SCHEMA",
+        ),
     ]
     for bad, code in bad_schemas:
         with pytest.raises(SchemaError) as info:
@@ -240,7 +246,9 @@ async def test_indexed_query_uses_its_index(db: p2pdb.Database, todos: p2pdb.Col
         f"ORDER BY {query.compiled.order_sql} LIMIT 10"
     )
     conn = sqlite3.connect(db.path)
-    plan = " ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, query.compiled.where_params))
+    plan = " ".join(
+        r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, query.compiled.where_params)
+    )
     conn.close()
     assert "ix_todos__n" in plan and "TEMP B-TREE" not in plan, plan
 

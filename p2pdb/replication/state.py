@@ -113,13 +113,18 @@ class ReplicationState:
         # - a stream event that arrived before the answer of a pull is covered by the
         #   pull's result (the master read its state after sending the event);
         # - a master state that arrived before the answer to a push of the same document
-        #   may predate that push: the push's outcome (accepted, or the conflict's real
-        #   master state) is newer, so that state is skipped.
+        #   may predate that push (or not: the master may have served it after applying
+        #   the push). It is not applied, and the checkpoint does not move past it: the
+        #   batch is pulled again, now after the push's answer.
         # Applying such stale states would roll the fork back, and in a mesh another
-        # replication would then push the rolled-back state on as a new write.
+        # replication would then push the rolled-back state on as a new write; skipping
+        # them for good would lose the newer ones.
         self._arrivals = itertools.count()
         self._last_pull_end = -1
         self._pushed_at: dict[str, int] = {}
+        # Stream events are applied only after a full pull since the last (re)start or
+        # failure; before that a RESYNC is queued that covers them.
+        self._caught_up = False
         self._local_change = asyncio.Event()
         # Held while one direction reads and updates documents and assumed master states:
         # a push in flight and a pull must never interleave, or a state read by one side
@@ -163,6 +168,7 @@ class ReplicationState:
         if not self._paused:
             return
         self._paused = False
+        self._caught_up = False
         self._queue = asyncio.Queue()
         self._queue.put_nowait((next(self._arrivals), RESYNC))
         if self.live:
@@ -298,6 +304,8 @@ class ReplicationState:
             except Exception as exc:
                 failures += 1
                 self._failing[direction] = True
+                if direction == "down":
+                    self._caught_up = False  # events queued now may follow a gap
                 self._set_busy(direction, False)
                 self._report(direction, exc)
                 base, cap = self._retry
@@ -320,9 +328,14 @@ class ReplicationState:
             arrival, item = await self._queue.get()
             if item == RESYNC:
                 await self._pull_all()
-            elif isinstance(item, ChangesBatch) and arrival > self._last_pull_end:
+            elif (
+                isinstance(item, ChangesBatch)
+                and self._caught_up
+                and arrival > self._last_pull_end
+            ):
                 self._set_busy("down", True)
-                await self._persist_from_master(item.documents, item.checkpoint, arrival)
+                if not await self._persist_from_master(item.documents, item.checkpoint, arrival):
+                    self._queue.put_nowait((next(self._arrivals), RESYNC))
                 self._succeeded("down")
             self._set_busy("down", False)
             if not self.live and self._first_done["down"]:
@@ -336,29 +349,37 @@ class ReplicationState:
             answer = await self.handler.changes_since(checkpoint, self.batch_size)
             self._last_pull_end = arrival = next(self._arrivals)
             batch = as_changes_batch(answer)
-            await self._persist_from_master(batch.documents, batch.checkpoint, arrival)
-            checkpoint = batch.checkpoint
+            complete = await self._persist_from_master(
+                batch.documents, batch.checkpoint, arrival
+            )
             self._succeeded("down")
+            if not complete:
+                continue  # pull the same batch again, after the push that made it doubtful
+            checkpoint = batch.checkpoint
             if len(batch.documents) < self.batch_size:
                 break
+        self._caught_up = True
         self._first_done["down"] = True
         self._set_busy("down", False)
 
     async def _persist_from_master(
         self, documents: Sequence[object], checkpoint: Any, arrival: int
-    ) -> None:
+    ) -> bool:
+        """Apply master states; False if some were doubtful and the checkpoint was kept."""
         async with self._persist_lock:
-            await self._persist_from_master_locked(documents, checkpoint, arrival)
+            complete = await self._persist_from_master_locked(documents, checkpoint, arrival)
             if len(self._pushed_at) > 1000:  # later arrivals are never older than this one
                 self._pushed_at = {k: v for k, v in self._pushed_at.items() if v > arrival}
+            return complete
 
     async def _persist_from_master_locked(
         self, documents: Sequence[object], checkpoint: Any, arrival: int
-    ) -> None:
+    ) -> bool:
         c = self.collection
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
         incoming: dict[str, tuple[Doc, bool, Doc]] = {}
+        complete = True
         for doc in documents:
             try:
                 user, deleted = from_wire(doc)
@@ -369,7 +390,8 @@ class ReplicationState:
                 self._report("down", exc)  # not stored; the others go on
                 continue
             if self._pushed_at.get(prepared[pk], -1) > arrival:
-                continue  # sent before our push of it was answered: stale (see __init__)
+                complete = False  # sent before our push of it was answered (see __init__)
+                continue
             incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
         storage = c.database.storage
         forks = storage.get(c.name, list(incoming))
@@ -388,7 +410,8 @@ class ReplicationState:
                 continue  # unpushed local changes: upstream pushes them and resolves
             writes.append(Write(user, deleted, expected=fork["_rev"] if fork else None))
             meta[f"doc:{doc_id}"] = master
-        meta["down"] = checkpoint
+        if complete:
+            meta["down"] = checkpoint
 
         def persist(txn: WriteTxn) -> list[Doc]:
             written: list[Doc] = []
@@ -403,6 +426,7 @@ class ReplicationState:
 
         for state in await storage.write(persist):
             self.received.on_next(state)
+        return complete
 
     # -- upstream --------------------------------------------------------------------------
 

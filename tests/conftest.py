@@ -4,27 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from schemas import TODO_SCHEMA
 
 import p2pdb
-
-TODO_SCHEMA: dict[str, Any] = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "maxLength": 100},
-        "text": {"type": "string"},
-        "done": {"type": "boolean"},
-        "n": {"type": "integer", "minimum": 0},
-        "tags": {"type": "array", "items": {"type": "string"}},
-        "meta": {"type": "object", "properties": {"owner": {"type": "string"}}},
-    },
-    "required": ["id", "text"],
-    "indexes": ["n", ["done", "n"]],
-}
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import textwrap
 from typing import Any
 
 import pytest
-from conftest import TODO_SCHEMA
 from reactivex import operators as ops
+from schemas import TODO_SCHEMA
 
 import p2pdb
 from p2pdb.streams import StreamOverflowError
@@ -206,7 +206,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys, p2pdb
     sys.path.insert(0, {tests!r})
-    from conftest import TODO_SCHEMA
+    from schemas import TODO_SCHEMA
 
     async def main():
         async with p2pdb.create_database({path!r}) as db:

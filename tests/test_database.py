@@ -7,7 +7,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from conftest import TODO_SCHEMA
+from schemas import TODO_SCHEMA
 
 import p2pdb
 from p2pdb.errors import (

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TODO_SCHEMA
 from replication_helpers import FaultyHandler, contents, wait_equal
+from schemas import TODO_SCHEMA
 
 import p2pdb
 from p2pdb.conflicts import Conflict, FunctionConflictHandler, deep_equal

@@ -22,6 +22,7 @@ from .errors import (
     ReplicationError,
     SchemaError,
     StorageError,
+    StreamOverflowError,
     ValidationError,
 )
 from .queries import CountQuery, FindOneQuery, FindQuery, Query
@@ -51,6 +52,7 @@ __all__ = [
     "ReplicationError",
     "SchemaError",
     "StorageError",
+    "StreamOverflowError",
     "ValidationError",
     "create_database",
     "last_write_wins",

@@ -20,7 +20,8 @@ class ChangeEvent:
     ``document`` and ``previous`` are stored states (user fields plus ``_deleted``, ``_rev``
     and ``_meta``); ``previous`` is ``None`` for a new document, and for writes made by
     another process (their previous state is no longer on disk). ``origin`` is
-    :data:`LOCAL` or the ``replication_id`` of the replication that wrote it. ``seq`` is the
+    :data:`LOCAL`, ``"<collection>:<replication_id>"`` for a replication's writes
+    as a fork, or the ``origin`` given to the master handler that wrote it. ``seq`` is the
     write's position in the database's change sequence.
     """
 

@@ -13,7 +13,8 @@ dict with the details a program may act on. The tree::
     ├── StorageError           SQLite failed underneath
     ├── ReplicationError       a handler or transport failed while replicating
     │   └── PeerError          a remote peer misbehaved, timed out or went away
-    └── EncryptionError        wrong password, tampered ciphertext, forbidden use of a field
+    ├── EncryptionError        wrong password, tampered ciphertext, forbidden use of a field
+    └── StreamOverflowError    an ``async for`` consumer fell too far behind its stream
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "ReplicationError",
     "SchemaError",
     "StorageError",
+    "StreamOverflowError",
     "ValidationError",
 ]
 
@@ -133,3 +135,9 @@ class EncryptionError(P2PDBError):
     """Wrong password, tampered ciphertext, or an encrypted field used where it cannot be."""
 
     default_code = "ENCRYPTION"
+
+
+class StreamOverflowError(P2PDBError):
+    """An ``async for`` consumer fell too far behind its stream."""
+
+    default_code = "STREAM_OVERFLOW"

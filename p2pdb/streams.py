@@ -23,7 +23,7 @@ from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import Subject
 
-from .errors import P2PDBError
+from .errors import StreamOverflowError
 
 __all__ = ["EventStream", "StreamOverflowError", "iterate"]
 
@@ -31,12 +31,6 @@ T = TypeVar("T")
 log = logging.getLogger("p2pdb.streams")
 
 _DONE = object()
-
-
-class StreamOverflowError(P2PDBError):
-    """An ``async for`` consumer fell too far behind its stream."""
-
-    default_code = "STREAM_OVERFLOW"
 
 
 class EventStream(Subject[T], Generic[T]):

@@ -132,6 +132,7 @@ class ReplicationState:
         self._persist_lock = asyncio.Lock()
         self._busy = {"up": False, "down": False}
         self._failing = {"up": False, "down": False}
+        self._failures = {"up": 0, "down": 0}  # in a row: the backoff exponent
         self._first_done = {"up": not push, "down": not pull}
         self._state_changed = asyncio.Event()
         self._canceled = False
@@ -238,7 +239,8 @@ class ReplicationState:
     def is_in_sync(self) -> bool:
         """True when nothing is left to pull or push right now (see wait_for_in_sync)."""
         return (
-            all(self._first_done.values())
+            not self._paused
+            and all(self._first_done.values())
             and not any(self._busy.values())
             and not any(self._failing.values())
             and (not self.pull or self._queue.empty())
@@ -246,7 +248,7 @@ class ReplicationState:
         )
 
     async def _wait_until(self, condition: Any) -> None:
-        while not condition():
+        while self._canceled or not condition():
             if self._canceled:
                 raise ReplicationError(
                     "The replication was canceled before it got there.",
@@ -270,7 +272,13 @@ class ReplicationState:
         self._changed()
 
     def _on_stream_error(self, error: Exception) -> None:
+        """The master's stream broke: report, then listen again and resync."""
         self._report("down", error)
+        if self._paused:
+            return
+        self._subscriptions.append(
+            self.handler.stream().subscribe(on_next=self._on_stream, on_error=self._on_stream_error)
+        )
         self._queue.put_nowait((next(self._arrivals), RESYNC))
 
     def _on_local_batch(self, events: list[ChangeEvent]) -> None:
@@ -293,7 +301,6 @@ class ReplicationState:
 
     async def _run(self, direction: str) -> None:
         """Run one direction; on failure report, back off, and start it over."""
-        failures = 0
         body = self._downstream if direction == "down" else self._upstream
         while True:
             try:
@@ -302,14 +309,15 @@ class ReplicationState:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                failures += 1
+                self._failures[direction] += 1
                 self._failing[direction] = True
                 if direction == "down":
                     self._caught_up = False  # events queued now may follow a gap
                 self._set_busy(direction, False)
                 self._report(direction, exc)
                 base, cap = self._retry
-                delay = min(cap, base * 2 ** (failures - 1)) * random.uniform(0.75, 1.25)
+                exponent = min(self._failures[direction] - 1, 30)
+                delay = min(cap, base * 2**exponent * random.uniform(0.75, 1.25))
                 await asyncio.sleep(delay)
                 if direction == "down":
                     self._queue.put_nowait((next(self._arrivals), RESYNC))
@@ -317,6 +325,7 @@ class ReplicationState:
                     self._local_change.set()
 
     def _succeeded(self, direction: str) -> None:
+        self._failures[direction] = 0
         if self._failing[direction]:
             self._failing[direction] = False
             self._changed()

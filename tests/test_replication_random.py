@@ -26,7 +26,7 @@ from replication_helpers import contents, wait_equal
 
 import p2pdb
 from p2pdb.conflicts import Conflict
-from p2pdb.errors import PeerError
+from p2pdb.errors import NotFoundError, PeerError
 from p2pdb.replication import (
     RESYNC,
     ChangesBatch,
@@ -203,7 +203,10 @@ class World:
             if doc is not None:
                 self.counter += 1
                 tag = f"t{self.counter}"
-                await doc.modify(lambda d: {**d, "tags": sorted({*d["tags"], tag})})
+                try:
+                    await doc.modify(lambda d: {**d, "tags": sorted({*d["tags"], tag})})
+                except NotFoundError:
+                    return  # removed meanwhile by a replication: not acknowledged
                 self.acknowledged[doc_id].add(tag)
         elif roll < 0.68 and self.acknowledged:
             doc = await col.find_one(rng.choice(sorted(self.acknowledged)))

@@ -48,6 +48,7 @@ class PeerChannel:
         self.request_timeout = request_timeout
         self._prefix = f"{own_token}|{secrets.token_hex(5)}|"
         self._counter = itertools.count()
+        self._issued = 0  # request ids issued so far: "<prefix><n>" with n < this
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._outbox: asyncio.Queue[object] = asyncio.Queue()
         self._sender = asyncio.get_running_loop().create_task(self._send_in_order())
@@ -82,6 +83,7 @@ class PeerChannel:
                 f"Peer {self.peer.peer_id} is disconnected.", code="WEBRTC_PEER_GONE"
             )
         request_id = f"{self._prefix}{next(self._counter)}"
+        self._issued += 1
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
         self.post({"id": request_id, "method": method, "params": params})
@@ -114,12 +116,19 @@ class PeerChannel:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def take_answer(self, message: dict[str, Any]) -> None:
-        """Resolve the pending request an answer belongs to (late answers are dropped)."""
-        future = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+    def take_answer(self, message: dict[str, Any]) -> bool:
+        """Resolve the pending request an answer belongs to.
+
+        A late answer (its request timed out) is dropped; returns False only for an answer
+        to a request this channel never sent, which no honest peer produces.
+        """
+        request_id = message.get("id")
+        future = self._pending.get(request_id) if isinstance(request_id, str) else None
         if future is None or future.done():
+            if not self._was_issued(request_id):
+                return False
             log.debug("dropping an answer nobody waits for from %s", self.peer.peer_id)
-            return
+            return True
         error = message.get("error")
         if error is not None:
             text = error.get("message") if isinstance(error, dict) else error
@@ -132,6 +141,13 @@ class PeerChannel:
             )
         else:
             future.set_result(message.get("result"))
+        return True
+
+    def _was_issued(self, request_id: object) -> bool:
+        if not isinstance(request_id, str) or not request_id.startswith(self._prefix):
+            return False
+        number = request_id[len(self._prefix) :]
+        return number.isdigit() and len(number) < 20 and int(number) < self._issued
 
     def heard(self) -> None:
         """Note that a message arrived (the peer is alive)."""

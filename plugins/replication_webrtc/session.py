@@ -245,7 +245,8 @@ class PeerSession:
         elif data.get("id") == STREAM_ID:
             self._on_stream_event(data.get("result"))
         elif "id" in data:
-            self.channel.take_answer(data)
+            if not self.channel.take_answer(data):
+                self._violation(_protocol_error("An answer to a request that was never made."))
         else:
             self._violation(_protocol_error("A message without id or method."))
 
@@ -255,8 +256,11 @@ class PeerSession:
         self._spawn(self.pool.connection.disconnect(self.peer))
 
     def _on_stream_event(self, result: object) -> None:
-        if self.is_master is not False:
-            return  # we lead this pair (or do not know yet): the peer's stream is not ours
+        if self.is_master:
+            self._violation(_protocol_error("A stream event from a peer that is not our master."))
+            return
+        if self.is_master is None:
+            return  # roles not settled yet (a benign race): the fork starts with a RESYNC
         if result == RESYNC:
             self._stream.on_next(RESYNC)
         elif isinstance(result, dict) and isinstance(result.get("documents"), list):

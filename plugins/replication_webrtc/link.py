@@ -222,6 +222,7 @@ class Link:
                         channel = pc.createDataChannel(secrets.token_hex(20), ordered=True)
                         self._attach_channel(channel)
                         await pc.setLocalDescription(await pc.createOffer())
+                        self._check_relay_candidates(pc)
                         await self._on.send_signal(self, {"type": "offer", "sdp": _sdp(pc)})
                     while not self.connected:
                         await self._apply_signal(await self._inbox.get())
@@ -302,10 +303,30 @@ class Link:
         self._max_frame_bytes = _frame_limit(sdp, self._settings.max_frame_bytes)
         if kind == "offer":
             await pc.setLocalDescription(await pc.createAnswer())
+            self._check_relay_candidates(pc)
             await self._on.send_signal(self, {"type": "answer", "sdp": _sdp(pc)})
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(candidate)
+
+    def _check_relay_candidates(self, pc: RTCPeerConnection) -> None:
+        """With ``relay_only``, fail at once if gathering found no relay candidate: aioice
+        drops a failed TURN allocation silently, and the link would only time out."""
+        if not self._settings.relay_only or " typ relay" in _sdp(pc):
+            return
+        urls = [
+            url
+            for server in self._settings.ice_servers
+            for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
+            if url.startswith(("turn:", "turns:"))
+        ]
+        self._report(
+            f"No TURN relay candidate for peer {self.remote_id} (relay_only=True): the TURN "
+            f"server {', '.join(urls)} refused the allocation or did not answer. Check its "
+            "URL, username and credential (short-lived credentials may have expired).",
+            "WEBRTC_TURN_FAILED",
+        )
+        raise _LinkFailed
 
     async def _add_candidate(self, data: dict[str, Any]) -> None:
         """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}`` (any form)."""

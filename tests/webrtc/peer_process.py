@@ -166,7 +166,9 @@ async def child_main(args: argparse.Namespace) -> None:
         options["heartbeat_timeout"] = args.heartbeat_timeout
     started = time.monotonic()
     pool = await replicate_webrtc(docs, args.topic, handler, batch_size=args.batch_size, **options)
-    emit("ready", token=db.token, peer_id=pool.connection.own_peer_id, count=live)
+    emit(
+        "ready", token=db.token, peer_id=pool.connection.own_peer_id, count=live, started=started
+    )
 
     def on_peers(peers: frozenset[Any]) -> None:
         emit("peers", count=len(peers))

@@ -1,0 +1,130 @@
+"""Replication protocol throughput, in one process, against ``bulk_insert`` of the same docs.
+
+    python benchmarks/bench_replication.py [--rounds 3] [--only pull,push] [--batch 100,1000]
+
+Figures (per round, each on fresh database files; medians over rounds):
+
+* baseline: ``bulk_insert`` of the 10,000 ~1 KB documents into a fresh collection.
+* pull: an empty fork pulls the 10,000 documents from a master through
+  ``collection_handler(master)``:
+  ``replicate(fork, collection_handler(master), "bench", push=False)`` then
+  ``await state.wait_for_initial_replication()``; docs/s from ``replicate()`` to that
+  return, then the replication is cancelled.
+* push: the fork holds the documents and the master is empty (``pull=False``).
+
+Each direction runs with ``batch_size`` 100 (the default) and 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from _common import (
+    SCHEMA,
+    Row,
+    Timer,
+    machine_line,
+    make_docs,
+    only_from_argv,
+    print_table,
+    rounds_from_argv,
+    temp_dir,
+    wanted,
+)
+
+import p2pdb
+from p2pdb.replication import collection_handler, replicate
+
+DOCS = 10_000
+
+
+async def open_collection(path: str) -> tuple[p2pdb.Database, p2pdb.Collection]:
+    db = await p2pdb.create_database(path)
+    return db, await db.add_collection("docs", SCHEMA)
+
+
+async def baseline(tmp: str, tag: str, docs: list[dict[str, Any]]) -> float:
+    db, col = await open_collection(os.path.join(tmp, f"base-{tag}.db"))
+    with Timer() as t:
+        result = await col.bulk_insert(docs)
+    assert not result.errors
+    await db.close()
+    return t.seconds
+
+
+async def replicate_once(
+    tmp: str, tag: str, docs: list[dict[str, Any]], direction: str, batch_size: int
+) -> float:
+    """Seconds for the initial replication of ``docs`` in one direction."""
+    master_db, master = await open_collection(os.path.join(tmp, f"master-{tag}.db"))
+    fork_db, fork = await open_collection(os.path.join(tmp, f"fork-{tag}.db"))
+    source, target = (master, fork) if direction == "pull" else (fork, master)
+    result = await source.bulk_insert(docs)
+    assert not result.errors
+    await asyncio.sleep(0.1)  # let the tailers of both databases go idle
+    with Timer() as t:
+        state = replicate(
+            fork,
+            collection_handler(master),
+            "bench",
+            pull=direction == "pull",
+            push=direction == "push",
+            batch_size=batch_size,
+        )
+        async with asyncio.timeout(120):
+            await state.wait_for_initial_replication()
+    await state.cancel()
+    count = await target.count()
+    assert count == len(docs), (direction, count)
+    await fork_db.close()
+    await master_db.close()
+    return t.seconds
+
+
+async def main() -> int:
+    rounds = rounds_from_argv(3)
+    only = only_from_argv()
+    batches = (
+        [int(b) for b in sys.argv[sys.argv.index("--batch") + 1].split(",")]
+        if "--batch" in sys.argv
+        else [100, 1000]
+    )
+    docs = make_docs(DOCS)
+    base = Row("bulk_insert 10k docs", "docs/s")
+    rows: dict[tuple[str, int], Row] = {}
+    for direction in ("pull", "push"):
+        if wanted(only, direction):
+            for b in batches:
+                rows[direction, b] = Row(
+                    f"{direction} 10k docs, batch_size {b}", "docs/s", "bulk_insert", target=0.40
+                )
+    for r in range(rounds):
+        with temp_dir() as tmp:
+            base_s = await baseline(tmp, f"{r}a", docs)
+            for (direction, b), row in rows.items():
+                seconds = await replicate_once(tmp, f"{r}{direction}{b}", docs, direction, b)
+                row.add(DOCS / seconds, DOCS / base_s)
+            # a second baseline at the end of the round; the round's baseline is their mean
+            base_s = (base_s + await baseline(tmp, f"{r}b", docs)) / 2
+            base.add(DOCS / base_s)
+            for row in rows.values():
+                row.baselines[-1] = DOCS / base_s
+    print(f"bench_replication: {machine_line()}")
+    print_table(
+        "Replication (same process, collection_handler)",
+        [base, *rows.values()],
+        rounds,
+        notes=[
+            f"{DOCS:,} docs of ~1 KB; baseline = mean of a bulk_insert before and after the "
+            "round's replications",
+            "time from replicate() to wait_for_initial_replication() returning",
+        ],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

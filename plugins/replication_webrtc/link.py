@@ -52,6 +52,7 @@ _MAX_QUEUED_SIGNALS = 256
 _MAX_PENDING_CANDIDATES = 32
 _TEARDOWN_TIMEOUT = 5.0
 _MAX_MESSAGE_SIZE_RE = re.compile(r"^a=max-message-size:(\d+)", re.MULTILINE)
+_SHA256_FINGERPRINT = "a=fingerprint:sha-256 "
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,7 +445,28 @@ class Link:
 def _sdp(pc: RTCPeerConnection) -> str:
     description = pc.localDescription
     assert description is not None
-    return description.sdp
+    return _sha256_fingerprint_only(description.sdp)
+
+
+def _sha256_fingerprint_only(sdp: str) -> str:
+    """Keep only the ``a=fingerprint:sha-256`` line(s) of our SDP.
+
+    aiortc lists sha-256, sha-384 and sha-512 fingerprints. libdatachannel (RxDB's
+    node-datachannel, 0.24.x) keeps only the last one (sha-512), yet when ICE connects before
+    it has committed our description (our ICE checks reach it before our answer does, which
+    a slower signaling path makes likely) it verifies our certificate with its default,
+    SHA-256, and then fails the handshake ("DTLS alert: unknown CA"). Every WebRTC stack
+    supports sha-256 (browsers send only that one), so we offer that one alone.
+    """
+    lines = sdp.split("\r\n")
+    if not any(line.lower().startswith(_SHA256_FINGERPRINT) for line in lines):
+        return sdp
+    return "\r\n".join(
+        line
+        for line in lines
+        if not line.lower().startswith("a=fingerprint:")
+        or line.lower().startswith(_SHA256_FINGERPRINT)
+    )
 
 
 def _frame_limit(remote_sdp: str, wanted: int) -> int:

@@ -42,6 +42,7 @@ class PeerChannel:
         own_token: str,
         *,
         request_timeout: float = 20.0,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.connection = connection
         self.peer = peer
@@ -51,11 +52,13 @@ class PeerChannel:
         self._issued = 0  # request ids issued so far: "<prefix><n>" with n < this
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._urgent: set[asyncio.Task[None]] = set()
         self._sender = asyncio.get_running_loop().create_task(self._send_in_order())
         self._closed = False
         self.last_heard = asyncio.get_running_loop().time()
         self.idle = asyncio.Event()  # set while nothing waits to be sent
         self.idle.set()
+        self._on_idle = on_idle  # called each time the queue drains
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -64,6 +67,22 @@ class PeerChannel:
         if not self._closed:
             self.idle.clear()
             self._outbox.put_nowait(message)
+
+    def post_now(self, message: object) -> None:
+        """Send a small message at once, ahead of the queue (its frames interleave with
+        those of a large message being sent). Only for messages that carry no replication
+        data (``token`` requests and answers: the heartbeats), whose order does not matter:
+        behind a large message they would wait for all of it and look like a dead peer."""
+        if not self._closed:
+            task = asyncio.get_running_loop().create_task(self._send_now(message))
+            self._urgent.add(task)
+            task.add_done_callback(self._urgent.discard)
+
+    async def _send_now(self, message: object) -> None:
+        try:
+            await self.connection.send(self.peer, message)
+        except PeerError as exc:
+            self.fail_pending(exc)
 
     async def _send_in_order(self) -> None:
         while True:
@@ -75,9 +94,15 @@ class PeerChannel:
                 return
             if self._outbox.empty():
                 self.idle.set()
+                if self._on_idle is not None:
+                    self._on_idle()
 
-    async def request(self, method: str, params: list[Any], within: float | None = None) -> Any:
-        """Send a request and wait for its answer (raises PeerError on error or timeout)."""
+    async def request(
+        self, method: str, params: list[Any], within: float | None = None, *, urgent: bool = False
+    ) -> Any:
+        """Send a request and wait for its answer (raises PeerError on error or timeout).
+
+        ``urgent``: send it ahead of the queue (see :meth:`post_now`)."""
         if self._closed:
             raise PeerError(
                 f"Peer {self.peer.peer_id} is disconnected.", code="WEBRTC_PEER_GONE"
@@ -86,7 +111,11 @@ class PeerChannel:
         self._issued += 1
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = answer
-        self.post({"id": request_id, "method": method, "params": params})
+        message = {"id": request_id, "method": method, "params": params}
+        if urgent:
+            self.post_now(message)
+        else:
+            self.post(message)
         try:
             async with asyncio.timeout(within or self.request_timeout):
                 return await answer
@@ -166,7 +195,9 @@ class PeerChannel:
         self.fail_pending(
             PeerError(f"Peer {self.peer.peer_id} disconnected.", code="WEBRTC_PEER_GONE")
         )
-        self._sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._sender
+        for task in (self._sender, *self._urgent):
+            task.cancel()
+        for task in (self._sender, *self._urgent):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.idle.set()

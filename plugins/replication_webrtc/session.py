@@ -126,7 +126,11 @@ class PeerSession:
         self.pool = pool
         self.peer = peer
         self.channel = PeerChannel(
-            pool.connection, peer, pool.token, request_timeout=pool.request_timeout
+            pool.connection,
+            peer,
+            pool.token,
+            request_timeout=pool.request_timeout,
+            on_idle=pool._changed,  # in_sync() depends on it: wake wait_for_in_sync()
         )
         self.token: str | None = None
         self.valid: bool | None = None
@@ -219,7 +223,7 @@ class PeerSession:
             if loop.time() - self.channel.last_heard < interval or not self.valid:
                 continue
             try:
-                await self.channel.request("token", [], within=timeout)
+                await self.channel.request("token", [], within=timeout, urgent=True)
             except PeerError as exc:
                 if exc.code == "WEBRTC_REQUEST_TIMEOUT":
                     self.pool._report(
@@ -277,7 +281,8 @@ class PeerSession:
         if not self.valid:
             return  # an invalid peer gets no answers at all
         if method == "token":
-            self.channel.answer(request_id, self.pool.token)
+            # ahead of the queue: a heartbeat must not wait behind a large batch
+            self.channel.post_now({"id": request_id, "result": self.pool.token})
             return
         if method not in MASTER_METHODS:
             self.channel.answer_error(

@@ -261,3 +261,43 @@ async def test_signaling_restart_keeps_links_and_lets_new_peers_in(
         await first.close()
         if second is not None:
             await second.close()
+
+
+async def test_a_long_transfer_is_not_mistaken_for_a_dead_peer(
+    signaling: SignalingServer, make_node: MakeNode
+) -> None:
+    """A master's change event for a big bulk insert is one large message, which takes
+    seconds to send. Heartbeats travel ahead of it, so with a heartbeat timeout much shorter
+    than the transfer the fork neither times out nor drops the link."""
+    options = {"heartbeat_interval": 0.25, "heartbeat_timeout": 1.5}
+    x = await make_node("x", signaling.url, **options)
+    y = await make_node("y", signaling.url, **options)
+    master, fork = (x, y) if is_master(x.db.token, y.db.token) else (y, x)
+    link = await fork.wait(lambda: fork.peer_with_token(master.db.token), 10, "connected")
+    await fork.wait(lambda: fork.pool.peer_states, 10, "the fork replicates")
+    started = time.monotonic()
+    await master.docs.bulk_insert(make_docs("big-", 10000, size=1000))  # one 10 MB message
+    await wait_equal(master.docs, fork.docs, seconds=60)
+    took = time.monotonic() - started
+    codes = [getattr(e, "code", e) for e in fork.errors + master.errors]
+    assert "WEBRTC_PEER_TIMEOUT" not in codes, (codes, took)
+    assert fork.peer_with_token(master.db.token) == link, "the link was replaced"
+    # long enough that a heartbeat queued behind the message would have timed out
+    assert took > options["heartbeat_interval"] + options["heartbeat_timeout"], took
+    print(f"10000 documents in one message took {took:.2f} s, no heartbeat timeout")
+
+
+async def test_a_master_knows_when_it_is_in_sync_after_big_pushes(
+    signaling: SignalingServer, make_node: MakeNode
+) -> None:
+    """Regression: a master is in sync once its last answer left the queue; nothing else
+    may happen after that, so draining the queue itself must wake wait_for_in_sync()."""
+    x = await make_node("x", signaling.url, batch_size=1000)
+    y = await make_node("y", signaling.url, batch_size=1000)
+    master, fork = (x, y) if is_master(x.db.token, y.db.token) else (y, x)
+    await fork.wait(lambda: fork.pool.peer_states, 10, "the fork replicates")
+    await fork.docs.bulk_insert(make_docs("pushed-", 3000, size=500))
+    await wait_equal(master.docs, fork.docs, seconds=30)
+    async with asyncio.timeout(10):
+        await master.pool.wait_for_in_sync()
+        await fork.pool.wait_for_in_sync()

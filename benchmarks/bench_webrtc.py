@@ -390,7 +390,7 @@ async def main(args: argparse.Namespace) -> None:
     head = (
         f"{'scenario':<10} {'docs/s':>8} {'MB/s':>6} {'vs raw':>7} "
         f"{'idle med':>9} {'vs RTT':>7} {'same p99':>9} {'other p99':>10} "
-        f"{'1st sync':>9} {'late 10k':>9}"
+        f"{'1st sync':>9} {'late join':>9}"
     )
     print()
     print(head)
@@ -411,7 +411,8 @@ async def main(args: argparse.Namespace) -> None:
     )
     print(
         "same p99: single inserts A->B queued behind the bulk A->B (ordered delivery); "
-        "other p99: single inserts A->B while a bulk runs B->A"
+        "other p99: single inserts A->B while a bulk runs B->A; late join: a third peer "
+        f"until it holds all {3 * (args.docs + args.samples)} documents of A and B"
     )
 
 

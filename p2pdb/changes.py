@@ -13,7 +13,7 @@ Operation = Literal["INSERT", "UPDATE", "DELETE"]
 LOCAL = "local"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 µs more per event
 class ChangeEvent:
     """One document written by one committed transaction.
 

@@ -16,7 +16,6 @@ task resumes.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 import secrets
@@ -26,6 +25,7 @@ import string
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -33,10 +33,11 @@ from typing import Any, Protocol, TypeVar
 import aiosqlite
 import orjson
 
-from .changes import LOCAL, ChangeEvent
+from .changes import LOCAL, ChangeEvent, Operation
 from .errors import (
     ClosedError,
     ConflictError,
+    EncryptionError,
     NotFoundError,
     SchemaError,
     StorageError,
@@ -46,6 +47,7 @@ from .query import CompiledQuery, path_expression
 from .schema import Schema
 
 __all__ = [
+    "ABSENT",
     "ANY_REVISION",
     "BodyCodec",
     "SQLiteStorage",
@@ -79,10 +81,22 @@ class _AnyRevision:
 ANY_REVISION: Any = _AnyRevision()
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: ``Write.expected`` value meaning "no row for this id at all, not even a tombstone"
+#: (replication writes a document it found missing; a tombstone written meanwhile wins).
+ABSENT: Any = _Absent()
+
+
 class BodyCodec(Protocol):
     """Transforms document bodies on their way to and from disk (encryption uses it).
 
-    ``encode`` must not change fields that are indexed or queried.
+    ``encode`` must not change fields that are indexed or queried. The same codec also
+    encodes the ``doc:<id>`` items of replication state (documents in wire form) of
+    replications keyed ``"<collection>:..."``. Neither method may change its argument.
     """
 
     def encode(self, collection: str, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -113,11 +127,11 @@ def table_name(collection: str) -> str:
     return f'"col_{collection}"'
 
 
-def _revision_token(body: str, deleted: bool) -> str:
-    # Content-derived, so two peers writing the same state at the same height agree.
-    digest = hashlib.blake2b(body.encode(), digest_size=8)
-    digest.update(b"\x01" if deleted else b"\x00")
-    return digest.hexdigest()
+def _revision_token(body: bytes, deleted: bool) -> str:
+    # Content-derived, so two peers writing the same state at the same height agree; a
+    # fingerprint, not a security hash (CRC-32 + Adler-32: 64 bits in well under 1 µs).
+    crc = zlib.crc32(b"\x01" if deleted else b"\x00", zlib.crc32(body))
+    return f"{crc:08x}{zlib.adler32(body):08x}"
 
 
 def revision_height(rev: str | None) -> int:
@@ -146,14 +160,10 @@ class WriteTxn:
         self.events: list[ChangeEvent] = []
         row = dict(conn.execute("SELECT key, value FROM p2pdb_info WHERE key IN ('seq','lwt')"))
         self._seq = int(row.get("seq", 0))
-        self._lwt = float(row.get("lwt", 0))
+        # lwt: ms with two decimals, as RxDB, kept as an integer count of 1/100 ms so it is
+        # exact and strictly increasing, even if the clock goes back
+        self._lwt_centi = round(float(row.get("lwt", 0)) * 100)
         self._start_seq = self._seq
-
-    def _stamp(self) -> tuple[int, float]:
-        self._seq += 1
-        # ms with two decimals, as RxDB; strictly increasing even if the clock goes back
-        self._lwt = round(max(time.time() * 1000, self._lwt + 0.01), 2)
-        return self._seq, self._lwt
 
     def get(self, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) of the given ids that exist."""
@@ -167,10 +177,13 @@ class WriteTxn:
         Writes of the same id in one call apply in order. Conflicting writes change nothing.
         """
         info = self._storage._collection(collection)
-        current = self.get(collection, {w.document[info.schema.primary_key] for w in writes})
+        ids = list({w.document[info.schema.primary_key] for w in writes})
+        # lenient: a stored state that does not decode can still be overwritten
+        current = self._storage._get_many(self.conn, collection, ids, lenient=True)
         results: list[dict[str, Any] | ConflictError] = []
         rows = []
         pk = info.schema.primary_key
+        now_centi = int(time.time() * 100_000)
         for w in writes:
             doc_id = w.document[pk]
             prev = current.get(doc_id)
@@ -178,31 +191,30 @@ class WriteTxn:
             if error is not None:
                 results.append(error)
                 continue
-            seq, lwt = self._stamp()
+            self._seq += 1
+            self._lwt_centi = max(now_centi, self._lwt_centi + 1)
+            lwt = self._lwt_centi / 100
             stored_body = (
                 info.codec.encode(collection, doc_id, w.document) if info.codec else w.document
             )
-            body = orjson.dumps(stored_body).decode()
-            rev = f"{revision_height(prev['_rev'] if prev else None) + 1}-" + _revision_token(
-                body, w.deleted
-            )
+            raw = orjson.dumps(stored_body)
+            height = int(prev["_rev"].split("-", 1)[0]) + 1 if prev else 1
+            rev = f"{height}-{_revision_token(raw, w.deleted)}"
             state = dict(w.document)
             state["_deleted"] = w.deleted
             state["_rev"] = rev
             state["_meta"] = {"lwt": lwt}
-            rows.append((doc_id, seq, rev, lwt, int(w.deleted), origin, body))
+            rows.append((doc_id, self._seq, rev, lwt, int(w.deleted), origin, raw.decode()))
             current[doc_id] = state
             results.append(state)
+            if w.deleted:
+                operation: Operation = "DELETE"
+            elif prev is None or prev["_deleted"]:
+                operation = "INSERT"
+            else:
+                operation = "UPDATE"
             self.events.append(
-                ChangeEvent(
-                    ChangeEvent.operation_for(w.deleted, prev),
-                    collection,
-                    doc_id,
-                    state,
-                    prev,
-                    origin,
-                    seq,
-                )
+                ChangeEvent(operation, collection, doc_id, state, prev, origin, self._seq)
             )
         if rows:
             self.conn.executemany(
@@ -220,6 +232,9 @@ class WriteTxn:
 
     def set_meta(self, replication_id: str, values: Mapping[str, Any]) -> None:
         """Store replication state values (JSON) in this transaction."""
+        codec = self._storage._meta_codec(replication_id)
+        if codec is not None:
+            values = {k: codec(k, v, True) for k, v in values.items()}
         self.conn.executemany(
             "INSERT OR REPLACE INTO p2pdb_replication (replication_id, item, value) "
             "VALUES (?, ?, ?)",
@@ -237,14 +252,14 @@ class WriteTxn:
             self._storage._note_own_seqs(self._start_seq + 1, self._seq)
             self.conn.executemany(
                 "INSERT OR REPLACE INTO p2pdb_info (key, value) VALUES (?, ?)",
-                [("seq", str(self._seq)), ("lwt", repr(self._lwt))],
+                [("seq", str(self._seq)), ("lwt", repr(self._lwt_centi / 100))],
             )
 
 
 def _check_expected(
     collection: str, doc_id: str, prev: dict[str, Any] | None, expected: Any
 ) -> ConflictError | None:
-    if expected is ANY_REVISION:
+    if expected is ANY_REVISION or (expected is ABSENT and prev is None):
         return None
     if expected is None:
         if prev is None or prev["_deleted"]:
@@ -257,7 +272,7 @@ def _check_expected(
             collection=collection,
             id=doc_id,
         )
-    if prev is not None and prev["_rev"] == expected:
+    if prev is not None and expected is not ABSENT and prev["_rev"] == expected:
         return None
     return ConflictError(
         f"Document {doc_id!r} in {collection!r} changed since revision {expected!r} was read; "
@@ -283,6 +298,9 @@ class SQLiteStorage:
         self._tempdir: str | None = None
         self._own_seqs: list[tuple[int, int]] = []  # ranges this object wrote
         self._own_lock = threading.Lock()
+        #: Run in the writer thread at the start of every :meth:`write` transaction; one
+        #: raising aborts it (the encryption plugin checks the file's key record there).
+        self.write_checks: list[Callable[[sqlite3.Connection], None]] = []
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStorage:
@@ -425,6 +443,8 @@ class SQLiteStorage:
         def run(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for check in self.write_checks:
+                    check(conn)
                 txn = WriteTxn(self, conn)
                 result = fn(txn)
                 txn._finish()
@@ -474,18 +494,25 @@ class SQLiteStorage:
             )
         return self._reader
 
-    def _to_state(self, info: _CollectionInfo, row: Sequence[Any]) -> dict[str, Any]:
+    def _to_state(
+        self, info: _CollectionInfo, row: Sequence[Any], lenient: bool = False
+    ) -> dict[str, Any]:
         doc_id, rev, lwt, deleted, body = row
         state: dict[str, Any] = orjson.loads(body)
         if info.codec is not None:
-            state = info.codec.decode(info.name, doc_id, state)
+            try:
+                state = info.codec.decode(info.name, doc_id, state)
+            except EncryptionError:
+                if not lenient:
+                    raise
+                state = {info.schema.primary_key: doc_id}  # what is left of a damaged body
         state["_deleted"] = bool(deleted)
         state["_rev"] = rev
         state["_meta"] = {"lwt": lwt}
         return state
 
     def _get_many(
-        self, conn: sqlite3.Connection, collection: str, ids: list[str]
+        self, conn: sqlite3.Connection, collection: str, ids: list[str], lenient: bool = False
     ) -> dict[str, dict[str, Any]]:
         info = self._collection(collection)
         out: dict[str, dict[str, Any]] = {}
@@ -496,7 +523,7 @@ class SQLiteStorage:
                 f"SELECT id, rev, lwt, deleted, body FROM {info.table} WHERE id IN ({marks})",
                 chunk,
             ):
-                out[row[0]] = self._to_state(info, row)
+                out[row[0]] = self._to_state(info, row, lenient)
         return out
 
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -591,8 +618,11 @@ class SQLiteStorage:
     def rows_between(
         self, after: int, upto: int
     ) -> list[tuple[str, int, str, dict[str, Any], str]]:
-        """``(collection, seq, id, state, origin)`` of rows with ``after < seq <= upto``."""
+        """``(collection, seq, id, state, origin)`` of rows with ``after < seq <= upto``
+        that this object did not write (its own rows are skipped before decoding them)."""
         conn = self._read_conn()
+        with self._own_lock:
+            own = list(self._own_seqs)
         out = []
         for info in list(self._collections.values()):
             for row in conn.execute(
@@ -600,6 +630,8 @@ class SQLiteStorage:
                 "WHERE seq > ? AND seq <= ? ORDER BY seq",
                 (after, upto),
             ):
+                if any(first <= row[5] <= last for first, last in own):
+                    continue
                 out.append((info.name, row[5], row[0], self._to_state(info, row[:5]), row[6]))
         return out
 
@@ -607,19 +639,37 @@ class SQLiteStorage:
         with self._own_lock:  # called from the writer thread, before COMMIT
             self._own_seqs.append((first, last))
 
-    def is_own_seq(self, seq: int) -> bool:
-        """True if this object's writer wrote sequence number ``seq``."""
+    def own_seq_ranges(self) -> list[tuple[int, int]]:
+        """The sequence ranges this object's writer wrote (not yet forgotten), sorted."""
         with self._own_lock:
-            return any(first <= seq <= last for first, last in self._own_seqs)
+            return sorted(self._own_seqs)
 
     def forget_own_seqs(self, upto: int) -> None:
         """Drop the record of own writes up to ``upto`` (the tailer has passed them)."""
         with self._own_lock:
             self._own_seqs = [r for r in self._own_seqs if r[1] > upto]
 
+    def _meta_codec(self, replication_id: str) -> Callable[[str, Any, bool], Any] | None:
+        """For the replication state of a collection with a codec (its id starts with
+        ``"<collection>:"``): a function encoding (or decoding) its ``doc:<id>`` items."""
+        name, colon, _ = replication_id.partition(":")
+        info = self._collections.get(name) if colon else None
+        if info is None or info.codec is None:
+            return None
+        codec = info.codec
+
+        def apply(item: str, value: Any, encode: bool) -> Any:
+            if not item.startswith("doc:") or not isinstance(value, dict):
+                return value
+            fn = codec.encode if encode else codec.decode
+            return fn(name, item[4:], value)
+
+        return apply
+
     def _get_meta(
         self, conn: sqlite3.Connection, replication_id: str, items: list[str]
     ) -> dict[str, Any]:
+        codec = self._meta_codec(replication_id)
         out: dict[str, Any] = {}
         for start in range(0, len(items), _ID_CHUNK):
             chunk = items[start : start + _ID_CHUNK]
@@ -630,9 +680,22 @@ class SQLiteStorage:
                 (replication_id, *chunk),
             ):
                 out[item] = orjson.loads(value)
+                if codec is not None:
+                    out[item] = codec(item, out[item], False)
         return out
 
     def get_meta(self, replication_id: str, items: Sequence[str]) -> dict[str, Any]:
         """Replication state values stored under ``replication_id`` (inline read)."""
         return self._get_meta(self._read_conn(), replication_id, list(items))
+
+    def get_info(self, key: str) -> str | None:
+        """A value of the ``p2pdb_info`` table (plugins keep their records there)."""
+        sql = "SELECT value FROM p2pdb_info WHERE key = ?"
+        row = self._read_conn().execute(sql, (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def stored_schemas(self) -> dict[str, dict[str, Any]]:
+        """The schema of every collection stored in the file (added now or before)."""
+        rows = self._read_conn().execute("SELECT name, schema FROM p2pdb_collections")
+        return {name: orjson.loads(schema) for name, schema in rows}
 

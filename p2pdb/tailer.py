@@ -85,6 +85,23 @@ class ForeignWriteTailer:
                 log.exception("Reading changes of other writers failed")
             await asyncio.sleep(self._interval)
 
+    def _foreign_gaps(self, after: int, upto: int) -> list[tuple[int, int]]:
+        """The ``(after, upto]`` ranges not written by this database itself: only those
+        are read back (a 10,000-document bulk insert of our own is never re-read)."""
+        gaps = []
+        low = after
+        for first, last in self._storage.own_seq_ranges():
+            if last <= low:
+                continue
+            if first > upto:
+                break
+            if first - 1 > low:
+                gaps.append((low, first - 1))
+            low = max(low, last)
+        if low < upto:
+            gaps.append((low, upto))
+        return gaps
+
     def poll(self) -> None:
         """Emit the events of foreign commits since the last call."""
         version = self._storage.data_version()
@@ -95,9 +112,10 @@ class ForeignWriteTailer:
         if top <= self._cursor:
             return
         events: list[ChangeEvent] = []
-        for name, seq, doc_id, state, origin in self._storage.rows_between(self._cursor, top):
-            if self._storage.is_own_seq(seq):
-                continue
+        rows = []
+        for after, upto in self._foreign_gaps(self._cursor, top):
+            rows += self._storage.rows_between(after, upto)
+        for name, seq, doc_id, state, origin in rows:
             height = revision_height(state["_rev"])
             operation: Operation = (
                 "DELETE" if state["_deleted"] else ("INSERT" if height == 1 else "UPDATE")

@@ -11,7 +11,7 @@ from reactivex import operators as ops
 
 from ..changes import ChangeEvent
 from ..errors import ConflictError, P2PDBError, ValidationError
-from ..storage import Write
+from ..storage import ABSENT, Write
 from .protocol import ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class CollectionHandler:
             state = current.get(doc_id)
             master = to_wire(state) if state is not None else None
             if master is None:
-                writes.append(Write(user, deleted, expected=None))
+                writes.append(Write(user, deleted, expected=ABSENT))
             elif is_equal(master, row.new_document_state):
                 continue  # already there: a resent row, or the same edit on both sides
             elif row.assumed_master_state is not None and is_equal(
@@ -139,14 +139,20 @@ class CollectionHandler:
                     retry[write.document[pk]] = pending[write.document[pk]]
         return retry
 
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        """Every later committed write to the collection, as batches."""
+    def stream(self, *, skip_own: bool = False) -> Observable[ChangesBatch | Resync]:
+        """Every later committed write to the collection, as batches.
+
+        ``skip_own=True`` leaves out the documents this handler wrote (a fork's own pushes:
+        it has them already); the checkpoint still moves past them.
+        """
         db = self.collection.database
+        origin = self.origin
 
         def batch(events: list[ChangeEvent]) -> ChangesBatch | Resync:
             # never promise a checkpoint past a write not yet emitted (other processes)
             seq = min(events[-1].seq, db.safe_seq)
-            return ChangesBatch([to_wire(e.document) for e in events], {"seq": seq})
+            docs = [to_wire(e.document) for e in events if not skip_own or e.origin != origin]
+            return ChangesBatch(docs, {"seq": seq})
 
         return self.collection._batches.pipe(ops.map(batch))
 

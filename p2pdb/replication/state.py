@@ -28,7 +28,7 @@ from reactivex.subject import BehaviorSubject
 from ..changes import ChangeEvent
 from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
-from ..storage import Write, WriteTxn
+from ..storage import ABSENT, Write, WriteTxn
 from ..streams import EventStream
 from .protocol import (
     RESYNC,
@@ -417,7 +417,7 @@ class ReplicationState:
                 continue
             if fork_wire is not None and (known is None or not is_equal(known, fork_wire)):
                 continue  # unpushed local changes: upstream pushes them and resolves
-            writes.append(Write(user, deleted, expected=fork["_rev"] if fork else None))
+            writes.append(Write(user, deleted, expected=fork["_rev"] if fork else ABSENT))
             meta[f"doc:{doc_id}"] = master
         if complete:
             meta["down"] = checkpoint

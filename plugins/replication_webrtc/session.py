@@ -165,6 +165,10 @@ class PeerSession:
             if not isinstance(token, str) or not token or len(token) > 200:
                 raise _protocol_error(f"The peer's token is not a short string: {token!r}.")
             self.token = token
+            # this peer's pushes get their own origin, so its echo can be left out
+            self._master = collection_handler(
+                self.pool.collection, origin=f"webrtc:{self.pool.topic}:{token}"
+            )
             if token == self.pool.token:
                 raise PeerError(
                     "Connected to a peer with our own database token (the same database "
@@ -210,7 +214,9 @@ class PeerSession:
             self.channel.post({"id": STREAM_ID, "result": result})
             self.pool._changed()
 
-        self._subscription = self._master.stream().subscribe(on_next=forward)
+        # The peer's own pushes are not echoed back (RxDB echoes them; its forks and ours
+        # skip the echo, but it costs a round of doubt and re-pulling on our forks).
+        self._subscription = self._master.stream(skip_own=True).subscribe(on_next=forward)
         self.channel.post({"id": STREAM_ID, "result": RESYNC})
 
     async def _heartbeat(self) -> None:

@@ -19,3 +19,17 @@ TODO_SCHEMA: dict[str, Any] = {
     "required": ["id", "text"],
     "indexes": ["n", ["done", "n"]],
 }
+
+
+#: A small schema for replication between peers.
+PEER_SCHEMA: dict[str, Any] = {
+    "version": 0,
+    "primaryKey": "id",
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "maxLength": 64},
+        "text": {"type": "string"},
+        "n": {"type": "integer"},
+    },
+    "required": ["id", "text"],
+}

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from replication_helpers import wait_equal
+from schemas import PEER_SCHEMA as SCHEMA
 from webrtc_helpers import Events
 
 import p2pdb
@@ -41,17 +42,6 @@ from p2pdb.plugins.replication_webrtc.session import MAX_BATCH
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
 TOPIC = "p2pdb-hostile-room"
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "maxLength": 64},
-        "text": {"type": "string"},
-        "n": {"type": "integer"},
-    },
-    "required": ["id", "text"],
-}
 WAIT = 10.0
 Doc = dict[str, Any]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from replication_helpers import contents, wait_equal
+from schemas import PEER_SCHEMA as SCHEMA
 
 import p2pdb
 from p2pdb.conflicts import Conflict
@@ -20,17 +21,6 @@ from p2pdb.plugins.replication_webrtc import (
 )
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "maxLength": 64},
-        "text": {"type": "string"},
-        "n": {"type": "integer"},
-    },
-    "required": ["id", "text"],
-}
 TOPIC = "p2pdb-test-room"
 
 Peer = tuple[p2pdb.Collection, ReplicationPool]

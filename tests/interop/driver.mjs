@@ -70,7 +70,9 @@ export async function startSignaling() {
 
 export async function startPeer(name, config) {
     const c = startChild('rxdb_peer.mjs', [JSON.stringify(config)], name,
-        (ev) => console.error(`[${name}] event`, JSON.stringify(ev)));
+        (ev) => {
+            if (ev.event !== 'signaling') console.error(`[${name}] event`, JSON.stringify(ev));
+        });
     const ready = await c.readyP;
     return {
         name,

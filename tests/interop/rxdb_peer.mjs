@@ -17,6 +17,8 @@
 // stdout carries only protocol lines:
 //   {"event":"ready","storageToken":"..."}                once the pool exists
 //   {"event":"error","message":"..."}                     for every pool.error$ emission
+//   {"event":"signaling","peerId":"..."}                  each time the signaling server
+//                                                         gives this peer an id (`init`)
 //   {"id":..., "ok":true, "result":...} / {"id":..., "ok":false, "error":"..."}   one per command
 // Everything else (RxDB / simple-peer logs) goes to stderr.
 //
@@ -26,9 +28,13 @@
 //   get {docId} -> doc | null                    all -> [docs sorted by primary key]   count -> n
 //   waitFor {docId, equals: doc|null, timeoutMs} -> doc|null  (exact deep equality; null = deleted/absent)
 //   waitCount {count, timeoutMs} -> count        peers -> n    waitPeers {count, timeoutMs} -> count
+//   waitAll {docs, timeoutMs} -> n  (`all` deep-equals docs, sorted by primary key)
 //   awaitInSync {timeoutMs} -> number of fork-side replications awaited
 //   stopReplication / startReplication -> true  (cancel / recreate the pool; for offline edits)
-//   storageToken -> token                        quit -> null, then the process exits 0
+//   request {method, params, timeoutMs} -> result   (a raw request to the first peer, sent with
+//       RxDB's sendMessageAndAwaitAnswer; an error answer or a timeout fails the command)
+//   storageToken -> token                        signalingPeerId -> own signaling id | null
+//   quit -> null, then the process exits 0
 // Docs are returned as RxDocument.toJSON(): no _rev, _meta, _attachments, _deleted.
 // Commands start in arrival order (see enqueue); stdin EOF or SIGTERM also shut down cleanly.
 import { createInterface } from 'node:readline';
@@ -37,9 +43,11 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import {
     replicateWebRTC,
     getConnectionHandlerSimplePeer,
-    createSimplePeerWrtc
+    createSimplePeerWrtc,
+    sendMessageAndAwaitAnswer
 } from 'rxdb/plugins/replication-webrtc';
 import nodeDatachannelPolyfill from 'node-datachannel/polyfill';
+import { initLogger, getLibraryVersion } from 'node-datachannel';
 import { WebSocket } from 'ws';
 import { BehaviorSubject, filter, firstValueFrom, map, of, switchMap, timeout as rxTimeout } from 'rxjs';
 
@@ -49,6 +57,10 @@ console.log = console.info = console.debug = console.warn = (...a) => console.er
 const log = (...a) => console.error('[rxdb_peer]', ...a);
 
 const config = JSON.parse(process.argv[2] ?? '{}');
+// RXDB_PEER_RTC_LOG=Debug|Info|Warning|...: libdatachannel's own log, on stderr.
+if (process.env.RXDB_PEER_RTC_LOG) {
+    initLogger(process.env.RXDB_PEER_RTC_LOG, (level, message) => log(`libdatachannel ${getLibraryVersion()} ${level}: ${message}`));
+}
 for (const key of ['signalingUrl', 'topic', 'schema']) {
     if (!config[key]) {
         log('missing config key', key);
@@ -106,6 +118,30 @@ const storageToken = await db.storageToken;
 // createSimplePeerWrtc wraps the polyfill because simple-peer mutates the session descriptions,
 // which are read-only in the polyfill.
 const rtcConfig = { iceServers: [], bindAddress: config.bindAddress ?? '127.0.0.1' };
+// The signaling id this peer got from the server (RxDB keeps it private). Tests need it to
+// know which side of a pair is the WebRTC initiator (the side whose *remote* id is greater).
+// A WebSocket subclass only listens to `init`; RxDB's own onmessage handler is untouched.
+let signalingPeerId = null;
+class ReportingWebSocket extends WebSocket {
+    constructor(...args) {
+        super(...args);
+        this.on('message', (data) => {
+            let msg;
+            try {
+                msg = JSON.parse(data.toString());
+            } catch (err) {
+                return;
+            }
+            if (msg && msg.type === 'init' && typeof msg.yourPeerId === 'string') {
+                signalingPeerId = msg.yourPeerId;
+                writeOut({ event: 'signaling', peerId: msg.yourPeerId });
+            }
+        });
+        this.on('close', () => {
+            signalingPeerId = null;
+        });
+    }
+}
 // The pool can be stopped and started again (stopReplication/startReplication) so tests can
 // make offline edits on both sides and get deterministic conflicts on reconnect. A restarted
 // fork resumes from its checkpoint: the replication identifier is collection||topic||peerToken.
@@ -121,7 +157,7 @@ async function startPool() {
         connectionHandlerCreator: getConnectionHandlerSimplePeer({
             signalingServerUrl: config.signalingUrl,
             wrtc: createSimplePeerWrtc(nodeDatachannelPolyfill),
-            webSocketConstructor: WebSocket,
+            webSocketConstructor: ReportingWebSocket,
             config: rtcConfig
         }),
         // Fresh objects each time: replicateWebRTC writes the batchSize defaults into them.
@@ -212,6 +248,12 @@ const commands = {
         return waitUntil(doc$, (d) => (equals == null ? d === null : deepEqual(d, equals)),
             timeoutMs, `doc ${docId} == ${JSON.stringify(equals)}`);
     },
+    async waitAll({ docs, timeoutMs }) {
+        // The whole collection (sorted by primary key) equals docs, exactly.
+        const all$ = collection.find({ sort: [{ [primaryKey]: 'asc' }] }).$.pipe(map((ds) => ds.map(plain)));
+        await waitUntil(all$, (ds) => deepEqual(ds, docs), timeoutMs, `all == ${docs.length} given docs`);
+        return docs.length;
+    },
     async waitCount({ count, timeoutMs }) {
         await waitUntil(collection.count().$, (n) => n === count, timeoutMs, `count == ${count}`);
         return count;
@@ -241,8 +283,22 @@ const commands = {
         ]);
         return states.length;
     },
+    async request({ method, params, timeoutMs }) {
+        // One raw request to the first peer that finished the token exchange, sent and awaited
+        // with RxDB's own helper (what RxDB does for token/masterChangesSince/masterWrite).
+        const states = [...(pool?.peerStates$.getValue().values() ?? [])];
+        if (!states.length) {
+            throw new Error('no connected peer');
+        }
+        const message = { id: 'raw|' + randomToken(10), method, params: params ?? [] };
+        const answer = await sendMessageAndAwaitAnswer(pool.connectionHandler, states[0].peer, message, timeoutMs ?? 5000);
+        return answer.result ?? null;
+    },
     async storageToken() {
         return storageToken;
+    },
+    async signalingPeerId() {
+        return signalingPeerId;
     },
     async quit() {
         await closeAll();
@@ -302,7 +358,7 @@ async function handleLine(line) {
 // insert-then-get behaves as if sent one by one. The wait* commands only *start* in order
 // (their subscription sees every earlier command's effect) and then do not hold up the queue,
 // so a pending waitFor never blocks an insert sent after it.
-const NON_BLOCKING = new Set(['waitFor', 'waitCount', 'waitPeers', 'awaitInSync']);
+const NON_BLOCKING = new Set(['waitFor', 'waitAll', 'waitCount', 'waitPeers', 'awaitInSync']);
 let queue = Promise.resolve();
 function enqueue(line) {
     let cmd;

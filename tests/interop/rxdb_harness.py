@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from p2pdb.plugins.replication_webrtc import (
     aiortc_connection_handler,
     is_master,
     replicate_webrtc,
+    start_signaling_server,
 )
 from p2pdb.plugins.replication_webrtc import link as link_module
 from p2pdb.plugins.replication_webrtc.rpc import STREAM_ID, PeerChannel
@@ -669,3 +671,71 @@ class WireLog:
             for d, p, m in self.entries
             if p is pool and d == direction and m.get("id") == STREAM_ID
         ]
+
+
+class Stack:
+    """Everything one test starts; :meth:`close` stops it all (p2pdb first, then Node)."""
+
+    def __init__(self, tmp_path: Path, rxdb_signaling: Callable[[], str]) -> None:
+        self.tmp_path = tmp_path
+        self._rxdb_signaling = rxdb_signaling
+        self.p2pdb_peers: list[P2pdbPeer] = []
+        self.rxdb_peers: list[RxdbPeer] = []
+        self.proxies: list[RoleProxy] = []
+        self._servers: list[Any] = []
+
+    @staticmethod
+    def topic() -> str:
+        return f"p2pdb-interop-{secrets.token_hex(6)}"
+
+    async def signaling(self, kind: str) -> str:
+        """The URL of a signaling server: ``"p2pdb"`` (a new one) or ``"rxdb"`` (shared)."""
+        if kind == "rxdb":
+            return str(self._rxdb_signaling())
+        server = await start_signaling_server(host="127.0.0.1", port=0)
+        self._servers.append(server)
+        return server.url
+
+    async def rxdb(
+        self,
+        name: str,
+        signaling_url: str,
+        topic: str,
+        schema: dict[str, Any] | None = None,
+        *,
+        middle_id: bool = False,
+        **config: Any,
+    ) -> RxdbPeer:
+        """Start an RxDB peer; ``middle_id``: through a proxy that gives it a signaling id
+        in ``[h, t)``, so a p2pdb peer can then be given an id on either side of it."""
+        if middle_id:
+            proxy = await RoleProxy.middle(signaling_url)
+            self.proxies.append(proxy)
+            signaling_url = proxy.url
+        peer = await RxdbPeer.start(name, signaling_url, topic, schema or SCHEMA, **config)
+        self.rxdb_peers.append(peer)
+        return peer
+
+    async def p2pdb(self, name: str, schema: dict[str, Any] | None = None, **kw: Any) -> P2pdbPeer:
+        peer = await P2pdbPeer.open(self.tmp_path, name, schema or SCHEMA, **kw)
+        self.p2pdb_peers.append(peer)
+        return peer
+
+    async def initiator_proxy(
+        self, signaling_url: str, initiator: bool, signal_delay: float = 0.0
+    ) -> str:
+        """A signaling URL that makes its client the WebRTC initiator (or the responder)
+        towards every RxDB peer started with ``middle_id=True``."""
+        proxy = await RoleProxy.initiator(signaling_url, initiator, signal_delay)
+        self.proxies.append(proxy)
+        return proxy.url
+
+    async def close(self) -> None:
+        for p2pdb_peer in self.p2pdb_peers:
+            await p2pdb_peer.close()
+        for rxdb_peer in self.rxdb_peers:
+            await rxdb_peer.quit()
+        for proxy in self.proxies:
+            await proxy.close()
+        for server in self._servers:
+            await server.close()

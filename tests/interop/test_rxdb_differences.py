@@ -7,8 +7,7 @@ import copy
 from typing import Any
 
 import pytest
-from conftest import Stack
-from rxdb_harness import SCHEMA, RxdbError, contents
+from rxdb_harness import SCHEMA, RxdbError, Stack, contents
 
 from p2pdb.errors import P2PDBError
 

@@ -11,8 +11,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Stack
-from rxdb_harness import P2pdbPeer, RxdbPeer, WireLog, contents
+from rxdb_harness import P2pdbPeer, RxdbPeer, Stack, WireLog, contents
 
 WAIT_MS = 30_000
 

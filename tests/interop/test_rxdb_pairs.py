@@ -15,10 +15,16 @@ master's state, as both sides use master-wins handlers (RxDB's default and p2pdb
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import string
 from typing import Any
 
 import pytest
-from rxdb_harness import P2pdbPeer, RxdbPeer, Stack, WireLog, contents
+from rxdb_harness import HERE, P2pdbPeer, RxdbPeer, Stack, WireLog, contents
+
+from p2pdb.conflicts import Conflict, FunctionConflictHandler, deep_equal
+from p2pdb.plugins.replication_webrtc import is_master
 
 WAIT_MS = 20_000
 
@@ -43,7 +49,12 @@ async def both_have(py: P2pdbPeer, rx: RxdbPeer, doc_id: str, state: dict[str, A
 
 
 async def connect_pair(
-    stack: Stack, signaling: str, p2pdb_master: bool, p2pdb_initiator: bool, **rx_config: Any
+    stack: Stack,
+    signaling: str,
+    p2pdb_master: bool,
+    p2pdb_initiator: bool,
+    conflict_handler: object = None,
+    **rx_config: Any,
 ) -> tuple[P2pdbPeer, RxdbPeer]:
     """An RxDB peer, then a p2pdb peer with the wanted roles against it; both hold one
     document written before they met."""
@@ -51,7 +62,12 @@ async def connect_pair(
     topic = stack.topic()
     rx = await stack.rxdb("rx", url, topic, middle_id=True, **rx_config)
     await rx.call("insert", doc=todo("rx-before", "written on RxDB before we met"))
-    py = await stack.p2pdb("py", master_against=rx.storage_token, want_master=p2pdb_master)
+    py = await stack.p2pdb(
+        "py",
+        master_against=rx.storage_token,
+        want_master=p2pdb_master,
+        conflict_handler=conflict_handler,
+    )
     await py.collection.insert(todo("py-before", "written on p2pdb before we met"))
     await py.replicate(await stack.initiator_proxy(url, p2pdb_initiator), topic)
     (session,) = await py.wait_peers(1)
@@ -106,6 +122,11 @@ async def test_pair_replicates_both_ways_and_converges(
     await both_have(py, rx, "py-1", None)
     assert await rx.call("remove", docId="rx-1") is True
     await both_have(py, rx, "rx-1", None)
+    # a deleted id written again, each side reviving the other side's tombstone
+    await py.collection.insert(todo("rx-1", "revived on p2pdb"))
+    await rx.call("insert", doc=todo("py-1", "revived on RxDB"))
+    await both_have(py, rx, "rx-1", todo("rx-1", "revived on p2pdb"))
+    await both_have(py, rx, "py-1", todo("py-1", "revived on RxDB"))
 
     # large documents: RxDB splits at 16384 UTF-16 units (inside surrogate pairs), p2pdb
     # sends larger frames; both must join the other's chunks
@@ -183,6 +204,80 @@ async def test_pair_replicates_both_ways_and_converges(
         assert all(set(d) >= {"id", "_deleted"} for d in received)
         assert not any({"_rev", "_meta", "_attachments"} & set(d) for d in received)
         assert any(d["id"] == "rx-1" and d["_deleted"] for d in received)
+
+
+ELECTION_JS = """
+import { isMasterInWebRTCReplication } from 'rxdb/plugins/replication-webrtc';
+import { defaultHashSha256 } from 'rxdb';
+let input = '';
+for await (const chunk of process.stdin) input += chunk;
+const answers = [];
+for (const [own, other] of JSON.parse(input)) {
+    answers.push(await isMasterInWebRTCReplication(defaultHashSha256, own, other));
+}
+process.stdout.write(JSON.stringify(answers));
+"""
+
+
+async def test_master_election_matches_rxdb(node: str) -> None:
+    """``is_master`` gives RxDB's answer (its own function, default SHA-256 hash) for random
+    storage tokens and for non-ASCII strings."""
+    rng = random.Random(17)
+    pairs = [
+        ["".join(rng.choices(string.ascii_lowercase, k=10)) for _ in range(2)] for _ in range(300)
+    ] + [["ü€😀", "abc"], ["abc", "ü€😀"], ["a|b", "c"], ["", "x"]]
+    process = await asyncio.create_subprocess_exec(
+        node,
+        "--input-type=module",
+        "-e",
+        ELECTION_JS,
+        cwd=str(HERE),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, _ = await process.communicate(json.dumps(pairs).encode())
+    assert process.returncode == 0
+    assert json.loads(out) == [is_master(own, other) for own, other in pairs]
+
+
+def larger_n_wins(conflict: Conflict) -> dict[str, Any]:
+    """The mirror of the harness's RxDB handler ``{"maxField": "n"}`` (ties: the master)."""
+    new, master = conflict.new_document_state, conflict.real_master_state
+    return new if new["n"] > master["n"] else master
+
+
+@pytest.mark.parametrize("p2pdb_master", [True, False], ids=["p2pdb-master", "p2pdb-fork"])
+async def test_matching_custom_handlers_decide_alike_in_both_roles(
+    stack: Stack, p2pdb_master: bool
+) -> None:
+    """The fork's handler resolves a pair's conflicts: with the same rule on both sides
+    (here: the larger n wins) the outcome does not depend on who is master."""
+    py, rx = await connect_pair(
+        stack,
+        "p2pdb",
+        p2pdb_master,
+        True,
+        conflict_handler=FunctionConflictHandler(larger_n_wins, deep_equal),
+        conflictHandler={"maxField": "n"},
+    )
+    await py.collection.bulk_insert([todo("a", "base", 1), todo("b", "base", 1)])
+    await both_have(py, rx, "a", todo("a", "base", 1))
+    await both_have(py, rx, "b", todo("b", "base", 1))
+    await py.wait_in_sync()
+    await rx.call("awaitInSync", timeoutMs=WAIT_MS)
+    await rx.call("stopReplication")
+    await py.wait_peers(0)
+    await rx.call("patch", docId="a", patch={"text": "RxDB's", "n": 5})
+    await rx.call("patch", docId="b", patch={"text": "RxDB's", "n": 2})
+    for doc_id, n in (("a", 3), ("b", 7)):
+        doc = await py.collection.find_one(doc_id)
+        assert doc is not None
+        await doc.patch({"text": "p2pdb's", "n": n})
+    await rx.call("startReplication")
+    await both_have(py, rx, "a", todo("a", "RxDB's", 5))
+    await both_have(py, rx, "b", todo("b", "p2pdb's", 7))
+    assert py.errors == [] and rx.errors() == []
 
 
 @pytest.mark.slow

@@ -131,11 +131,6 @@ def node_executable() -> str:
     return node
 
 
-def sha256_is_master(own: str, other: str) -> bool:
-    """RxDB's election with its default hash (the same function p2pdb exports)."""
-    return is_master(own, other)
-
-
 class NodeChild:
     """A Node script that prints JSON lines: answers ``{"id", "ok", ...}`` and events."""
 

@@ -39,9 +39,10 @@ def _require_node(node: str) -> None:
 def rxdb_signaling_url(node: str) -> Iterator[str]:
     """RxDB's ``startSignalingServerSimplePeer`` on 127.0.0.1, shared by the session."""
     process = subprocess.Popen(
-        [node, str(HERE / "signaling.mjs"), "0", "127.0.0.1"],
+        # --exit-with-stdin: it stops by itself if this process dies without stopping it
+        [node, str(HERE / "signaling.mjs"), "0", "127.0.0.1", "--exit-with-stdin"],
         cwd=HERE,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -61,6 +62,8 @@ def rxdb_signaling_url(node: str) -> Iterator[str]:
             process.kill()
             process.wait()
         process.stdout.close()
+        assert process.stdin is not None
+        process.stdin.close()
 
 
 @pytest.fixture

@@ -290,7 +290,9 @@ class RxdbSignaling:
 
     @classmethod
     async def start(cls) -> RxdbSignaling:
-        child = await NodeChild.spawn("rxdb-signaling", "signaling.mjs", "0", "127.0.0.1")
+        child = await NodeChild.spawn(
+            "rxdb-signaling", "signaling.mjs", "0", "127.0.0.1", "--exit-with-stdin"
+        )
         try:
             ready = await child.wait_event(lambda e: e["event"] == "ready")
         except BaseException:

@@ -1,7 +1,7 @@
 // RxDB's own signaling server (startSignalingServerSimplePeer from rxdb 17.6),
 // bound to loopback, for the interop tests.
 //
-// Usage: node signaling.mjs [port] [host]      (port 0 = let the OS pick one)
+// Usage: node signaling.mjs [port] [host] [--exit-with-stdin]   (port 0 = let the OS pick one)
 // stdout: exactly one line {"event":"ready","port":N,"url":"ws://127.0.0.1:N"}.
 // Everything else (RxDB logs "# disconnect peer ..." with console.log) goes to stderr,
 // so stdout stays machine-readable. Stops on SIGTERM / SIGINT.
@@ -33,6 +33,12 @@ function stop(signal) {
 }
 process.on('SIGTERM', () => stop('SIGTERM'));
 process.on('SIGINT', () => stop('SIGINT'));
+// --exit-with-stdin: also stop when stdin closes, so that a parent that dies without
+// stopping us (killed test run) does not leave the server behind.
+if (process.argv.includes('--exit-with-stdin')) {
+    process.stdin.on('end', () => stop('stdin closed'));
+    process.stdin.resume();
+}
 
 out(JSON.stringify({ event: 'ready', port: realPort, url: `ws://${host}:${realPort}` }) + '\n');
 

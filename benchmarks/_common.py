@@ -213,8 +213,6 @@ def machine_line() -> str:
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
     line += f"; p2pdb {_git_version()}"
-    if PROTOTYPES:
-        line += f"; PROTOTYPES APPLIED: {','.join(PROTOTYPES)}"
     return line
 
 
@@ -239,11 +237,3 @@ def _git_version() -> str:
 
 def wanted(only: set[str] | None, name: str) -> bool:
     return only is None or name in only
-
-
-#: Optimization sketches applied for this run (``P2PDB_BENCH_PROTOTYPES``; see _prototypes.py).
-PROTOTYPES: list[str] = []
-if os.environ.get("P2PDB_BENCH_PROTOTYPES"):
-    import _prototypes
-
-    PROTOTYPES = _prototypes.apply_from_env()

@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import types
-from collections.abc import AsyncIterator, Generator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from typing import Any, Protocol
 
 from reactivex import Observable
 
 from .changes import ChangeEvent
 from .collection import Collection
-from .errors import ClosedError, SchemaError
+from .errors import ClosedError, EncryptionError, SchemaError
 from .schema import Schema
-from .storage import SQLiteStorage
+from .storage import BodyCodec, SQLiteStorage
 from .streams import EventStream, iterate
 from .tailer import ForeignWriteTailer
 
-__all__ = ["Database", "create_database"]
+__all__ = ["Database", "Encryption", "create_database"]
+
+
+class Encryption(Protocol):
+    """What a database opened with a password holds (``p2pdb.plugins.encryption`` provides
+    it): codecs for collections with ``encrypted`` fields, and the password change."""
+
+    def codec_for(self, collection: str, schema: Schema) -> BodyCodec:
+        """The codec of a collection whose schema lists ``encrypted`` fields."""
+        ...
+
+    async def change_password(self, old: str, new: str) -> None:
+        """Re-encrypt everything under a key derived from ``new``."""
+        ...
 
 
 class Database:
     """An open database. Create one with :func:`create_database`."""
 
-    def __init__(self, storage: SQLiteStorage) -> None:
+    def __init__(self, storage: SQLiteStorage, encryption: Encryption | None = None) -> None:
         self.storage = storage
+        self.encryption = encryption
         self._collections: dict[str, Collection] = {}
         self.collections: Mapping[str, Collection] = types.MappingProxyType(self._collections)
         self._events: EventStream[ChangeEvent] = EventStream()
@@ -74,10 +88,37 @@ class Database:
                 name=name,
             )
         checked = Schema(schema)
-        await self.storage.ensure_collection(name, checked)
+        codec = None
+        if checked.encrypted:
+            if self.encryption is None:
+                raise EncryptionError(
+                    f"Collection {name!r} has encrypted fields {list(checked.encrypted)}, but "
+                    "the database was opened without a password. Open it with "
+                    "create_database(path, password=...).",
+                    code="ENCRYPTION_NO_PASSWORD",
+                    collection=name,
+                )
+            codec = self.encryption.codec_for(name, checked)
+        await self.storage.ensure_collection(name, checked, codec)
         collection = Collection(self, name, checked, conflict_handler)
         self._collections[name] = collection
         return collection
+
+    async def change_password(self, old: str, new: str) -> None:
+        """Re-encrypt every encrypted value under a key derived from ``new`` (with a new
+        salt), in one transaction: after a crash either the old or the new password opens the
+        database, with every value intact. A wrong ``old`` raises
+        :class:`~p2pdb.errors.EncryptionError` (``ENCRYPTION_WRONG_PASSWORD``) and changes
+        nothing. Other processes that have the file open must open it again afterwards."""
+        self._check_open()
+        if self.encryption is None:
+            raise EncryptionError(
+                "This database was opened without a password, so there is none to change. "
+                "A password is set when a new database is created: "
+                "create_database(path, password=...).",
+                code="ENCRYPTION_NOT_ENABLED",
+            )
+        await self.encryption.change_password(old, new)
 
     @property
     def changes(self) -> Observable[ChangeEvent]:
@@ -130,12 +171,20 @@ class Database:
 class _DatabaseOpener:
     """Makes ``create_database`` usable with both ``await`` and ``async with``."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, password: str | None) -> None:
         self._path = path
+        self._password = password
         self._db: Database | None = None
 
     async def _open(self) -> Database:
-        self._db = Database(await SQLiteStorage.open(self._path))
+        open_encryption = _encryption_opener(self._password)
+        storage = await SQLiteStorage.open(self._path)
+        try:
+            encryption = await open_encryption(storage)
+        except BaseException:
+            await storage.close()
+            raise
+        self._db = Database(storage, encryption)
         return self._db
 
     def __await__(self) -> Generator[Any, None, Database]:
@@ -149,10 +198,39 @@ class _DatabaseOpener:
             await self._db.close()
 
 
-def create_database(path: str) -> _DatabaseOpener:
+def _encryption_opener(
+    password: str | None,
+) -> Callable[[SQLiteStorage], Awaitable[Encryption | None]]:
+    """What sets up encryption once the file is open (the password is checked first, so a
+    malformed one never creates a file)."""
+    if password is not None:
+        from .plugins.encryption import PasswordEncryption  # loaded only when asked for
+
+        PasswordEncryption.check_password(password)
+        return lambda storage: PasswordEncryption.open(storage, password)
+    return _refuse_encrypted
+
+
+async def _refuse_encrypted(storage: SQLiteStorage) -> None:
+    encrypted = sorted(n for n, s in storage.stored_schemas().items() if s.get("encrypted"))
+    if encrypted:
+        raise EncryptionError(
+            f"The database {storage.path!r} holds collections with encrypted fields "
+            f"({', '.join(encrypted)}); open it with create_database(path, password=...).",
+            code="ENCRYPTION_PASSWORD_REQUIRED",
+            collections=encrypted,
+        )
+
+
+def create_database(path: str, *, password: str | None = None) -> _DatabaseOpener:
     """Open the database stored in the SQLite file ``path``, creating it if needed.
 
     ``":memory:"`` gives a database that disappears when closed. Use as
     ``db = await create_database(path)`` or ``async with create_database(path) as db:``.
+
+    With ``password``, the fields a schema lists as ``encrypted`` are stored encrypted
+    (AES-256-GCM, key derived with scrypt; see ``docs/encryption.md``). A wrong password
+    raises :class:`~p2pdb.errors.EncryptionError` (``ENCRYPTION_WRONG_PASSWORD``). A
+    password can only be given to a database created with one.
     """
-    return _DatabaseOpener(path)
+    return _DatabaseOpener(path, password)

@@ -144,6 +144,25 @@ class Schema:
                     code="SCHEMA_ENCRYPTED_PRIMARY_KEY",
                     field=path,
                 )
+        for i, path in enumerate(raw):
+            for j, other in enumerate(raw):
+                if i != j and (other == path or other.startswith(path + ".")):
+                    raise SchemaError(
+                        f"encrypted: {other!r} is listed twice or lies inside {path!r}, "
+                        "which is encrypted whole; list it once.",
+                        code="SCHEMA_BAD_ENCRYPTED",
+                        field=other,
+                    )
+            for fields in self.indexes:
+                for field in fields:
+                    if _overlaps(field, path):
+                        raise SchemaError(
+                            f"The index on {field!r} covers the encrypted field {path!r}: an "
+                            "index would sort ciphertext (useless) and could reveal the order "
+                            "of the values. Remove it from indexes, or do not encrypt it.",
+                            code="SCHEMA_ENCRYPTED_INDEX",
+                            field=field,
+                        )
         return tuple(raw)
 
     def _check_path(self, path: object, code: str, where: str) -> None:
@@ -209,3 +228,8 @@ def _collect_types(node: Mapping[str, Any], prefix: str, out: dict[str, str]) ->
             out[path] = declared
         if declared == "object":
             _collect_types(prop, path + ".", out)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """True if one dotted path is the other or lies inside it."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")

@@ -122,6 +122,7 @@ class ReplicationState:
         self._arrivals = itertools.count()
         self._last_pull_end = -1
         self._pushed_at: dict[str, int] = {}
+        self._pushed_state: dict[str, Doc] = {}  # what that push sent
         # Stream events are applied only after a full pull since the last (re)start or
         # failure; before that a RESYNC is queued that covers them.
         self._caught_up = False
@@ -379,6 +380,9 @@ class ReplicationState:
             complete = await self._persist_from_master_locked(documents, checkpoint, arrival)
             if len(self._pushed_at) > 1000:  # later arrivals are never older than this one
                 self._pushed_at = {k: v for k, v in self._pushed_at.items() if v > arrival}
+                self._pushed_state = {
+                    k: v for k, v in self._pushed_state.items() if k in self._pushed_at
+                }
             return complete
 
     async def _persist_from_master_locked(
@@ -399,7 +403,12 @@ class ReplicationState:
                 self._report("down", exc)  # not stored; the others go on
                 continue
             if self._pushed_at.get(prepared[pk], -1) > arrival:
-                complete = False  # sent before our push of it was answered (see __init__)
+                # sent before our push of it was answered (see __init__): the echo of that
+                # push (RxDB masters echo every push) is harmless; anything else is doubtful
+                wire = to_wire({**prepared, "_deleted": deleted})
+                pushed = self._pushed_state.get(prepared[pk])
+                if pushed is None or not is_equal(pushed, wire):
+                    complete = False
                 continue
             incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
         storage = c.database.storage
@@ -486,6 +495,7 @@ class ReplicationState:
             answered_at = next(self._arrivals)
             for row in chunk:
                 self._pushed_at[row.new_document_state[pk]] = answered_at
+                self._pushed_state[row.new_document_state[pk]] = row.new_document_state
             if not isinstance(answer, list):
                 raise ReplicationError(
                     "write() must return a list of conflicting documents.",

@@ -305,9 +305,18 @@ class SQLiteStorage:
     @classmethod
     async def open(cls, path: str) -> SQLiteStorage:
         """Open (creating if needed) the database file; ``":memory:"`` uses a private temp file."""
-        storage = cls(path)
-        await storage._open()
-        return storage
+        for attempt in range(6):
+            storage = cls(path)
+            try:
+                await storage._open()
+                return storage
+            except StorageError as exc:
+                # two processes creating one new file at once: switching it to WAL can fail
+                # with "locked" without waiting on the busy timeout; try again shortly
+                if "locked" not in str(exc) or attempt == 5:
+                    raise
+            await asyncio.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _open(self) -> None:
         if self.path == ":memory:":
@@ -325,7 +334,7 @@ class SQLiteStorage:
             self._reader = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
             self._reader.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._reader.execute("PRAGMA query_only = 1")
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError) as exc:
             await self.close()
             raise StorageError(
                 f"Cannot open database {self.path!r}: {exc}. Check the path and permissions, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -263,3 +265,37 @@ async def test_query_sort_skip_limit(todos: p2pdb.Collection) -> None:
     assert await todos.count({"n": {"$in": [1, 2]}}) == 8
     first = await todos.find_one({"done": True}, sort=[{"n": "desc"}])
     assert first is not None and first.id == "d14"
+
+
+OPENER = """
+import asyncio, sys
+sys.path.insert(0, {tests!r})
+import p2pdb
+from schemas import TODO_SCHEMA
+
+async def main():
+    async with p2pdb.create_database({path!r}) as db:
+        todos = await db.add_collection("todos", schema=TODO_SCHEMA)
+        await todos.insert({{"id": sys.argv[1], "text": "x"}})
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
+    for round_ in range(4):
+        path = str(tmp_path / f"new{round_}.db")
+        code = OPENER.format(tests=str(Path(__file__).parent), path=path)
+        children = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", code, name, stderr=asyncio.subprocess.PIPE
+            )
+            for name in ("first", "second", "third")
+        ]
+        for child in children:
+            _, err = await child.communicate()
+            assert child.returncode == 0, err.decode()
+        async with p2pdb.create_database(path) as db:
+            todos = await db.add_collection("todos", schema=TODO_SCHEMA)
+            assert sorted(d.id for d in await todos.find()) == ["first", "second", "third"]

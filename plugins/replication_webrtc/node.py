@@ -39,26 +39,32 @@ async def run_peer(
         pool = await replicate_webrtc(collection, topic, handler)
         pool.errors.subscribe(lambda _e: counts.__setitem__("errors", counts["errors"] + 1))
         counted: set[int] = set()
+        # every write that a replication made here, whichever side of the pair we are
+        collection.changes.subscribe(
+            lambda e: _bump(counts, "received") if e.origin != p2pdb.LOCAL else None
+        )
         print(f"p2pdb peer: {db_path} [{collection_name}] in topic {topic!r} (token {db.token})")
+        async def status() -> str:
+            for state in pool.peer_states.values():
+                if id(state) not in counted:
+                    counted.add(id(state))
+                    state.sent.subscribe(lambda _d: _bump(counts, "sent"))
+            sessions = list(pool.sessions.values())
+            in_sync = bool(sessions) and all(s.in_sync() for s in sessions)
+            return (
+                f"\r  peers {len(sessions)}  docs {await collection.count()}  "
+                f"received {counts['received']}  sent {counts['sent']}  "
+                f"errors {counts['errors']}  {'in sync' if in_sync else 'syncing'}   "
+            )
+
         try:
             while not stop.is_set():
-                for state in pool.peer_states.values():
-                    if id(state) not in counted:
-                        counted.add(id(state))
-                        state.received.subscribe(lambda _d: _bump(counts, "received"))
-                        state.sent.subscribe(lambda _d: _bump(counts, "sent"))
-                sessions = list(pool.sessions.values())
-                in_sync = bool(sessions) and all(s.in_sync() for s in sessions)
-                line = (
-                    f"\r  peers {len(sessions)}  docs {await collection.count()}  "
-                    f"received {counts['received']}  sent {counts['sent']}  "
-                    f"errors {counts['errors']}  {'in sync' if in_sync else 'syncing'}   "
-                )
-                sys.stdout.write(line)
+                sys.stdout.write(await status())
                 sys.stdout.flush()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
+                    async with asyncio.timeout(0.25):
                         await stop.wait()
+            print(await status())  # the state at exit
         finally:
             print()
             await pool.cancel()

@@ -72,12 +72,7 @@ class ScryptParams:
             if not ok:
                 raise ValueError("parameters out of range")
         except (KeyError, TypeError, ValueError) as exc:
-            raise EncryptionError(
-                f"The key record of this database is damaged or was written by a newer "
-                f"p2pdb ({exc}). Restore the file from a backup, or sync a fresh database "
-                "from a peer.",
-                code="ENCRYPTION_BAD_KEY_RECORD",
-            ) from exc
+            raise bad_key_record(exc) from exc
         return cls(salt, n, r, p)
 
 
@@ -100,3 +95,12 @@ def derive_key(password: str, params: ScryptParams) -> bytes:
     secret = unicodedata.normalize("NFC", password).encode("utf-8")
     kdf = Scrypt(salt=params.salt, length=_KEY_BYTES, n=params.n, r=params.r, p=params.p)
     return kdf.derive(secret)
+
+
+def bad_key_record(cause: Exception) -> EncryptionError:
+    """The error for a key record that cannot be read (damaged, or from a newer p2pdb)."""
+    return EncryptionError(
+        f"The key record of this database is damaged or was written by a newer p2pdb "
+        f"({cause}). Restore the file from a backup, or sync a fresh database from a peer.",
+        code="ENCRYPTION_BAD_KEY_RECORD",
+    )

@@ -21,7 +21,7 @@ from ...errors import EncryptionError
 from ...storage import WriteTxn, table_name
 from ._cipher import FieldCipher, key_id
 from ._codec import EncryptedFieldsCodec
-from ._kdf import ScryptParams, check_password, derive_key
+from ._kdf import ScryptParams, bad_key_record, check_password, derive_key
 
 if TYPE_CHECKING:
     from ...schema import Schema
@@ -64,12 +64,7 @@ class _Record:
             kid = bytes.fromhex(data["key_id"])
             check = base64.b64decode(data["check"], validate=True)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise EncryptionError(
-                f"The key record of this database is damaged or was written by a newer "
-                f"p2pdb ({exc}). Restore the file from a backup, or sync a fresh database "
-                "from a peer.",
-                code="ENCRYPTION_BAD_KEY_RECORD",
-            ) from exc
+            raise bad_key_record(exc) from exc
         return cls(ScryptParams.from_json(data), kid, check, text)
 
     def opens_with(self, key: bytes) -> bool:

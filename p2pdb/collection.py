@@ -51,6 +51,12 @@ class Collection:
         self._batches: EventStream[list[ChangeEvent]] = EventStream()
 
     @property
+    def batches(self) -> Observable[list[ChangeEvent]]:
+        """Every committed transaction's events for this collection, as one list, in commit
+        order (live queries and replication listen here: one wake-up per commit)."""
+        return self._batches
+
+    @property
     def changes(self) -> Observable[ChangeEvent]:
         """Every committed write to this collection, one :class:`ChangeEvent` per document,
         in commit order. Hot: subscribers get the events after they subscribe."""
@@ -77,8 +83,9 @@ class Collection:
     def __repr__(self) -> str:
         return f"<Collection {self.name}>"
 
-    def _check_open(self) -> None:
-        self.database._check_open()
+    def check_open(self) -> None:
+        """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
+        self.database.check_open()
 
     # -- validation ------------------------------------------------------------------------
 
@@ -111,10 +118,16 @@ class Collection:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def _write(
+    async def bulk_write(
         self, writes: Sequence[Write], origin: str = LOCAL
     ) -> list[dict[str, Any] | ConflictError]:
-        self._check_open()
+        """Write already-validated states in one transaction, each against its expected
+        revision; per write, the new stored state or the :class:`ConflictError` it hit.
+
+        The low-level write under every other (replication uses it): call :meth:`prepare`
+        on each document first. ``origin`` becomes the events' ``origin``.
+        """
+        self.check_open()
 
         def run(txn: WriteTxn) -> list[dict[str, Any] | ConflictError]:
             return txn.put(self.name, writes, origin)
@@ -122,7 +135,7 @@ class Collection:
         return await self.database.storage.write(run)
 
     async def _write_one(self, write: Write) -> Document:
-        (result,) = await self._write([write])
+        (result,) = await self.bulk_write([write])
         if isinstance(result, ConflictError):
             raise result
         return Document(self, result)
@@ -159,7 +172,7 @@ class Collection:
                 exc.parameters["index"] = index
                 result.errors.append(exc)
         if writes:
-            for index, outcome in zip(positions, await self._write(writes), strict=True):
+            for index, outcome in zip(positions, await self.bulk_write(writes), strict=True):
                 if isinstance(outcome, ConflictError):
                     outcome.parameters["document_id"] = outcome.parameters.get("id")
                     outcome.parameters["index"] = index
@@ -175,7 +188,7 @@ class Collection:
         if not found:
             return []
         writes = [Write(doc.to_dict(), deleted=True, expected=doc.revision) for doc in found]
-        outcomes = await self._write(writes)
+        outcomes = await self.bulk_write(writes)
         removed = [Document(self, o) for o in outcomes if not isinstance(o, ConflictError)]
         # A document changed between the read and the write: remove what it is now.
         for outcome in outcomes:
@@ -275,7 +288,7 @@ class Collection:
 
     async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
         """Documents by primary key; ids that do not exist (or were removed) are left out."""
-        self._check_open()
+        self.check_open()
         states = self.database.storage.get(self.name, list(ids))
         return {
             i: Document(self, states[i]) for i in ids if i in states and not states[i]["_deleted"]

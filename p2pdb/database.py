@@ -63,7 +63,8 @@ class Database:
         """True once :meth:`close` ran."""
         return self.storage.closed
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
         if self.storage.closed:
             raise ClosedError(
                 f"The database {self.path!r} is closed; open it again with create_database().",
@@ -79,7 +80,7 @@ class Database:
         and ``resolve``, or a plain ``resolve`` function (default:
         :data:`p2pdb.conflicts.master_wins`).
         """
-        self._check_open()
+        self.check_open()
         if name in self._collections:
             raise SchemaError(
                 f"Collection {name!r} was already added to this database; use "
@@ -110,7 +111,7 @@ class Database:
         database, with every value intact. A wrong ``old`` raises
         :class:`~p2pdb.errors.EncryptionError` (``ENCRYPTION_WRONG_PASSWORD``) and changes
         nothing. Other processes that have the file open must open it again afterwards."""
-        self._check_open()
+        self.check_open()
         if self.encryption is None:
             raise EncryptionError(
                 "This database was opened without a password, so there is none to change. "

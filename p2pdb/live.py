@@ -56,7 +56,7 @@ class _LiveQuery:
 
     def start(self) -> None:
         collection = self._query.collection
-        self._subscription = collection._batches.subscribe(
+        self._subscription = collection.batches.subscribe(
             on_next=self._on_batch, on_completed=self._on_closed
         )
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -74,7 +74,7 @@ class Query(Generic[R]):
 
     async def _states(self) -> list[dict[str, Any]]:
         c = self.collection
-        c._check_open()
+        c.check_open()
         return await c.database.storage.query(c.name, self.compiled, self.skip, self.limit)
 
     def __repr__(self) -> str:
@@ -116,7 +116,7 @@ class FindOneQuery(Query[Document | None]):
         """Run the query."""
         c = self.collection
         if self.doc_id is not None:
-            c._check_open()
+            c.check_open()
             state = c.database.storage.get_one(c.name, self.doc_id)
             return None if state is None or state["_deleted"] else Document(c, state)
         states = await self._states()
@@ -129,5 +129,5 @@ class CountQuery(Query[int]):
     async def exec(self) -> int:
         """Run the query."""
         c = self.collection
-        c._check_open()
+        c.check_open()
         return await c.database.storage.count(c.name, self.compiled)

@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import shutil
 import sqlite3
-import string
 import tempfile
 import threading
 import time
@@ -45,6 +43,7 @@ from .errors import (
 )
 from .query import CompiledQuery, path_expression
 from .schema import Schema
+from .tokens import random_token
 
 __all__ = [
     "ABSENT",
@@ -137,10 +136,6 @@ def _revision_token(body: bytes, deleted: bool) -> str:
 def revision_height(rev: str | None) -> int:
     """The height of a ``"<height>-<token>"`` revision (0 for none)."""
     return int(rev.split("-", 1)[0]) if rev else 0
-
-
-def _random_token(length: int = 10) -> str:
-    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(length))
 
 
 @dataclass
@@ -349,7 +344,7 @@ class SQLiteStorage:
         try:
             row = conn.execute("SELECT value FROM p2pdb_info WHERE key = 'token'").fetchone()
             if row is None:
-                conn.execute("INSERT INTO p2pdb_info VALUES ('token', ?)", (_random_token(),))
+                conn.execute("INSERT INTO p2pdb_info VALUES ('token', ?)", (random_token(),))
                 row = conn.execute("SELECT value FROM p2pdb_info WHERE key = 'token'").fetchone()
             conn.execute("COMMIT")
         except BaseException:

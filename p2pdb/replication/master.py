@@ -69,7 +69,7 @@ class CollectionHandler:
                 code="REPLICATION_BAD_BATCH_SIZE",
             )
         c = self.collection
-        c._check_open()
+        c.check_open()
         seq = parse_checkpoint(checkpoint)
         pairs, last = c.database.storage.changes_since(c.name, seq, batch_size)
         return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
@@ -134,7 +134,7 @@ class CollectionHandler:
         retry: dict[str, tuple[Doc, bool, WriteRow]] = {}
         if writes:
             pk = c.schema.primary_key
-            for write, outcome in zip(writes, await c._write(writes, self.origin), strict=True):
+            for write, outcome in zip(writes, await c.bulk_write(writes, self.origin), strict=True):
                 if isinstance(outcome, P2PDBError):  # a local write got in between: redo
                     retry[write.document[pk]] = pending[write.document[pk]]
         return retry
@@ -154,7 +154,7 @@ class CollectionHandler:
             docs = [to_wire(e.document) for e in events if not skip_own or e.origin != origin]
             return ChangesBatch(docs, {"seq": seq})
 
-        return self.collection._batches.pipe(ops.map(batch))
+        return self.collection.batches.pipe(ops.map(batch))
 
 
 def collection_handler(collection: Collection, origin: str = "replication") -> CollectionHandler:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import BehaviorSubject
 
+from ..backoff import Backoff
 from ..changes import ChangeEvent
 from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
@@ -95,7 +95,7 @@ class ReplicationState:
         self.replication_id = replication_id
         self.pull, self.push, self.live = pull, push, live
         self.batch_size = batch_size
-        self._retry = (retry_delay, max_retry_delay)
+        self._backoff = {d: Backoff(retry_delay, max_retry_delay) for d in ("up", "down")}
         #: Key of this replication's rows in the meta table, and the ``origin`` of its writes.
         self.key = f"{collection.name}:{replication_id}"
 
@@ -133,7 +133,6 @@ class ReplicationState:
         self._persist_lock = asyncio.Lock()
         self._busy = {"up": False, "down": False}
         self._failing = {"up": False, "down": False}
-        self._failures = {"up": 0, "down": 0}  # in a row: the backoff exponent
         self._first_done = {"up": not push, "down": not pull}
         self._state_changed = asyncio.Event()
         self._canceled = False
@@ -182,7 +181,7 @@ class ReplicationState:
                 )
             if self.push:
                 self._subscriptions.append(
-                    self.collection._batches.subscribe(on_next=self._on_local_batch)
+                    self.collection.batches.subscribe(on_next=self._on_local_batch)
                 )
         loop = asyncio.get_running_loop()
         if self.pull:
@@ -310,23 +309,19 @@ class ReplicationState:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._failures[direction] += 1
                 self._failing[direction] = True
                 if direction == "down":
                     self._caught_up = False  # events queued now may follow a gap
                 self._set_busy(direction, False)
                 self._report(direction, exc)
-                base, cap = self._retry
-                exponent = min(self._failures[direction] - 1, 30)
-                delay = min(cap, base * 2**exponent * random.uniform(0.75, 1.25))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._backoff[direction].next_delay())
                 if direction == "down":
                     self._queue.put_nowait((next(self._arrivals), RESYNC))
                 else:
                     self._local_change.set()
 
     def _succeeded(self, direction: str) -> None:
-        self._failures[direction] = 0
+        self._backoff[direction].reset()
         if self._failing[direction]:
             self._failing[direction] = False
             self._changed()

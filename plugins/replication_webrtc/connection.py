@@ -40,7 +40,9 @@ from aiortc import RTCIceServer
 from reactivex import Observable
 from reactivex.subject import Subject
 
+from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ReplicationError, ValidationError
+from p2pdb.tokens import random_token
 
 from .framing import (
     DEFAULT_HIGH_WATER_MARK,
@@ -49,7 +51,6 @@ from .framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PARTIAL_MESSAGES,
     JSONMessage,
-    random_token,
 )
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
 from .link import Link, LinkCallbacks, LinkSettings, Peer, PeerMessage
@@ -143,7 +144,7 @@ class ConnectionHandler:
         self._members: set[str] = set()
         self._early_candidates: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
         self._reconnects: dict[str, asyncio.Task[None]] = {}
-        self._reconnect_delay: dict[str, float] = {}
+        self._reconnect_delay: dict[str, Backoff] = {}
         self._started = False
         self._closing = False
         self._closed = asyncio.Event()
@@ -389,8 +390,10 @@ class ConnectionHandler:
             or remote_id in self._reconnects
         ):
             return
-        delay = self._reconnect_delay.get(remote_id, RECONNECT_DELAY_MIN)
-        self._reconnect_delay[remote_id] = min(delay * 2, RECONNECT_DELAY_MAX)
+        backoff = self._reconnect_delay.setdefault(
+            remote_id, Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
+        )
+        delay = backoff.next_delay()
         logger.info("reconnecting to %s in %.1f s", remote_id, delay)
         task = asyncio.get_running_loop().create_task(self._reconnect_later(remote_id, delay))
         self._reconnects[remote_id] = task

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
-import string
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeAlias
@@ -34,6 +32,7 @@ from typing import Any, Protocol, TypeAlias
 import orjson
 
 from p2pdb.errors import PeerError, ValidationError
+from p2pdb.tokens import random_token
 
 __all__ = [
     "DEFAULT_HIGH_WATER_MARK",
@@ -48,7 +47,6 @@ __all__ = [
     "encode_message",
     "join_chunks",
     "parse_json",
-    "random_token",
     "split_json",
 ]
 
@@ -68,11 +66,6 @@ DEFAULT_LOW_WATER_MARK = 128 * 1024
 
 _CHUNK_ID_MAX_LENGTH = 100
 _MIN_CHUNK_CHARS = 256  # a message may have at most max_message_size / this many chunks
-
-
-def random_token(length: int) -> str:
-    """Return ``length`` random lowercase ASCII letters (RxDB's ``randomToken``)."""
-    return "".join(secrets.choice(string.ascii_lowercase) for _ in range(length))
 
 
 def _reject_constant(name: str) -> Any:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 
 from p2pdb.errors import PeerError
+from p2pdb.tokens import random_token
 
 from .framing import (
     DEFAULT_HIGH_WATER_MARK,
@@ -40,7 +40,6 @@ from .framing import (
     JSONMessage,
     Reassembler,
     encode_message,
-    random_token,
 )
 from .ice import host_addresses_override
 
@@ -220,7 +219,7 @@ class Link:
                 pc.on("datachannel", self._guarded(self._on_datachannel))
                 async with asyncio.timeout_at(deadline):
                     if self.initiator:
-                        channel = pc.createDataChannel(secrets.token_hex(20), ordered=True)
+                        channel = pc.createDataChannel(random_token(20), ordered=True)
                         self._attach_channel(channel)
                         await pc.setLocalDescription(await pc.createOffer())
                         self._check_relay_candidates(pc)

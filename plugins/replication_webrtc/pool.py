@@ -75,7 +75,7 @@ class ReplicationPool:
             c.disconnects.subscribe(on_next=self._on_disconnect),
             c.messages.subscribe(on_next=self._on_message),
             c.errors.subscribe(on_next=self._report),
-            self.collection._batches.subscribe(on_next=lambda _events: self._changed()),
+            self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
         ]
 
     # -- public API ------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from p2pdb.backoff import Backoff
 from p2pdb.errors import ValidationError
 
 from .signaling_server import is_valid_room
@@ -143,7 +143,7 @@ class SignalingClient:
     # -- internals ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = self._delay_min
+        backoff = Backoff(self._delay_min, self._delay_max, jitter=(0.5, 1.0))
         while not self._closed:
             joined_before = False
             try:
@@ -169,9 +169,8 @@ class SignalingClient:
                     self.own_peer_id = None
                     self._call(self._on_lost)
             if joined_before:
-                delay = self._delay_min
-            pause = delay * random.uniform(0.5, 1.0)
-            delay = min(delay * 2, self._delay_max)
+                backoff.reset()
+            pause = backoff.next_delay()
             logger.info("reconnecting to signaling server %s in %.2f s", self.url, pause)
             await asyncio.sleep(pause)
 

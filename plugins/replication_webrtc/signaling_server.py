@@ -28,8 +28,7 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 from p2pdb.errors import ValidationError
-
-from .framing import random_token
+from p2pdb.tokens import random_token
 
 __all__ = ["PEER_ID_LENGTH", "SignalingServer", "is_valid_room", "start_signaling_server"]
 

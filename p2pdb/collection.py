@@ -3,26 +3,50 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from reactivex import Observable
 
 from .changes import LOCAL, ChangeEvent
 from .conflicts import ConflictHandler, as_conflict_handler
-from .document import Document
+from .document import Document, Modifier
 from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
 from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
-from .storage import ANY_REVISION, Write, WriteTxn
-from .streams import EventStream, iterate
+from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
+from .streams import CommitStreams, iterate
 
-if TYPE_CHECKING:
-    from .database import Database
+__all__ = ["BulkWriteResult", "Collection", "CollectionDatabase"]
 
-__all__ = ["BulkWriteResult", "Collection"]
+
+class CollectionDatabase(Protocol):
+    """What a collection needs from its database (:class:`~p2pdb.Database` provides it).
+
+    Declared here so that ``collection`` never imports ``database``: the database creates
+    collections and feeds their streams; collections only call these members.
+    """
+
+    @property
+    def storage(self) -> SQLiteStorage:
+        """The storage of the database file."""
+        ...
+
+    @property
+    def safe_seq(self) -> int:
+        """The sequence number up to which every write was emitted (see ``tailer.py``)."""
+        ...
+
+    @property
+    def token(self) -> str:
+        """The database file's random token (peers tell databases apart with it)."""
+        ...
+
+    def check_open(self) -> None:
+        """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
+        ...
 
 
 @dataclass
@@ -41,26 +65,37 @@ class Collection:
     """A named set of documents that share a schema. Get one from ``db.add_collection``."""
 
     def __init__(
-        self, database: Database, name: str, schema: Schema, conflict_handler: object = None
+        self,
+        database: CollectionDatabase,
+        name: str,
+        schema: Schema,
+        conflict_handler: object = None,
+        streams: CommitStreams | None = None,
     ) -> None:
         self.database = database
         self.name = name
         self.schema = schema
         self.conflict_handler: ConflictHandler = as_conflict_handler(conflict_handler)
-        self._events: EventStream[ChangeEvent] = EventStream()
-        self._batches: EventStream[list[ChangeEvent]] = EventStream()
+        # The database owns and feeds the streams (it sees every commit); the collection
+        # only exposes them.
+        self._streams = streams if streams is not None else CommitStreams()
+
+    @property
+    def storage(self) -> SQLiteStorage:
+        """The storage of the database this collection belongs to."""
+        return self.database.storage
 
     @property
     def batches(self) -> Observable[list[ChangeEvent]]:
         """Every committed transaction's events for this collection, as one list, in commit
         order (live queries and replication listen here: one wake-up per commit)."""
-        return self._batches
+        return self._streams.batches
 
     @property
     def changes(self) -> Observable[ChangeEvent]:
         """Every committed write to this collection, one :class:`ChangeEvent` per document,
         in commit order. Hot: subscribers get the events after they subscribe."""
-        return self._events
+        return self._streams.changes
 
     def watch(self, *, max_buffer: int = 10_000) -> AsyncIterator[ChangeEvent]:
         """``async for event in collection.watch()``: the events of :attr:`changes`.
@@ -68,17 +103,7 @@ class Collection:
         A consumer more than ``max_buffer`` events behind gets
         :class:`~p2pdb.streams.StreamOverflowError`; closing the database ends the loop.
         """
-        return iterate(self._events, max_buffer=max_buffer)
-
-    def _emit(self, events: list[ChangeEvent]) -> None:
-        self._batches.on_next(events)
-        if self._events.observers:  # a 10,000-document commit with no listener costs nothing
-            for event in events:
-                self._events.on_next(event)
-
-    def _complete(self) -> None:
-        self._batches.on_completed()
-        self._events.on_completed()
+        return iterate(self._streams.changes, max_buffer=max_buffer)
 
     def __repr__(self) -> str:
         return f"<Collection {self.name}>"
@@ -132,7 +157,7 @@ class Collection:
         def run(txn: WriteTxn) -> list[dict[str, Any] | ConflictError]:
             return txn.put(self.name, writes, origin)
 
-        return await self.database.storage.write(run)
+        return await self.storage.write(run)
 
     async def _write_one(self, write: Write) -> Document:
         (result,) = await self.bulk_write([write])
@@ -194,26 +219,28 @@ class Collection:
         for outcome in outcomes:
             if isinstance(outcome, ConflictError) and outcome.document is not None:
                 if not outcome.document["_deleted"]:
-                    removed.append(await self._remove_one(outcome.parameters["id"]))
+                    removed.append(await self.remove_document(outcome.parameters["id"]))
         return removed
 
-    async def _remove_one(self, doc_id: str) -> Document:
+    async def remove_document(self, doc_id: str) -> Document:
+        """Write a tombstone over the latest state of ``doc_id``; returns the tombstone's
+        Document (what ``Document.remove()`` does). Raises
+        :class:`~p2pdb.errors.NotFoundError` if it does not exist or was removed."""
+
         async def tombstone(data: dict[str, Any]) -> dict[str, Any]:
             return data
 
         return await self._modify_id(doc_id, tombstone, deleted=True)
 
-    async def _modify(
-        self,
-        doc: Document,
-        fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]],
-    ) -> Document:
+    async def modify_document(self, doc: Document, fn: Modifier) -> Document:
+        """Write ``fn(data)`` over ``doc``; if another write got in first, run ``fn`` again
+        on the newer state until it applies (what ``Document.modify()`` does)."""
         return await self._modify_id(doc.id, fn, first=doc)
 
     async def _modify_id(
         self,
         doc_id: str,
-        fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]],
+        fn: Modifier,
         *,
         deleted: bool = False,
         first: Document | None = None,
@@ -252,7 +279,10 @@ class Collection:
                     raise
                 current = Document(self, exc.document)
 
-    async def _replace(self, doc: Document, data: Mapping[str, Any]) -> Document:
+    async def replace_document(self, doc: Document, data: Mapping[str, Any]) -> Document:
+        """Write ``data`` as the next state of exactly ``doc``'s revision (what
+        ``Document.replace()`` does): raises :class:`~p2pdb.errors.ConflictError` if the
+        document changed since ``doc`` was read."""
         prepared = self.prepare(data)
         if prepared[self.schema.primary_key] != doc.id:
             raise ValidationError(
@@ -289,7 +319,13 @@ class Collection:
     async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
         """Documents by primary key; ids that do not exist (or were removed) are left out."""
         self.check_open()
-        states = self.database.storage.get(self.name, list(ids))
+        states = self.storage.get(self.name, list(ids))
         return {
             i: Document(self, states[i]) for i in ids if i in states and not states[i]["_deleted"]
         }
+
+    def stored_state(self, doc_id: str) -> dict[str, Any] | None:
+        """The stored state of one document with its ``_rev``, ``_deleted`` and ``_meta``
+        (a tombstone too), or ``None`` if it was never written."""
+        self.check_open()
+        return self.storage.get_one(self.name, doc_id)

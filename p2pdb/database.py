@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
-from typing import Any, Protocol
+from importlib.metadata import entry_points
+from typing import Any, Final, Protocol
 
 from reactivex import Observable
 
@@ -13,10 +14,20 @@ from .collection import Collection
 from .errors import ClosedError, EncryptionError, SchemaError
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
-from .streams import EventStream, iterate
+from .streams import CommitStreams, EventStream, iterate
 from .tailer import ForeignWriteTailer
 
-__all__ = ["Database", "Encryption", "create_database"]
+__all__ = [
+    "ENCRYPTION_ENTRY_POINT_GROUP",
+    "Database",
+    "Encryption",
+    "EncryptionProvider",
+    "create_database",
+]
+
+#: The entry-point group in which a package declares what ``create_database(path,
+#: password=...)`` uses (an :class:`EncryptionProvider` named ``password``).
+ENCRYPTION_ENTRY_POINT_GROUP: Final = "p2pdb.encryption"
 
 
 class Encryption(Protocol):
@@ -32,8 +43,26 @@ class Encryption(Protocol):
         ...
 
 
+class EncryptionProvider(Protocol):
+    """What opens the :class:`Encryption` of a database (``PasswordEncryption`` of
+    ``p2pdb.plugins.encryption``, found through the ``p2pdb.encryption`` entry point)."""
+
+    def check_password(self, password: str) -> None:
+        """Raise :class:`~p2pdb.errors.ValidationError` unless ``password`` is usable."""
+        ...
+
+    async def open(self, storage: SQLiteStorage, password: str) -> Encryption:
+        """Check ``password`` against the open file (setting it up in a new one)."""
+        ...
+
+
 class Database:
-    """An open database. Create one with :func:`create_database`."""
+    """An open database. Create one with :func:`create_database` (which starts it).
+
+    Built directly on an open storage, it is inert until :meth:`start` (or ``async with``)
+    starts the tailer, and :meth:`close` stops everything (see "Lifecycle" in
+    ``docs/architecture.md``).
+    """
 
     def __init__(self, storage: SQLiteStorage, encryption: Encryption | None = None) -> None:
         self.storage = storage
@@ -41,9 +70,16 @@ class Database:
         self._collections: dict[str, Collection] = {}
         self.collections: Mapping[str, Collection] = types.MappingProxyType(self._collections)
         self._events: EventStream[ChangeEvent] = EventStream()
+        self._streams: dict[str, CommitStreams] = {}  # per collection, fed by _on_commit
         storage.on_commit = self._on_own_commit
         self._tailer = ForeignWriteTailer(storage, self._on_commit)
-        self._tailer.start()
+
+    async def start(self) -> Database:
+        """Start noticing other processes' writes (the tailer); returns the database.
+        Calling it again does nothing."""
+        self.check_open()
+        await self._tailer.start()
+        return self
 
     @property
     def path(self) -> str:
@@ -101,7 +137,9 @@ class Database:
                 )
             codec = self.encryption.codec_for(name, checked)
         await self.storage.ensure_collection(name, checked, codec)
-        collection = Collection(self, name, checked, conflict_handler)
+        streams = CommitStreams()
+        collection = Collection(self, name, checked, conflict_handler, streams)
+        self._streams[name] = streams
         self._collections[name] = collection
         return collection
 
@@ -145,9 +183,9 @@ class Database:
         for event in events:
             by_collection.setdefault(event.collection, []).append(event)
         for name, batch in by_collection.items():
-            collection = self._collections.get(name)
-            if collection is not None:
-                collection._emit(batch)
+            streams = self._streams.get(name)
+            if streams is not None:
+                streams.emit(batch)
         for event in events:
             self._events.on_next(event)
 
@@ -156,14 +194,14 @@ class Database:
         raises :class:`~p2pdb.errors.ClosedError`."""
         if self.storage.closed:
             return
-        await self._tailer.stop()
+        await self._tailer.close()
         await self.storage.close()
-        for collection in self._collections.values():
-            collection._complete()
+        for streams in self._streams.values():
+            streams.complete()
         self._events.on_completed()
 
     async def __aenter__(self) -> Database:
-        return self
+        return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -185,7 +223,7 @@ class _DatabaseOpener:
         except BaseException:
             await storage.close()
             raise
-        self._db = Database(storage, encryption)
+        self._db = await Database(storage, encryption).start()
         return self._db
 
     def __await__(self) -> Generator[Any, None, Database]:
@@ -205,11 +243,32 @@ def _encryption_opener(
     """What sets up encryption once the file is open (the password is checked first, so a
     malformed one never creates a file)."""
     if password is not None:
-        from .plugins.encryption import PasswordEncryption  # loaded only when asked for
-
-        PasswordEncryption.check_password(password)
-        return lambda storage: PasswordEncryption.open(storage, password)
+        provider = encryption_provider()
+        provider.check_password(password)
+        return lambda storage: provider.open(storage, password)
     return _refuse_encrypted
+
+
+def encryption_provider() -> EncryptionProvider:
+    """The :class:`EncryptionProvider` declared as ``password`` in the
+    ``p2pdb.encryption`` entry-point group.
+
+    An entry point, not an import: the core must not depend on a plugin (that would be a
+    core-to-plugin edge in the import graph and would hard-wire one implementation).
+    p2pdb's own ``pyproject.toml`` declares ``p2pdb.plugins.encryption:PasswordEncryption``
+    there. It is looked up only when a password is given, so ``import p2pdb`` never loads
+    ``cryptography``. Raises :class:`~p2pdb.errors.EncryptionError`
+    (``ENCRYPTION_UNAVAILABLE``) when no installed package declares one.
+    """
+    for entry in entry_points(group=ENCRYPTION_ENTRY_POINT_GROUP, name="password"):
+        provider: EncryptionProvider = entry.load()
+        return provider
+    raise EncryptionError(
+        f"No encryption is installed: no package declares a 'password' entry point in the "
+        f"{ENCRYPTION_ENTRY_POINT_GROUP!r} group. Install p2pdb with pip (pip install -e . "
+        "in a checkout) so that its encryption plugin is registered.",
+        code="ENCRYPTION_UNAVAILABLE",
+    )
 
 
 async def _refuse_encrypted(storage: SQLiteStorage) -> None:

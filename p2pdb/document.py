@@ -3,18 +3,57 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
 
-if TYPE_CHECKING:
-    from .changes import ChangeEvent
-    from .collection import Collection
+from .changes import ChangeEvent
+from .schema import Schema
 
-__all__ = ["Document", "user_fields"]
+__all__ = ["Document", "DocumentCollection", "Modifier", "user_fields"]
+
+#: What ``Document.modify`` takes: the current user fields in, the next ones out (may be async).
+Modifier = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
+
+
+class DocumentCollection(Protocol):
+    """What a :class:`Document` needs from its collection (:class:`~p2pdb.Collection`
+    provides it). Declared here, below the collection, so that ``document`` never imports
+    ``collection``: the collection builds documents, documents only call these methods."""
+
+    @property
+    def name(self) -> str:
+        """The collection's name."""
+        ...
+
+    @property
+    def schema(self) -> Schema:
+        """The collection's schema (for the primary key)."""
+        ...
+
+    @property
+    def changes(self) -> Observable[ChangeEvent]:
+        """Every committed write to the collection, one event per document."""
+        ...
+
+    def stored_state(self, doc_id: str) -> dict[str, Any] | None:
+        """The stored state of one document (tombstones included), or ``None``."""
+        ...
+
+    async def modify_document(self, doc: Document, fn: Modifier) -> Document:
+        """Write ``fn(data)`` over ``doc``, again on newer states until it applies."""
+        ...
+
+    async def replace_document(self, doc: Document, data: Mapping[str, Any]) -> Document:
+        """Write ``data`` as the next state of exactly ``doc``'s revision."""
+        ...
+
+    async def remove_document(self, doc_id: str) -> Document:
+        """Write a tombstone over the latest state of ``doc_id``."""
+        ...
 
 
 def user_fields(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -34,7 +73,7 @@ class Document(Mapping[str, Any]):
 
     __slots__ = ("_collection", "_state")
 
-    def __init__(self, collection: Collection, state: dict[str, Any]) -> None:
+    def __init__(self, collection: DocumentCollection, state: dict[str, Any]) -> None:
         self._collection = collection
         self._state = state
 
@@ -58,8 +97,8 @@ class Document(Mapping[str, Any]):
         return bool(self._state["_deleted"])
 
     @property
-    def collection(self) -> Collection:
-        """The collection the document belongs to."""
+    def collection(self) -> DocumentCollection:
+        """The collection the document belongs to (a :class:`~p2pdb.Collection`)."""
         return self._collection
 
     def __getitem__(self, key: str) -> Any:
@@ -98,18 +137,16 @@ class Document(Mapping[str, Any]):
         patch = dict(changes)
         return await self.modify(lambda data: {**data, **patch})
 
-    async def modify(
-        self, fn: Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
-    ) -> Document:
+    async def modify(self, fn: Modifier) -> Document:
         """Write ``fn(current data)``; if another write got in first, run ``fn`` again on the
         newer state, until it applies. ``fn`` may be async. Returns the new Document."""
-        return await self._collection._modify(self, fn)
+        return await self._collection.modify_document(self, fn)
 
     async def replace(self, data: Mapping[str, Any]) -> Document:
         """Write ``data`` as the next state of this revision exactly: raises
         :class:`~p2pdb.errors.ConflictError` (with the stored state) if the document changed
         since this snapshot was read."""
-        return await self._collection._replace(self, data)
+        return await self._collection.replace_document(self, data)
 
     def observe(self) -> Observable[Document]:
         """This document's latest stored state now, then each new state (a removal gives a
@@ -118,15 +155,16 @@ class Document(Mapping[str, Any]):
 
     async def remove(self) -> Document:
         """Delete the document (write a tombstone); returns the tombstone's Document."""
-        return await self._collection._remove_one(self.id)
+        return await self._collection.remove_document(self.id)
 
 
-def observe_document(collection: Collection, doc_id: str) -> Observable[Document]:
+def observe_document(collection: DocumentCollection, doc_id: str) -> Observable[Document]:
     """The stored state of one document now, then each committed new state."""
 
     def current() -> Observable[Document]:
-        state = collection.database.storage.get_one(collection.name, doc_id)
+        state = collection.stored_state(doc_id)
         now = reactivex.empty() if state is None else reactivex.just(Document(collection, state))
+
         def same_id(event: ChangeEvent) -> bool:
             return event.id == doc_id
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, Generic, TypeVar
 
 import reactivex
 from reactivex import Observable
@@ -22,9 +22,6 @@ from reactivex.disposable import Disposable
 
 from .changes import ChangeEvent
 from .document import Document
-
-if TYPE_CHECKING:
-    from .queries import Query
 
 __all__ = ["observe_query", "result_key"]
 
@@ -44,9 +41,17 @@ def result_key(result: object) -> Hashable:
     return result  # int or None
 
 
-class _LiveQuery:
-    def __init__(self, query: Query[Any], observer: ObserverBase[Any]) -> None:
-        self._query = query
+class _LiveQuery(Generic[R]):
+    def __init__(
+        self,
+        run: Callable[[], Awaitable[R]],
+        batches: Observable[list[ChangeEvent]],
+        matches: Callable[[Mapping[str, Any]], bool],
+        observer: ObserverBase[R],
+    ) -> None:
+        self._run_query = run
+        self._batches = batches
+        self._matches = matches
         self._observer = observer
         self._dirty = asyncio.Event()
         self._ids: set[str] = set()
@@ -55,8 +60,7 @@ class _LiveQuery:
         self._subscription: DisposableBase | None = None
 
     def start(self) -> None:
-        collection = self._query.collection
-        self._subscription = collection.batches.subscribe(
+        self._subscription = self._batches.subscribe(
             on_next=self._on_batch, on_completed=self._on_closed
         )
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -80,7 +84,7 @@ class _LiveQuery:
     def _relevant(self, events: list[ChangeEvent]) -> bool:
         if len(events) > _MATCH_LIMIT:
             return True
-        matches = self._query.compiled.matches
+        matches = self._matches
         for event in events:
             if event.id in self._ids:
                 return True
@@ -98,7 +102,7 @@ class _LiveQuery:
         try:
             while True:
                 self._dirty.clear()
-                result = await self._query.exec()
+                result = await self._run_query()
                 key = result_key(result)
                 if key != self._key:
                     self._key = key
@@ -120,13 +124,22 @@ def _ids_of(result: object) -> set[str]:
     return set()
 
 
-def observe_query(query: Query[R]) -> Observable[R]:
-    """The query's result now, then each time it changes (see the module docstring)."""
+def observe_query(
+    run: Callable[[], Awaitable[R]],
+    batches: Observable[list[ChangeEvent]],
+    matches: Callable[[Mapping[str, Any]], bool],
+) -> Observable[R]:
+    """``run()``'s result now, then each time it changes (see the module docstring).
+
+    ``batches`` are the collection's committed batches, ``matches`` the query's selector
+    evaluated in Python. Plain callables rather than the query object, so that this module
+    stays below ``queries`` (which uses it) in the import graph.
+    """
 
     def subscribe(
         observer: ObserverBase[R], scheduler: SchedulerBase | None = None
     ) -> DisposableBase:
-        live = _LiveQuery(query, observer)
+        live = _LiveQuery(run, batches, matches, observer)
         live.start()
         return Disposable(live.stop)
 

@@ -7,22 +7,40 @@ be run again or observed live.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from reactivex import Observable
 
-from .document import Document
+from .changes import ChangeEvent
+from .document import Document, DocumentCollection
 from .errors import QueryError
 from .live import observe_query
 from .query import CompiledQuery, compile_query
+from .storage import SQLiteStorage
 from .streams import iterate
 
-if TYPE_CHECKING:
-    from .collection import Collection
-
-__all__ = ["CountQuery", "FindOneQuery", "FindQuery", "Query"]
+__all__ = ["CountQuery", "FindOneQuery", "FindQuery", "Query", "QueryCollection"]
 
 R = TypeVar("R")
+
+
+class QueryCollection(DocumentCollection, Protocol):
+    """What a query needs from its collection (:class:`~p2pdb.Collection` provides it);
+    declared here so that ``queries`` never imports ``collection``."""
+
+    @property
+    def storage(self) -> SQLiteStorage:
+        """The storage the collection's documents live in."""
+        ...
+
+    @property
+    def batches(self) -> Observable[list[ChangeEvent]]:
+        """Every committed transaction's events for the collection (live queries)."""
+        ...
+
+    def check_open(self) -> None:
+        """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
+        ...
 
 
 class Query(Generic[R]):
@@ -30,7 +48,7 @@ class Query(Generic[R]):
 
     def __init__(
         self,
-        collection: Collection,
+        collection: QueryCollection,
         selector: Mapping[str, Any] | None = None,
         sort: Sequence[Mapping[str, str]] | None = None,
         skip: int = 0,
@@ -65,7 +83,7 @@ class Query(Generic[R]):
 
     def observe(self) -> Observable[R]:
         """The result now, then again each time a committed write changes it."""
-        return observe_query(self)
+        return observe_query(self.exec, self.collection.batches, self.compiled.matches)
 
     def watch(self) -> AsyncIterator[R]:
         """``async for result in query.watch()``: like :meth:`observe`; a slow consumer
@@ -75,7 +93,7 @@ class Query(Generic[R]):
     async def _states(self) -> list[dict[str, Any]]:
         c = self.collection
         c.check_open()
-        return await c.database.storage.query(c.name, self.compiled, self.skip, self.limit)
+        return await c.storage.query(c.name, self.compiled, self.skip, self.limit)
 
     def __repr__(self) -> str:
         return (
@@ -98,7 +116,7 @@ class FindOneQuery(Query[Document | None]):
 
     def __init__(
         self,
-        collection: Collection,
+        collection: QueryCollection,
         selector: Mapping[str, Any] | str | None = None,
         sort: Sequence[Mapping[str, str]] | None = None,
     ) -> None:
@@ -117,7 +135,7 @@ class FindOneQuery(Query[Document | None]):
         c = self.collection
         if self.doc_id is not None:
             c.check_open()
-            state = c.database.storage.get_one(c.name, self.doc_id)
+            state = c.storage.get_one(c.name, self.doc_id)
             return None if state is None or state["_deleted"] else Document(c, state)
         states = await self._states()
         return Document(c, states[0]) if states else None
@@ -130,4 +148,4 @@ class CountQuery(Query[int]):
         """Run the query."""
         c = self.collection
         c.check_open()
-        return await c.database.storage.count(c.name, self.compiled)
+        return await c.storage.count(c.name, self.compiled)

@@ -43,8 +43,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from ._query_eval import Descending, evaluator, get_path, sort_value
 from ._query_sql import (
-    MISSING,
     And,
     Cond,
     ElemMatch,
@@ -52,7 +52,6 @@ from ._query_sql import (
     Not,
     Or,
     SqlTranslator,
-    compare_scalars,
     json_path,
     kind_of,
 )
@@ -130,7 +129,7 @@ class CompiledQuery:
     def sort_key(self, doc: Mapping[str, Any]) -> tuple[Any, ...]:
         """A key for :func:`sorted` giving the same order as ``order_sql``."""
         return tuple(
-            _Descending(_sort_value(_get(doc, p))) if desc else _sort_value(_get(doc, p))
+            Descending(sort_value(get_path(doc, p))) if desc else sort_value(get_path(doc, p))
             for p, desc in self._sort
         )
 
@@ -156,7 +155,7 @@ def compile_query(
     (where_sql, where_params), rest = translator.split(root)
     residual = None
     if rest:
-        residual = _evaluator(rest[0] if len(rest) == 1 else And(tuple(rest)))
+        residual = evaluator(rest[0] if len(rest) == 1 else And(tuple(rest)))
     order_sql = translator.order_by(order)
     if not order or order[-1][0] != primary_key:
         order.append((primary_key, bool(order) and order[-1][1]))
@@ -166,7 +165,7 @@ def compile_query(
         residual=residual,
         order_sql=order_sql,
         paths=frozenset(parser.paths),
-        _predicate=_evaluator(root),
+        _predicate=evaluator(root),
         _sort=tuple(order),
     )
 
@@ -411,97 +410,3 @@ def _regex(pattern: Any, options: Any, path: str) -> re.Pattern[str]:
             f'"$regex" on "{path}" is not a valid regular expression ({e}): {pattern!r}.',
             path=path,
         ) from None
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-def _get(root: Any, path: str) -> Any:
-    """The value at a dotted path (walking objects only), or MISSING."""
-    value = root
-    if path:
-        for segment in path.split("."):
-            if not isinstance(value, Mapping):
-                return MISSING
-            value = value.get(segment, MISSING)
-    return value
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    """Deep JSON equality: booleans differ from numbers, 1 == 1.0, key order is ignored."""
-    kind = kind_of(a)
-    if kind != kind_of(b):
-        return False
-    if kind == "array":
-        return len(a) == len(b) and all(map(_json_equal, a, b))
-    if kind == "object":
-        return a.keys() == b.keys() and all(_json_equal(v, b[k]) for k, v in a.items())
-    return bool(a == b)
-
-
-def _any_element(value: Any, test: Callable[[Any], bool]) -> bool:
-    """Mongo's field rule: the value matches, or one element of an array value does."""
-    return test(value) or (isinstance(value, list) and any(map(test, value)))
-
-
-def _field_test(op: str, operand: Any) -> Callable[[Any], bool]:
-    """The test a condition applies to the value of its field (possibly MISSING)."""
-    if op == "$eq" or (op in ("$gte", "$lte") and operand is None):
-        if operand is None:
-            return lambda v: v is MISSING or _any_element(v, lambda e: e is None)
-        return lambda v: _any_element(v, lambda e: _json_equal(e, operand))
-    if op in ("$gt", "$lt", "$gte", "$lte"):
-        if operand is None:
-            return lambda v: False  # nothing is greater or less than null
-        return lambda v: _any_element(v, lambda e: compare_scalars(e, op, operand))
-    if op == "$in":
-        tests = [_field_test("$eq", x) for x in operand]
-        return lambda v: any(t(v) for t in tests)
-    if op == "$exists":
-        return lambda v: (v is not MISSING) is operand
-    if op == "$size":
-        return lambda v: isinstance(v, list) and len(v) == operand
-    if op == "$regex":
-        return lambda v: _any_element(v, lambda e: isinstance(e, str) and bool(operand.search(e)))
-    sub: ElemMatch = operand  # $elemMatch
-    test = _evaluator(sub.node)
-    return lambda v: isinstance(v, list) and any(
-        (isinstance(e, Mapping) or not sub.objects_only) and test(e) for e in v
-    )
-
-
-def _evaluator(node: Node) -> Callable[[Any], bool]:
-    """A Python predicate over a document (or an array element) for ``node``."""
-    if isinstance(node, Cond):
-        path, test = node.path, _field_test(node.op, node.operand)
-        return lambda root: test(_get(root, path))
-    if isinstance(node, Not):
-        inner = _evaluator(node.child)
-        return lambda root: not inner(root)
-    children = [_evaluator(c) for c in node.children]
-    if isinstance(node, And):
-        return lambda root: all(c(root) for c in children)
-    return lambda root: any(c(root) for c in children)
-
-
-_RANKS: Final = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
-
-
-def _sort_value(value: Any) -> tuple[int, Any]:
-    rank = _RANKS.get(kind_of(value), 0)  # missing sorts with null
-    return (rank, value if rank in (1, 2, 5) else None)
-
-
-class _Descending:
-    """Reverses the order of a sort key component."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple[int, Any]) -> None:
-        self.key = key
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Descending) and self.key == other.key
-
-    def __lt__(self, other: _Descending) -> bool:
-        return bool(other.key < self.key)

@@ -23,9 +23,10 @@ from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import Subject
 
+from .changes import ChangeEvent
 from .errors import StreamOverflowError
 
-__all__ = ["EventStream", "StreamOverflowError", "iterate"]
+__all__ = ["CommitStreams", "EventStream", "StreamOverflowError", "iterate"]
 
 T = TypeVar("T")
 log = logging.getLogger("p2pdb.streams")
@@ -42,6 +43,42 @@ class EventStream(Subject[T], Generic[T]):
                 observer.on_next(value)
             except Exception:
                 log.exception("A subscriber of a p2pdb stream raised; it was skipped")
+
+
+class CommitStreams:
+    """The two streams of one collection's committed writes: one list per transaction
+    (``batches``) and one event per document (``changes``).
+
+    The database owns one per collection and feeds it (:meth:`emit`, then :meth:`complete`
+    when it closes); the collection only exposes the two observables, so nothing but the
+    commit path can publish on them.
+    """
+
+    def __init__(self) -> None:
+        self._batches: EventStream[list[ChangeEvent]] = EventStream()
+        self._changes: EventStream[ChangeEvent] = EventStream()
+
+    @property
+    def batches(self) -> Observable[list[ChangeEvent]]:
+        """Every committed transaction's events, as one list, in commit order."""
+        return self._batches
+
+    @property
+    def changes(self) -> Observable[ChangeEvent]:
+        """Every committed event, one per document, in commit order."""
+        return self._changes
+
+    def emit(self, events: list[ChangeEvent]) -> None:
+        """Publish one committed transaction's events (called on the loop, in commit order)."""
+        self._batches.on_next(events)
+        if self._changes.observers:  # a 10,000-document commit with no listener costs nothing
+            for event in events:
+                self._changes.on_next(event)
+
+    def complete(self) -> None:
+        """End both streams (the database closed)."""
+        self._batches.on_completed()
+        self._changes.on_completed()
 
 
 class _Iterator(Generic[T]):

@@ -17,13 +17,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .changes import ChangeEvent, Operation
-from .storage import revision_height
-
-if TYPE_CHECKING:
-    from .storage import SQLiteStorage
+from .storage import SQLiteStorage, revision_height
 
 __all__ = ["ForeignWriteTailer"]
 
@@ -65,17 +61,25 @@ class ForeignWriteTailer:
         while self._own_ranges and self._own_ranges[0][0] <= self._safe + 1:
             self._safe = max(self._safe, self._own_ranges.pop(0)[1])
 
-    def start(self) -> None:
-        """Begin polling (on the running loop)."""
-        self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+    async def start(self) -> ForeignWriteTailer:
+        """Begin polling on the running loop (again: nothing); returns the tailer."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._poll_forever())
+        return self
 
-    async def stop(self) -> None:
-        """Stop polling."""
+    async def close(self) -> None:
+        """Stop polling (the polling task is cancelled and awaited)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+    async def __aenter__(self) -> ForeignWriteTailer:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     async def _poll_forever(self) -> None:
         while True:

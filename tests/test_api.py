@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 import subprocess
@@ -144,3 +145,61 @@ def undocumented_members(cls: type) -> list[str]:
 
 def test_package_is_typed() -> None:
     assert (PACKAGE / "py.typed").is_file()
+
+
+USER_SCRIPT = '''
+import asyncio
+
+import p2pdb
+from p2pdb.plugins.replication_webrtc import (
+    aiortc_connection_handler,
+    replicate_webrtc,
+    start_signaling_server,
+)
+
+SCHEMA = {"version": 0, "primaryKey": "id", "type": "object",
+          "properties": {"id": {"type": "string", "maxLength": 100}}, "required": ["id"]}
+
+
+async def main() -> None:
+    async with p2pdb.create_database(":memory:") as db:
+        todos: p2pdb.Collection = await db.add_collection("todos", schema=SCHEMA)
+        doc: p2pdb.Document = await todos.insert({"id": "milk"})
+        doc = await doc.patch({"priority": 3})
+        found: list[p2pdb.Document] = await todos.find({}, limit=20)
+        left: int = await todos.count()
+        server = await start_signaling_server(port=8080)
+        handler = aiortc_connection_handler("ws://127.0.0.1:8080", ice_servers=[])
+        pool = await replicate_webrtc(todos, "my-app-todos", handler)
+        await pool.wait_for_in_sync()
+        await pool.cancel()
+        await server.close()
+        print(doc.revision, found, left)
+
+
+asyncio.run(main())
+'''
+
+WRONG_SCRIPT = '''
+import p2pdb
+
+
+async def wrong(doc: p2pdb.Document) -> int:
+    return doc.revision
+'''
+
+
+def test_a_users_script_type_checks_against_the_installed_package(tmp_path: Path) -> None:
+    """``mypy --strict`` finds ``p2pdb`` and its plugins where pip installed them (no
+    ``PYTHONPATH``), and really reads their types: a wrong script is caught."""
+    (tmp_path / "app.py").write_text(USER_SCRIPT)
+    (tmp_path / "wrong.py").write_text(WRONG_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path / "cache"),
+         "--no-error-summary", "app.py", "wrong.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    errors = [line for line in result.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, result.stdout + result.stderr
+    assert errors[0].startswith("wrong.py:6:") and '"str"' in errors[0], errors[0]

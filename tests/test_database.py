@@ -299,3 +299,55 @@ async def test_processes_creating_one_new_file_at_once(tmp_path: Path) -> None:
         async with p2pdb.create_database(path) as db:
             todos = await db.add_collection("todos", schema=TODO_SCHEMA)
             assert sorted(d.id for d in await todos.find()) == ["first", "second", "third"]
+
+
+async def test_a_database_starts_nothing_until_started_and_stops_everything_on_close(
+    db_path: str,
+) -> None:
+    from p2pdb.database import Database
+    from p2pdb.storage import SQLiteStorage
+
+    storage = await SQLiteStorage.open(db_path)
+    before = asyncio.all_tasks()
+    db = Database(storage)
+    assert asyncio.all_tasks() == before  # the constructor starts no task
+    async with db:
+        started = asyncio.all_tasks() - before
+        assert len(started) == 1  # the tailer, started by async with / start()
+        assert await db.start() is db  # starting again changes nothing
+        assert asyncio.all_tasks() - before == started
+    assert db.closed
+    assert all(task.done() for task in started)
+
+
+async def test_a_started_database_notices_other_writers(db_path: str) -> None:
+    from p2pdb.database import Database
+    from p2pdb.storage import SQLiteStorage
+
+    other = await p2pdb.create_database(db_path)
+    others = await other.add_collection("todos", schema=TODO_SCHEMA)
+    db = Database(await SQLiteStorage.open(db_path))
+    todos = await db.add_collection("todos", schema=TODO_SCHEMA)
+    seen: list[str] = []
+    arrived = asyncio.Event()
+    todos.changes.subscribe(lambda event: (seen.append(event.id), arrived.set()))
+    await db.start()
+    await others.insert({"id": "x", "text": "from another Database object"})
+    await asyncio.wait_for(arrived.wait(), 5)
+    assert seen == ["x"]
+    await other.close()
+    await db.close()
+
+
+async def test_password_without_an_encryption_provider_says_what_to_install(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import p2pdb.database
+    from p2pdb.errors import EncryptionError
+
+    assert p2pdb.database.encryption_provider().__name__ == "PasswordEncryption"
+    monkeypatch.setattr(p2pdb.database, "entry_points", lambda **_: [])
+    with pytest.raises(EncryptionError) as caught:
+        await p2pdb.create_database(db_path, password="correct horse battery")
+    assert caught.value.code == "ENCRYPTION_UNAVAILABLE"
+    assert not await asyncio.to_thread(Path(db_path).exists)  # found out before creating it

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
-from importlib.metadata import entry_points
 from typing import Any, Final, Protocol
 
 from reactivex import Observable
@@ -260,6 +259,8 @@ def encryption_provider() -> EncryptionProvider:
     ``cryptography``. Raises :class:`~p2pdb.errors.EncryptionError`
     (``ENCRYPTION_UNAVAILABLE``) when no installed package declares one.
     """
+    from importlib.metadata import entry_points  # only with a password: it is slow to load
+
     for entry in entry_points(group=ENCRYPTION_ENTRY_POINT_GROUP, name="password"):
         provider: EncryptionProvider = entry.load()
         return provider

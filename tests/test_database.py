@@ -342,11 +342,13 @@ async def test_a_started_database_notices_other_writers(db_path: str) -> None:
 async def test_password_without_an_encryption_provider_says_what_to_install(
     db_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib.metadata
+
     import p2pdb.database
     from p2pdb.errors import EncryptionError
 
     assert p2pdb.database.encryption_provider().__name__ == "PasswordEncryption"
-    monkeypatch.setattr(p2pdb.database, "entry_points", lambda **_: [])
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **_: [])
     with pytest.raises(EncryptionError) as caught:
         await p2pdb.create_database(db_path, password="correct horse battery")
     assert caught.value.code == "ENCRYPTION_UNAVAILABLE"

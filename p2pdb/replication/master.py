@@ -71,7 +71,7 @@ class CollectionHandler:
         c = self.collection
         c.check_open()
         seq = parse_checkpoint(checkpoint)
-        pairs, last = c.database.storage.changes_since(c.name, seq, batch_size)
+        pairs, last = c.storage.changes_since(c.name, seq, batch_size)
         return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
 
     async def write(self, rows: Sequence[WriteRow] | Sequence[Mapping[str, Any]]) -> list[Doc]:
@@ -116,7 +116,7 @@ class CollectionHandler:
     ) -> dict[str, tuple[Doc, bool, WriteRow]]:
         c = self.collection
         is_equal = c.conflict_handler.is_equal
-        current = c.database.storage.get(c.name, list(pending))
+        current = c.storage.get(c.name, list(pending))
         writes: list[Write] = []
         for doc_id, (user, deleted, row) in pending.items():
             state = current.get(doc_id)

@@ -93,35 +93,35 @@ def canonical(name: str) -> str:
     return name
 
 
+def parse(name: str, path: Path, text: str, is_package: bool) -> Module:
+    """One module, its imports resolved to absolute dotted names."""
+    module = Module(name, path, ast.parse(text, str(path)), is_package, len(text.splitlines()))
+    for node in ast.walk(module.tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                module.imports.append((canonical(alias.name), [], node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = canonical(node.module or "")
+            module.imports.append((target, [a.name for a in node.names], node.lineno))
+    return module
+
+
 @cache
 def modules() -> dict[str, Module]:
-    """Every project module by dotted name, with its imports resolved."""
-    found: dict[str, Module] = {}
-    for name, path in _source_files():
-        text = path.read_text()
-        found[name] = Module(
-            name, path, ast.parse(text, str(path)), path.name == "__init__.py",
-            len(text.splitlines()),
-        )
-    for module in found.values():
-        for node in ast.walk(module.tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    module.imports.append((canonical(alias.name), [], node.lineno))
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = module.package.split(".")
-                    base = base[: len(base) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = canonical(node.module or "")
-                module.imports.append((target, [a.name for a in node.names], node.lineno))
-    return found
+    """Every project module by dotted name."""
+    return {
+        name: parse(name, path, path.read_text(), path.name == "__init__.py")
+        for name, path in _source_files()
+    }
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(mods: dict[str, Module]) -> dict[str, set[str]]:
     """Project module -> the project modules it imports (see the module docstring)."""
-    mods = modules()
     graph: dict[str, set[str]] = {name: set() for name in mods}
     for module in mods.values():
         for target, names, _line in module.imports:
@@ -190,7 +190,7 @@ def one_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
 
 def import_cycles() -> list[str]:
     """One line per cycle of modules."""
-    graph = import_graph()
+    graph = import_graph(modules())
     return [
         f"import cycle among {{{', '.join(c)}}}: {' -> '.join(one_cycle(graph, c))}"
         for c in strongly_connected(graph)
@@ -208,29 +208,34 @@ def private_class_attributes(module: Module) -> set[str]:
     for cls in ast.walk(module.tree):
         if not isinstance(cls, ast.ClassDef):
             continue
-        for node in ast.walk(cls):
+        for node in cls.body:  # methods, nested classes, class attributes, __slots__
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 names.add(node.name)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-                if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"):
-                    names.add(node.attr)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                names.add(node.id)
             elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 names.add(node.target.id)
-        for node in cls.body:  # __slots__ = ("_a", "_b")
-            if isinstance(node, ast.Assign) and any(
-                isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id == "__slots__":
+                        names.update(
+                            c.value
+                            for c in ast.walk(node.value)
+                            if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                        )
+                    elif isinstance(target, ast.Name):
+                        names.add(target.id)
+        for node in ast.walk(cls):  # self._x = ... in any method
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("self", "cls")
             ):
-                for const in ast.walk(node.value):
-                    if isinstance(const, ast.Constant) and isinstance(const.value, str):
-                        names.add(const.value)
+                names.add(node.attr)
     return {n for n in names if is_private(n)}
 
 
-def private_name_uses() -> list[str]:
+def private_name_uses(mods: dict[str, Module]) -> list[str]:
     """One line per use of another module's private name (see the module docstring)."""
-    mods = modules()
     defined = {name: private_class_attributes(m) for name, m in mods.items()}
     violations: list[str] = []
     for module in mods.values():
@@ -244,26 +249,24 @@ def private_name_uses() -> list[str]:
                             target if alias.asname else target.split(".")[0]
                         )
         for target, names, line in module.imports:
+            referenced = []  # the project modules this import statement names
             for name in names:
-                submodule = f"{target}.{name}"
-                if submodule in mods:
-                    bound_as = name
-                    bound[bound_as] = submodule
-                    if is_private(name) and not _inside(module.name, target):
+                if f"{target}.{name}" in mods:
+                    bound[name] = f"{target}.{name}"
+                    referenced.append(f"{target}.{name}")
+                elif target in mods:
+                    referenced.append(target)
+                    if is_private(name):
                         violations.append(
-                            f"{module.where}:{line}: imports private module {submodule} "
-                            f"from outside {target}"
+                            f"{module.where}:{line}: imports private name {name} from {target}"
                         )
-                elif target in mods and is_private(name):
-                    violations.append(
-                        f"{module.where}:{line}: imports private name {name} from {target}"
-                    )
             if not names and target in mods:
-                last = target.rpartition(".")[2]
-                package = target.rpartition(".")[0]
+                referenced.append(target)
+            for used in referenced:
+                package, _, last = used.rpartition(".")
                 if is_private(last) and not _inside(module.name, package):
                     violations.append(
-                        f"{module.where}:{line}: imports private module {target} "
+                        f"{module.where}:{line}: imports private module {used} "
                         f"from outside {package}"
                     )
         own = defined[module.name]
@@ -335,13 +338,42 @@ def test_the_checks_catch_what_they_look_for() -> None:
     assert private_class_attributes(module) == {"_slot", "_klass", "_attr", "_method"}
 
 
+def test_the_private_name_check_flags_each_kind_and_nothing_else() -> None:
+    sources = {
+        "pkg": ("", True),
+        "pkg.owner": ("class Owner:\n    def __init__(self):\n        self._secret = 1\n"
+                      "    def _hidden(self): ...\n    def peek(self, other):\n"
+                      "        return other._secret\n_helper = 1\n", False),
+        "pkg._impl": ("X = 1\n", False),
+        "app": ("", True),
+        "app.user": ("from pkg.owner import _helper\nfrom pkg import owner\n"
+                         "from pkg._impl import X\n"
+                         "def f(o, fut):\n    fut._loop\n    o._secret\n"
+                         "    return owner._helper\n", False),
+        "pkg.ok": ("from ._impl import X\nclass C:\n    def m(self):\n"
+                   "        return self._secret\n", False),
+    }  # fmt: skip
+    mods = {
+        name: parse(name, ROOT / (name.replace(".", "/") + ".py"), text, is_package)
+        for name, (text, is_package) in sources.items()
+    }
+    found = [line.split(": ", 1)[1] for line in private_name_uses(mods)]
+    assert found == [
+        "imports private name _helper from pkg.owner",
+        "imports private module pkg._impl from outside pkg",
+        "uses o._secret, a private attribute of a class in pkg.owner",
+        "uses pkg.owner._helper",
+    ]
+    assert import_graph(mods)["app.user"] == {"pkg.owner", "pkg._impl"}
+
+
 def test_no_import_cycles() -> None:
     cycles = import_cycles()
     assert cycles == [], _report(cycles)
 
 
 def test_no_module_uses_another_modules_private_names() -> None:
-    uses = private_name_uses()
+    uses = private_name_uses(modules())
     assert uses == [], _report(uses)
 
 

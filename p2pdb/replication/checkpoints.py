@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Literal
 
+from ..errors import ValidationError
 from ..storage import SQLiteStorage, WriteTxn
 
 __all__ = ["Checkpoints", "Direction", "StateUpdate"]
@@ -29,9 +30,19 @@ def _item(doc_id: str) -> str:
 
 
 class Checkpoints:
-    """Reads the stored state of the replication ``replication_id`` of ``collection``."""
+    """Reads the stored state of the replication ``replication_id`` of ``collection``.
+
+    Raises :class:`~p2pdb.errors.ValidationError` ``REPLICATION_ID`` for an empty or
+    non-string ``replication_id``.
+    """
 
     def __init__(self, storage: SQLiteStorage, collection: str, replication_id: str) -> None:
+        if not replication_id or not isinstance(replication_id, str):
+            raise ValidationError(
+                "replicate() needs a non-empty replication_id string: it keys the stored "
+                "checkpoints, so a restart with the same id resumes.",
+                code="REPLICATION_ID",
+            )
         self.storage = storage
         self.collection = collection
         self.replication_id = replication_id

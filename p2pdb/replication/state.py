@@ -28,7 +28,7 @@ from reactivex.abc import DisposableBase
 from reactivex.subject import BehaviorSubject
 
 from ..changes import ChangeEvent
-from ..errors import P2PDBError, ReplicationError, ValidationError
+from ..errors import P2PDBError, ReplicationError
 from ..streams import EventStream
 from .arrivals import Arrivals
 from .checkpoints import Checkpoints, Direction
@@ -61,18 +61,14 @@ class ReplicationState:
         options: ReplicationOptions | None = None,
         **changes: Unpack[ReplicationOptionsChanges],
     ) -> None:
-        if not replication_id or not isinstance(replication_id, str):
-            raise ValidationError(
-                "replicate() needs a non-empty replication_id string: it keys the stored "
-                "checkpoints, so a restart with the same id resumes.",
-                code="REPLICATION_ID",
-            )
+        checkpoints = Checkpoints(collection.database.storage, collection.name, replication_id)
         #: The options this replication runs with.
         self.options = merge_options(options, changes)
         self.collection = collection
         self.handler = handler
         self.replication_id = replication_id
-        checkpoints = Checkpoints(collection.database.storage, collection.name, replication_id)
+        self.pull, self.push, self.live = self.options.pull, self.options.push, self.options.live
+        self.batch_size = self.options.batch_size
         #: Key of this replication's rows in the meta table, and the ``origin`` of its writes.
         self.key = checkpoints.key
         #: Every error of either direction (they are retried, never raised at you).
@@ -101,28 +97,6 @@ class ReplicationState:
         self._state_changed = asyncio.Event()
         self._canceled = False
         self._paused = True
-
-    # -- options, as before they were an object ----------------------------------------------
-
-    @property
-    def pull(self) -> bool:
-        """``options.pull``: whether this replication pulls."""
-        return self.options.pull
-
-    @property
-    def push(self) -> bool:
-        """``options.push``: whether this replication pushes."""
-        return self.options.push
-
-    @property
-    def live(self) -> bool:
-        """``options.live``: whether it keeps following after the first pass."""
-        return self.options.live
-
-    @property
-    def batch_size(self) -> int:
-        """``options.batch_size``: documents per pull and per push call."""
-        return self.options.batch_size
 
     # -- public API ------------------------------------------------------------------------
 

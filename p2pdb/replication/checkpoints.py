@@ -51,12 +51,15 @@ class Checkpoints:
 
     def down(self) -> Any:
         """The stored down-checkpoint (``None``: pull from the start)."""
-        return self.storage.get_meta(self.key, ["down"]).get("down")
+        return self._checkpoint("down", None)
 
     def up(self) -> int:
         """The stored up-checkpoint: a change sequence of the collection (0: the start)."""
-        checkpoint: int = self.storage.get_meta(self.key, ["up"]).get("up", 0)
+        checkpoint: int = self._checkpoint("up", 0)
         return checkpoint
+
+    def _checkpoint(self, direction: Direction, default: Any) -> Any:
+        return self.storage.get_meta(self.key, [direction]).get(direction, default)
 
     def assumed(self, ids: Iterable[str]) -> dict[str, Doc]:
         """The assumed master states of those of ``ids`` that have one, by id."""
@@ -74,20 +77,24 @@ class StateUpdate:
 
     def __init__(self, checkpoints: Checkpoints) -> None:
         self._checkpoints = checkpoints
-        self._values: dict[str, Any] = {}
+        self._positions: dict[Direction, Any] = {}
+        self._assumed: dict[str, Doc] = {}
 
     def set_checkpoint(self, direction: Direction, value: Any) -> None:
         """Store ``value`` as the checkpoint of ``direction``."""
-        self._values[direction] = value
+        self._positions[direction] = value
 
     def set_assumed(self, doc_id: str, state: Doc) -> None:
         """Store ``state`` (wire form) as the assumed master state of ``doc_id``."""
-        self._values[_item(doc_id)] = state
+        self._assumed[doc_id] = state
 
     def keep_assumed(self, doc_id: str) -> None:
         """Drop the new assumed state of ``doc_id``: the stored one stays."""
-        del self._values[_item(doc_id)]
+        del self._assumed[doc_id]
 
     def write(self, txn: WriteTxn) -> None:
         """Write the changes in ``txn``, the transaction of the documents they cover."""
-        txn.set_meta(self._checkpoints.key, self._values)
+        values: dict[str, Any] = {_item(i): state for i, state in self._assumed.items()}
+        for direction, checkpoint in self._positions.items():
+            values[direction] = checkpoint
+        txn.set_meta(self._checkpoints.key, values)

@@ -100,6 +100,7 @@ class Downstream(DirectionTask):
     async def _persist(self, documents: Sequence[object], checkpoint: Any, arrival: int) -> bool:
         """Apply master states; False if some were doubtful and the checkpoint was kept."""
         arrivals = self.context.arrivals
+        # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
         async with arrivals.persist_lock:
             incoming, complete = self._incoming(documents, arrival)
             writes, update = self._decide(incoming)

@@ -98,6 +98,7 @@ class Upstream(DirectionTask):
             )
             if not pairs:
                 return
+            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
             async with self.context.arrivals.persist_lock:
                 await self._push([state for _, state in pairs], last)
             self.succeeded()

@@ -51,15 +51,19 @@ class Downstream(DirectionTask):
         self._queue.put_nowait((self.context.arrivals.next(), item))
 
     def pending(self) -> bool:
+        """True while stream items or a RESYNC wait in the queue."""
         return not self._queue.empty()
 
     def failed(self) -> None:
+        """Stop applying stream events until the next full pull."""
         self._caught_up = False  # events queued now may follow a gap
 
     def retry(self) -> None:
+        """Pull again from the stored checkpoint."""
         self.enqueue(RESYNC)
 
     async def run(self) -> None:
+        """Take queued items: a RESYNC pulls everything, a stream batch is applied."""
         arrivals = self.context.arrivals
         while True:
             arrival, item = await self._queue.get()

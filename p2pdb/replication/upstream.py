@@ -70,15 +70,18 @@ class Upstream(DirectionTask):
         self._local_change.set()
 
     def pending(self) -> bool:
+        """True while a local commit waits to be pushed."""
         return self._local_change.is_set()
 
     def failed(self) -> None:
-        pass
+        """Nothing to forget: the next pass reads the stored up-checkpoint."""
 
     def retry(self) -> None:
+        """Push again from the stored up-checkpoint."""
         self._local_change.set()
 
     async def run(self) -> None:
+        """Push everything since the up-checkpoint, then again after each local commit."""
         while True:
             self._local_change.clear()
             self.set_busy(True)

@@ -28,7 +28,7 @@ from p2pdb.replication import collection_handler, replicate
 OLD = "the old password"
 NEW = "the new password"
 DOCS = 3000
-REPLICATION = "notes:to-peer"  # the fork's key in p2pdb_replication: "<collection>:<id>"
+REPLICATION = "to-peer"  # the fork's replication id
 
 SCHEMA: dict[str, Any] = {
     "version": 0,
@@ -75,8 +75,7 @@ async def snapshot(db: p2pdb.Database) -> Snapshot:
     """Every document (tombstones included) and every assumed master state, decrypted."""
     ids = [f"n{i}" for i in range(DOCS)] + [f"p{i}" for i in range(200)]
     states = db.storage.get("notes", ids)
-    items = [f"doc:{i}" for i in ids]
-    return states, db.storage.get_meta(REPLICATION, items)
+    return states, db.storage.get_assumed("notes", REPLICATION, ids)
 
 
 async def prepare(path: str, tmp: Path) -> Snapshot:
@@ -98,7 +97,7 @@ async def prepare(path: str, tmp: Path) -> Snapshot:
             ]
         )
         await other.bulk_insert([{"id": f"p{i}", "body": f"peer {i}"} for i in range(200)])
-        async with replicate(notes, collection_handler(other), "to-peer", live=False) as state:
+        async with replicate(notes, collection_handler(other), REPLICATION, live=False) as state:
             await state.wait_for_initial_replication()
         await notes.remove({"n": {"$lt": 150}})  # tombstones
         before = await snapshot(db)

@@ -1,4 +1,4 @@
-"""A database's password: the key record in ``p2pdb_info``, opening, and changing it.
+"""A database's password: the key record (a storage info record), opening, changing it.
 
 The record (key ``encryption``) holds the scrypt parameters and salt, the id of the key,
 and a check value: a constant sealed with AES-GCM under the key, which only the right
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sqlite3
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,22 +18,20 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import EncryptionError
-from ...storage import WriteTxn, table_name
+from ...storage import Storage, WriteTxn
 from ._cipher import FieldCipher, key_id
 from ._codec import EncryptedFieldsCodec
 from ._kdf import ScryptParams, bad_key_record, check_password, derive_key
 
 if TYPE_CHECKING:
     from ...schema import Schema
-    from ...storage import SQLiteStorage
 
 __all__ = ["INFO_KEY", "PasswordEncryption"]
 
-#: The ``p2pdb_info`` key of the key record.
+#: The info record key of the key record.
 INFO_KEY = "encryption"
 _CHECK_PLAIN = b"p2pdb password check v1"
 _CHECK_AD = b"p2pdb-key-record"
-_BATCH = 500  # rows re-encrypted per statement when the password changes
 
 
 class _Record:
@@ -94,9 +92,9 @@ def _key_changed() -> EncryptionError:
     )
 
 
-def _read_record(conn: sqlite3.Connection) -> _Record | None:
-    row = conn.execute("SELECT value FROM p2pdb_info WHERE key = ?", (INFO_KEY,)).fetchone()
-    return None if row is None else _Record.parse(row[0])
+def _read_record(txn: WriteTxn) -> _Record | None:
+    text = txn.get_info(INFO_KEY)
+    return None if text is None else _Record.parse(text)
 
 
 class PasswordEncryption:
@@ -109,7 +107,7 @@ class PasswordEncryption:
     #: the argument is a usable password.
     check_password = staticmethod(check_password)
 
-    def __init__(self, storage: SQLiteStorage, cipher: FieldCipher, record: _Record) -> None:
+    def __init__(self, storage: Storage, cipher: FieldCipher, record: _Record) -> None:
         self.storage = storage
         self.cipher = cipher
         self._seen = record.text  # the record text the last write transaction found
@@ -117,7 +115,7 @@ class PasswordEncryption:
         storage.write_checks.append(self._check_key)
 
     @classmethod
-    async def open(cls, storage: SQLiteStorage, password: str) -> PasswordEncryption:
+    async def open(cls, storage: Storage, password: str) -> PasswordEncryption:
         """Derive the key of ``password`` and check it against the stored record (creating
         the record in a database that holds nothing yet)."""
         check_password(password)
@@ -143,13 +141,12 @@ class PasswordEncryption:
         """The codec of a collection whose schema lists ``encrypted`` fields."""
         return EncryptedFieldsCodec(self.cipher, schema.encrypted)
 
-    def _check_key(self, conn: sqlite3.Connection) -> None:
+    def _check_key(self, txn: WriteTxn) -> None:
         """Run at the start of every write transaction (in the writer thread): encrypt with
         the key the file's record names, and refuse to write if this object does not hold it
         (another process changed the password), so no value is ever written under a key the
         record does not name."""
-        row = conn.execute("SELECT value FROM p2pdb_info WHERE key = ?", (INFO_KEY,)).fetchone()
-        text = None if row is None else row[0]
+        text = txn.get_info(INFO_KEY)
         if text == self._seen:
             return
         if text is None:
@@ -204,12 +201,11 @@ def _not_enabled() -> EncryptionError:
 def _create_record(txn: WriteTxn, record: _Record) -> bool:
     """Store ``record`` unless another process stored one first; refuse a database that got
     collections (created without a password) meanwhile."""
-    conn = txn.conn
-    if _read_record(conn) is not None:
+    if txn.get_info(INFO_KEY) is not None:
         return False
-    if conn.execute("SELECT 1 FROM p2pdb_collections LIMIT 1").fetchone() is not None:
+    if txn.stored_schemas():
         raise _not_enabled()
-    conn.execute("INSERT INTO p2pdb_info (key, value) VALUES (?, ?)", (INFO_KEY, record.text))
+    txn.set_info(INFO_KEY, record.text)
     return True
 
 
@@ -217,49 +213,22 @@ def _reencrypt(txn: WriteTxn, old: _Record, new: _Record, rekey: FieldCipher) ->
     """In the writer's transaction: every encrypted value of every stored collection (not
     only those opened now), live documents, tombstones and the assumed master states of
     replications, then the new record."""
-    conn = txn.conn
-    current = _read_record(conn)
+    current = _read_record(txn)
     if current is None or current.text != old.text:
         raise _key_changed()
-    for name, schema_text in conn.execute("SELECT name, schema FROM p2pdb_collections").fetchall():
-        paths = orjson.loads(schema_text).get("encrypted") or []
-        if not paths:
-            continue
-        codec = EncryptedFieldsCodec(rekey, paths)
-        table = table_name(name)
-        last = ""
-        while rows := conn.execute(
-            f"SELECT id, body FROM {table} WHERE id > ? ORDER BY id LIMIT {_BATCH}", (last,)
-        ).fetchall():
-            conn.executemany(
-                f"UPDATE {table} SET body = ? WHERE id = ?",
-                [(_recode(codec, name, i, orjson.loads(body)), i) for i, body in rows],
-            )
-            last = rows[-1][0]
-        # assumed master states: replication ids "<collection>:...", items "doc:<id>"
-        after: tuple[str, str] = (name + ":", "")
-        while rows := conn.execute(
-            "SELECT replication_id, item, value FROM p2pdb_replication "
-            "WHERE (replication_id, item) > (?, ?) AND replication_id < ? "
-            "ORDER BY replication_id, item LIMIT ?",
-            (*after, name + ";", _BATCH),
-        ).fetchall():
-            updates = []
-            for rid, item, value in rows:
-                if item.startswith("doc:"):
-                    doc = orjson.loads(value)
-                    if isinstance(doc, dict):
-                        updates.append((_recode(codec, name, item[4:], doc), rid, item))
-            conn.executemany(
-                "UPDATE p2pdb_replication SET value = ? WHERE replication_id = ? AND item = ?",
-                updates,
-            )
-            after = (rows[-1][0], rows[-1][1])
-    conn.execute("UPDATE p2pdb_info SET value = ? WHERE key = ?", (new.text, INFO_KEY))
+    for name, schema in txn.stored_schemas().items():
+        paths = schema.get("encrypted") or []
+        if paths:
+            txn.recode_collection(name, _recoder(EncryptedFieldsCodec(rekey, paths), name))
+    txn.set_info(INFO_KEY, new.text)
 
 
-def _recode(codec: EncryptedFieldsCodec, collection: str, doc_id: str, body: Any) -> str:
-    """``body`` decrypted (under either key) and encrypted again (under the new one)."""
-    return orjson.dumps(
-        codec.encode(collection, doc_id, codec.decode(collection, doc_id, body))
-    ).decode()
+def _recoder(
+    codec: EncryptedFieldsCodec, collection: str
+) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+    """A stored body decrypted (under either key) and encrypted again (under the new one)."""
+
+    def recode(doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return codec.encode(collection, doc_id, codec.decode(collection, doc_id, body))
+
+    return recode

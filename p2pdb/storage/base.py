@@ -1,0 +1,293 @@
+"""What the core needs from a storage: the :class:`Storage` and :class:`WriteTxn` protocols,
+and the values they exchange (:class:`Write`, :data:`ANY_REVISION`, :data:`ABSENT`,
+:class:`BodyCodec`).
+
+The core (collections, queries, the tailer, replication) and plugins depend on these
+protocols only; :class:`~p2pdb.storage.SQLiteStorage` is the implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
+
+from ..changes import LOCAL, ChangeEvent
+from ..errors import ConflictError
+from ..query import CompiledQuery
+from ..schema import Schema
+
+__all__ = [
+    "ABSENT",
+    "ANY_REVISION",
+    "BodyCodec",
+    "Direction",
+    "Storage",
+    "Write",
+    "WriteCheck",
+    "WriteTxn",
+    "revision_height",
+]
+
+T = TypeVar("T")
+
+#: Which checkpoint of a replication: ``"up"`` (pushes) or ``"down"`` (pulls).
+Direction = Literal["up", "down"]
+
+
+class _AnyRevision:
+    def __repr__(self) -> str:
+        return "ANY_REVISION"
+
+
+#: ``Write.expected`` value meaning "write whatever is stored" (an upsert).
+ANY_REVISION: Any = _AnyRevision()
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+#: ``Write.expected`` value meaning "no row for this id at all, not even a tombstone"
+#: (replication writes a document it found missing; a tombstone written meanwhile wins).
+ABSENT: Any = _Absent()
+
+
+def revision_height(rev: str | None) -> int:
+    """The height of a ``"<height>-<token>"`` revision (0 for none)."""
+    return int(rev.split("-", 1)[0]) if rev else 0
+
+
+class BodyCodec(Protocol):
+    """Transforms document bodies on their way to and from disk (encryption uses it).
+
+    ``encode`` must not change fields that are indexed or queried. The same codec also
+    encodes the assumed master states (documents in wire form) of the collection's
+    replications. Neither method may change its argument.
+    """
+
+    def encode(self, collection: str, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The form to store."""
+        ...
+
+    def decode(self, collection: str, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The form to hand out; raise :class:`~p2pdb.errors.EncryptionError` on tampering."""
+        ...
+
+
+@dataclass(slots=True)
+class Write:
+    """One document to write.
+
+    ``document`` holds the user fields (the primary key included). ``expected`` is the
+    revision the write is based on: a ``_rev`` string (the stored one must match), ``None``
+    (the document must not exist, or be deleted) or :data:`ANY_REVISION`.
+    """
+
+    document: dict[str, Any]
+    deleted: bool = False
+    expected: Any = ANY_REVISION
+
+
+@runtime_checkable
+class WriteTxn(Protocol):
+    """The handle a write function gets: it runs in the writer thread inside one transaction,
+    so every call is synchronous and sees the transaction's own writes."""
+
+    def get(self, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored states (tombstones included) of the given ids that exist."""
+        ...
+
+    def put(
+        self, collection: str, writes: Sequence[Write], origin: str = LOCAL
+    ) -> list[dict[str, Any] | ConflictError]:
+        """Write documents; per write, its new state or the :class:`ConflictError` it hit.
+        Writes of the same id in one call apply in order; conflicting ones change nothing."""
+        ...
+
+    def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
+        """A replication's stored checkpoint (``None`` if none)."""
+        ...
+
+    def get_assumed(
+        self, collection: str, replication_id: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """A replication's assumed master states, by document id (decoded)."""
+        ...
+
+    def set_checkpoint(
+        self, collection: str, replication_id: str, direction: Direction, value: Any
+    ) -> None:
+        """Store a replication's checkpoint (any JSON value)."""
+        ...
+
+    def set_assumed(
+        self, collection: str, replication_id: str, states: Mapping[str, dict[str, Any]]
+    ) -> None:
+        """Store assumed master states, by document id (encoded by the collection's codec)."""
+        ...
+
+    def forget_replication(self, collection: str, replication_id: str) -> None:
+        """Drop every checkpoint and assumed state of one replication."""
+        ...
+
+    def get_meta(self, replication_id: str, items: Iterable[str]) -> dict[str, Any]:
+        """Replication state values by item under a ``"<collection>:<id>"`` key (the item
+        API of earlier versions; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
+        ...
+
+    def set_meta(self, replication_id: str, values: Mapping[str, Any]) -> None:
+        """Store replication state values by item (prefer :meth:`set_checkpoint` and
+        :meth:`set_assumed`)."""
+        ...
+
+    def delete_meta(self, replication_id: str) -> None:
+        """Forget every value of one replication (prefer :meth:`forget_replication`)."""
+        ...
+
+    def get_info(self, key: str) -> str | None:
+        """A value of the file's info records (plugins keep theirs there)."""
+        ...
+
+    def set_info(self, key: str, value: str) -> None:
+        """Store an info record."""
+        ...
+
+    def stored_schemas(self) -> dict[str, dict[str, Any]]:
+        """The schema of every collection stored in the file (opened now or not)."""
+        ...
+
+    def recode_collection(
+        self, collection: str, transform: Callable[[str, dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        """Rewrite every stored body of a stored collection (live documents and tombstones)
+        and every assumed master state of its replications as ``transform(doc_id, body)``,
+        where ``body`` is the stored (encoded) form. Revisions and sequence numbers stay."""
+        ...
+
+
+#: A check run at the start of every write transaction; raising aborts the transaction.
+WriteCheck = Callable[[WriteTxn], None]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """The documents of every collection of one database file, their change sequence,
+    replication state and info records. Opened by an awaited factory (:meth:`open`),
+    closed by :meth:`close`, usable as ``async with``."""
+
+    #: The file (``":memory:"`` for a temporary one).
+    path: str
+    #: A random token created with the file and kept for its whole life.
+    token: str
+    #: Called on the event loop with each committed transaction's events, in commit order.
+    on_commit: Callable[[list[ChangeEvent]], None]
+    #: Run at the start of every :meth:`write` transaction (see :data:`WriteCheck`).
+    write_checks: list[WriteCheck]
+
+    @classmethod
+    async def open(cls, path: str) -> Self:
+        """Open (creating if needed) the file at ``path``."""
+        ...
+
+    async def close(self) -> None:
+        """Release the file; later calls raise :class:`~p2pdb.errors.ClosedError`."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        ...
+
+    async def __aenter__(self) -> Self:
+        """``async with``: returns the open storage."""
+        ...
+
+    async def __aexit__(self, *exc: object) -> None:
+        """``async with``: closes it."""
+        ...
+
+    async def ensure_collection(
+        self, name: str, schema: Schema, codec: BodyCodec | None = None
+    ) -> None:
+        """Create the collection's table and indexes, or check the stored schema matches."""
+        ...
+
+    def stored_schemas(self) -> dict[str, dict[str, Any]]:
+        """The schema of every collection stored in the file (opened now or not)."""
+        ...
+
+    async def write(self, fn: Callable[[WriteTxn], T]) -> T:
+        """Run ``fn(txn)`` in one transaction (one thread hop); events follow the commit."""
+        ...
+
+    def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored states (tombstones included) by id."""
+        ...
+
+    def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """One stored state (tombstone included) or ``None``."""
+        ...
+
+    async def query(
+        self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Live states matching a compiled query, sorted, skipped and limited."""
+        ...
+
+    async def count(self, collection: str, query: CompiledQuery) -> int:
+        """How many live states match."""
+        ...
+
+    def last_seq(self, collection: str) -> int:
+        """The sequence number of the collection's latest write (0 if none)."""
+        ...
+
+    def changes_since(
+        self, collection: str, seq: int, limit: int
+    ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """``(seq, state)`` pairs written after ``seq``, and the last sequence listed."""
+        ...
+
+    def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
+        """A replication's stored checkpoint (``None`` if none)."""
+        ...
+
+    def get_assumed(
+        self, collection: str, replication_id: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """A replication's assumed master states, by document id (decoded)."""
+        ...
+
+    def get_meta(self, replication_id: str, items: Sequence[str]) -> dict[str, Any]:
+        """Replication state values by item under a ``"<collection>:<id>"`` key (the item
+        API of earlier versions; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
+        ...
+
+    def get_info(self, key: str) -> str | None:
+        """A value of the file's info records."""
+        ...
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits to the file."""
+        ...
+
+    def current_seq(self) -> int:
+        """The last sequence number committed to the file."""
+        ...
+
+    def rows_between(
+        self, after: int, upto: int
+    ) -> list[tuple[str, int, str, dict[str, Any], str]]:
+        """``(collection, seq, id, state, origin)`` of rows with ``after < seq <= upto``
+        that this object did not write."""
+        ...
+
+    def own_seq_ranges(self) -> list[tuple[int, int]]:
+        """The sequence ranges this object wrote (not yet forgotten), sorted."""
+        ...
+
+    def forget_own_seqs(self, upto: int) -> None:
+        """Drop the record of own writes up to ``upto``."""
+        ...

@@ -1,0 +1,186 @@
+"""The file's tables: creating them, the collection catalog, indexes, and info records.
+
+A file holds ``p2pdb_info`` (key/value records: the file token, the change sequence, plugin
+records), ``p2pdb_collections`` (the catalog: every collection's schema), one
+``col_<name>`` table per collection, and ``p2pdb_replication`` (see replication_rows.py).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..errors import NotFoundError, SchemaError, ValidationError
+from ..query import path_expression
+from ..schema import Schema
+from ..tokens import random_token
+from .base import BodyCodec
+
+__all__ = [
+    "Catalog",
+    "CollectionInfo",
+    "get_info",
+    "init_file",
+    "is_stored",
+    "set_info",
+    "stored_schemas",
+    "table_name",
+]
+
+_COLLECTION_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,62}$")
+
+_SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS p2pdb_info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS p2pdb_collections (
+    name TEXT PRIMARY KEY, version INTEGER NOT NULL, schema TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS p2pdb_replication (
+    replication_id TEXT NOT NULL, item TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (replication_id, item)) WITHOUT ROWID;
+"""
+
+
+def table_name(collection: str) -> str:
+    """The quoted SQLite table of a collection."""
+    return f'"col_{collection}"'
+
+
+@dataclass
+class CollectionInfo:
+    """An opened collection: its table, schema and body codec."""
+
+    name: str
+    schema: Schema
+    codec: BodyCodec | None = None
+    table: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.table = table_name(self.name)
+
+
+def init_file(conn: sqlite3.Connection) -> str:
+    """Create the core tables if missing; the file's token (created on first use)."""
+    conn.executescript(_SCHEMA_SQL)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        token = get_info(conn, "token")
+        if token is None:
+            token = random_token()
+            set_info(conn, "token", token)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return token
+
+
+def get_info(conn: sqlite3.Connection, key: str) -> str | None:
+    """A value of ``p2pdb_info``."""
+    row = conn.execute("SELECT value FROM p2pdb_info WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_info(conn: sqlite3.Connection, key: str, value: str) -> None:
+    """Store a value of ``p2pdb_info`` (inside the caller's transaction)."""
+    conn.execute("INSERT OR REPLACE INTO p2pdb_info (key, value) VALUES (?, ?)", (key, value))
+
+
+def stored_schemas(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """The schema of every collection stored in the file."""
+    rows = conn.execute("SELECT name, schema FROM p2pdb_collections")
+    return {name: orjson.loads(schema) for name, schema in rows}
+
+
+def is_stored(conn: sqlite3.Connection, name: str) -> bool:
+    """True if the file's catalog holds the collection ``name``."""
+    sql = "SELECT 1 FROM p2pdb_collections WHERE name = ?"
+    return conn.execute(sql, (name,)).fetchone() is not None
+
+
+def _create(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+    name, schema = info.name, info.schema
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute(
+            "SELECT version, hash FROM p2pdb_collections WHERE name = ?", (name,)
+        ).fetchone()
+        if row is not None and row[0] == schema.version and row[1] != schema.hash:
+            raise SchemaError(
+                f"Collection {name!r} was created with a different schema of version "
+                f"{schema.version}. Bump the schema's version to change it.",
+                code="SCHEMA_MISMATCH",
+                collection=name,
+            )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {info.table} (id TEXT PRIMARY KEY, "
+            "seq INTEGER NOT NULL, rev TEXT NOT NULL, lwt REAL NOT NULL, "
+            "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL)"
+        )
+        conn.execute(f'CREATE INDEX IF NOT EXISTS "ix_{name}__seq" ON {info.table} (seq)')
+        for fields in schema.indexes:
+            # the primary key ends every index, as in RxDB: it is every sort's tiebreaker
+            exprs = ", ".join(
+                [path_expression(f, primary_key=schema.primary_key) for f in fields] + ["id"]
+            )
+            ix = "ix_" + name + "__" + "__".join(fields).replace(".", "_")
+            conn.execute(
+                f'CREATE INDEX IF NOT EXISTS "{ix}" ON {info.table} ({exprs}) WHERE deleted = 0'
+            )
+        conn.execute(
+            "INSERT OR REPLACE INTO p2pdb_collections VALUES (?, ?, ?, ?)",
+            (name, schema.version, orjson.dumps(schema.raw).decode(), schema.hash),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class Catalog:
+    """The collections opened on one storage, by name."""
+
+    def __init__(self) -> None:
+        self._opened: dict[str, CollectionInfo] = {}
+
+    def prepare(self, name: str, schema: Schema, codec: BodyCodec | None) -> CollectionInfo:
+        """Check the name; the info to pass to :meth:`create` and then :meth:`add`."""
+        if not _COLLECTION_NAME.match(name):
+            raise ValidationError(
+                f"Collection name {name!r} must start with a-z and hold only a-z, 0-9, '_' "
+                "or '-' (at most 63 characters).",
+                code="COLLECTION_NAME",
+                name=name,
+            )
+        return CollectionInfo(name, schema, codec)
+
+    @staticmethod
+    def create(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+        """In the writer thread: create the table and indexes in their own transaction, or
+        raise ``SCHEMA_MISMATCH``."""
+        _create(conn, info)
+
+    def add(self, info: CollectionInfo) -> None:
+        """Remember an opened collection."""
+        self._opened[info.name] = info
+
+    def get(self, name: str) -> CollectionInfo:
+        """An opened collection, or :class:`NotFoundError` (``COLLECTION_NOT_FOUND``)."""
+        try:
+            return self._opened[name]
+        except KeyError:
+            raise NotFoundError(
+                f"No collection {name!r} in this database; add it with add_collection().",
+                code="COLLECTION_NOT_FOUND",
+                name=name,
+            ) from None
+
+    def find(self, name: str) -> CollectionInfo | None:
+        """An opened collection or ``None``."""
+        return self._opened.get(name)
+
+    def opened(self) -> list[CollectionInfo]:
+        """Every opened collection (a copy: safe to iterate from another thread)."""
+        return list(self._opened.values())

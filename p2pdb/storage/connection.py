@@ -1,0 +1,139 @@
+"""The two SQLite connections of one file and the threads they run on.
+
+Writes go through one aiosqlite connection (one writer thread): :meth:`Connections.run`
+sends a whole function to that thread, so a transaction costs one thread hop, not one per
+statement. Reads run on the event loop through a second, plain connection: in WAL mode
+readers run beside the writer, and a point read costs a few microseconds, far less than a
+thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiosqlite
+
+from ..backoff import Backoff
+from ..errors import ClosedError, StorageError
+
+__all__ = ["Connections", "retry_locked"]
+
+T = TypeVar("T")
+
+_BUSY_TIMEOUT_MS = 10_000
+_OPEN_ATTEMPTS = 6
+
+
+async def retry_locked(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` until it does not fail with a "locked" :class:`StorageError`: two
+    processes creating one new file at once can fail switching it to WAL without waiting
+    on the busy timeout."""
+    backoff = Backoff(0.02, 1.0)
+    for tries in range(1, _OPEN_ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except StorageError as exc:
+            if "locked" not in str(exc) or tries == _OPEN_ATTEMPTS:
+                raise
+        await asyncio.sleep(backoff.next_delay())
+    raise AssertionError("unreachable")
+
+
+class Connections:
+    """The writer connection (on its own thread) and the reader connection of one file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._tempdir: str | None = None
+
+    async def open(self, init: Callable[[sqlite3.Connection], T]) -> T:
+        """Connect both; ``init`` runs first on the writer thread (it creates the tables)."""
+        if self.path == ":memory:":
+            # A private file, removed on close: readers and the writer need a shared file.
+            self._tempdir = tempfile.mkdtemp(prefix="p2pdb-")
+            file = os.path.join(self._tempdir, "memory.db")
+        else:
+            file = self.path
+        try:
+            self._writer = await aiosqlite.connect(file, isolation_level=None)
+            await self._writer.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._writer.execute("PRAGMA synchronous = NORMAL")
+            result = await self.run(init)
+            self._reader = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+            self._reader.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._reader.execute("PRAGMA query_only = 1")
+        except (sqlite3.Error, StorageError) as exc:
+            await self.close()
+            raise StorageError(
+                f"Cannot open database {self.path!r}: {exc}. Check the path and permissions, "
+                "and that the file is an SQLite database.",
+                code="STORAGE_OPEN",
+                path=self.path,
+            ) from exc
+        return result
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (or before :meth:`open`)."""
+        return self._writer is None
+
+    async def close(self) -> None:
+        """Close both connections (and remove the temp file of a ``":memory:"`` database)."""
+        writer, self._writer = self._writer, None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if writer is not None:
+            await writer.close()
+        if self._tempdir is not None:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+            self._tempdir = None
+
+    def _closed_error(self) -> ClosedError:
+        return ClosedError(
+            f"The database {self.path!r} is closed; open it again to use it.",
+            code="DATABASE_CLOSED",
+        )
+
+    def reader(self) -> sqlite3.Connection:
+        """The reader connection, for inline reads on the event loop."""
+        if self._reader is None:
+            raise self._closed_error()
+        return self._reader
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)`` on the writer thread with the writer connection: one hop."""
+        writer = self._writer
+        if writer is None:
+            raise self._closed_error()
+        try:
+            # aiosqlite's _execute runs a function on its connection thread: one hop for a
+            # whole transaction instead of one per statement.
+            result: T = await writer._execute(lambda: fn(writer._conn))  # type: ignore[no-untyped-call]
+            return result
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            raise StorageError(
+                f"SQLite failed on {self.path!r}: {exc}."
+                + (" Another process held the write lock too long; retry." if busy else ""),
+                code="STORAGE_BUSY" if busy else "STORAGE_FAILED",
+                path=self.path,
+            ) from exc
+        except sqlite3.Error as exc:
+            raise StorageError(
+                f"SQLite failed on {self.path!r}: {exc}.", code="STORAGE_FAILED", path=self.path
+            ) from exc
+
+    async def read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A long read (unbounded scan, count) on the writer thread, off the event loop."""
+        self.reader()  # raises ClosedError when closed
+        return await self.run(fn)

@@ -1,0 +1,221 @@
+"""Documents and their revisions: rows to states and back, the change sequence, writes
+with expected revisions, and the content-derived revision token.
+
+A collection's table holds one row per document id (tombstones included): ``id``, ``seq``
+(its place in the file's change sequence), ``rev`` (``"<height>-<token>"``), ``lwt`` (the
+write time in ms, as RxDB), ``deleted``, ``origin`` (who wrote it) and ``body`` (the stored
+JSON, encoded by the collection's codec).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from ..changes import ChangeEvent, Operation
+from ..errors import ConflictError, EncryptionError
+from .base import ABSENT, ANY_REVISION, Write
+from .catalog import CollectionInfo, table_name
+
+__all__ = [
+    "COLUMNS",
+    "ID_CHUNK",
+    "SEQ_KEY",
+    "SeqClock",
+    "check_expected",
+    "get_many",
+    "put",
+    "recode_bodies",
+    "revision_token",
+    "to_state",
+]
+
+#: The columns :func:`to_state` reads, in its order.
+COLUMNS = "id, rev, lwt, deleted, body"
+#: Ids per ``IN (...)`` lookup, well under SQLite's variable limit.
+ID_CHUNK = 500
+#: The ``p2pdb_info`` key of the last sequence number written.
+SEQ_KEY = "seq"
+_LWT_KEY = "lwt"
+
+
+def revision_token(body: bytes, deleted: bool) -> str:
+    """The token part of a revision: content-derived, so two peers writing the same state
+    at the same height agree; a fingerprint, not a security hash (CRC-32 + Adler-32: 64
+    bits in well under 1 µs)."""
+    crc = zlib.crc32(b"\x01" if deleted else b"\x00", zlib.crc32(body))
+    return f"{crc:08x}{zlib.adler32(body):08x}"
+
+
+class SeqClock:
+    """The change sequence and write time of one write transaction."""
+
+    __slots__ = ("lwt_centi", "seq", "start_seq")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        row = dict(
+            conn.execute(
+                "SELECT key, value FROM p2pdb_info WHERE key IN (?, ?)", (SEQ_KEY, _LWT_KEY)
+            )
+        )
+        self.seq = int(row.get(SEQ_KEY, 0))
+        # lwt: ms with two decimals, as RxDB, kept as an integer count of 1/100 ms so it is
+        # exact and strictly increasing, even if the clock goes back
+        self.lwt_centi = round(float(row.get(_LWT_KEY, 0)) * 100)
+        self.start_seq = self.seq
+
+    def save(self, conn: sqlite3.Connection) -> tuple[int, int] | None:
+        """Store the clock if the transaction wrote; the range of sequence numbers used."""
+        if self.seq == self.start_seq:
+            return None
+        conn.executemany(
+            "INSERT OR REPLACE INTO p2pdb_info (key, value) VALUES (?, ?)",
+            [(SEQ_KEY, str(self.seq)), (_LWT_KEY, repr(self.lwt_centi / 100))],
+        )
+        return self.start_seq + 1, self.seq
+
+
+def to_state(info: CollectionInfo, row: Sequence[Any], lenient: bool = False) -> dict[str, Any]:
+    """The state of a row of :data:`COLUMNS`: the decoded body plus ``_deleted``, ``_rev``
+    and ``_meta``. ``lenient``: a body that does not decode gives just its id."""
+    doc_id, rev, lwt, deleted, body = row
+    state: dict[str, Any] = orjson.loads(body)
+    if info.codec is not None:
+        try:
+            state = info.codec.decode(info.name, doc_id, state)
+        except EncryptionError:
+            if not lenient:
+                raise
+            state = {info.schema.primary_key: doc_id}  # what is left of a damaged body
+    state["_deleted"] = bool(deleted)
+    state["_rev"] = rev
+    state["_meta"] = {"lwt": lwt}
+    return state
+
+
+def get_many(
+    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str], lenient: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Stored states (tombstones included) of those ``ids`` that exist."""
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start : start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT {COLUMNS} FROM {info.table} WHERE id IN ({marks})", chunk):
+            out[row[0]] = to_state(info, row, lenient)
+    return out
+
+
+def check_expected(
+    collection: str, doc_id: str, prev: dict[str, Any] | None, expected: Any
+) -> ConflictError | None:
+    """The error of writing over ``prev`` a write based on ``expected``, or ``None``."""
+    if expected is ANY_REVISION or (expected is ABSENT and prev is None):
+        return None
+    if expected is None:
+        if prev is None or prev["_deleted"]:
+            return None
+        return ConflictError(
+            f"A document with id {doc_id!r} already exists in {collection!r}; use upsert() "
+            "to overwrite it or patch() to change it.",
+            code="DOCUMENT_EXISTS",
+            document=prev,
+            collection=collection,
+            id=doc_id,
+        )
+    if prev is not None and expected is not ABSENT and prev["_rev"] == expected:
+        return None
+    return ConflictError(
+        f"Document {doc_id!r} in {collection!r} changed since revision {expected!r} was read; "
+        "read it again and retry (modify() does this for you).",
+        code="CONFLICT",
+        document=prev,
+        collection=collection,
+        id=doc_id,
+        expected=expected,
+    )
+
+
+def put(
+    conn: sqlite3.Connection,
+    info: CollectionInfo,
+    writes: Sequence[Write],
+    origin: str,
+    clock: SeqClock,
+    events: list[ChangeEvent],
+) -> list[dict[str, Any] | ConflictError]:
+    """Write documents (see :meth:`~p2pdb.storage.WriteTxn.put`), advancing ``clock`` and
+    appending a change event per write to ``events``."""
+    collection = info.name
+    pk = info.schema.primary_key
+    codec = info.codec
+    ids = list({w.document[pk] for w in writes})
+    # lenient: a stored state that does not decode can still be overwritten
+    current = get_many(conn, info, ids, lenient=True)
+    results: list[dict[str, Any] | ConflictError] = []
+    rows = []
+    seq, lwt_centi = clock.seq, clock.lwt_centi
+    now_centi = int(time.time() * 100_000)
+    for w in writes:
+        doc_id = w.document[pk]
+        prev = current.get(doc_id)
+        error = check_expected(collection, doc_id, prev, w.expected)
+        if error is not None:
+            results.append(error)
+            continue
+        seq += 1
+        lwt_centi = max(now_centi, lwt_centi + 1)
+        lwt = lwt_centi / 100
+        stored_body = codec.encode(collection, doc_id, w.document) if codec else w.document
+        raw = orjson.dumps(stored_body)
+        height = int(prev["_rev"].split("-", 1)[0]) + 1 if prev else 1
+        rev = f"{height}-{revision_token(raw, w.deleted)}"
+        state = dict(w.document)
+        state["_deleted"] = w.deleted
+        state["_rev"] = rev
+        state["_meta"] = {"lwt": lwt}
+        rows.append((doc_id, seq, rev, lwt, int(w.deleted), origin, raw.decode()))
+        current[doc_id] = state
+        results.append(state)
+        if w.deleted:
+            operation: Operation = "DELETE"
+        elif prev is None or prev["_deleted"]:
+            operation = "INSERT"
+        else:
+            operation = "UPDATE"
+        events.append(ChangeEvent(operation, collection, doc_id, state, prev, origin, seq))
+    clock.seq, clock.lwt_centi = seq, lwt_centi
+    if rows:
+        conn.executemany(
+            f"INSERT INTO {info.table} (id, seq, rev, lwt, deleted, origin, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, "
+            "rev=excluded.rev, lwt=excluded.lwt, deleted=excluded.deleted, "
+            "origin=excluded.origin, body=excluded.body",
+            rows,
+        )
+    return results
+
+
+def recode_bodies(
+    conn: sqlite3.Connection,
+    collection: str,
+    transform: Callable[[str, dict[str, Any]], dict[str, Any]],
+    batch: int = ID_CHUNK,
+) -> None:
+    """Rewrite every stored body of ``collection`` as ``transform(id, body)``, ``batch``
+    rows per statement, inside the caller's transaction; revisions and sequence stay."""
+    table = table_name(collection)
+    select = f"SELECT id, body FROM {table} WHERE id >= ? ORDER BY id LIMIT ?"
+    after = ""  # the first batch starts at "" itself (an empty id is a valid id)
+    while rows := conn.execute(select, (after, batch)).fetchall():
+        conn.executemany(
+            f"UPDATE {table} SET body = ? WHERE id = ?",
+            [(orjson.dumps(transform(i, orjson.loads(body))).decode(), i) for i, body in rows],
+        )
+        after = rows[-1][0]
+        select = f"SELECT id, body FROM {table} WHERE id > ? ORDER BY id LIMIT ?"

@@ -1,0 +1,200 @@
+"""Replication state rows: the one module that knows their key format.
+
+A replication of a collection keeps, in ``p2pdb_replication``, rows keyed
+``"<collection>:<replication_id>"`` (the same string is the origin of its writes) with the
+items ``"up"`` and ``"down"`` (its checkpoints) and ``"doc:<id>"`` (the assumed master state
+of a document, in wire form, encoded by the collection's codec). Values are JSON. The
+format is that of every file written so far, so checkpoints resume across versions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .base import BodyCodec, Direction
+from .catalog import Catalog
+
+__all__ = ["ReplicationRows", "replication_origin"]
+
+_ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable limit
+_DOC = "doc:"  # item prefix of an assumed master state
+_BATCH = 500  # rows re-encoded per statement by recode_assumed
+
+
+def replication_origin(collection: str, replication_id: str) -> str:
+    """The origin of a replication's writes, which also keys its state rows."""
+    return f"{collection}:{replication_id}"
+
+
+def _checkpoint_item(direction: Direction) -> str:
+    return {"up": "up", "down": "down"}[direction]
+
+
+class ReplicationRows:
+    """Reads and writes replication state rows on a given connection; assumed master states
+    pass through the codec of their collection (when it is opened with one)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._catalog = catalog
+
+    def _codec(self, collection: str) -> BodyCodec | None:
+        info = self._catalog.find(collection)
+        return None if info is None else info.codec
+
+    def _read(self, conn: sqlite3.Connection, key: str, items: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for start in range(0, len(items), _ID_CHUNK):
+            chunk = items[start : start + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for item, value in conn.execute(
+                "SELECT item, value FROM p2pdb_replication "
+                f"WHERE replication_id = ? AND item IN ({marks})",
+                (key, *chunk),
+            ):
+                out[item] = orjson.loads(value)
+        return out
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, key: str, values: Iterable[tuple[str, Any]]) -> None:
+        conn.executemany(
+            "INSERT OR REPLACE INTO p2pdb_replication (replication_id, item, value) "
+            "VALUES (?, ?, ?)",
+            [(key, item, orjson.dumps(value).decode()) for item, value in values],
+        )
+
+    # -- the typed API ---------------------------------------------------------------------
+
+    def get_checkpoint(
+        self, conn: sqlite3.Connection, collection: str, replication_id: str, direction: Direction
+    ) -> Any:
+        """A stored checkpoint, or ``None``."""
+        item = _checkpoint_item(direction)
+        return self._read(conn, replication_origin(collection, replication_id), [item]).get(item)
+
+    def get_assumed(
+        self,
+        conn: sqlite3.Connection,
+        collection: str,
+        replication_id: str,
+        ids: Sequence[str],
+    ) -> dict[str, dict[str, Any]]:
+        """Assumed master states by document id, decoded."""
+        key = replication_origin(collection, replication_id)
+        found = self._read(conn, key, [_DOC + i for i in ids])
+        codec = self._codec(collection)
+        out: dict[str, dict[str, Any]] = {}
+        for item, value in found.items():
+            doc_id = item[len(_DOC) :]
+            if codec is not None and isinstance(value, dict):
+                value = codec.decode(collection, doc_id, value)
+            out[doc_id] = value
+        return out
+
+    def set_checkpoint(
+        self,
+        conn: sqlite3.Connection,
+        collection: str,
+        replication_id: str,
+        direction: Direction,
+        value: Any,
+    ) -> None:
+        """Store a checkpoint (any JSON value)."""
+        key = replication_origin(collection, replication_id)
+        self._write(conn, key, [(_checkpoint_item(direction), value)])
+
+    def set_assumed(
+        self,
+        conn: sqlite3.Connection,
+        collection: str,
+        replication_id: str,
+        states: Mapping[str, dict[str, Any]],
+    ) -> None:
+        """Store assumed master states by document id, encoded."""
+        codec = self._codec(collection)
+        if codec is None:
+            values = [(_DOC + i, s) for i, s in states.items()]
+        else:
+            values = [(_DOC + i, codec.encode(collection, i, s)) for i, s in states.items()]
+        self._write(conn, replication_origin(collection, replication_id), values)
+
+    def forget(self, conn: sqlite3.Connection, collection: str, replication_id: str) -> None:
+        """Delete every row of one replication."""
+        key = replication_origin(collection, replication_id)
+        conn.execute("DELETE FROM p2pdb_replication WHERE replication_id = ?", (key,))
+
+    def recode_assumed(
+        self,
+        conn: sqlite3.Connection,
+        collection: str,
+        transform: Callable[[str, dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """Rewrite the stored (encoded) assumed states of every replication of
+        ``collection`` as ``transform(doc_id, state)``, in batches."""
+        # every key "<collection>:..." sorts between "<collection>:" and "<collection>;"
+        after: tuple[str, str] = (collection + ":", "")
+        while rows := conn.execute(
+            "SELECT replication_id, item, value FROM p2pdb_replication "
+            "WHERE (replication_id, item) > (?, ?) AND replication_id < ? "
+            "ORDER BY replication_id, item LIMIT ?",
+            (*after, collection + ";", _BATCH),
+        ).fetchall():
+            updates = []
+            for key, item, value in rows:
+                if item.startswith(_DOC):
+                    doc = orjson.loads(value)
+                    if isinstance(doc, dict):
+                        new = orjson.dumps(transform(item[len(_DOC) :], doc)).decode()
+                        updates.append((new, key, item))
+            conn.executemany(
+                "UPDATE p2pdb_replication SET value = ? WHERE replication_id = ? AND item = ?",
+                updates,
+            )
+            after = (rows[-1][0], rows[-1][1])
+
+    # -- the item API of replication/state.py (until it moves to the typed one) -----------
+
+    def _item_codec(self, key: str) -> tuple[str, BodyCodec] | None:
+        collection, colon, _ = key.partition(":")
+        codec = self._codec(collection) if colon else None
+        return None if codec is None else (collection, codec)
+
+    def get_meta(self, conn: sqlite3.Connection, key: str, items: list[str]) -> dict[str, Any]:
+        """Values by item of the rows keyed ``key`` (``doc:`` items decoded)."""
+        out = self._read(conn, key, items)
+        found = self._item_codec(key)
+        if found is not None:
+            collection, codec = found
+            for item, value in out.items():
+                if item.startswith(_DOC) and isinstance(value, dict):
+                    out[item] = codec.decode(collection, item[len(_DOC) :], value)
+        return out
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, values: Mapping[str, Any]) -> None:
+        """Store values by item under ``key`` (``doc:`` items encoded)."""
+        found = self._item_codec(key)
+        if found is None:
+            self._write(conn, key, values.items())
+            return
+        collection, codec = found
+        self._write(
+            conn,
+            key,
+            [
+                (
+                    item,
+                    codec.encode(collection, item[len(_DOC) :], value)
+                    if item.startswith(_DOC) and isinstance(value, dict)
+                    else value,
+                )
+                for item, value in values.items()
+            ],
+        )
+
+    @staticmethod
+    def delete_meta(conn: sqlite3.Connection, key: str) -> None:
+        """Delete every row keyed ``key``."""
+        conn.execute("DELETE FROM p2pdb_replication WHERE replication_id = ?", (key,))

@@ -1,0 +1,220 @@
+"""SQLite storage: documents, their revisions, the change sequence and replication state.
+
+Each call of :meth:`SQLiteStorage.write` runs a whole function in the writer thread inside
+one ``BEGIN IMMEDIATE`` transaction, so a bulk write costs one thread hop, not one per row.
+Point reads and bounded queries run inline on the event loop through the reader connection;
+unbounded queries (no ``limit``) and counts go to the writer thread so a long scan never
+blocks the loop (see connection.py).
+
+Change events are handed to ``on_commit`` from the writer thread right after ``COMMIT``
+(with ``call_soon_threadsafe``), so they are emitted in commit order, before the writing
+task resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..changes import ChangeEvent
+from ..query import CompiledQuery
+from ..schema import Schema
+from . import catalog, documents, own_writes, queries
+from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
+from .catalog import Catalog
+from .connection import Connections, retry_locked
+from .own_writes import OwnWrites
+from .replication_rows import ReplicationRows
+from .txn import SQLiteWriteTxn
+
+__all__ = ["SQLiteStorage"]
+
+T = TypeVar("T")
+
+
+class SQLiteStorage:
+    """Documents of every collection of one database file (implements
+    :class:`~p2pdb.storage.Storage`). Open with ``await SQLiteStorage.open(path)``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.token = ""
+        self.on_commit: Callable[[list[ChangeEvent]], None] = lambda events: None
+        #: Run in the writer thread at the start of every :meth:`write` transaction, with
+        #: its :class:`WriteTxn`; one raising aborts it (the encryption plugin checks the
+        #: file's key record there).
+        self.write_checks: list[WriteCheck] = []
+        self._conns = Connections(path)
+        self._catalog = Catalog()
+        self._replication = ReplicationRows(self._catalog)
+        self._own = OwnWrites()
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStorage:
+        """Open (creating if needed) the database file; ``":memory:"`` uses a private temp file."""
+
+        async def attempt() -> SQLiteStorage:
+            storage = cls(path)
+            storage.token = await storage._conns.open(catalog.init_file)
+            return storage
+
+        return await retry_locked(attempt)
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._conns.closed
+
+    async def close(self) -> None:
+        """Close both connections (and remove the temp file of a ``":memory:"`` database)."""
+        await self._conns.close()
+
+    async def __aenter__(self) -> SQLiteStorage:
+        """``async with await SQLiteStorage.open(path) as storage:``."""
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close on leaving the ``async with`` block."""
+        await self.close()
+
+    # -- collections -----------------------------------------------------------------------
+
+    async def ensure_collection(
+        self, name: str, schema: Schema, codec: BodyCodec | None = None
+    ) -> None:
+        """Create the collection's table and indexes, or check the stored schema matches."""
+        info = self._catalog.prepare(name, schema, codec)
+        await self._conns.run(lambda conn: Catalog.create(conn, info))
+        self._catalog.add(info)
+
+    def stored_schemas(self) -> dict[str, dict[str, Any]]:
+        """The schema of every collection stored in the file (added now or before)."""
+        return catalog.stored_schemas(self._conns.reader())
+
+    def get_info(self, key: str) -> str | None:
+        """A value of the file's info records (plugins keep their records there)."""
+        return catalog.get_info(self._conns.reader(), key)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def write(self, fn: Callable[[WriteTxn], T]) -> T:
+        """Run ``fn(txn)`` in one transaction on the writer thread; events follow the commit."""
+        loop = asyncio.get_running_loop()
+        cat, replication, own = self._catalog, self._replication, self._own
+        checks = self.write_checks
+
+        def run(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                txn = SQLiteWriteTxn(conn, cat, replication, own)
+                for check in checks:
+                    check(txn)
+                result = fn(txn)
+                txn.finish()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if txn.events:
+                loop.call_soon_threadsafe(self.on_commit, txn.events)
+            return result
+
+        return await self._conns.run(run)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Stored states (tombstones included) by id; a synchronous, inline point read."""
+        info = self._catalog.get(collection)
+        return documents.get_many(self._conns.reader(), info, list(ids))
+
+    def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """One stored state (tombstone included) or ``None``."""
+        info = self._catalog.get(collection)
+        sql = f"SELECT {documents.COLUMNS} FROM {info.table} WHERE id = ?"
+        row = self._conns.reader().execute(sql, (doc_id,)).fetchone()
+        return None if row is None else documents.to_state(info, row)
+
+    async def query(
+        self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Live (not deleted) states matching a compiled query, sorted, skipped and limited."""
+        run, bounded = queries.plan_query(self._catalog.get(collection), query, skip, limit)
+        if bounded:
+            return run(self._conns.reader())
+        return await self._conns.read_in_thread(run)
+
+    async def count(self, collection: str, query: CompiledQuery) -> int:
+        """How many live states match."""
+        info = self._catalog.get(collection)
+        if query.residual is not None:
+            return len(await self.query(collection, query))
+        return await self._conns.read_in_thread(lambda conn: queries.count(conn, info, query))
+
+    def last_seq(self, collection: str) -> int:
+        """The sequence number of the collection's latest write (0 if none)."""
+        return queries.last_seq(self._conns.reader(), self._catalog.get(collection))
+
+    def changes_since(
+        self, collection: str, seq: int, limit: int
+    ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """States (tombstones included) written after ``seq``, in sequence order, as
+        ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none)."""
+        info = self._catalog.get(collection)
+        return queries.changes_since(self._conns.reader(), info, seq, limit)
+
+    # -- replication state (format: replication_rows.py) ----------------------------------
+
+    def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
+        """A replication's stored checkpoint (``None`` if none); an inline read."""
+        conn = self._conns.reader()
+        return self._replication.get_checkpoint(conn, collection, replication_id, direction)
+
+    def get_assumed(
+        self, collection: str, replication_id: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """A replication's assumed master states by document id, decoded through the
+        collection's codec; an inline read."""
+        conn = self._conns.reader()
+        return self._replication.get_assumed(conn, collection, replication_id, ids)
+
+    def get_meta(self, replication_id: str, items: Sequence[str]) -> dict[str, Any]:
+        """Replication state values stored under a ``"<collection>:<id>"`` key (the item
+        API; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
+        return self._replication.get_meta(self._conns.reader(), replication_id, list(items))
+
+    # -- noticing other writers (see tailer.py) ---------------------------------------------
+
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes when another connection commits."""
+        return own_writes.data_version(self._conns.reader())
+
+    def current_seq(self) -> int:
+        """The last sequence number committed to the file."""
+        return own_writes.current_seq(self._conns.reader())
+
+    def rows_between(
+        self, after: int, upto: int
+    ) -> list[tuple[str, int, str, dict[str, Any], str]]:
+        """``(collection, seq, id, state, origin)`` of rows with ``after < seq <= upto``
+        that this object did not write (its own rows are skipped before decoding them)."""
+        conn = self._conns.reader()
+        own = self._own.ranges()
+        return own_writes.rows_between(conn, self._catalog.opened(), own, after, upto)
+
+    def own_seq_ranges(self) -> list[tuple[int, int]]:
+        """The sequence ranges this object's writer wrote (not yet forgotten), sorted."""
+        return self._own.ranges()
+
+    def forget_own_seqs(self, upto: int) -> None:
+        """Drop the record of own writes up to ``upto`` (the tailer has passed them)."""
+        self._own.forget(upto)
+
+
+if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols
+
+    def _conforms(storage: SQLiteStorage, txn: SQLiteWriteTxn) -> tuple[Storage, WriteTxn]:
+        return storage, txn

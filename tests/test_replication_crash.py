@@ -70,7 +70,7 @@ async def test_killed_replication_resumes(tmp_path: Path) -> None:
         master = await mdb.add_collection("todos", schema=TODO_SCHEMA)
         fork = await fdb.add_collection("todos", schema=TODO_SCHEMA)
         # the stored checkpoint never runs ahead of the documents it covers
-        down = fdb.storage.get_meta("todos:crashy", ["down"]).get("down")
+        down = fdb.storage.get_checkpoint("todos", "crashy", "down")
         if down is not None:
             pulled, _ = mdb.storage.changes_since("todos", 0, 100_000)
             covered = {s["id"] for seq, s in pulled if seq <= down["seq"]}

@@ -138,15 +138,11 @@ async def test_state_written_by_a_replication_reads_through_the_new_api(db_path:
         async with replicate(fork, collection_handler(master), "peer", live=False) as state:
             await state.wait_for_initial_replication()
         storage = fork_db.storage
-        items = ["down", "up", "doc:a", "doc:b"]
-        meta = storage.get_meta("todos:peer", items)
-        assert set(meta) == set(items)
-        assert storage.get_checkpoint("todos", "peer", "down") == meta["down"]
-        assert storage.get_checkpoint("todos", "peer", "up") == meta["up"]
-        assert storage.get_assumed("todos", "peer", ["a", "b"]) == {
-            "a": meta["doc:a"],
-            "b": meta["doc:b"],
-        }
+        rows = raw_rows(db_path, "SELECT replication_id, item FROM p2pdb_replication")
+        assert sorted(rows) == [("todos:peer", i) for i in ("doc:a", "doc:b", "down", "up")]
+        assert storage.get_checkpoint("todos", "peer", "down") == {"seq": 1}
+        assert storage.get_checkpoint("todos", "peer", "up") == storage.current_seq()
+        assert set(storage.get_assumed("todos", "peer", ["a", "b"])) == {"a", "b"}
         assert storage.get_assumed("todos", "peer", ["a"])["a"]["text"] == "from master"
         origins = raw_rows(db_path, "SELECT id, origin FROM col_todos ORDER BY id")
         assert origins == [("a", replication_origin("todos", "peer")), ("b", "local")]
@@ -161,7 +157,6 @@ async def test_assumed_states_pass_through_the_collection_codec(
     stored = raw_rows(db_path, "SELECT value FROM p2pdb_replication WHERE item = 'doc:a'")
     assert stored == [('{"id":"a","text":"ENC:terces","_deleted":false}',)]
     assert storage.get_assumed("todos", "peer", ["a"]) == {"a": state}
-    assert storage.get_meta("todos:peer", ["doc:a"]) == {"doc:a": state}  # the item API
     read_in_txn = await storage.write(lambda txn: txn.get_assumed("todos", "peer", ["a"]))
     assert read_in_txn == {"a": state}
 

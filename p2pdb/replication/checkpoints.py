@@ -14,19 +14,14 @@ they cover, so a crash never skips or repeats a change.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import ValidationError
-from ..storage import SQLiteStorage, WriteTxn
+from ..storage import Direction, Storage, WriteTxn, replication_origin
 
 __all__ = ["Checkpoints", "Direction", "StateUpdate"]
 
 Doc = dict[str, Any]
-Direction = Literal["up", "down"]
-
-
-def _item(doc_id: str) -> str:
-    return f"doc:{doc_id}"
 
 
 class Checkpoints:
@@ -36,7 +31,7 @@ class Checkpoints:
     non-string ``replication_id``.
     """
 
-    def __init__(self, storage: SQLiteStorage, collection: str, replication_id: str) -> None:
+    def __init__(self, storage: Storage, collection: str, replication_id: str) -> None:
         if not replication_id or not isinstance(replication_id, str):
             raise ValidationError(
                 "replicate() needs a non-empty replication_id string: it keys the stored "
@@ -46,8 +41,8 @@ class Checkpoints:
         self.storage = storage
         self.collection = collection
         self.replication_id = replication_id
-        #: The key of this replication's rows in the storage's replication table.
-        self.key = f"{collection}:{replication_id}"
+        #: Names this replication in logs and is the ``origin`` of the writes it makes.
+        self.key = replication_origin(collection, replication_id)
 
     def down(self) -> Any:
         """The stored down-checkpoint (``None``: pull from the start)."""
@@ -59,13 +54,12 @@ class Checkpoints:
         return checkpoint
 
     def _checkpoint(self, direction: Direction, default: Any) -> Any:
-        return self.storage.get_meta(self.key, [direction]).get(direction, default)
+        value = self.storage.get_checkpoint(self.collection, self.replication_id, direction)
+        return default if value is None else value
 
     def assumed(self, ids: Iterable[str]) -> dict[str, Doc]:
         """The assumed master states of those of ``ids`` that have one, by id."""
-        wanted = {_item(doc_id): doc_id for doc_id in ids}
-        stored = self.storage.get_meta(self.key, list(wanted))
-        return {wanted[item]: state for item, state in stored.items()}
+        return self.storage.get_assumed(self.collection, self.replication_id, list(ids))
 
     def update(self) -> StateUpdate:
         """A new, empty set of changes to write in a transaction."""
@@ -94,7 +88,8 @@ class StateUpdate:
 
     def write(self, txn: WriteTxn) -> None:
         """Write the changes in ``txn``, the transaction of the documents they cover."""
-        values: dict[str, Any] = {_item(i): state for i, state in self._assumed.items()}
+        collection, replication_id = self._checkpoints.collection, self._checkpoints.replication_id
+        if self._assumed:
+            txn.set_assumed(collection, replication_id, self._assumed)
         for direction, checkpoint in self._positions.items():
-            values[direction] = checkpoint
-        txn.set_meta(self._checkpoints.key, values)
+            txn.set_checkpoint(collection, replication_id, direction, checkpoint)

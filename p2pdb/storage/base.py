@@ -132,20 +132,6 @@ class WriteTxn(Protocol):
         """Drop every checkpoint and assumed state of one replication."""
         ...
 
-    def get_meta(self, replication_id: str, items: Iterable[str]) -> dict[str, Any]:
-        """Replication state values by item under a ``"<collection>:<id>"`` key (the item
-        API of earlier versions; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
-        ...
-
-    def set_meta(self, replication_id: str, values: Mapping[str, Any]) -> None:
-        """Store replication state values by item (prefer :meth:`set_checkpoint` and
-        :meth:`set_assumed`)."""
-        ...
-
-    def delete_meta(self, replication_id: str) -> None:
-        """Forget every value of one replication (prefer :meth:`forget_replication`)."""
-        ...
-
     def get_info(self, key: str) -> str | None:
         """A value of the file's info records (plugins keep theirs there)."""
         ...
@@ -258,11 +244,6 @@ class Storage(Protocol):
         self, collection: str, replication_id: str, ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         """A replication's assumed master states, by document id (decoded)."""
-        ...
-
-    def get_meta(self, replication_id: str, items: Sequence[str]) -> dict[str, Any]:
-        """Replication state values by item under a ``"<collection>:<id>"`` key (the item
-        API of earlier versions; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
         ...
 
     def get_info(self, key: str) -> str | None:

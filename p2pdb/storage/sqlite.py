@@ -181,11 +181,6 @@ class SQLiteStorage:
         conn = self._conns.reader()
         return self._replication.get_assumed(conn, collection, replication_id, ids)
 
-    def get_meta(self, replication_id: str, items: Sequence[str]) -> dict[str, Any]:
-        """Replication state values stored under a ``"<collection>:<id>"`` key (the item
-        API; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
-        return self._replication.get_meta(self._conns.reader(), replication_id, list(items))
-
     # -- noticing other writers (see tailer.py) ---------------------------------------------
 
     def data_version(self) -> int:

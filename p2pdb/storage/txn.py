@@ -82,20 +82,6 @@ class SQLiteWriteTxn:
         """Drop every checkpoint and assumed state of one replication."""
         self._replication.forget(self._conn, collection, replication_id)
 
-    def get_meta(self, replication_id: str, items: Iterable[str]) -> dict[str, Any]:
-        """Replication state values stored under a ``"<collection>:<id>"`` key (the item
-        API; prefer :meth:`get_checkpoint` and :meth:`get_assumed`)."""
-        return self._replication.get_meta(self._conn, replication_id, list(items))
-
-    def set_meta(self, replication_id: str, values: Mapping[str, Any]) -> None:
-        """Store replication state values by item (prefer :meth:`set_checkpoint` and
-        :meth:`set_assumed`)."""
-        self._replication.set_meta(self._conn, replication_id, values)
-
-    def delete_meta(self, replication_id: str) -> None:
-        """Forget every value of one replication (prefer :meth:`forget_replication`)."""
-        self._replication.delete_meta(self._conn, replication_id)
-
     # -- info records, the catalog, re-encoding --------------------------------------------
 
     def get_info(self, key: str) -> str | None:

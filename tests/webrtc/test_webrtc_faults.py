@@ -176,8 +176,8 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
             stored = await killed_docs.count()
             storage = killed_db.storage
             for node in (b, c):
-                key = f"docs:{TOPIC}||{node.db.token}"
-                down = storage.get_meta(key, ["down"]).get("down") or {"seq": 0}
+                replication_id = f"{TOPIC}||{node.db.token}"
+                down = storage.get_checkpoint("docs", replication_id, "down") or {"seq": 0}
                 master_storage = node.db.storage
                 after, _ = master_storage.changes_since("docs", down["seq"], 10**9)
                 total, _ = master_storage.changes_since("docs", 0, 10**9)

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, TypedDict
+from typing import TypedDict
 
 from p2pdb.errors import ValidationError
 
 from .election import HashFunction, sha256_hex
-
-if TYPE_CHECKING:
-    from .link import Peer
+from .peer import Peer
 
 __all__ = ["PeerValidator", "WebRTCOptionKeywords", "WebRTCReplicationOptions"]
 
 #: ``is_peer_valid(peer)``, sync or async.
-PeerValidator = Callable[["Peer"], bool | Awaitable[bool]]
+PeerValidator = Callable[[Peer], bool | Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)

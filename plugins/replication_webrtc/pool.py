@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Unpack
 
 from reactivex import Observable
@@ -17,8 +17,9 @@ from p2pdb.replication import ReplicationState
 from p2pdb.streams import EventStream
 
 from .connection import ConnectionHandler
-from .link import Peer, PeerMessage
+from .handler_factory import ConnectionHandlerFactory
 from .options import WebRTCOptionKeywords, WebRTCReplicationOptions
+from .peer import Peer, PeerMessage
 from .rpc import PeerSink
 from .session import PeerSession, SessionCallbacks, SessionSettings
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["ReplicationPool", "replicate_webrtc"]
 
 log = logging.getLogger("p2pdb.webrtc")
-
-ConnectionHandlerFactory = Callable[[str], Awaitable[ConnectionHandler]]
 
 
 class ReplicationPool:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from p2pdb.replication.rpc import WireErrorCodes
 
-from .link import Peer
+from .peer import Peer
 
 __all__ = ["WEBRTC_CODES", "PeerSink", "PeerSender"]
 

@@ -45,8 +45,8 @@ from p2pdb.replication.wire import (
 )
 
 from .election import is_master
-from .link import Peer
 from .options import WebRTCReplicationOptions
+from .peer import Peer
 from .rpc import WEBRTC_CODES
 
 if TYPE_CHECKING:

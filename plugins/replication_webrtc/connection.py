@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from aiortc import RTCIceServer
 from reactivex import Observable
 from reactivex.subject import Subject
 
@@ -45,14 +43,8 @@ from p2pdb.errors import PeerError, ReplicationError
 from p2pdb.tokens import random_token
 
 from .framing import (
-    DEFAULT_HIGH_WATER_MARK,
-    DEFAULT_LOW_WATER_MARK,
-    DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_PARTIAL_MESSAGES,
     JSONMessage,
 )
-from .ice import validate_host_addresses
 from .link import Link, LinkCallbacks, LinkSettings
 from .peer import Peer, PeerMessage
 from .signaling_client import SignalingClient
@@ -66,7 +58,6 @@ RECONNECT_DELAY_MAX = 15.0
 _MAX_EARLY_CANDIDATES = 32
 
 _T = TypeVar("_T")
-
 
 
 class ConnectionHandler:
@@ -87,30 +78,12 @@ class ConnectionHandler:
         self,
         topic: str,
         signaling_url: str,
+        settings: LinkSettings | None = None,
         *,
-        ice_servers: Sequence[RTCIceServer] = (),
-        host_addresses: Sequence[str] | None = None,
-        relay_only: bool = False,
-        connect_timeout: float = 15.0,
         ping_interval: float = 60.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES,
-        high_water_mark: int = DEFAULT_HIGH_WATER_MARK,
-        low_water_mark: int = DEFAULT_LOW_WATER_MARK,
     ) -> None:
         self.topic = topic
-        self._settings = LinkSettings(
-            ice_servers=tuple(ice_servers),
-            relay_only=relay_only,
-            host_addresses=validate_host_addresses(host_addresses),
-            connect_timeout=connect_timeout,
-            max_frame_bytes=max_frame_bytes,
-            max_message_size=max_message_size,
-            max_partial_messages=max_partial_messages,
-            high_water_mark=high_water_mark,
-            low_water_mark=low_water_mark,
-        )
+        self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
             topic,
@@ -173,6 +146,20 @@ class ConnectionHandler:
     def peers(self) -> list[Peer]:
         """The peers with an open data channel."""
         return list(self._connected)
+
+    def link_to(self, peer: Peer) -> Link | None:
+        """The open link to ``peer`` (for diagnostics: its ``pc`` and ``channel``)."""
+        return self._connected.get(peer)
+
+    @property
+    def links(self) -> list[Link]:
+        """Every link, open or still connecting."""
+        return list(self._links.values())
+
+    @property
+    def pending_reconnects(self) -> list[str]:
+        """The remote ids this handler will try to reach again after a delay."""
+        return list(self._reconnects)
 
     async def start(self, join_timeout: float | None = None) -> None:
         """Connect to signaling and wait until joined to the topic.

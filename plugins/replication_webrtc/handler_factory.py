@@ -10,6 +10,7 @@ from p2pdb.errors import ValidationError
 
 from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
+from .link import LinkSettings
 
 __all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
 
@@ -50,15 +51,15 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
+    settings = LinkSettings(
+        ice_servers=tuple(servers),
+        relay_only=relay_only,
+        host_addresses=hosts,
+        connect_timeout=connect_timeout,
+    )
+
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(
-            topic,
-            signaling_url,
-            ice_servers=servers,
-            host_addresses=hosts,
-            relay_only=relay_only,
-            connect_timeout=connect_timeout,
-        )
+        handler = ConnectionHandler(topic, signaling_url, settings)
         await handler.start(join_timeout=connect_timeout)
         return handler
 

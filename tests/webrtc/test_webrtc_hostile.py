@@ -132,8 +132,8 @@ class Hostile:
     async def send_raw(self, frame: str) -> None:
         """Put one frame on the data channel as is, bypassing the framing layer."""
         assert self.peer is not None
-        link = self.handler._connected[self.peer]  # private: the test needs the raw channel
-        assert link.channel is not None
+        link = self.handler.link_to(self.peer)  # the test needs the raw channel
+        assert link is not None and link.channel is not None
         link.channel.send(frame)
 
     async def request(self, method: str, params: Any) -> str:

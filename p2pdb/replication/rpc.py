@@ -170,8 +170,11 @@ class RpcChannel:
         """Send a small message at once, ahead of the queue (its frames may interleave
         with those of a large message being sent). Only for messages that carry no
         replication data (heartbeats), whose order does not matter: behind a large message
-        they would wait for all of it and look like a dead peer."""
-        if not self._closed:
+        they would wait for all of it and look like a dead peer. Before :meth:`start` it is
+        queued like any message."""
+        if self._sender is None:
+            self.post(message)
+        elif not self._closed:
             task = asyncio.get_running_loop().create_task(self._send_now(message))
             self._urgent.add(task)
             task.add_done_callback(self._urgent.discard)

@@ -128,6 +128,13 @@ class PeerSession:
         self._spawn(self._setup())
         self._spawn(self._heartbeat())
 
+    async def __aenter__(self) -> PeerSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def _setup(self) -> None:
         settings = self.settings
         try:

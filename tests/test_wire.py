@@ -301,3 +301,24 @@ def test_wire_loads_no_network_library() -> None:
         "bad = {'aiortc', 'av', 'websockets'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_pipe_reports_hostile_traffic_and_answers_unknown_methods(
+    make_collection: Factory,
+) -> None:
+    master = await make_collection("master")
+    async with WirePipe(collection_handler(master), request_timeout=2.0) as pipe:
+        with pytest.raises(PeerError) as caught:
+            await pipe.fork_channel.request("dropDatabase", [])
+        assert caught.value.code == "WIRE_REMOTE_ERROR"
+        assert caught.value.parameters["remote_error"]["code"] == "WIRE_PROTOCOL_VIOLATION"
+        # the start's RESYNC arrived before the answer above (one ordered queue)
+        received = asyncio.Event()
+        pipe.master_channel.post_event({"checkpoint": 1})  # neither RESYNC nor a batch
+        pipe.master_channel.post_event(RESYNC)  # a marker: handled after the bad event
+        pipe.handler.stream().subscribe(on_next=lambda _item: received.set())
+        async with asyncio.timeout(5):
+            await received.wait()
+    codes = [getattr(error, "code", None) for error in pipe.errors]
+    assert codes == ["WIRE_PROTOCOL_VIOLATION", "WIRE_PROTOCOL_VIOLATION"]
+    assert "Unknown method" in str(pipe.errors[0]) and "stream event" in str(pipe.errors[1])

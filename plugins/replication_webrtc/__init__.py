@@ -9,9 +9,12 @@ The signaling server only introduces peers; documents travel directly between pe
 aiortc data channels, in RxDB 17's message format.
 """
 
-from .connection import ConnectionHandler, Peer, PeerMessage, aiortc_connection_handler
+from .connection import ConnectionHandler
+from .election import is_master, sha256_hex
+from .handler_factory import aiortc_connection_handler
+from .options import WebRTCReplicationOptions
+from .peer import Peer, PeerMessage
 from .pool import ReplicationPool, replicate_webrtc
-from .session import is_master
 from .signaling_server import SignalingServer, start_signaling_server
 
 __all__ = [
@@ -20,8 +23,10 @@ __all__ = [
     "PeerMessage",
     "ReplicationPool",
     "SignalingServer",
+    "WebRTCReplicationOptions",
     "aiortc_connection_handler",
     "is_master",
     "replicate_webrtc",
+    "sha256_hex",
     "start_signaling_server",
 ]

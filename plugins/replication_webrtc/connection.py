@@ -32,37 +32,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
-from aiortc import RTCIceServer
 from reactivex import Observable
 from reactivex.subject import Subject
 
 from p2pdb.backoff import Backoff
-from p2pdb.errors import PeerError, ReplicationError, ValidationError
+from p2pdb.errors import PeerError, ReplicationError
 from p2pdb.tokens import random_token
 
 from .framing import (
-    DEFAULT_HIGH_WATER_MARK,
-    DEFAULT_LOW_WATER_MARK,
-    DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_PARTIAL_MESSAGES,
     JSONMessage,
 )
-from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
-from .link import Link, LinkCallbacks, LinkSettings, Peer, PeerMessage
+from .link import Link, LinkCallbacks, LinkSettings
+from .peer import Peer, PeerMessage
 from .signaling_client import SignalingClient
 
-__all__ = [
-    "ConnectionHandler",
-    "ConnectionHandlerFactory",
-    "Peer",
-    "PeerMessage",
-    "aiortc_connection_handler",
-]
+__all__ = ["ConnectionHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +58,6 @@ RECONNECT_DELAY_MAX = 15.0
 _MAX_EARLY_CANDIDATES = 32
 
 _T = TypeVar("_T")
-
-ConnectionHandlerFactory: TypeAlias = Callable[[str], Awaitable["ConnectionHandler"]]
-"""``await factory(topic)`` returns a started :class:`ConnectionHandler` in that room."""
 
 
 class ConnectionHandler:
@@ -94,30 +78,12 @@ class ConnectionHandler:
         self,
         topic: str,
         signaling_url: str,
+        settings: LinkSettings | None = None,
         *,
-        ice_servers: Sequence[RTCIceServer] = (),
-        host_addresses: Sequence[str] | None = None,
-        relay_only: bool = False,
-        connect_timeout: float = 15.0,
         ping_interval: float = 60.0,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES,
-        high_water_mark: int = DEFAULT_HIGH_WATER_MARK,
-        low_water_mark: int = DEFAULT_LOW_WATER_MARK,
     ) -> None:
         self.topic = topic
-        self._settings = LinkSettings(
-            ice_servers=tuple(ice_servers),
-            relay_only=relay_only,
-            host_addresses=validate_host_addresses(host_addresses),
-            connect_timeout=connect_timeout,
-            max_frame_bytes=max_frame_bytes,
-            max_message_size=max_message_size,
-            max_partial_messages=max_partial_messages,
-            high_water_mark=high_water_mark,
-            low_water_mark=low_water_mark,
-        )
+        self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
             topic,
@@ -180,6 +146,20 @@ class ConnectionHandler:
     def peers(self) -> list[Peer]:
         """The peers with an open data channel."""
         return list(self._connected)
+
+    def link_to(self, peer: Peer) -> Link | None:
+        """The open link to ``peer`` (for diagnostics: its ``pc`` and ``channel``)."""
+        return self._connected.get(peer)
+
+    @property
+    def links(self) -> list[Link]:
+        """Every link, open or still connecting."""
+        return list(self._links.values())
+
+    @property
+    def pending_reconnects(self) -> list[str]:
+        """The remote ids this handler will try to reach again after a delay."""
+        return list(self._reconnects)
 
     async def start(self, join_timeout: float | None = None) -> None:
         """Connect to signaling and wait until joined to the topic.
@@ -451,51 +431,3 @@ class ConnectionHandler:
             subject.on_next(value)
         except Exception:
             logger.exception("a subscriber of the connection handler raised")
-
-
-def aiortc_connection_handler(
-    signaling_url: str,
-    ice_servers: list[dict[str, Any]] | None = None,
-    host_addresses: list[str] | None = None,
-    relay_only: bool = False,
-    connect_timeout: float = 15.0,
-) -> ConnectionHandlerFactory:
-    """Make a factory of aiortc connection handlers for one signaling server.
-
-    ``ice_servers``: dicts ``{"urls", "username"?, "credential"?}`` (default: none,
-    so aiortc never asks a public STUN server; aiortc uses the first STUN and the
-    first TURN server only). ``relay_only``: use only TURN relay candidates.
-    ``host_addresses``: gather host candidates only on these IPs (e.g.
-    ``["127.0.0.1"]``, which aioice leaves out otherwise). ``connect_timeout``:
-    for joining the topic and for each connection attempt.
-
-    ``await factory(topic)`` returns a started handler joined to ``topic``, or
-    raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
-    are checked here and raise :class:`ValidationError`.
-    """
-    servers = to_rtc_ice_servers(ice_servers)
-    hosts = validate_host_addresses(host_addresses)
-    if relay_only and not ice_servers_have_turn(servers):
-        raise ValidationError(
-            "relay_only=True needs a TURN server in ice_servers",
-            code="WEBRTC_ICE_SERVER_INVALID",
-        )
-    if connect_timeout <= 0:
-        raise ValidationError(
-            f"connect_timeout must be positive, got {connect_timeout}",
-            code="WEBRTC_SETTING_INVALID",
-        )
-
-    async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(
-            topic,
-            signaling_url,
-            ice_servers=servers,
-            host_addresses=hosts,
-            relay_only=relay_only,
-            connect_timeout=connect_timeout,
-        )
-        await handler.start(join_timeout=connect_timeout)
-        return handler
-
-    return factory

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .connection import aiortc_connection_handler
+from .handler_factory import aiortc_connection_handler
 from .pool import replicate_webrtc
 from .signaling_server import start_signaling_server
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiortc import (
@@ -42,39 +41,16 @@ from .framing import (
     encode_message,
 )
 from .ice import host_addresses_override
+from .peer import Peer
+from .sdp import frame_limit, local_sdp
 
-__all__ = ["Link", "LinkCallbacks", "LinkSettings", "Peer", "PeerMessage"]
+__all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_QUEUED_SIGNALS = 256
 _MAX_PENDING_CANDIDATES = 32
 _TEARDOWN_TIMEOUT = 5.0
-_MAX_MESSAGE_SIZE_RE = re.compile(r"^a=max-message-size:(\d+)", re.MULTILINE)
-_SHA256_FINGERPRINT = "a=fingerprint:sha-256 "
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """One data-channel link to a remote peer.
-
-    ``peer_id`` is the remote signaling id. ``connection_id`` names this link
-    (the signaling ``connectionId``, or a local token if the remote sent none),
-    so a reconnect to the same remote id yields a different, unequal ``Peer``.
-    ``initiator`` says whether we opened the link (not part of equality).
-    """
-
-    peer_id: str
-    connection_id: str
-    initiator: bool = field(default=False, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerMessage:
-    """A de-chunked message from ``peer``: a parsed JSON object or array."""
-
-    peer: Peer
-    data: JSONMessage
 
 
 @dataclass(frozen=True)
@@ -223,7 +199,7 @@ class Link:
                         self._attach_channel(channel)
                         await pc.setLocalDescription(await pc.createOffer())
                         self._check_relay_candidates(pc)
-                        await self._on.send_signal(self, {"type": "offer", "sdp": _sdp(pc)})
+                        await self._on.send_signal(self, {"type": "offer", "sdp": local_sdp(pc)})
                     while not self.connected:
                         await self._apply_signal(await self._inbox.get())
                 while True:
@@ -300,11 +276,11 @@ class Link:
             )
             raise _LinkFailed from error
         self._remote_description_set = True
-        self._max_frame_bytes = _frame_limit(sdp, self._settings.max_frame_bytes)
+        self._max_frame_bytes = frame_limit(sdp, self._settings.max_frame_bytes)
         if kind == "offer":
             await pc.setLocalDescription(await pc.createAnswer())
             self._check_relay_candidates(pc)
-            await self._on.send_signal(self, {"type": "answer", "sdp": _sdp(pc)})
+            await self._on.send_signal(self, {"type": "answer", "sdp": local_sdp(pc)})
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(candidate)
@@ -312,7 +288,7 @@ class Link:
     def _check_relay_candidates(self, pc: RTCPeerConnection) -> None:
         """With ``relay_only``, fail at once if gathering found no relay candidate: aioice
         drops a failed TURN allocation silently, and the link would only time out."""
-        if not self._settings.relay_only or " typ relay" in _sdp(pc):
+        if not self._settings.relay_only or " typ relay" in local_sdp(pc):
             return
         urls = [
             url
@@ -439,37 +415,3 @@ class Link:
         self._on.error(self, PeerError(message, code=code, peer_id=self.remote_id))
         if drop:
             self.end()
-
-
-def _sdp(pc: RTCPeerConnection) -> str:
-    description = pc.localDescription
-    assert description is not None
-    return _sha256_fingerprint_only(description.sdp)
-
-
-def _sha256_fingerprint_only(sdp: str) -> str:
-    """Keep only the ``a=fingerprint:sha-256`` line(s) of our SDP.
-
-    aiortc lists sha-256, sha-384 and sha-512 fingerprints. libdatachannel (RxDB's
-    node-datachannel, 0.24.x) keeps only the last one (sha-512), yet when ICE connects before
-    it has committed our description (our ICE checks reach it before our answer does, which
-    a slower signaling path makes likely) it verifies our certificate with its default,
-    SHA-256, and then fails the handshake ("DTLS alert: unknown CA"). Every WebRTC stack
-    supports sha-256 (browsers send only that one), so we offer that one alone.
-    """
-    lines = sdp.split("\r\n")
-    if not any(line.lower().startswith(_SHA256_FINGERPRINT) for line in lines):
-        return sdp
-    return "\r\n".join(
-        line
-        for line in lines
-        if not line.lower().startswith("a=fingerprint:")
-        or line.lower().startswith(_SHA256_FINGERPRINT)
-    )
-
-
-def _frame_limit(remote_sdp: str, wanted: int) -> int:
-    """Our frame size, lowered if the remote announces a smaller ``max-message-size``."""
-    match = _MAX_MESSAGE_SIZE_RE.search(remote_sdp)
-    announced = int(match.group(1)) if match else 65536  # RFC 8841 default
-    return wanted if announced == 0 else max(1024, min(wanted, announced))

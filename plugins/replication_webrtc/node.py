@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from .connection import aiortc_connection_handler
+from .handler_factory import aiortc_connection_handler
 from .pool import replicate_webrtc
 
 __all__ = ["run_peer"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Unpack
 
 from reactivex import Observable
 from reactivex.abc import DisposableBase
@@ -15,8 +16,12 @@ from p2pdb.errors import ReplicationError
 from p2pdb.replication import ReplicationState
 from p2pdb.streams import EventStream
 
-from .connection import ConnectionHandler, Peer, PeerMessage
-from .session import HashFunction, PeerSession, sha256_hex
+from .connection import ConnectionHandler
+from .handler_factory import ConnectionHandlerFactory
+from .options import WebRTCOptionKeywords, WebRTCReplicationOptions
+from .peer import Peer, PeerMessage
+from .rpc import PeerSink
+from .session import PeerSession, SessionCallbacks, SessionSettings
 
 if TYPE_CHECKING:
     from p2pdb.collection import Collection
@@ -25,16 +30,14 @@ __all__ = ["ReplicationPool", "replicate_webrtc"]
 
 log = logging.getLogger("p2pdb.webrtc")
 
-PeerValidator = Callable[[Peer], bool | Awaitable[bool]]
-ConnectionHandlerFactory = Callable[[str], Awaitable[ConnectionHandler]]
-
 
 class ReplicationPool:
     """The replications of one collection with the peers of one topic.
 
     ``peers`` emits the set of connected peers; ``peer_states`` maps each peer for which we
     are the fork to its :class:`~p2pdb.replication.ReplicationState`; ``errors`` emits every
-    error (transport, protocol, replication). Use ``async with`` or :meth:`cancel`.
+    error (transport, protocol, replication). :func:`replicate_webrtc` makes and starts one;
+    use ``async with`` or :meth:`cancel` (which also closes the connection handler).
     """
 
     def __init__(
@@ -42,33 +45,35 @@ class ReplicationPool:
         collection: Collection,
         topic: str,
         connection: ConnectionHandler,
-        *,
-        is_peer_valid: PeerValidator | None = None,
-        batch_size: int = 100,
-        hash_function: HashFunction = sha256_hex,
-        request_timeout: float = 20.0,
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 4.0,
+        options: WebRTCReplicationOptions | None = None,
     ) -> None:
         self.collection = collection
         self.topic = topic
         self.connection = connection
-        self.is_peer_valid = is_peer_valid
-        self.batch_size = batch_size
-        self.hash_function = hash_function
-        self.request_timeout = request_timeout
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
+        self.options = options or WebRTCReplicationOptions()
         self.token = collection.database.token
         self.sessions: dict[Peer, PeerSession] = {}
+        self.session_settings = SessionSettings(collection, topic, self.token, self.options)
+        self._callbacks = SessionCallbacks(
+            report=self._report,
+            replication_error=self._on_replication_error,
+            changed=self._changed,
+            adopt=self._adopt,
+            disconnect=self.connection.disconnect,
+        )
         self._peers: BehaviorSubject[frozenset[Peer]] = BehaviorSubject(frozenset())
         self._errors: EventStream[Exception] = EventStream()
         self._state_changed = asyncio.Event()
         self._subscriptions: list[DisposableBase] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # session starts and closes
+        self._started = False
         self._canceled = False
 
-    def start(self) -> None:
-        """Listen to the connection handler (called by :func:`replicate_webrtc`)."""
+    async def start(self) -> None:
+        """Listen to the connection handler (:func:`replicate_webrtc` calls it)."""
+        if self._started:
+            return
+        self._started = True
         c = self.connection
         self._subscriptions = [
             c.connects.subscribe(on_next=self._on_connect),
@@ -77,7 +82,6 @@ class ReplicationPool:
             c.errors.subscribe(on_next=self._report),
             self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
         ]
-
     # -- public API ------------------------------------------------------------------------
 
     @property
@@ -101,7 +105,7 @@ class ReplicationPool:
             for peer, session in self.sessions.items():
                 if session.is_master is not None:
                     return peer
-            await self._wait_change()
+            await self.wait_for_change()
 
     async def wait_for_in_sync(self) -> None:
         """Wait until, with every connected peer, nothing is left to send or receive: as a
@@ -110,7 +114,7 @@ class ReplicationPool:
             sessions = list(self.sessions.values())
             if sessions and all(s.in_sync() for s in sessions):
                 return
-            await self._wait_change()
+            await self.wait_for_change()
 
     async def cancel(self) -> None:
         """Stop replicating with everyone and leave the topic."""
@@ -122,6 +126,9 @@ class ReplicationPool:
         for session in list(self.sessions.values()):
             await session.close()
         self.sessions.clear()
+        # session starts and closes are short: let them finish (a half-closed session
+        # would leave its replication running)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.connection.close()
         self._peers.on_next(frozenset())
         self._peers.on_completed()
@@ -129,18 +136,21 @@ class ReplicationPool:
         self._changed()
 
     async def __aenter__(self) -> ReplicationPool:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.cancel()
 
-    # -- internals -------------------------------------------------------------------------
-
-    async def _wait_change(self) -> None:
+    async def wait_for_change(self) -> None:
+        """Wait for the next change of what the pool reports: peers, roles, sync state
+        (raises ``REPLICATION_CANCELED`` once the pool is canceled)."""
         if self._canceled:
             raise ReplicationError("The pool was canceled.", code="REPLICATION_CANCELED")
         self._state_changed.clear()
         await self._state_changed.wait()
+
+    # -- internals -------------------------------------------------------------------------
 
     def _changed(self) -> None:
         self._state_changed.set()
@@ -149,20 +159,29 @@ class ReplicationPool:
         log.warning("webrtc %s/%s: %s", self.collection.name, self.topic, error)
         self._errors.on_next(error)
 
+    def _on_replication_error(self, error: Exception) -> None:
+        self._errors.on_next(error)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._changed())
+
     def _on_connect(self, peer: Peer) -> None:
-        session = PeerSession(self, peer)
+        sink = PeerSink(self.connection, peer)
+        session = PeerSession(self.session_settings, self._callbacks, peer, sink)
+        # registered at once, so the peer's first messages find it; they wait in its queue
         self.sessions[peer] = session
         self._peers.on_next(frozenset(self.sessions))
-        session.start()
-        self._changed()
+        self._spawn(session.start())
 
     def _on_disconnect(self, peer: Peer) -> None:
         session = self.sessions.pop(peer, None)
         if session is None:
             return
         self._peers.on_next(frozenset(self.sessions))
-        task = asyncio.ensure_future(session.close())
-        task.add_done_callback(lambda _t: self._changed())
+        self._spawn(session.close())
 
     def _on_message(self, message: PeerMessage) -> None:
         session = self.sessions.get(message.peer)
@@ -182,27 +201,19 @@ async def replicate_webrtc(
     collection: Collection,
     topic: str,
     handler: ConnectionHandlerFactory,
-    is_peer_valid: PeerValidator | None = None,
-    batch_size: int = 100,
-    **options: Any,
+    *,
+    options: WebRTCReplicationOptions | None = None,
+    **shortcuts: Unpack[WebRTCOptionKeywords],
 ) -> ReplicationPool:
     """Join ``topic`` and replicate ``collection`` with every peer that joins it.
 
     ``handler`` makes the connections: ``aiortc_connection_handler(signaling_url, ...)``.
-    ``is_peer_valid(peer)`` (sync or async) returning False means that peer gets no data
-    and its requests get no answers. Other ``options``: ``hash_function`` (the master
-    election hash; RxDB's default is SHA-256 hex), ``request_timeout``,
-    ``heartbeat_interval``, ``heartbeat_timeout``.
+    ``options`` (:class:`WebRTCReplicationOptions`): ``is_peer_valid``, ``batch_size``,
+    ``hash_function``, ``request_timeout``, ``heartbeat_interval``, ``heartbeat_timeout``;
+    each may also be given as a keyword (``is_peer_valid=...``), which overrides ``options``.
     """
+    settings = dataclasses.replace(options or WebRTCReplicationOptions(), **shortcuts)
     connection = await handler(topic)
-    pool = ReplicationPool(
-        collection,
-        topic,
-        connection,
-        is_peer_valid=is_peer_valid,
-        batch_size=batch_size,
-        **options,
-    )
-    pool.start()
+    pool = ReplicationPool(collection, topic, connection, settings)
+    await pool.start()
     return pool
-

@@ -2,135 +2,108 @@
 
 For each pair exactly one side is the fork (RxDB's rule, over the two database tokens):
 the master answers ``masterChangesSince``/``masterWrite`` from its collection and streams its
-changes; the fork runs :func:`p2pdb.replication.replicate` with a handler whose calls are
-requests over the data channel. Both sides answer master requests from any valid peer
-(RxDB does too), whatever the roles.
+changes; the fork runs :func:`p2pdb.replication.replicate` with a
+:class:`~p2pdb.replication.wire.RemoteMaster`. Both sides answer master requests from any
+valid peer (RxDB does too), whatever the roles. The protocol is the core's
+(:mod:`p2pdb.replication.wire`); this module adds what is WebRTC's: the ``token`` request,
+the election, the validity check and the heartbeat.
 
-Messages from the peer are untrusted: methods come from an allow-list, params are checked
-(types, sizes), pushed and pulled documents are validated against the schema. A peer whose
-messages break the protocol is reported and disconnected; stored data is never touched.
+Messages from the peer are untrusted: the wire checks methods and params, pushed and pulled
+documents are validated against the schema. A peer whose messages break the protocol is
+reported and disconnected; stored data is never touched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import Subject
 
-from p2pdb.errors import P2PDBError, PeerError, ValidationError
+from p2pdb.errors import P2PDBError, PeerError
 from p2pdb.replication import (
     RESYNC,
     ChangesBatch,
     ReplicationState,
     Resync,
-    WriteRow,
     collection_handler,
     replicate,
 )
+from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
+from p2pdb.replication.wire import (
+    MASTER_METHODS,
+    RemoteMaster,
+    answer_request,
+    parse_stream_event,
+    stream_event_json,
+)
 
-from .connection import Peer
-from .rpc import STREAM_ID, PeerChannel
+from .election import is_master
+from .options import WebRTCReplicationOptions
+from .peer import Peer
+from .rpc import WEBRTC_CODES
 
 if TYPE_CHECKING:
-    from .pool import ReplicationPool
+    from p2pdb.collection import Collection
 
-__all__ = ["PeerSession", "is_master"]
+__all__ = ["PeerSession", "SessionCallbacks", "SessionSettings"]
 
 log = logging.getLogger("p2pdb.webrtc")
 
-MASTER_METHODS = frozenset({"masterChangesSince", "masterWrite"})
-MAX_BATCH = 10_000  # largest batch a peer may ask for or push at once
 
-HashFunction = Callable[[str], str]
+@dataclass(frozen=True)
+class SessionSettings:
+    """What every session of a pool shares."""
 
-
-def sha256_hex(text: str) -> str:
-    """RxDB's default hash: SHA-256 of the UTF-8 text, as lowercase hex."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def is_master(own_token: str, other_token: str, hash_function: HashFunction = sha256_hex) -> bool:
-    """RxDB's election: we lead the pair when ``hash(own|other) > hash(other|own)``."""
-    return hash_function(f"{own_token}|{other_token}") > hash_function(
-        f"{other_token}|{own_token}"
-    )
+    collection: Collection
+    topic: str
+    token: str  # our database token
+    options: WebRTCReplicationOptions
 
 
-class _RemoteMaster:
-    """A replication handler whose calls are requests to the peer."""
+@dataclass(frozen=True)
+class SessionCallbacks:
+    """How a :class:`PeerSession` talks to the pool that owns it (all on the event loop)."""
 
-    def __init__(self, channel: PeerChannel, stream: Observable[ChangesBatch | Resync]) -> None:
-        self._channel = channel
-        self._stream = stream
-
-    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
-        result = await self._channel.request("masterChangesSince", [checkpoint, batch_size])
-        if not isinstance(result, dict) or not isinstance(result.get("documents"), list):
-            raise PeerError(
-                "The peer answered masterChangesSince without a documents list.",
-                code="WEBRTC_BAD_ANSWER",
-            )
-        return ChangesBatch(result["documents"], result.get("checkpoint"))
-
-    async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
-        wire = []
-        for row in rows:
-            item: dict[str, Any] = {"newDocumentState": row.new_document_state}
-            if row.assumed_master_state is not None:
-                item["assumedMasterState"] = row.assumed_master_state
-            wire.append(item)
-        result = await self._channel.request("masterWrite", [wire])
-        if not isinstance(result, list):
-            raise PeerError(
-                "The peer answered masterWrite without a list of conflicts.",
-                code="WEBRTC_BAD_ANSWER",
-            )
-        return result
-
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self._stream
-
-
-def _protocol_error(message: str) -> PeerError:
-    return PeerError(message, code="WEBRTC_PROTOCOL_VIOLATION")
-
-
-def _parse_rows(params: object) -> list[WriteRow]:
-    if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], list):
-        raise _protocol_error("masterWrite takes [rows].")
-    rows = params[0]
-    if len(rows) > MAX_BATCH:
-        raise _protocol_error(f"masterWrite with {len(rows)} rows; at most {MAX_BATCH}.")
-    parsed = []
-    for row in rows:
-        new = row.get("newDocumentState") if isinstance(row, dict) else None
-        assumed = row.get("assumedMasterState") if isinstance(row, dict) else None
-        if not isinstance(new, dict) or not (assumed is None or isinstance(assumed, dict)):
-            raise _protocol_error("Each masterWrite row needs a newDocumentState object.")
-        parsed.append(WriteRow(new, assumed))
-    return parsed
+    report: Callable[[Exception], None]
+    """An error of this session (logged and emitted by the pool)."""
+    replication_error: Callable[[Exception], None]
+    """An error of the fork's replication (emitted; the replication retries)."""
+    changed: Callable[[], None]
+    """Something ``in_sync()`` or the roles depend on changed."""
+    adopt: Callable[[PeerSession], Awaitable[None]]
+    """The peer's token is known: drop any older session with the same token."""
+    disconnect: Callable[[Peer], Awaitable[None]]
+    """Close the link to the peer (the pool then closes this session)."""
 
 
 class PeerSession:
-    """Everything p2pdb does with one connected peer."""
+    """Everything p2pdb does with one connected peer. Use :meth:`start` and :meth:`close`."""
 
-    def __init__(self, pool: ReplicationPool, peer: Peer) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        settings: SessionSettings,
+        callbacks: SessionCallbacks,
+        peer: Peer,
+        sink: MessageSink,
+    ) -> None:
+        self.settings = settings
+        self.callbacks = callbacks
         self.peer = peer
-        self.channel = PeerChannel(
-            pool.connection,
-            peer,
-            pool.token,
-            request_timeout=pool.request_timeout,
-            on_idle=pool._changed,  # in_sync() depends on it: wake wait_for_in_sync()
+        self.channel = RpcChannel(
+            sink,
+            label=f"Peer {peer.peer_id}",
+            token=settings.token,
+            context={"peer_id": peer.peer_id},
+            codes=WEBRTC_CODES,
+            request_timeout=settings.options.request_timeout,
+            on_idle=callbacks.changed,  # in_sync() depends on it: wake wait_for_in_sync()
         )
         self.token: str | None = None
         self.valid: bool | None = None
@@ -138,7 +111,7 @@ class PeerSession:
         self.state: ReplicationState | None = None
         self.last_sent_seq = 0
         self._stream: Subject[ChangesBatch | Resync] = Subject()
-        self._master = collection_handler(pool.collection, origin=f"webrtc:{pool.topic}")
+        self._master = collection_handler(settings.collection, origin=f"webrtc:{settings.topic}")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscription: DisposableBase | None = None
         self._validity_known = asyncio.Event()
@@ -149,12 +122,21 @@ class PeerSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Begin: check validity, exchange tokens, elect roles, start replicating."""
+        await self.channel.start()
         self._spawn(self._setup())
         self._spawn(self._heartbeat())
 
+    async def __aenter__(self) -> PeerSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def _setup(self) -> None:
+        settings = self.settings
         try:
             self.valid = await self._check_valid()
             self._validity_known.set()
@@ -163,40 +145,42 @@ class PeerSession:
                 return
             token = await self.channel.request("token", [])
             if not isinstance(token, str) or not token or len(token) > 200:
-                raise _protocol_error(f"The peer's token is not a short string: {token!r}.")
+                raise self.channel.error(
+                    "protocol_violation", f"The peer's token is not a short string: {token!r}."
+                )
             self.token = token
             # this peer's pushes get their own origin, so its echo can be left out
             self._master = collection_handler(
-                self.pool.collection, origin=f"webrtc:{self.pool.topic}:{token}"
+                settings.collection, origin=f"webrtc:{settings.topic}:{token}"
             )
-            if token == self.pool.token:
+            if token == settings.token:
                 raise PeerError(
                     "Connected to a peer with our own database token (the same database "
                     "opened twice?); not replicating with it.",
                     code="WEBRTC_SAME_DATABASE",
                 )
-            await self.pool._adopt(self)
-            self.is_master = is_master(self.pool.token, token, self.pool.hash_function)
+            await self.callbacks.adopt(self)
+            self.is_master = is_master(settings.token, token, settings.options.hash_function)
             if self.is_master:
                 self._serve_stream()
             else:
                 self.state = replicate(
-                    self.pool.collection,
-                    _RemoteMaster(self.channel, self._stream),
-                    f"{self.pool.topic}||{token}",
-                    batch_size=self.pool.batch_size,
+                    settings.collection,
+                    RemoteMaster(self.channel, self._stream),
+                    f"{settings.topic}||{token}",
+                    batch_size=settings.options.batch_size,
                 )
-                self.state.errors.subscribe(self.pool._errors.on_next)
-                self.state.active.subscribe(lambda _active: self.pool._changed())
-            self.pool._changed()
+                self.state.errors.subscribe(self.callbacks.replication_error)
+                self.state.active.subscribe(lambda _active: self.callbacks.changed())
+            self.callbacks.changed()
         except P2PDBError as exc:
             if self.closed:
                 return  # the peer went away during the handshake: nothing to report
-            self.pool._report(exc)
-            await self.pool.connection.disconnect(self.peer)
+            self.callbacks.report(exc)
+            await self.callbacks.disconnect(self.peer)
 
     async def _check_valid(self) -> bool:
-        check = self.pool.is_peer_valid
+        check = self.settings.options.is_peer_valid
         if check is None:
             return True
         verdict = check(self.peer)
@@ -208,21 +192,19 @@ class PeerSession:
         def forward(batch: ChangesBatch | Resync) -> None:
             if isinstance(batch, ChangesBatch):
                 self.last_sent_seq = max(self.last_sent_seq, batch.checkpoint["seq"])
-                result: Any = {"documents": batch.documents, "checkpoint": batch.checkpoint}
-            else:
-                result = batch
-            self.channel.post({"id": STREAM_ID, "result": result})
-            self.pool._changed()
+            self.channel.post_event(stream_event_json(batch))
+            self.callbacks.changed()
 
         # The peer's own pushes are not echoed back (RxDB echoes them; its forks and ours
         # skip the echo, but it costs a round of doubt and re-pulling on our forks).
         self._subscription = self._master.stream(skip_own=True).subscribe(on_next=forward)
-        self.channel.post({"id": STREAM_ID, "result": RESYNC})
+        self.channel.post_event(RESYNC)
 
     async def _heartbeat(self) -> None:
         """Detect a dead peer in seconds (aiortc alone takes ~30 s): ask for its token
         (a request RxDB answers) whenever it has been quiet."""
-        interval, timeout = self.pool.heartbeat_interval, self.pool.heartbeat_timeout
+        options = self.settings.options
+        interval, timeout = options.heartbeat_interval, options.heartbeat_timeout
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
@@ -231,109 +213,72 @@ class PeerSession:
             try:
                 await self.channel.request("token", [], within=timeout, urgent=True)
             except PeerError as exc:
-                if exc.code == "WEBRTC_REQUEST_TIMEOUT":
-                    self.pool._report(
+                if exc.code == WEBRTC_CODES.request_timeout:
+                    self.callbacks.report(
                         PeerError(
                             f"Peer {self.peer.peer_id} stopped answering; disconnecting.",
                             code="WEBRTC_PEER_TIMEOUT",
                             peer_id=self.peer.peer_id,
                         )
                     )
-                    await self.pool.connection.disconnect(self.peer)
+                    await self.callbacks.disconnect(self.peer)
                 return
 
     # -- incoming --------------------------------------------------------------------------
 
     def on_message(self, data: object) -> None:
         """Handle one message from the peer."""
-        self.channel.heard()
-        if not isinstance(data, dict):
-            self._violation(_protocol_error("A message must be a JSON object."))
-            return
-        if isinstance(data.get("method"), str):
-            self._spawn(self._on_request(data))
-        elif data.get("id") == STREAM_ID:
-            self._on_stream_event(data.get("result"))
-        elif "id" in data:
-            if not self.channel.take_answer(data):
-                self._violation(_protocol_error("An answer to a request that was never made."))
-        else:
-            self._violation(_protocol_error("A message without id or method."))
+        try:
+            incoming = self.channel.receive(data)
+            if isinstance(incoming, Request):
+                self._spawn(self._on_request(incoming))
+            elif isinstance(incoming, StreamEvent):
+                self._on_stream_event(incoming.result)
+        except PeerError as exc:
+            self._violation(exc)
 
     def _violation(self, error: PeerError) -> None:
         error.parameters.setdefault("peer_id", self.peer.peer_id)
-        self.pool._report(error)
-        self._spawn(self.pool.connection.disconnect(self.peer))
+        self.callbacks.report(error)
+        self._spawn(self.callbacks.disconnect(self.peer))
 
     def _on_stream_event(self, result: object) -> None:
         if self.is_master:
-            self._violation(_protocol_error("A stream event from a peer that is not our master."))
-            return
+            raise self.channel.error(
+                "protocol_violation", "A stream event from a peer that is not our master."
+            )
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
-        if result == RESYNC:
-            self._stream.on_next(RESYNC)
-        elif isinstance(result, dict) and isinstance(result.get("documents"), list):
-            self._stream.on_next(ChangesBatch(result["documents"], result.get("checkpoint")))
-        else:
-            self._violation(_protocol_error("A stream event that is neither RESYNC nor a batch."))
+        self._stream.on_next(parse_stream_event(result, WEBRTC_CODES))
 
-    async def _on_request(self, message: dict[str, Any]) -> None:
-        request_id, method, params = message.get("id"), message["method"], message.get("params")
-        if not isinstance(request_id, str) or not isinstance(params, list):
-            self._violation(_protocol_error("A request needs a string id and a params list."))
-            return
+    async def _on_request(self, request: Request) -> None:
         await self._validity_known.wait()
         if not self.valid:
             return  # an invalid peer gets no answers at all
-        if method == "token":
+        if request.method == "token":
             # ahead of the queue: a heartbeat must not wait behind a large batch
-            self.channel.post_now({"id": request_id, "result": self.pool.token})
+            self.channel.answer(request.id, self.settings.token, urgent=True)
             return
-        if method not in MASTER_METHODS:
-            self.channel.answer_error(
-                request_id,
-                _protocol_error(f"Unknown method {method!r}."),
-            )
-            self.pool._report(
-                _protocol_error(f"Peer {self.peer.peer_id} called unknown method {method!r}.")
-            )
-            return
-        try:
-            result = await self._serve(method, params)
-        except PeerError as exc:
-            self.channel.answer_error(request_id, exc)
-            self._violation(exc)
-            return
-        except ValidationError as exc:
-            exc.parameters.setdefault("peer_id", self.peer.peer_id)
-            self.channel.answer_error(request_id, exc)
-            self._violation(
-                PeerError(
-                    f"Peer {self.peer.peer_id} sent invalid data: {exc.message}",
-                    code="WEBRTC_INVALID_DATA",
+        if request.method not in MASTER_METHODS:
+            unknown = f"Unknown method {request.method!r}."
+            self.channel.answer_error(request.id, self.channel.error("protocol_violation", unknown))
+            self.callbacks.report(
+                self.channel.error(
+                    "protocol_violation",
+                    f"Peer {self.peer.peer_id} called unknown method {request.method!r}.",
                 )
             )
             return
-        except P2PDBError as exc:  # our side failed (closed database, storage)
-            self.channel.answer_error(request_id, exc)
-            self.pool._report(exc)
+        try:
+            result = await answer_request(self.channel, self._master, request)
+        except PeerError as exc:  # a hostile or broken peer: answered, now dropped
+            self._violation(exc)
             return
-        self.channel.answer(request_id, result)
-
-    async def _serve(self, method: str, params: list[Any]) -> Any:
-        if method == "masterChangesSince":
-            if len(params) != 2:
-                raise _protocol_error("masterChangesSince takes [checkpoint, batchSize].")
-            checkpoint, batch_size = params
-            if type(batch_size) is not int or not 0 < batch_size <= MAX_BATCH:
-                raise _protocol_error(f"batchSize must be an integer in 1..{MAX_BATCH}.")
-            batch = await self._master.changes_since(checkpoint, batch_size)
-            if self.is_master:
-                self.last_sent_seq = max(self.last_sent_seq, batch.checkpoint["seq"])
-            return {"documents": batch.documents, "checkpoint": batch.checkpoint}
-        rows = _parse_rows(params)
-        return await self._master.write(rows)
+        except P2PDBError as exc:  # our side failed (closed database, storage)
+            self.callbacks.report(exc)
+            return
+        if request.method == "masterChangesSince" and self.is_master:
+            self.last_sent_seq = max(self.last_sent_seq, result["checkpoint"]["seq"])
 
     # -- state -----------------------------------------------------------------------------
 
@@ -344,8 +289,8 @@ class PeerSession:
         if self.is_master is None or not self.channel.idle.is_set():
             return False
         if self.is_master:
-            storage = self.pool.collection.database.storage
-            return self.last_sent_seq >= storage.last_seq(self.pool.collection.name)
+            collection = self.settings.collection
+            return self.last_sent_seq >= collection.database.storage.last_seq(collection.name)
         return self.state is not None and self.state.is_in_sync()
 
     async def close(self) -> None:
@@ -362,4 +307,3 @@ class PeerSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._stream.on_completed()
-

@@ -82,14 +82,14 @@ def instrument() -> tuple[Counter[str], Counter[str], Counter[str]]:
     """Count the documents this process pulls, receives in stream events and pushes, per
     peer token, by wrapping the fork's request methods (test instrumentation only)."""
     from p2pdb.plugins.replication_webrtc import session as session_module
+    from p2pdb.replication.wire import STREAM_ID, RemoteMaster
 
     pulled: Counter[str] = Counter()
     streamed: Counter[str] = Counter()
     pushed: Counter[str] = Counter()
-    remote = session_module._RemoteMaster
-    original_changes_since = remote.changes_since
-    original_write = remote.write
-    original_on_stream = session_module.PeerSession._on_stream_event
+    original_changes_since = RemoteMaster.changes_since
+    original_write = RemoteMaster.write
+    original_on_message = session_module.PeerSession.on_message
 
     def token_of(master: Any) -> str:
         return str(getattr(master, "p2pdb_token", "?"))
@@ -104,16 +104,17 @@ def instrument() -> tuple[Counter[str], Counter[str], Counter[str]]:
         pushed[token_of(self)] += len(rows)
         return result
 
-    def on_stream_event(self: Any, result: object) -> None:
-        if self.is_master is False and isinstance(result, dict):
-            documents = result.get("documents")
+    def on_message(self: Any, data: object) -> None:
+        if self.is_master is False and isinstance(data, dict) and data.get("id") == STREAM_ID:
+            result = data.get("result")
+            documents = result.get("documents") if isinstance(result, dict) else None
             if isinstance(documents, list):
                 streamed[str(self.token)] += len(documents)
-        original_on_stream(self, result)
+        original_on_message(self, data)
 
-    remote.changes_since = changes_since  # type: ignore[method-assign]
-    remote.write = write  # type: ignore[method-assign]
-    session_module.PeerSession._on_stream_event = on_stream_event  # type: ignore[method-assign]
+    RemoteMaster.changes_since = changes_since  # type: ignore[method-assign]
+    RemoteMaster.write = write  # type: ignore[method-assign]
+    session_module.PeerSession.on_message = on_message  # type: ignore[method-assign]
 
     # the replication id ends with the peer's token: hand it to the fork's handler
     original_replicate = session_module.replicate

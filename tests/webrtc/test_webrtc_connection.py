@@ -113,8 +113,9 @@ async def test_malformed_frame_reports_an_error_and_drops_the_peer(
     make_handler: HandlerMaker,
 ) -> None:
     a, peer_b, b, peer_a = await connected_pair(make_handler)
-    # Play a hostile peer: write a raw frame on b's data channel (a private attribute).
-    channel = b.handler._connected[peer_a].channel
+    # Play a hostile peer: write a raw frame on b's data channel.
+    link = b.handler.link_to(peer_a)
+    channel = link.channel if link is not None else None
     assert channel is not None
     channel.send('{"chunk": {"id": "x", "index": 7, "total": 2, "data": ""}}')
     error = await a.error()
@@ -344,9 +345,9 @@ async def test_a_peer_that_leaves_before_connecting_is_dropped(
     assert handler.own_peer_id is not None
     leaver = await raw_peer(want_above=handler.own_peer_id)  # so the handler initiates
     assert (await leaver.recv())["data"]["type"] == "offer"
-    [link] = handler._links.values()  # private state: the pending link to the leaver
+    [link] = handler.links  # the pending link to the leaver
     await leaver.socket.close()
     async with asyncio.timeout(WAIT):  # the `joined` without it ends the attempt at once
         await link.wait_closed()
-    assert not handler._links and not handler._reconnects
+    assert not handler.links and not handler.pending_reconnects
     assert events.errors.empty() and events.connects.empty()

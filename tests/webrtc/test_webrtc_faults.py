@@ -70,7 +70,7 @@ class Node:
                 while not (result := condition()):
                     self._changed.clear()
                     waiter = asyncio.ensure_future(self._changed.wait())
-                    change = asyncio.ensure_future(self.pool._wait_change())
+                    change = asyncio.ensure_future(self.pool.wait_for_change())
                     _, pending = await asyncio.wait(
                         [waiter, change], return_when=asyncio.FIRST_COMPLETED
                     )

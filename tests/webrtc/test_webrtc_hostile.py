@@ -37,9 +37,8 @@ from p2pdb.plugins.replication_webrtc import (
     is_master,
     replicate_webrtc,
 )
-from p2pdb.plugins.replication_webrtc.rpc import STREAM_ID
-from p2pdb.plugins.replication_webrtc.session import MAX_BATCH
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
+from p2pdb.replication.wire import MAX_BATCH, STREAM_ID
 
 TOPIC = "p2pdb-hostile-room"
 WAIT = 10.0
@@ -133,8 +132,8 @@ class Hostile:
     async def send_raw(self, frame: str) -> None:
         """Put one frame on the data channel as is, bypassing the framing layer."""
         assert self.peer is not None
-        link = self.handler._connected[self.peer]  # private: the test needs the raw channel
-        assert link.channel is not None
+        link = self.handler.link_to(self.peer)  # the test needs the raw channel
+        assert link is not None and link.channel is not None
         link.channel.send(frame)
 
     async def request(self, method: str, params: Any) -> str:
@@ -227,7 +226,7 @@ async def wait_for(condition: Callable[[], Any], victim: Victim, within: float =
     """Wait on the pool's state changes until ``condition()`` is truthy."""
     async with asyncio.timeout(within):
         while not (result := condition()):
-            await victim.pool._wait_change()
+            await victim.pool.wait_for_change()
         return result
 
 

@@ -30,7 +30,8 @@ async def test_relay_only_handlers_connect_through_turn(
     assert a.candidate_pair(peer_b) == ("relay", "relay")
     assert b.candidate_pair(peer_a) == ("relay", "relay")
     for handler, peer in ((a, peer_b), (b, peer_a)):  # no host candidate was even offered
-        pc = handler._connected[peer].pc  # private: the test inspects the SDP sent
+        link = handler.link_to(peer)  # the test inspects the SDP sent
+        pc = link.pc if link is not None else None
         assert pc is not None and pc.localDescription is not None
         candidates = [
             line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=candidate")

@@ -1,0 +1,66 @@
+"""``aiortc_connection_handler``: check the connection settings once, then make a started
+:class:`~.connection.ConnectionHandler` per topic."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+
+from p2pdb.errors import ValidationError
+
+from .connection import ConnectionHandler
+from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
+from .link import LinkSettings
+
+__all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
+
+ConnectionHandlerFactory: TypeAlias = Callable[[str], Awaitable[ConnectionHandler]]
+"""``await factory(topic)`` returns a started :class:`ConnectionHandler` in that room."""
+
+
+def aiortc_connection_handler(
+    signaling_url: str,
+    ice_servers: list[dict[str, Any]] | None = None,
+    host_addresses: list[str] | None = None,
+    relay_only: bool = False,
+    connect_timeout: float = 15.0,
+) -> ConnectionHandlerFactory:
+    """Make a factory of aiortc connection handlers for one signaling server.
+
+    ``ice_servers``: dicts ``{"urls", "username"?, "credential"?}`` (default: none,
+    so aiortc never asks a public STUN server; aiortc uses the first STUN and the
+    first TURN server only). ``relay_only``: use only TURN relay candidates.
+    ``host_addresses``: gather host candidates only on these IPs (e.g.
+    ``["127.0.0.1"]``, which aioice leaves out otherwise). ``connect_timeout``:
+    for joining the topic and for each connection attempt.
+
+    ``await factory(topic)`` returns a started handler joined to ``topic``, or
+    raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
+    are checked here and raise :class:`ValidationError`.
+    """
+    servers = to_rtc_ice_servers(ice_servers)
+    hosts = validate_host_addresses(host_addresses)
+    if relay_only and not ice_servers_have_turn(servers):
+        raise ValidationError(
+            "relay_only=True needs a TURN server in ice_servers",
+            code="WEBRTC_ICE_SERVER_INVALID",
+        )
+    if connect_timeout <= 0:
+        raise ValidationError(
+            f"connect_timeout must be positive, got {connect_timeout}",
+            code="WEBRTC_SETTING_INVALID",
+        )
+
+    settings = LinkSettings(
+        ice_servers=tuple(servers),
+        relay_only=relay_only,
+        host_addresses=hosts,
+        connect_timeout=connect_timeout,
+    )
+
+    async def factory(topic: str) -> ConnectionHandler:
+        handler = ConnectionHandler(topic, signaling_url, settings)
+        await handler.start(join_timeout=connect_timeout)
+        return handler
+
+    return factory

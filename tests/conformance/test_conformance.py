@@ -175,7 +175,11 @@ async def test_document_failing_the_schema_is_reported_and_not_stored(
     loose = {**PEER_SCHEMA, "properties": {**PEER_SCHEMA["properties"], "n": {"type": "number"}}}
     pair = await make_pair(master_schema=loose)
     await pair.master.bulk_insert(
-        [{"id": "ok1", "text": "a"}, {"id": "bad", "text": "b", "n": 1.5}, {"id": "ok2", "text": "c"}]
+        [
+            {"id": "ok1", "text": "a"},
+            {"id": "bad", "text": "b", "n": 1.5},
+            {"id": "ok2", "text": "c"},
+        ]
     )
     await pair.start()
     await pair.wait_error("DOCUMENT_INVALID", document_id="bad")
@@ -186,8 +190,10 @@ async def test_document_failing_the_schema_is_reported_and_not_stored(
     await pair.wait_in_sync()
     assert sorted(await contents(pair.master)) == ["bad", "from-fork", "later", "ok1", "ok2"]
     assert sorted(await contents(pair.fork)) == ["from-fork", "later", "ok1", "ok2"]
-    assert {(getattr(e, "code", e), getattr(e, "parameters", {}).get("document_id"))
-            for e in pair.errors} == {("DOCUMENT_INVALID", "bad")}
+    assert {
+        (getattr(e, "code", e), getattr(e, "parameters", {}).get("document_id"))
+        for e in pair.errors
+    } == {("DOCUMENT_INVALID", "bad")}
 
 
 async def test_hostile_documents_in_an_answer_are_reported_and_not_stored(

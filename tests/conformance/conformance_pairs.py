@@ -22,7 +22,12 @@ from schemas import PEER_SCHEMA
 
 import p2pdb
 from p2pdb.errors import P2PDBError
-from p2pdb.replication import ReplicationState, collection_handler, replicate
+from p2pdb.replication import (
+    ReplicationHandler,
+    ReplicationState,
+    collection_handler,
+    replicate,
+)
 from p2pdb.tokens import random_token
 
 REPLICATION_ID = "conformance"
@@ -192,12 +197,15 @@ class InProcessPair(Pair):
     def fork_state(self) -> ReplicationState | None:
         return self._state
 
-    async def _start(self) -> None:
+    async def _handler(self) -> ReplicationHandler:
+        """The master as the fork reaches it."""
         assert self.tap is not None
-        handler = TappedHandler(collection_handler(self.master), self.tap)
+        return TappedHandler(collection_handler(self.master), self.tap)
+
+    async def _start(self) -> None:
         self._state = replicate(
             self.fork,
-            handler,
+            await self._handler(),
             REPLICATION_ID,
             batch_size=self.options.batch_size,
             retry_delay=0.01,
@@ -214,21 +222,44 @@ class InProcessPair(Pair):
         await self._state.wait_for_in_sync()
 
 
-class WirePipePair(Pair):
-    """The RxDB wire (``p2pdb.replication.rpc``/``wire``) over an in-memory pipe.
-
-    TODO(lead): the wire extraction (branch h-wire) had not landed when this suite was
-    written. Implement ``_start``/``_stop``/``wait_in_sync``/``fork_state`` with the pipe
-    helper, passing every message to the master through ``self.tap.to_master`` and every
-    message to the fork through ``self.tap.to_fork`` (None = drop it), as ``WebRTCPair``
-    does with its connections.
-    """
+class WirePipePair(InProcessPair):
+    """The RxDB wire (``p2pdb.replication.rpc``/``wire``) over the in-memory pipe of
+    ``p2pdb.replication.testing``: every message is copied through JSON, and passes the tap
+    on its way in (the hostile pipe)."""
 
     transport = "wire_pipe"
-    bad_answer_codes = frozenset({"REPLICATION_BAD_RESPONSE", "PEER_BAD_ANSWER"})
+    bad_answer_codes = frozenset({"WIRE_BAD_ANSWER"})
 
-    async def open(self) -> None:
-        pytest.skip("TODO(lead): the wire-over-a-pipe transport waits for branch h-wire")
+    def __init__(self, resources: Resources, options: PairOptions) -> None:
+        super().__init__(resources, options)
+        self._pipe: Any = None
+
+    async def _handler(self) -> ReplicationHandler:
+        from p2pdb.replication.testing import WirePipe
+
+        assert self.tap is not None
+        self._pipe = pipe = WirePipe(collection_handler(self.master))
+        await pipe.start()
+        tap_end(pipe.fork_end, self.tap.to_fork)
+        tap_end(pipe.master_end, self.tap.to_master)
+        return cast(ReplicationHandler, pipe.handler)
+
+    async def _stop(self) -> None:
+        await super()._stop()
+        if self._pipe is not None:
+            await self._pipe.close()
+
+
+def tap_end(end: Any, tap: Callable[[object], Any]) -> None:
+    """Pass every message arriving at a pipe end through ``tap`` (None = drop it)."""
+    receiver = end.receiver
+
+    def tapped(message: object) -> None:
+        data = tap(message)
+        if data is not None:
+            receiver(data)
+
+    end.receiver = tapped
 
 
 class WebRTCPair(Pair):

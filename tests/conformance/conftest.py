@@ -7,14 +7,19 @@ one entry in ``conformance_pairs.TRANSPORTS``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance_pairs import TRANSPORTS, Pair, PairOptions, Resources, ThreadedSignaling
-
-MakePair = Callable[..., Awaitable[Pair]]
+from conformance_pairs import (
+    TRANSPORTS,
+    MakePair,
+    Pair,
+    PairOptions,
+    Resources,
+    ThreadedSignaling,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import MakePair
+import pytest
+from conformance_pairs import MakePair
 from replication_helpers import contents
 from schemas import PEER_SCHEMA
 
@@ -93,7 +94,10 @@ async def test_identical_concurrent_writes_call_no_resolve(make_pair: MakePair) 
     assert await contents(pair.master) == {"same": {**same, "n": 2}}
 
 
-async def test_concurrent_edits_converge_through_the_handler(make_pair: MakePair) -> None:
+@pytest.mark.parametrize("offline", ["stopped", "paused"])
+async def test_concurrent_edits_converge_through_the_handler(
+    make_pair: MakePair, offline: str
+) -> None:
     calls: list[Conflict] = []
 
     def merge_texts(conflict: Conflict) -> dict[str, Any]:
@@ -106,10 +110,11 @@ async def test_concurrent_edits_converge_through_the_handler(make_pair: MakePair
     await pair.master.insert({"id": "doc", "text": "base"})
     await pair.start()
     await pair.converged()
-    await pair.stop()  # offline, both sides edit
+    # offline (canceled, or paused with the transport connected), both sides edit
+    await (pair.stop() if offline == "stopped" else pair.pause())
     await (await pair.master.find_one("doc")).patch({"text": "master"})  # type: ignore[union-attr]
     await (await pair.fork.find_one("doc")).patch({"text": "fork"})  # type: ignore[union-attr]
-    await pair.start()
+    await (pair.start() if offline == "stopped" else pair.resume())
     await pair.converged()
     assert await text(pair.master, "doc") == await text(pair.fork, "doc") == "fork + master"
     assert calls, "the fork's conflict handler resolved the conflict"

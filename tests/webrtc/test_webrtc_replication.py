@@ -12,7 +12,6 @@ from replication_helpers import contents, wait_equal
 from schemas import PEER_SCHEMA as SCHEMA
 
 import p2pdb
-from p2pdb.conflicts import Conflict
 from p2pdb.plugins.replication_webrtc import (
     ReplicationPool,
     aiortc_connection_handler,
@@ -58,26 +57,20 @@ def test_exactly_one_master_per_pair() -> None:
         assert is_master(a, b) != is_master(b, a)
 
 
-async def test_two_peers_insert_update_delete_both_ways(make_peer: MakePeer) -> None:
+async def test_exactly_one_side_of_a_pair_is_the_fork(make_peer: MakePeer) -> None:
+    # documents both ways, conflicts, resume, RESYNC, hostile answers over WebRTC:
+    # tests/conformance (the webrtc transport); this checks the role election itself
     a, pool_a = await make_peer("a")
     b, pool_b = await make_peer("b")
     await a.insert({"id": "from-a", "text": "hello"})
     await b.insert({"id": "from-b", "text": "hi"})
     await pool_a.wait_for_first_peer()
     await wait_equal(a, b)
-    doc = await b.find_one("from-a")
-    assert doc is not None
-    await doc.patch({"text": "edited on b"})
-    await (await a.find_one("from-b")).patch({"text": "edited on a"})  # type: ignore[union-attr]
-    await wait_equal(a, b)
-    await (await a.find_one("from-a")).remove()  # type: ignore[union-attr]
-    await wait_equal(a, b)
-    assert sorted(await contents(b)) == ["from-b"]
-    assert (await b.find_one("from-b"))["text"] == "edited on a"  # type: ignore[index]
     await pool_a.wait_for_in_sync()
     await pool_b.wait_for_in_sync()
-    # exactly one side of the pair runs a fork replication
-    assert len(pool_a.peer_states) + len(pool_b.peer_states) == 1
+    a_leads = is_master(a.database.token, b.database.token)
+    assert len(pool_a.peer_states) == (0 if a_leads else 1)
+    assert len(pool_b.peer_states) == (1 if a_leads else 0)
 
 
 async def test_late_joiner_catches_up_in_a_mesh(make_peer: MakePeer) -> None:
@@ -89,28 +82,6 @@ async def test_late_joiner_catches_up_in_a_mesh(make_peer: MakePeer) -> None:
     await c.insert({"id": "from-c", "text": "late"})
     await wait_equal(a, b, c)
     assert await c.count() == 301
-
-
-def merge(conflict: Conflict) -> dict[str, Any]:
-    texts = sorted({conflict.real_master_state["text"], conflict.new_document_state["text"]})
-    return {**conflict.real_master_state, "text": "+".join(texts)}
-
-
-async def test_concurrent_edits_converge_through_the_handler(make_peer: MakePeer) -> None:
-    a, pool_a = await make_peer("a", merge)
-    b, pool_b = await make_peer("b", merge)
-    await a.insert({"id": "doc", "text": "base"})
-    await wait_equal(a, b)
-    await pool_a.wait_for_in_sync()
-    await pool_b.wait_for_in_sync()
-    for state in [*pool_a.peer_states.values(), *pool_b.peer_states.values()]:
-        await state.pause()  # the fork goes offline; both sides edit
-    await (await a.find_one("doc")).patch({"text": "A"})  # type: ignore[union-attr]
-    await (await b.find_one("doc")).patch({"text": "B"})  # type: ignore[union-attr]
-    for state in [*pool_a.peer_states.values(), *pool_b.peer_states.values()]:
-        await state.start()
-    await wait_equal(a, b)
-    assert (await a.find_one("doc"))["text"] == "A+B"  # type: ignore[index]
 
 
 async def test_is_peer_valid_refuses_a_peer(make_peer: MakePeer) -> None:

@@ -44,8 +44,8 @@ from p2pdb.plugins.replication_webrtc import (
     start_signaling_server,
 )
 from p2pdb.plugins.replication_webrtc import link as link_module
-from p2pdb.plugins.replication_webrtc.rpc import STREAM_ID, PeerChannel
-from p2pdb.plugins.replication_webrtc.session import PeerSession
+from p2pdb.plugins.replication_webrtc.session import PeerSession, SessionSettings
+from p2pdb.replication.rpc import STREAM_ID, RpcChannel
 
 HERE = Path(__file__).resolve().parent
 NODE_MODULES = HERE / "node_modules"
@@ -556,7 +556,7 @@ class P2pdbPeer:
                     ready = [s for s in pool.sessions.values() if s.is_master is not None]
                     if len(ready) == count and len(pool.sessions) == count:
                         return ready
-                    await pool._wait_change()
+                    await pool.wait_for_change()
         except TimeoutError:
             raise TimeoutError(
                 f"{self.name}: {len(pool.sessions)} peer(s), wanted {count}, after {within} s"
@@ -594,12 +594,13 @@ class P2pdbPeer:
 class WireLog:
     """Every replication message the p2pdb peers of this process sent or received.
 
-    Installed by patching :class:`PeerSession` and :class:`PeerChannel` (tests undo it).
-    Entries are ``(direction, pool, message)`` with direction ``"in"`` or ``"out"``.
+    Installed by patching :class:`PeerSession` and :class:`RpcChannel` (tests undo it).
+    Entries are ``(direction, settings, message)`` with direction ``"in"`` or ``"out"``;
+    ``settings`` is the pool's ``session_settings`` (shared by its sessions).
     """
 
     def __init__(self) -> None:
-        self.entries: list[tuple[str, ReplicationPool, dict[str, Any]]] = []
+        self.entries: list[tuple[str, SessionSettings, dict[str, Any]]] = []
         #: The length of every data-channel frame the p2pdb peers sent, in UTF-16 code units
         #: (JavaScript's string length, which RxDB's 16384 chunk limit counts).
         self.frame_lengths: list[int] = []
@@ -619,32 +620,32 @@ class WireLog:
 
         def logged_on_message(session: PeerSession, data: object) -> None:
             if isinstance(data, dict):
-                log.append(("in", session.pool, data))
+                log.append(("in", session.settings, data))
             on_message(session, data)
 
         setattr_(PeerSession, "on_message", logged_on_message)
         sessions: dict[int, PeerSession] = {}
         init = PeerSession.__init__
 
-        def logged_init(session: PeerSession, pool: ReplicationPool, peer: Any) -> None:
-            init(session, pool, peer)
+        def logged_init(session: PeerSession, *args: Any) -> None:
+            init(session, *args)
             sessions[id(session.channel)] = session
 
         setattr_(PeerSession, "__init__", logged_init)
         for name in ("post", "post_now"):
-            original = getattr(PeerChannel, name, None)
+            original = getattr(RpcChannel, name, None)
             if original is None:
                 continue
 
             def logged_post(
-                channel: PeerChannel, message: object, _original: Any = original
+                channel: RpcChannel, message: object, _original: Any = original
             ) -> None:
                 session = sessions.get(id(channel))
                 if session is not None and isinstance(message, dict):
-                    log.append(("out", session.pool, message))
+                    log.append(("out", session.settings, message))
                 _original(channel, message)
 
-            setattr_(PeerChannel, name, logged_post)
+            setattr_(RpcChannel, name, logged_post)
 
     def requests(
         self, pool: ReplicationPool, direction: str, method: str
@@ -654,19 +655,19 @@ class WireLog:
         answers = {
             m.get("id"): m
             for d, p, m in self.entries
-            if p is pool and d != direction and "method" not in m
+            if p is pool.session_settings and d != direction and "method" not in m
         }
         return [
             (m, answers.get(m.get("id")))
             for d, p, m in self.entries
-            if p is pool and d == direction and m.get("method") == method
+            if p is pool.session_settings and d == direction and m.get("method") == method
         ]
 
     def stream_events(self, pool: ReplicationPool, direction: str) -> list[Any]:
         return [
             m.get("result")
             for d, p, m in self.entries
-            if p is pool and d == direction and m.get("id") == STREAM_ID
+            if p is pool.session_settings and d == direction and m.get("id") == STREAM_ID
         ]
 
 

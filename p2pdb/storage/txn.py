@@ -24,7 +24,7 @@ class SQLiteWriteTxn:
     """One write transaction, in the writer thread, between ``BEGIN IMMEDIATE`` and
     ``COMMIT``. ``events`` collects the change events of its writes."""
 
-    __slots__ = ("_catalog", "_clock", "_conn", "_own", "_replication", "events")
+    __slots__ = ("_catalog", "_clock", "_sqlite", "_own", "_replication", "events")
 
     def __init__(
         self,
@@ -33,7 +33,7 @@ class SQLiteWriteTxn:
         replication: ReplicationRows,
         own: OwnWrites,
     ) -> None:
-        self._conn = conn
+        self._sqlite = conn
         self._catalog = catalog
         self._replication = replication
         self._own = own
@@ -42,7 +42,7 @@ class SQLiteWriteTxn:
 
     def get(self, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) of the given ids that exist."""
-        return documents.get_many(self._conn, self._catalog.get(collection), list(ids))
+        return documents.get_many(self._sqlite, self._catalog.get(collection), list(ids))
 
     def put(
         self, collection: str, writes: Sequence[Write], origin: str = LOCAL
@@ -52,49 +52,49 @@ class SQLiteWriteTxn:
         Writes of the same id in one call apply in order. Conflicting writes change nothing.
         """
         info = self._catalog.get(collection)
-        return documents.put(self._conn, info, writes, origin, self._clock, self.events)
+        return documents.put(self._sqlite, info, writes, origin, self._clock, self.events)
 
     # -- replication state -----------------------------------------------------------------
 
     def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
         """A replication's stored checkpoint (``None`` if none)."""
-        return self._replication.get_checkpoint(self._conn, collection, replication_id, direction)
+        return self._replication.get_checkpoint(self._sqlite, collection, replication_id, direction)
 
     def get_assumed(
         self, collection: str, replication_id: str, ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         """A replication's assumed master states, by document id (decoded)."""
-        return self._replication.get_assumed(self._conn, collection, replication_id, ids)
+        return self._replication.get_assumed(self._sqlite, collection, replication_id, ids)
 
     def set_checkpoint(
         self, collection: str, replication_id: str, direction: Direction, value: Any
     ) -> None:
         """Store a replication's checkpoint (any JSON value) in this transaction."""
-        self._replication.set_checkpoint(self._conn, collection, replication_id, direction, value)
+        self._replication.set_checkpoint(self._sqlite, collection, replication_id, direction, value)
 
     def set_assumed(
         self, collection: str, replication_id: str, states: Mapping[str, dict[str, Any]]
     ) -> None:
         """Store assumed master states by document id (encoded by the collection's codec)."""
-        self._replication.set_assumed(self._conn, collection, replication_id, states)
+        self._replication.set_assumed(self._sqlite, collection, replication_id, states)
 
     def forget_replication(self, collection: str, replication_id: str) -> None:
         """Drop every checkpoint and assumed state of one replication."""
-        self._replication.forget(self._conn, collection, replication_id)
+        self._replication.forget(self._sqlite, collection, replication_id)
 
     # -- info records, the catalog, re-encoding --------------------------------------------
 
     def get_info(self, key: str) -> str | None:
         """A value of the file's info records, as this transaction sees it."""
-        return catalog.get_info(self._conn, key)
+        return catalog.get_info(self._sqlite, key)
 
     def set_info(self, key: str, value: str) -> None:
         """Store an info record in this transaction."""
-        catalog.set_info(self._conn, key, value)
+        catalog.set_info(self._sqlite, key, value)
 
     def stored_schemas(self) -> dict[str, dict[str, Any]]:
         """The schema of every collection stored in the file, as this transaction sees it."""
-        return catalog.stored_schemas(self._conn)
+        return catalog.stored_schemas(self._sqlite)
 
     def recode_collection(
         self, collection: str, transform: Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -103,18 +103,18 @@ class SQLiteWriteTxn:
         tombstones) and every assumed master state of its replications as
         ``transform(doc_id, body)``, in batches; ``body`` is the stored (encoded) form.
         Revisions and sequence numbers stay; no change events are emitted."""
-        if not catalog.is_stored(self._conn, collection):
+        if not catalog.is_stored(self._sqlite, collection):
             raise NotFoundError(
                 f"No collection {collection!r} is stored in this database.",
                 code="COLLECTION_NOT_FOUND",
                 name=collection,
             )
-        documents.recode_bodies(self._conn, collection, transform)
-        self._replication.recode_assumed(self._conn, collection, transform)
+        documents.recode_bodies(self._sqlite, collection, transform)
+        self._replication.recode_assumed(self._sqlite, collection, transform)
 
     def finish(self) -> None:
         """Called by the storage before ``COMMIT`` (not by write functions): store the
         sequence clock and note the sequence range written as this storage's own."""
-        written = self._clock.save(self._conn)
+        written = self._clock.save(self._sqlite)
         if written is not None:
             self._own.note(*written)

@@ -192,10 +192,11 @@ class WebSocketMaster:
         try:
             async for frame in socket:
                 self._on_frame(channel, frame)
+            raise socket.close_exc  # closed cleanly by the server: still reconnect
         except ConnectionClosed as exc:
             self._lost(
                 PeerError(
-                    f"The connection to {self.url} broke: {exc}.",
+                    f"The connection to {self.url} closed: {exc}.",
                     code=CODES.peer_gone,
                     url=self.url,
                 )

@@ -97,9 +97,7 @@ class SocketSink:
     requests whose ids are in :attr:`pulls` (a server's: RxDB's client crashes on ``null``).
     """
 
-    def __init__(
-        self, socket: Connection, collection: str, *, failed_pull: object = None
-    ) -> None:
+    def __init__(self, socket: Connection, collection: str, *, failed_pull: object = None) -> None:
         self.socket = socket
         self.collection = collection
         self.failed_pull = failed_pull

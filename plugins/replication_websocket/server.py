@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from reactivex.subject import BehaviorSubject
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import CloseCode
 
@@ -55,6 +56,8 @@ class ReplicationServer:
         #: Every error of a client or of serving one (typed, with a ``client`` parameter).
         self.errors: EventStream[P2PDBError] = EventStream()
         self.sessions: set[ClientSession] = set()
+        #: The number of connected clients, emitted at once and on every change.
+        self.client_count: BehaviorSubject[int] = BehaviorSubject(0)
         self._server: Server | None = None
 
     async def start(self) -> None:
@@ -119,10 +122,12 @@ class ReplicationServer:
             return
         session = ClientSession(self.db, socket, self.options, self.report)
         self.sessions.add(session)
+        self.client_count.on_next(len(self.sessions))
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.client_count.on_next(len(self.sessions))
 
 
 async def start_replication_server(

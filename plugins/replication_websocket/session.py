@@ -68,9 +68,7 @@ class _ServedCollection:
         """Start sending the collection's changes (a second call changes nothing)."""
         if self._subscription is None:
             # the client's own pushes are left out: it has them (the checkpoint moves on)
-            self._subscription = self.handler.stream(skip_own=True).subscribe(
-                on_next=self._forward
-            )
+            self._subscription = self.handler.stream(skip_own=True).subscribe(on_next=self._forward)
 
     def _forward(self, item: ChangesBatch | Resync) -> None:
         # A slow client does not make the server queue without bound: past the limit,
@@ -174,9 +172,9 @@ class ClientSession:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FLUSH_TIMEOUT):
                     await served.channel.idle.wait()
-        broken = isinstance(error, PeerError)  # the client's fault, or ours
+        ours = not isinstance(error, PeerError | NotFoundError)  # else the client's fault
         await self.socket.close(
-            CloseCode.POLICY_VIOLATION if broken else CloseCode.INTERNAL_ERROR, error.code
+            CloseCode.INTERNAL_ERROR if ours else CloseCode.POLICY_VIOLATION, error.code
         )
 
     # -- incoming --------------------------------------------------------------------------
@@ -279,4 +277,3 @@ class ClientSession:
             "headers); disconnected.",
             code="WEBSOCKET_UNAUTHORIZED",
         )
-

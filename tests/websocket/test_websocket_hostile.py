@@ -260,3 +260,35 @@ async def test_authentication(tmp_path: Any, server_db: p2pdb.Database) -> None:
             async with await replicate_websocket(todos, server.url, options=good) as state:
                 await state.wait_for_in_sync()
         assert await server_db.collections["todos"].find_one("authed") is not None
+
+
+async def test_a_client_that_does_not_read_costs_bounded_memory(
+    server_db: p2pdb.Database,
+) -> None:
+    """Stream events for a client that stops reading are not queued without bound: past
+    ``max_queued_events`` they are dropped, and one RESYNC follows once it reads again."""
+    options = ServerOptions(max_queued_events=3)
+    on_server = server_db.collections["todos"]
+    async with await start_replication_server(server_db, port=0, options=options) as server:
+        raw = await RawClient.connect(server.url, max_queue=1, compression=None)
+        subscribe = {"id": "stream", "collection": "todos", "method": "masterChangeStream$"}
+        await raw.send({**subscribe, "params": []})
+        probe = await raw.request("masterChangesSince", [None, 1], request_id="subscribed?")
+        assert probe["result"]["documents"] == []
+        # ~40 MB of events: far more than the socket buffers hold while nobody reads
+        text = "x" * 200_000
+        for i in range(200):
+            await on_server.insert({"id": f"d{i:03}", "text": text})
+        events: list[object] = []
+        while "RESYNC" not in events:
+            message = await raw.recv()
+            assert message["id"] == "stream"
+            events.append(
+                message["result"]
+                if message["result"] == "RESYNC"
+                else message["result"]["documents"][0]["id"]
+            )
+        assert len(events) < 200, "some events must have been dropped"
+        assert events[-1] == "RESYNC"
+        assert len(server.sessions) == 1, "a slow client is slowed down, not disconnected"
+        await raw.close()

@@ -12,6 +12,7 @@ neither side's default has). Plus several collections over one p2pdb server, and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from rxdb_harness import SCHEMA, NodeChild, contents, wait_for
+from websockets.asyncio.client import connect
 
 import p2pdb
 from p2pdb.conflicts import Conflict, FunctionConflictHandler, deep_equal
@@ -350,3 +352,34 @@ async def test_p2pdb_client_resumes_and_resolves_conflicts_with_its_handler(
 
 async def _count_is(collection: p2pdb.Collection, count: int) -> bool:
     return await collection.count() == count
+
+
+# -- where p2pdb's server differs ----------------------------------------------------------
+
+
+async def test_unknown_collection_rxdb_server_dies_p2pdb_server_answers(
+    db: p2pdb.Database, children: list[RxdbWebsocket]
+) -> None:
+    """The same request for a collection the server lacks: RxDB 17.6's server throws in an
+    async callback and its Node process exits; p2pdb's answers with a typed error and keeps
+    serving (see docs/websocket.md)."""
+    request = {"id": "r1", "collection": "nope", "method": "masterChangesSince"}
+    rx = await rxdb(children, "rx-server", mode="server")
+    async with connect(rx.url) as socket:
+        await socket.send(json.dumps({**request, "params": [None, 10]}))
+        async with asyncio.timeout(WAIT):
+            await rx.process.wait()
+    assert rx.process.returncode != 0
+
+    todos = await db.add_collection("todos", SCHEMA)
+    await todos.insert(todo("kept", "still served"))
+    async with await start_replication_server(db, port=0) as server:
+        async with connect(server.url) as socket:
+            await socket.send(json.dumps({**request, "params": [None, 10]}))
+            answer = json.loads(await asyncio.wait_for(socket.recv(), WAIT))
+        assert answer["error"]["code"] == "WEBSOCKET_UNKNOWN_COLLECTION"
+        assert answer["result"] == {"documents": [], "checkpoint": None}
+        async with connect(server.url) as socket:
+            await socket.send(json.dumps({**request, "collection": "todos", "params": [None, 10]}))
+            answer = json.loads(await asyncio.wait_for(socket.recv(), WAIT))
+        assert [d["id"] for d in answer["result"]["documents"]] == ["kept"]

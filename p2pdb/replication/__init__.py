@@ -6,6 +6,7 @@
 """
 
 from .master import CollectionHandler, collection_handler
+from .options import ReplicationOptions
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync, WriteRow
 from .state import ReplicationState, ResolvedConflict, replicate
 
@@ -14,6 +15,7 @@ __all__ = [
     "ChangesBatch",
     "CollectionHandler",
     "ReplicationHandler",
+    "ReplicationOptions",
     "ReplicationState",
     "ResolvedConflict",
     "Resync",

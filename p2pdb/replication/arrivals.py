@@ -1,0 +1,77 @@
+"""The order in which things reach a fork from its master, and the lock that keeps a pull
+and a push from interleaving: what decides which master states are stale."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Arrivals"]
+
+Doc = dict[str, Any]
+_FORGET_AFTER = 1000  # pushed documents remembered before the old ones are dropped
+
+
+class Arrivals:
+    """Arrival numbers of everything from the master, and the pushes they are compared with.
+
+    Everything that reaches us from the master gets an arrival number. The master sends
+    stream events and answers in order (an ordered channel does), so:
+
+    - a stream event that arrived before the answer of a pull is covered by the pull's
+      result (the master read its state after sending the event);
+    - a master state that arrived before the answer to a push of the same document may
+      predate that push (or not: the master may have served it after applying the push).
+      It is not applied, and the checkpoint does not move past it: the batch is pulled
+      again, now after the push's answer.
+
+    Applying such stale states would roll the fork back, and in a mesh another replication
+    would then push the rolled-back state on as a new write; skipping them for good would
+    lose the newer ones.
+    """
+
+    def __init__(self) -> None:
+        self._count = itertools.count()
+        #: The arrival number of the last pull's answer (-1: none yet).
+        self.last_pull_end = -1
+        self._pushed_at: dict[str, int] = {}
+        self._pushed_state: dict[str, Doc] = {}  # what that push sent
+        #: Held while one direction reads and updates documents and assumed master states:
+        #: a push in flight and a pull must never interleave, or a state read by one side
+        #: could be overwritten with a stale decision of the other.
+        self.persist_lock = asyncio.Lock()
+
+    def next(self) -> int:
+        """The arrival number of something that just arrived (a stream item, an answer)."""
+        return next(self._count)
+
+    def pull_answered(self) -> int:
+        """A pull's answer arrived: its number, which stream events up to it are covered by."""
+        self.last_pull_end = arrival = self.next()
+        return arrival
+
+    def push_answered(self, pushed: Iterable[tuple[str, Doc]]) -> None:
+        """A push's answer arrived for these ``(id, wire state sent)`` pairs."""
+        answered_at = self.next()
+        for doc_id, state in pushed:
+            self._pushed_at[doc_id] = answered_at
+            self._pushed_state[doc_id] = state
+
+    def pushed_after(self, doc_id: str, arrival: int) -> bool:
+        """True if a push of ``doc_id`` was answered after ``arrival``: a master state of it
+        that arrived then may predate that push."""
+        return self._pushed_at.get(doc_id, -1) > arrival
+
+    def last_pushed(self, doc_id: str) -> Doc | None:
+        """The wire state of ``doc_id`` that the last answered push sent."""
+        return self._pushed_state.get(doc_id)
+
+    def forget_before(self, arrival: int) -> None:
+        """Bound the memory of pushes: later arrivals are never older than ``arrival``."""
+        if len(self._pushed_at) > _FORGET_AFTER:
+            self._pushed_at = {k: v for k, v in self._pushed_at.items() if v > arrival}
+            self._pushed_state = {
+                k: v for k, v in self._pushed_state.items() if k in self._pushed_at
+            }

@@ -1,0 +1,184 @@
+"""Downstream: pull the master's changes into the fork.
+
+Checkpoint iteration (``changes_since`` from the stored down-checkpoint until a short
+batch), then the live stream's batches; a ``RESYNC`` or a restart goes back to iteration.
+Each master state is written locally unless the fork holds unpushed changes of it (upstream
+pushes those and resolves the conflict).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from ..errors import ConflictError, ValidationError
+from ..storage import ABSENT, Write, WriteTxn
+from ..streams import EventStream
+from .checkpoints import Direction, StateUpdate
+from .direction import DirectionTask, ReplicationContext
+from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
+
+__all__ = ["Downstream"]
+
+Doc = dict[str, Any]
+#: Per document id: the prepared user fields, the deleted flag and the master's wire state.
+Incoming = dict[str, tuple[Doc, bool, Doc]]
+
+
+class Downstream(DirectionTask):
+    """The pull direction of one replication."""
+
+    name: ClassVar[Direction] = "down"
+
+    def __init__(self, context: ReplicationContext) -> None:
+        super().__init__(context, context.options.pull)
+        #: Stored states written from the master.
+        self.received: EventStream[Doc] = EventStream()
+        self._queue: asyncio.Queue[tuple[int, ChangesBatch | Resync]] = asyncio.Queue()
+        # Stream events are applied only after a full pull since the last (re)start or
+        # failure; before that a RESYNC is queued that covers them.
+        self._caught_up = False
+
+    def restart(self) -> None:
+        """Forget queued stream items and start with a full pull (on start and resume)."""
+        self._caught_up = False
+        self._queue = asyncio.Queue()
+        self.enqueue(RESYNC)
+
+    def enqueue(self, item: ChangesBatch | Resync) -> None:
+        """Queue an item of the master's stream (or a RESYNC), numbered as it arrives."""
+        self._queue.put_nowait((self.context.arrivals.next(), item))
+
+    def pending(self) -> bool:
+        """True while stream items or a RESYNC wait in the queue."""
+        return not self._queue.empty()
+
+    def failed(self) -> None:
+        """Stop applying stream events until the next full pull."""
+        self._caught_up = False  # events queued now may follow a gap
+
+    def retry(self) -> None:
+        """Pull again from the stored checkpoint."""
+        self.enqueue(RESYNC)
+
+    async def run(self) -> None:
+        """Take queued items: a RESYNC pulls everything, a stream batch is applied."""
+        arrivals = self.context.arrivals
+        while True:
+            arrival, item = await self._queue.get()
+            if item == RESYNC:
+                await self._pull_all()
+            elif (
+                isinstance(item, ChangesBatch)
+                and self._caught_up
+                and arrival > arrivals.last_pull_end
+            ):
+                self.set_busy(True)
+                if not await self._persist(item.documents, item.checkpoint, arrival):
+                    self.enqueue(RESYNC)
+                self.succeeded()
+            self.set_busy(False)
+            if not self.context.options.live and self.first_done:
+                return
+
+    async def _pull_all(self) -> None:
+        self.set_busy(True)
+        handler, batch_size = self.context.handler, self.context.options.batch_size
+        checkpoint = self.context.checkpoints.down()
+        while True:
+            answer = await handler.changes_since(checkpoint, batch_size)
+            arrival = self.context.arrivals.pull_answered()
+            batch = as_changes_batch(answer)
+            complete = await self._persist(batch.documents, batch.checkpoint, arrival)
+            self.succeeded()
+            if not complete:
+                continue  # pull the same batch again, after the push that made it doubtful
+            checkpoint = batch.checkpoint
+            if len(batch.documents) < batch_size:
+                break
+        self._caught_up = True
+        self.first_done = True
+        self.set_busy(False)
+
+    async def _persist(self, documents: Sequence[object], checkpoint: Any, arrival: int) -> bool:
+        """Apply master states; False if some were doubtful and the checkpoint was kept."""
+        arrivals = self.context.arrivals
+        # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
+        async with arrivals.persist_lock:
+            incoming, complete = self._incoming(documents, arrival)
+            writes, update = self._decide(incoming)
+            if complete:
+                update.set_checkpoint("down", checkpoint)
+            await self._write(writes, update)
+            arrivals.forget_before(arrival)
+            return complete
+
+    def _incoming(self, documents: Sequence[object], arrival: int) -> tuple[Incoming, bool]:
+        """The valid, not doubtful master states by id; False if some were doubtful."""
+        c = self.context.collection
+        pk = c.schema.primary_key
+        is_equal = c.conflict_handler.is_equal
+        incoming: Incoming = {}
+        complete = True
+        for doc in documents:
+            try:
+                user, deleted = from_wire(doc)
+                prepared = c.prepare(user)
+            except ValidationError as exc:
+                doc_id = doc.get(pk) if isinstance(doc, Mapping) else None
+                exc.parameters.setdefault("document_id", doc_id)
+                self.context.report("down", exc)  # not stored; the others go on
+                continue
+            if self.context.arrivals.pushed_after(prepared[pk], arrival):
+                # sent before our push of it was answered (see Arrivals): the echo of that
+                # push (RxDB masters echo every push) is harmless; anything else is doubtful
+                wire = to_wire({**prepared, "_deleted": deleted})
+                pushed = self.context.arrivals.last_pushed(prepared[pk])
+                if pushed is None or not is_equal(pushed, wire):
+                    complete = False
+                continue
+            incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
+        return incoming, complete
+
+    def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
+        """The local writes and assumed master states that apply ``incoming``."""
+        c = self.context.collection
+        is_equal = c.conflict_handler.is_equal
+        forks = c.database.storage.get(c.name, list(incoming))
+        assumed = self.context.checkpoints.assumed(incoming)
+        writes: list[Write] = []
+        update = self.context.checkpoints.update()
+        for doc_id, (user, deleted, master) in incoming.items():
+            fork = forks.get(doc_id)
+            fork_wire = to_wire(fork) if fork is not None else None
+            known = assumed.get(doc_id)
+            if fork_wire is not None and is_equal(fork_wire, master):
+                if known is None or not is_equal(known, master):
+                    update.set_assumed(doc_id, master)
+                continue
+            if fork_wire is not None and (known is None or not is_equal(known, fork_wire)):
+                continue  # unpushed local changes: upstream pushes them and resolves
+            writes.append(Write(user, deleted, expected=fork["_rev"] if fork else ABSENT))
+            update.set_assumed(doc_id, master)
+        return writes, update
+
+    async def _write(self, writes: list[Write], update: StateUpdate) -> None:
+        """Write the documents and, in the same transaction, the state that covers them."""
+        c = self.context.collection
+        pk = c.schema.primary_key
+        origin = self.context.origin
+
+        def persist(txn: WriteTxn) -> list[Doc]:
+            written: list[Doc] = []
+            if writes:
+                for write, outcome in zip(writes, txn.put(c.name, writes, origin), strict=True):
+                    if isinstance(outcome, ConflictError):  # a local write got in first
+                        update.keep_assumed(write.document[pk])
+                    else:
+                        written.append(outcome)
+            update.write(txn)
+            return written
+
+        for state in await c.database.storage.write(persist):
+            self.received.on_next(state)

@@ -1,0 +1,66 @@
+"""The typed options of a replication: one frozen dataclass, written out once.
+
+``replicate(todos, handler, "main", batch_size=500)`` and
+``replicate(todos, handler, "main", ReplicationOptions(batch_size=500))`` mean the same: the
+keyword forms are checked against :class:`ReplicationOptionsChanges`, which mirrors the
+dataclass's fields (tests/test_replication_options.py fails when the two drift).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TypedDict
+
+from ..errors import ValidationError
+
+__all__ = ["ReplicationOptions", "ReplicationOptionsChanges", "merge_options"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationOptions:
+    """How a :class:`~p2pdb.replication.ReplicationState` replicates; every field has a
+    default, so ``ReplicationOptions()`` is a live two-way replication.
+
+    Raises :class:`~p2pdb.errors.ValidationError` ``REPLICATION_BAD_BATCH_SIZE`` when
+    ``batch_size`` is not a positive integer.
+    """
+
+    #: Pull the master's changes into the collection (``False``: push only).
+    pull: bool = True
+    #: Push the collection's changes to the master (``False``: pull only).
+    push: bool = True
+    #: Keep following both sides after the first full pass (``False``: one pass each way).
+    live: bool = True
+    #: Documents per ``changes_since`` call and per ``write`` call.
+    batch_size: int = 100
+    #: Seconds before the first retry of a failing direction; doubles after each failure.
+    retry_delay: float = 0.5
+    #: The cap of that doubling delay, in seconds (jitter of x0.75 to x1.25 on top).
+    max_retry_delay: float = 15.0
+
+    def __post_init__(self) -> None:
+        if type(self.batch_size) is not int or self.batch_size < 1:
+            raise ValidationError(
+                f"batch_size must be a positive integer, got {self.batch_size!r}.",
+                code="REPLICATION_BAD_BATCH_SIZE",
+            )
+
+
+class ReplicationOptionsChanges(TypedDict, total=False):
+    """The fields of :class:`ReplicationOptions` as keyword arguments (``**changes``)."""
+
+    pull: bool
+    push: bool
+    live: bool
+    batch_size: int
+    retry_delay: float
+    max_retry_delay: float
+
+
+def merge_options(
+    options: ReplicationOptions | None, changes: ReplicationOptionsChanges
+) -> ReplicationOptions:
+    """``options`` (default: ``ReplicationOptions()``) with the keyword ``changes`` applied."""
+    base = ReplicationOptions() if options is None else options
+    return dataclasses.replace(base, **changes) if changes else base

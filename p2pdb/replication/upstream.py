@@ -1,0 +1,226 @@
+"""Upstream: push the fork's changes to the master and resolve the conflicts it reports.
+
+Walks the collection's own change sequence from the stored up-checkpoint and pushes every
+document whose current state differs from its assumed master state, so documents that just
+came down are never sent back. A conflict is resolved by the collection's conflict handler,
+written locally, and pushed again by the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..conflicts import Conflict, resolve_conflict
+from ..errors import ConflictError, ReplicationError, ValidationError
+from ..storage import Write, WriteTxn
+from ..streams import EventStream
+from .checkpoints import Direction, StateUpdate
+from .direction import DirectionTask, ReplicationContext
+from .protocol import WriteRow, from_wire, to_wire
+
+__all__ = ["ResolvedConflict", "Upstream"]
+
+Doc = dict[str, Any]
+
+
+class ResolvedConflict:
+    """A conflict the handler resolved: its input and the state it chose."""
+
+    __slots__ = ("conflict", "resolved")
+
+    def __init__(self, conflict: Conflict, resolved: Doc) -> None:
+        self.conflict = conflict
+        self.resolved = resolved
+
+    def __repr__(self) -> str:
+        return f"<ResolvedConflict {self.resolved!r}>"
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one push decided: stored state, local resolutions, events to emit after."""
+
+    update: StateUpdate
+    resolutions: list[Write] = field(default_factory=list)
+    resolved: list[ResolvedConflict] = field(default_factory=list)
+
+
+def _bad_response(message: str) -> ReplicationError:
+    return ReplicationError(message, code="REPLICATION_BAD_RESPONSE")
+
+
+class Upstream(DirectionTask):
+    """The push direction of one replication."""
+
+    name: ClassVar[Direction] = "up"
+
+    def __init__(self, context: ReplicationContext) -> None:
+        super().__init__(context, context.options.push)
+        #: Wire documents the master accepted.
+        self.sent: EventStream[Doc] = EventStream()
+        #: Conflicts resolved by the collection's conflict handler.
+        self.conflicts: EventStream[ResolvedConflict] = EventStream()
+        self._local_change = asyncio.Event()
+
+    def local_change(self) -> None:
+        """The collection committed a write: push it."""
+        self._local_change.set()
+
+    def pending(self) -> bool:
+        """True while a local commit waits to be pushed."""
+        return self._local_change.is_set()
+
+    def failed(self) -> None:
+        """Nothing to forget: the next pass reads the stored up-checkpoint."""
+
+    def retry(self) -> None:
+        """Push again from the stored up-checkpoint."""
+        self._local_change.set()
+
+    async def run(self) -> None:
+        """Push everything since the up-checkpoint, then again after each local commit."""
+        while True:
+            self._local_change.clear()
+            self.set_busy(True)
+            await self._push_all()
+            self.first_done = True
+            self.set_busy(False)
+            if not self.context.options.live:
+                return
+            await self._local_change.wait()
+
+    async def _push_all(self) -> None:
+        c = self.context.collection
+        while True:
+            checkpoint = self.context.checkpoints.up()
+            pairs, last = c.database.storage.changes_since(
+                c.name, checkpoint, self.context.options.batch_size
+            )
+            if not pairs:
+                return
+            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
+            async with self.context.arrivals.persist_lock:
+                await self._push([state for _, state in pairs], last)
+            self.succeeded()
+
+    async def _push(self, changed: list[Doc], checkpoint: int) -> None:
+        """Push the changed documents, resolve conflicts, store the outcome (lock held)."""
+        c = self.context.collection
+        pk = c.schema.primary_key
+        # the current states, not the ones listed: a pull may have written since
+        states = list(c.database.storage.get(c.name, [s[pk] for s in changed]).values())
+        rows = self._rows(states)
+        real = await self._send(rows)
+        revisions = {s[pk]: s["_rev"] for s in states}
+        outcome = await self._decide(rows, real, revisions, checkpoint)
+        await self._write(outcome)
+        for row in rows:
+            if row.new_document_state[pk] not in real:
+                self.sent.on_next(row.new_document_state)
+        for event in outcome.resolved:
+            self.conflicts.on_next(event)
+
+    def _rows(self, states: list[Doc]) -> list[WriteRow]:
+        """A row for every state that differs from its assumed master state."""
+        c = self.context.collection
+        pk = c.schema.primary_key
+        is_equal = c.conflict_handler.is_equal
+        assumed = self.context.checkpoints.assumed(s[pk] for s in states)
+        rows: list[WriteRow] = []
+        for state in states:
+            wire = to_wire(state)
+            known = assumed.get(state[pk])
+            if known is None or not is_equal(known, wire):
+                rows.append(WriteRow(wire, known))
+        return rows
+
+    async def _send(self, rows: list[WriteRow]) -> dict[str, Doc]:
+        """Send the rows in batches; the master's real states of the conflicting ones."""
+        pk = self.context.collection.schema.primary_key
+        batch_size = self.context.options.batch_size
+        real: dict[str, Doc] = {}
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            answer = await self.context.handler.write(chunk)
+            self.context.arrivals.push_answered(
+                (row.new_document_state[pk], row.new_document_state) for row in chunk
+            )
+            if not isinstance(answer, list):
+                raise _bad_response("write() must return a list of conflicting documents.")
+            sent_ids = {row.new_document_state[pk] for row in chunk}
+            for answered in answer:
+                if not isinstance(answered, Mapping) or answered.get(pk) not in sent_ids:
+                    raise _bad_response(
+                        "write() returned a conflict for a document that was not sent."
+                    )
+                real[answered[pk]] = to_wire(answered)
+        return real
+
+    async def _decide(
+        self, rows: list[WriteRow], real: dict[str, Doc], revisions: dict[str, str], up: int
+    ) -> _Outcome:
+        """New assumed states and the resolutions of the conflicts the master reported."""
+        is_equal = self.context.collection.conflict_handler.is_equal
+        pk = self.context.collection.schema.primary_key
+        outcome = _Outcome(self.context.checkpoints.update())
+        outcome.update.set_checkpoint("up", up)
+        for row in rows:
+            doc_id = row.new_document_state[pk]
+            master = real.get(doc_id)
+            if master is None:
+                outcome.update.set_assumed(doc_id, row.new_document_state)
+                continue
+            outcome.update.set_assumed(doc_id, master)
+            if is_equal(master, row.new_document_state):
+                continue  # both sides wrote the same state: nothing to resolve
+            conflict = Conflict(row.new_document_state, row.assumed_master_state, master)
+            chosen = await self._resolve(conflict)
+            outcome.resolved.append(ResolvedConflict(conflict, chosen))
+            user, deleted = from_wire(chosen)
+            outcome.resolutions.append(Write(user, deleted, expected=revisions[doc_id]))
+        return outcome
+
+    async def _write(self, outcome: _Outcome) -> None:
+        """Write the resolutions and, in the same transaction, the state that covers them."""
+        c = self.context.collection
+        pk = c.schema.primary_key
+        resolutions, update = outcome.resolutions, outcome.update
+        origin = self.context.origin
+
+        def persist(txn: WriteTxn) -> None:
+            results = txn.put(c.name, resolutions, origin)
+            for write, result in zip(resolutions, results, strict=True):
+                if isinstance(result, ConflictError):
+                    # A local write came after the one we pushed. Keep the old assumed
+                    # state, so that write is pushed against it and conflicts (and is
+                    # resolved) again, instead of silently overwriting the master's state.
+                    update.keep_assumed(write.document[pk])
+            update.write(txn)
+
+        await c.database.storage.write(persist)
+
+    async def _resolve(self, conflict: Conflict) -> Doc:
+        """The handler's resolution in wire form; on failure, report and keep the master's."""
+        c = self.context.collection
+        try:
+            chosen = await resolve_conflict(c.conflict_handler, conflict)
+            user, _ = from_wire(chosen)
+            c.prepare(user)
+            if user.get(c.schema.primary_key) != conflict.real_master_state[c.schema.primary_key]:
+                raise ValidationError(
+                    "The conflict handler changed the primary key.",
+                    code="REPLICATION_BAD_RESOLUTION",
+                )
+            return to_wire(chosen)
+        except Exception as exc:
+            error = ReplicationError(
+                f"The conflict handler of {c.name!r} failed: {exc!r}. The master's state was "
+                "kept; fix the handler.",
+                code="REPLICATION_CONFLICT_HANDLER",
+            )
+            error.__cause__ = exc
+            self.context.report("up", error)
+            return conflict.real_master_state

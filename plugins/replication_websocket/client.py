@@ -249,7 +249,7 @@ async def replicate_websocket(
         collection,
         master,
         replication_id or f"websocket:{url.rstrip('/')}",
-        batch_size=opts.batch_size,
+        opts.replication,
     )
     master.report = state.errors.on_next
     # cancel() completes `active`: the socket goes with the replication

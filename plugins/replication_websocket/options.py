@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from p2pdb.errors import ValidationError
+from p2pdb.replication import ReplicationOptions
 
 __all__ = ["Authenticate", "ClientOptions", "ServerOptions"]
 
@@ -19,9 +20,9 @@ MiB = 1 << 20
 def _check_positive(options: object) -> None:
     for f in fields(options):  # type: ignore[arg-type]
         value = getattr(options, f.name)
-        if isinstance(value, bool) or not isinstance(value, int | float | None):
-            continue
-        if value is not None and not value > 0:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # None (a disabled ping), callables, nested options
+        if not value > 0:
             raise ValidationError(
                 f"{type(options).__name__}.{f.name} must be positive, got {value!r}.",
                 code="WEBSOCKET_OPTION_INVALID",
@@ -75,8 +76,8 @@ class ClientOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: Largest frame accepted from the server, in bytes.
     max_message_size: int = 16 * MiB
-    #: Documents per pull and per push.
-    batch_size: int = 100
+    #: How the replication itself runs (batch size, directions, live, retry delays).
+    replication: ReplicationOptions = field(default_factory=ReplicationOptions)
 
     def __post_init__(self) -> None:
         _check_positive(self)

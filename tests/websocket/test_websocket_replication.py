@@ -25,7 +25,7 @@ from p2pdb.plugins.replication_websocket import (
     replicate_websocket,
     start_replication_server,
 )
-from p2pdb.replication import RESYNC, ReplicationState
+from p2pdb.replication import RESYNC, ReplicationOptions, ReplicationState
 
 FAST = ClientOptions(reconnect_delay=0.05, max_reconnect_delay=0.2, request_timeout=5.0)
 
@@ -222,3 +222,18 @@ async def test_bad_url(client_db: p2pdb.Database) -> None:
     with pytest.raises(ValidationError) as bad:
         await replicate_websocket(client_db.collections["todos"], "http://127.0.0.1:1")
     assert bad.value.code == "WEBSOCKET_URL_INVALID"
+
+
+async def test_replication_options_pass_through(
+    server: ReplicationServer, server_db: p2pdb.Database, client_db: p2pdb.Database
+) -> None:
+    """``ClientOptions.replication`` configures the replication: here pull only, small batches."""
+    on_server, on_client = server_db.collections["todos"], client_db.collections["todos"]
+    await on_server.bulk_insert([todo(f"s{i}", "server") for i in range(7)])
+    await on_client.insert(todo("local", "stays local"))
+    options = ClientOptions(replication=ReplicationOptions(push=False, batch_size=3))
+    async with await replicate_websocket(on_client, server.url, options=options) as state:
+        assert state.options.batch_size == 3
+        await state.wait_for_in_sync()
+        assert set(await contents(on_client)) == {"local", *(f"s{i}" for i in range(7))}
+        assert await on_server.find_one("local") is None

@@ -117,7 +117,6 @@ class ClientSession:
         self._served: dict[str, _ServedCollection] = {}
         self._slots = asyncio.Semaphore(options.max_requests_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -150,7 +149,6 @@ class ClientSession:
             await self._release()
 
     async def _release(self) -> None:
-        self._closing = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -197,7 +195,8 @@ class ClientSession:
         if incoming.method == AUTH:
             await self._authenticate(incoming)
         elif not self.authenticated:
-            served.channel.answer_error(incoming.id, self._unauthorized())
+            if incoming.method != SUBSCRIBE:  # its id is "stream": an answer would be an event
+                served.channel.answer_error(incoming.id, self._unauthorized())
             await self._disconnect(served, self._unauthorized())
         elif incoming.method == SUBSCRIBE:
             served.subscribe()  # never answered: the client reads stream events instead
@@ -232,24 +231,24 @@ class ClientSession:
             served.sink.pulls.discard(request.id)
 
     async def _unknown_collection(self, name: str, message: Mapping[str, Any]) -> None:
+        """Answer a request for a collection this server lacks, then disconnect: a client's
+        socket serves the collections it asks for, and this one it cannot have."""
         error = NotFoundError(
             f"This server has no collection {name!r}.",
             code="WEBSOCKET_UNKNOWN_COLLECTION",
             collection=name,
         )
         method, request_id = message.get("method"), message.get("id")
-        if method in (AUTH, SUBSCRIBE) or not isinstance(request_id, str):
-            self._reported(error)
-            return
-        answer: dict[str, Any] = {"id": request_id, "result": None, "error": error.to_json()}
-        if method == "masterChangesSince":
-            answer["result"] = FAILED_PULL_RESULT
-        with contextlib.suppress(ConnectionClosed):
-            await self.socket.send(encode(answer, name))
-        if method == "masterChangesSince":
-            await self._disconnect(None, error)
-        else:
-            self._reported(error)
+        if (
+            isinstance(method, str)
+            and method not in (AUTH, SUBSCRIBE)
+            and isinstance(request_id, str)
+        ):
+            result = FAILED_PULL_RESULT if method == "masterChangesSince" else None
+            answer = {"id": request_id, "result": result, "error": error.to_json()}
+            with contextlib.suppress(ConnectionClosed):
+                await self.socket.send(encode(answer, name))
+        await self._disconnect(None, error)
 
     async def _authenticate(self, request: Request) -> None:
         check = self.options.authenticate

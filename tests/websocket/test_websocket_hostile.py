@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from replication_helpers import contents, wait_equal
 from schemas import TODO_SCHEMA
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from ws_helpers import WAIT, Errors, RawClient
 
@@ -173,7 +174,9 @@ async def test_unknown_method_is_answered_and_the_connection_stays(
     await raw.close()
 
 
+@pytest.mark.parametrize("method", ["masterWrite", "masterChangesSince", "masterChangeStream$"])
 async def test_unknown_collection(
+    method: str,
     honest: ReplicationState,
     server: ReplicationServer,
     server_db: p2pdb.Database,
@@ -182,16 +185,22 @@ async def test_unknown_collection(
     errors = Errors(server.errors)
     before = await contents(server_db.collections["todos"])
     raw = await RawClient.connect(server.url)
-    # a push: an error answer, and the connection stays
-    answer = await raw.request("masterWrite", [[GOOD_ROW]], collection="nope", request_id="w")
-    assert answer["error"]["code"] == "WEBSOCKET_UNKNOWN_COLLECTION"
-    assert answer["collection"] == "nope"
-    await errors.wait("WEBSOCKET_UNKNOWN_COLLECTION")
-    # a pull: an empty batch with the error (RxDB's client takes it), then a disconnect
-    answer = await raw.request("masterChangesSince", [None, 10], collection="nope", request_id="p")
-    assert answer["error"]["code"] == "WEBSOCKET_UNKNOWN_COLLECTION"
-    assert answer["result"] == {"documents": [], "checkpoint": None}
+    params: list[Any] = {"masterWrite": [[GOOD_ROW]], "masterChangesSince": [None, 10]}.get(
+        method, []
+    )
+    if method == "masterChangeStream$":  # not answered (its id is "stream"): disconnected
+        await raw.send({"id": "stream", "collection": "nope", "method": method, "params": []})
+    else:
+        answer = await raw.request(method, params, collection="nope", request_id="r")
+        assert answer["error"]["code"] == "WEBSOCKET_UNKNOWN_COLLECTION"
+        assert answer["collection"] == "nope"
+        if method == "masterChangesSince":  # an empty batch with the error: RxDB takes it
+            assert answer["result"] == {"documents": [], "checkpoint": None}
+        else:
+            assert answer["result"] is None
     assert await raw.closed_with() == CloseCode.POLICY_VIOLATION
+    error = await errors.wait("WEBSOCKET_UNKNOWN_COLLECTION")
+    assert error.parameters["collection"] == "nope"
     await still_serving(server_db, client_db, before, "after-unknown-collection")
 
 
@@ -247,6 +256,14 @@ async def test_authentication(tmp_path: Any, server_db: p2pdb.Database) -> None:
         assert answer["error"]["code"] == "WEBSOCKET_UNAUTHORIZED"
         assert await raw.closed_with() == CloseCode.POLICY_VIOLATION
         await errors.wait("WEBSOCKET_UNAUTHORIZED")
+        # a subscription before the headers: dropped, and no answer (its id is "stream")
+        raw = await RawClient.connect(server.url)
+        await raw.send(
+            {"id": "stream", "collection": "todos", "method": "masterChangeStream$", "params": []}
+        )
+        assert await raw.closed_with() == CloseCode.POLICY_VIOLATION
+        with pytest.raises(ConnectionClosed):
+            await raw.socket.recv()
         # wrong headers: dropped at once
         raw = await RawClient.connect(server.url)
         await raw.send({"id": "a", "collection": "todos", "method": "auth", "params": [{}]})

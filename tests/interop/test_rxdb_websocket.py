@@ -13,13 +13,14 @@ neither side's default has). Plus several collections over one p2pdb server, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rxdb_harness import SCHEMA, NodeChild, contents, wait_for
+from rxdb_harness import SCHEMA, NodeChild, RxdbError, contents, wait_for
 from websockets.asyncio.client import connect
 
 import p2pdb
@@ -79,12 +80,11 @@ class RxdbWebsocket(NodeChild):
         return [str(e.get("message")) for e in self.events if e["event"] == "error"]
 
     async def quit(self) -> None:
+        """Ask it to close cleanly, then make sure it exited (SIGTERM, then SIGKILL)."""
         if self.running:
-            try:
+            with contextlib.suppress(RxdbError, ConnectionError, TimeoutError):
                 await self.call("quit", within=10.0)
-            except Exception:  # it may exit before answering; _reap checks the exit
-                pass
-        await self._reap(10.0)
+        await self.stop()
 
 
 @pytest.fixture

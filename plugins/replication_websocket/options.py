@@ -39,13 +39,14 @@ class ServerOptions:
     """
 
     #: Largest frame a client may send, in bytes; a larger one closes its connection (1009).
+    #: A connection holds at most about ``(4 + max_requests_in_flight)`` such frames.
     max_message_size: int = 16 * MiB
     #: Requests of one connection served at once; the server reads no further frames of
     #: that connection until one finishes (TCP then slows the client down).
     max_requests_in_flight: int = 8
     #: Stream events queued for one collection of one connection; past it (a client that
     #: reads too slowly) events are dropped and a single RESYNC follows once it caught up.
-    max_queued_events: int = 1000
+    max_queued_events: int = 100
     #: Open connections at once; more are closed at once with code 1013 (try again later).
     max_connections: int = 1000
     #: Called with the headers of a client's ``auth`` message (RxDB's ``headers`` option);
@@ -74,8 +75,8 @@ class ClientOptions:
     max_reconnect_delay: float = 10.0
     #: Sent in an ``auth`` message after each connect, like RxDB's ``headers`` option.
     headers: Mapping[str, str] = field(default_factory=dict)
-    #: Largest frame accepted from the server, in bytes.
-    max_message_size: int = 16 * MiB
+    #: Largest frame accepted from the server, in bytes (a pull answer holds a whole batch).
+    max_message_size: int = 64 * MiB
     #: How the replication itself runs (batch size, directions, live, retry delays).
     replication: ReplicationOptions = field(default_factory=ReplicationOptions)
 

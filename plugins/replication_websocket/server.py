@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["ReplicationServer", "start_replication_server"]
 
 log = logging.getLogger("p2pdb.websocket")
+READ_AHEAD = 4  # frames websockets buffers per connection before it stops reading
 
 
 class ReplicationServer:
@@ -70,6 +71,9 @@ class ReplicationServer:
             self.host,
             self.requested_port,
             max_size=self.options.max_message_size,
+            # frames read ahead of the session: with the requests in flight, this bounds a
+            # connection's memory to about (4 + max_requests_in_flight) * max_message_size
+            max_queue=READ_AHEAD,
             ping_interval=self.options.ping_interval,
             ping_timeout=self.options.ping_timeout,
         )

@@ -182,8 +182,9 @@ class WebSocketMaster:
             request_timeout=self.options.request_timeout,
         )
         await channel.start()
-        if self.options.headers:
-            channel.post({"id": random_token(10), "method": AUTH, "params": [dict(self.headers)]})
+        if self.options.headers:  # first, as RxDB's client does: a server may require them
+            headers = dict(self.options.headers)
+            channel.post({"id": random_token(10), "method": AUTH, "params": [headers]})
         channel.post({"id": WS_STREAM_ID, "method": SUBSCRIBE, "params": []})
         self._remote = RemoteMaster(channel, self._events)
         self.connections += 1
@@ -209,11 +210,6 @@ class WebSocketMaster:
             self.connected.clear()
             await channel.close()  # pending requests fail at once
             await socket.close()
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The headers sent in the ``auth`` message."""
-        return dict(self.options.headers)
 
     def _on_frame(self, channel: RpcChannel, frame: str | bytes) -> None:
         name, message = decode(frame)

@@ -228,6 +228,42 @@ async def test_rxdb_client_resumes_and_resolves_conflicts_with_its_handler(
         )
 
 
+async def test_rxdb_client_reconnects_after_the_p2pdb_server_restarts(
+    db: p2pdb.Database, children: list[RxdbWebsocket]
+) -> None:
+    """RxDB's client reconnects by itself, sends RESYNC and resubscribes: what both sides
+    wrote while the server was down converges."""
+    todos = await db.add_collection("todos", SCHEMA)
+    server = await start_replication_server(db, port=0)
+    port = server.port
+    try:
+        rx = await rxdb(children, "rx-client", mode="client", url=server.url)
+        await rx.call("insert", doc=todo("first", "before the restart"))
+        await has(todos, [todo("first", "before the restart")])
+        await rx.call("awaitInSync", timeoutMs=WAIT_MS)
+        await server.close()
+        await todos.insert(todo("py-down", "written while the server was down"))
+        await rx.call("insert", doc=todo("rx-down", "written while the server was down"))
+        server = await start_replication_server(db, port=port)
+        expected = [
+            todo("first", "before the restart"),
+            todo("py-down", "written while the server was down"),
+            todo("rx-down", "written while the server was down"),
+        ]
+        await rx.call("waitAll", docs=expected, timeoutMs=WAIT_MS)
+        await has(todos, expected)
+        # and live again afterwards, through the new subscription
+        await todos.insert(todo("py-after", "after the restart"))
+        await rx.call(
+            "waitFor",
+            docId="py-after",
+            equals=todo("py-after", "after the restart"),
+            timeoutMs=WAIT_MS,
+        )
+    finally:
+        await server.close()
+
+
 async def test_rxdb_headers_reach_authenticate(
     db: p2pdb.Database, children: list[RxdbWebsocket]
 ) -> None:

@@ -192,6 +192,8 @@ async def test_cancel_closes_the_socket(
     await master.close()  # returns once the connection task ended
     assert master.closed
     assert not master.connected.is_set()
+    left = [t for t in asyncio.all_tasks() if "WebSocketMaster" in repr(t.get_coro())]
+    assert left == [], "no task of the client may outlive cancel()"
     await wait_for_clients(server, 0)
 
 

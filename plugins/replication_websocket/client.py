@@ -68,7 +68,7 @@ class WebSocketMaster:
         self.options = options if options is not None else ClientOptions()
         self.report: Report = report or (lambda error: None)
         self.connected = asyncio.Event()  #: set while a socket is open
-        self.attempted = asyncio.Event()  #: set once the first connection attempt ended
+        self._attempted = asyncio.Event()  # set once the first connection attempt ended
         self.connections = 0  #: sockets opened so far
         self.last_error: P2PDBError | None = None  #: why the last attempt or socket ended
         self._events: Subject[ChangesBatch | Resync] = Subject()
@@ -78,9 +78,12 @@ class WebSocketMaster:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start connecting (and reconnecting) in the background."""
+        """Start connecting (and reconnecting) in the background; returns once the first
+        attempt ended (at most ``connect_timeout``), so a first request does not fail only
+        because the socket was still opening."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+        await self._attempted.wait()
 
     def stop(self) -> None:
         """Cancel the connection task; :meth:`close` also waits for it to end."""
@@ -140,7 +143,7 @@ class WebSocketMaster:
         try:
             while True:
                 socket = await self._connect()
-                self.attempted.set()
+                self._attempted.set()
                 if socket is not None:
                     opened = loop.time()
                     await self._serve(socket)
@@ -148,6 +151,7 @@ class WebSocketMaster:
                         backoff.reset()  # a flapping server is not retried at full speed
                 await asyncio.sleep(backoff.next_delay())
         finally:
+            self._attempted.set()  # a start() still waiting returns
             self._events.on_completed()
 
     async def _connect(self) -> ClientConnection | None:
@@ -239,8 +243,6 @@ async def replicate_websocket(
     opts = options if options is not None else ClientOptions()
     master = WebSocketMaster(url, collection.name, collection.database.token, opts)
     await master.start()
-    # the first pull should not fail only because the socket is still opening
-    await master.attempted.wait()
     state = replicate(
         collection,
         master,

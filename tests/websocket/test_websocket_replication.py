@@ -25,7 +25,7 @@ from p2pdb.plugins.replication_websocket import (
     replicate_websocket,
     start_replication_server,
 )
-from p2pdb.replication import RESYNC, ReplicationOptions, ReplicationState
+from p2pdb.replication import RESYNC, ReplicationOptions, ReplicationState, replicate
 
 FAST = ClientOptions(reconnect_delay=0.05, max_reconnect_delay=0.2, request_timeout=5.0)
 
@@ -239,3 +239,17 @@ async def test_replication_options_pass_through(
         await state.wait_for_in_sync()
         assert set(await contents(on_client)) == {"local", *(f"s{i}" for i in range(7))}
         assert await on_server.find_one("local") is None
+
+
+async def test_the_handler_on_its_own(
+    server: ReplicationServer, server_db: p2pdb.Database, client_db: p2pdb.Database
+) -> None:
+    """docs/websocket.md: ``WebSocketMaster`` as the handler of a ``replicate()``."""
+    await server_db.collections["todos"].insert(todo("a", "served"))
+    todos = client_db.collections["todos"]
+    async with WebSocketMaster(server.url, "todos", client_db.token) as master:
+        assert master.connected.is_set(), "start() returns after the first attempt"
+        async with replicate(todos, master, "my-replication-id") as state:
+            await state.wait_for_in_sync()
+    assert master.closed
+    assert set(await contents(todos)) == {"a"}

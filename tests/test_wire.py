@@ -322,3 +322,59 @@ async def test_pipe_reports_hostile_traffic_and_answers_unknown_methods(
     codes = [getattr(error, "code", None) for error in pipe.errors]
     assert codes == ["WIRE_PROTOCOL_VIOLATION", "WIRE_PROTOCOL_VIOLATION"]
     assert "Unknown method" in str(pipe.errors[0]) and "stream event" in str(pipe.errors[1])
+
+
+class EventRightAfterTheAnswer:
+    """A master that, once armed, follows its next pull answer at once, on the same ordered
+    channel, with a stream event carrying a document written after that pull's read (later
+    pulls return it too, as a real master would)."""
+
+    def __init__(self, inner: Any, late: dict[str, Any]) -> None:
+        from reactivex import merge
+        from reactivex.subject import Subject
+
+        self.inner = inner
+        self.late = {**late, "_deleted": False}
+        self.extra: Subject[Any] = Subject()
+        self._stream = merge(inner.stream(), self.extra)
+        self.armed = False
+        self.written = False
+
+    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
+        batch: ChangesBatch = await self.inner.changes_since(checkpoint, batch_size)
+        if self.written and checkpoint["seq"] < 10**6:
+            return ChangesBatch([*batch.documents, self.late], {"seq": 10**6})
+        if self.armed:  # posted right after this answer: both reach the fork in one burst
+            self.armed, self.written = False, True
+            event = ChangesBatch([self.late], {"seq": 10**6})
+            asyncio.get_running_loop().call_soon(self.extra.on_next, event)
+        return batch
+
+    async def write(self, rows: Any) -> Any:
+        return await self.inner.write(rows)
+
+    def stream(self) -> Any:
+        return self._stream
+
+
+async def test_an_event_arriving_right_after_a_pull_answer_is_applied(
+    make_collection: Factory,
+) -> None:
+    # The stale-state rule drops stream events that arrived before a pull's answer (the pull
+    # covers them). An event that arrived *after* the answer, but before the fork's task
+    # resumed with it, must not be numbered before the answer: it holds a write the pull
+    # never saw, and dropping it would leave that write behind (and a later event would
+    # move the checkpoint past it for good).
+    master, fork = await make_collection("master"), await make_collection("fork")
+    await master.insert({"id": "a", "text": "pulled"})
+    handler = EventRightAfterTheAnswer(collection_handler(master), {"id": "late", "text": "b"})
+    async with WirePipe(handler) as pipe:
+        stored = asyncio.Event()
+        fork.changes.subscribe(lambda event: stored.set() if event.id == "late" else None)
+        async with replicate(fork, pipe.handler, "burst", push=False) as state:
+            await state.wait_for_in_sync()
+            handler.armed = True
+            await state.re_sync()  # one pull, answered, then the event right behind it
+            async with asyncio.timeout(5):
+                await stored.wait()
+    assert sorted(doc.id for doc in await fork.find()) == ["a", "late"]

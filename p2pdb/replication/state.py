@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
 from reactivex import Observable
@@ -96,6 +96,7 @@ class ReplicationState:
         self._subscriptions: list[DisposableBase] = []
         self._state_changed = asyncio.Event()
         self._canceled = False
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._paused = True
 
     # -- public API ------------------------------------------------------------------------
@@ -175,11 +176,18 @@ class ReplicationState:
             return
         await self.pause()
         self._canceled = True
+        for close in self._closers:
+            await close()
         self._changed()
         for stream in (self.errors, self.received, self.sent, self.conflicts):
             stream.on_completed()
         self._active.on_next(False)
         self._active.on_completed()
+
+    def close_on_cancel(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Have :meth:`cancel` await ``close()`` once both directions stopped: a transport
+        that opened a connection for this replication closes it with the replication."""
+        self._closers.append(close)
 
     async def wait_for_initial_replication(self) -> None:
         """Return once both directions finished their first full pass."""

@@ -29,10 +29,13 @@ Writing a transport (see ``plugins/replication_webrtc/session.py``):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import reactivex
 from reactivex import Observable
+from reactivex.abc import DisposableBase, ObserverBase, SchedulerBase
 
 from ..errors import P2PDBError, PeerError, ValidationError
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync, WriteRow
@@ -153,8 +156,33 @@ class RemoteMaster:
         return result
 
     def stream(self) -> Observable[ChangesBatch | Resync]:
-        """The master's stream events."""
-        return self._stream
+        """The master's stream events, each handed on one loop step after it arrived.
+
+        The fork numbers answers and stream events in the order they reach it (its
+        stale-state rule). An answer reaches the fork's task only when that task resumes,
+        one loop step after the transport resolved the request; an event that arrived
+        right behind the answer, in the same burst, would otherwise be numbered first and
+        taken for one the answer covers, and the write it carries skipped. Deferring each
+        event by one step (FIFO, after the task's wake-up) keeps the order of arrival.
+        """
+
+        def subscribe(
+            observer: ObserverBase[ChangesBatch | Resync], scheduler: SchedulerBase | None = None
+        ) -> DisposableBase:
+            loop = asyncio.get_running_loop()
+
+            def on_next(item: ChangesBatch | Resync) -> None:
+                loop.call_soon(observer.on_next, item)
+
+            def on_error(error: Exception) -> None:
+                loop.call_soon(observer.on_error, error)
+
+            def on_completed() -> None:
+                loop.call_soon(observer.on_completed)
+
+            return self._stream.subscribe(on_next, on_error, on_completed)
+
+        return reactivex.create(subscribe)
 
 
 # -- the master's side ---------------------------------------------------------------------

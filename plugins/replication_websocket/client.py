@@ -85,11 +85,6 @@ class WebSocketMaster:
             self._task = asyncio.get_running_loop().create_task(self._run())
         await self._attempted.wait()
 
-    def stop(self) -> None:
-        """Cancel the connection task; :meth:`close` also waits for it to end."""
-        if self._task is not None:
-            self._task.cancel()
-
     async def close(self) -> None:
         """Close the socket and stop reconnecting. Idempotent."""
         task = self._task
@@ -101,7 +96,7 @@ class WebSocketMaster:
 
     @property
     def closed(self) -> bool:
-        """True once the connection task ended (after :meth:`close` or :meth:`stop`)."""
+        """True once the connection task ended (after :meth:`close`)."""
         return self._task is not None and self._task.done()
 
     async def __aenter__(self) -> WebSocketMaster:
@@ -250,6 +245,5 @@ async def replicate_websocket(
         opts.replication,
     )
     master.report = state.errors.on_next
-    # cancel() completes `active`: the socket goes with the replication
-    state.active.subscribe(on_completed=master.stop)
+    state.close_on_cancel(master.close)  # the socket goes with the replication
     return state

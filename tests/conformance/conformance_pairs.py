@@ -9,6 +9,7 @@ or a ``ReplicationState``. Each side is a collection in its own real SQLite file
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,10 +26,12 @@ import p2pdb
 from p2pdb.errors import P2PDBError
 from p2pdb.replication import (
     ReplicationHandler,
+    ReplicationOptions,
     ReplicationState,
     collection_handler,
     replicate,
 )
+from p2pdb.replication.rpc import STREAM_ID
 from p2pdb.tokens import random_token
 
 REPLICATION_ID = "conformance"
@@ -375,43 +378,103 @@ class TappedConnection:
         return getattr(self._inner, name)
 
 
-# --- WebSocket: TODO(lead) uncomment once plugins/replication_websocket is merged -----------
-# class WebSocketPair(InProcessPair):
-#     """``replicate_websocket(fork, url)`` against ``start_replication_server(master_db)``.
-#     The fork's messages cannot be tapped from a test: tap-based tests skip, with reason."""
-#
-#     transport = "websocket"
-#     bad_answer_codes = frozenset({"WEBSOCKET_BAD_ANSWER"})  # its WireErrorCodes.bad_answer
-#     tappable = False
-#     untappable_reason = (
-#         "its socket is inside the plugin; hostile answers are checked on the same wire "
-#         "code (RemoteMaster, parse_changes) by the wire_pipe transport"
-#     )
-#     _server: Any = None
-#
-#     async def _start(self) -> None:
-#         from p2pdb.plugins.replication_websocket import (
-#             replicate_websocket,
-#             start_replication_server,
-#         )
-#
-#         if self._server is None:  # the server stays up across restarts of the fork
-#             self._server = await start_replication_server(
-#                 self.master.database, host="127.0.0.1", port=0
-#             )
-#         self._state = await replicate_websocket(self.fork, self._server.url)
-#         self._state.errors.subscribe(self.on_error)
-#
-#     async def _close_transport(self) -> None:
-#         if self._server is not None:
-#             await self._server.close()
+# --- WebSocket ---------------------------------------------------------------------------
+class WebSocketPair(InProcessPair):
+    """``replicate_websocket(fork, url)`` against ``start_replication_server(master_db)``,
+    through a :class:`WebSocketTapRelay`: real sockets all the way, with the tap between."""
+
+    transport = "websocket"
+    bad_answer_codes = frozenset({"WEBSOCKET_BAD_ANSWER"})  # its WireErrorCodes.bad_answer
+    _server: Any = None
+    _relay: WebSocketTapRelay | None = None
+
+    async def _start(self) -> None:
+        from p2pdb.plugins.replication_websocket import (
+            ClientOptions,
+            replicate_websocket,
+            start_replication_server,
+        )
+
+        assert self.tap is not None
+        if self._server is None:  # the server and relay stay up across restarts of the fork
+            self._server = await start_replication_server(
+                self.master.database, host="127.0.0.1", port=0
+            )
+            self._relay = await WebSocketTapRelay.start(self._server.url, self.tap)
+        assert self._relay is not None
+        replication = ReplicationOptions(
+            batch_size=self.options.batch_size, retry_delay=0.01, max_retry_delay=0.1
+        )
+        self._state = await replicate_websocket(
+            self.fork,
+            self._relay.url,
+            replication_id=REPLICATION_ID,
+            options=ClientOptions(replication=replication),
+        )
+        self._state.errors.subscribe(self.on_error)
+
+    async def _close_transport(self) -> None:
+        if self._relay is not None:
+            await self._relay.close()
+        if self._server is not None:
+            await self._server.close()
+
+
+class WebSocketTapRelay:
+    """A WebSocket relay between the fork and the server that passes every RxDB websocket
+    message through the tap (RxDB's stream id ``"stream"`` seen as the wire's)."""
+
+    def __init__(self, upstream: str, tap: Tap) -> None:
+        self.upstream = upstream
+        self.tap = tap
+        self.url = ""
+        self._server: Any = None
+
+    @classmethod
+    async def start(cls, upstream: str, tap: Tap) -> WebSocketTapRelay:
+        from websockets.asyncio.server import serve
+
+        relay = cls(upstream, tap)
+        relay._server = await serve(relay._relay, "127.0.0.1", 0, max_size=None)
+        port = relay._server.sockets[0].getsockname()[1]
+        relay.url = f"ws://127.0.0.1:{port}"
+        return relay
+
+    async def close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _relay(self, client: Any) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(self.upstream, max_size=None) as server:
+
+            async def pump(source: Any, sink: Any, tap: Callable[[Any], Any]) -> None:
+                async for frame in source:
+                    message = tap(json.loads(frame))
+                    if message is not None:
+                        await sink.send(json.dumps(message))
+
+            async with asyncio.TaskGroup() as group:
+                up = group.create_task(pump(client, server, self.tap.to_master))
+                down = group.create_task(pump(server, client, self._to_fork))
+                await asyncio.wait([up, down], return_when=asyncio.FIRST_COMPLETED)
+                up.cancel()
+                down.cancel()
+
+    def _to_fork(self, message: Any) -> Any:
+        if not isinstance(message, dict) or message.get("id") != "stream":
+            return self.tap.to_fork(message)
+        tapped = self.tap.to_fork({"id": STREAM_ID, "result": message.get("result")})
+        return None if tapped is None else {**message, "result": tapped["result"]}
+
 
 MakePair = Callable[..., Awaitable[Pair]]  # the make_pair fixture: PairOptions fields -> Pair
 
 TRANSPORTS: dict[str, type[Pair]] = {
     "in_process": InProcessPair,
     "wire_pipe": WirePipePair,
-    # "websocket": WebSocketPair,
+    "websocket": WebSocketPair,
     "webrtc": WebRTCPair,
 }
 

@@ -36,9 +36,9 @@
 //   storageToken -> token                        signalingPeerId -> own signaling id | null
 //   quit -> null, then the process exits 0
 // Docs are returned as RxDocument.toJSON(): no _rev, _meta, _attachments, _deleted.
-// Commands start in arrival order (see enqueue); stdin EOF or SIGTERM also shut down cleanly.
-import { createInterface } from 'node:readline';
+// Commands start in arrival order (see command_loop.mjs); stdin EOF or SIGTERM also shut down cleanly.
 import { createRxDatabase, randomToken, deepEqual } from 'rxdb';
+import { makeConflictHandler, runCommandLoop, waitUntil, writeOut } from './command_loop.mjs';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import {
     replicateWebRTC,
@@ -49,10 +49,9 @@ import {
 import nodeDatachannelPolyfill from 'node-datachannel/polyfill';
 import { initLogger, getLibraryVersion } from 'node-datachannel';
 import { WebSocket } from 'ws';
-import { BehaviorSubject, filter, firstValueFrom, map, of, switchMap, timeout as rxTimeout } from 'rxjs';
+import { BehaviorSubject, firstValueFrom, map, of, switchMap } from 'rxjs';
 
 // Keep stdout for protocol lines only: route every console method to stderr.
-const writeOut = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 console.log = console.info = console.debug = console.warn = (...a) => console.error(...a);
 const log = (...a) => console.error('[rxdb_peer]', ...a);
 
@@ -76,24 +75,6 @@ const primaryKey = typeof config.schema.primaryKey === 'string'
 // "default": RxDB's defaultConflictHandler (deep equality; the master state wins).
 // "forkWins": the fork's new state always wins (useful to see the fork side resolve).
 // {"maxField": f}: the state with the larger value of field f wins, ties -> master.
-function makeConflictHandler(spec) {
-    if (!spec || spec === 'default') {
-        return undefined; // undefined = RxDB uses defaultConflictHandler
-    }
-    const isEqual = (a, b) => deepEqual(a, b);
-    if (spec === 'forkWins') {
-        return { isEqual, resolve: async (i) => i.newDocumentState };
-    }
-    if (typeof spec === 'object' && spec.maxField) {
-        const f = spec.maxField;
-        return {
-            isEqual,
-            resolve: async (i) => (i.newDocumentState[f] > i.realMasterState[f]
-                ? i.newDocumentState : i.realMasterState)
-        };
-    }
-    throw new Error('unknown conflictHandler ' + JSON.stringify(spec));
-}
 
 // ---- database + replication ---------------------------------------------------------------------
 const db = await createRxDatabase({
@@ -189,15 +170,6 @@ const peerCount$ = pool$.pipe(switchMap((p) => (p ? p.peerStates$.pipe(map((m) =
 
 // Resolve with the first value of obs$ that passes pred, or reject after timeoutMs.
 // Everything here is push-based (RxDB observables), no polling.
-function waitUntil(obs$, pred, timeoutMs, what) {
-    return firstValueFrom(obs$.pipe(
-        filter(pred),
-        rxTimeout({
-            first: timeoutMs ?? 30000,
-            with: () => { throw new Error(`timeout after ${timeoutMs ?? 30000} ms waiting for ${what}`); }
-        })
-    ));
-}
 
 async function getDoc(docId) {
     return collection.findOne(docId).exec();
@@ -320,61 +292,6 @@ function closeAll() {
     })();
     return closing;
 }
-async function shutdown(code) {
-    await closeAll();
-    // Exit explicitly: node-datachannel's native threads could otherwise keep the process alive.
-    // stdout is a pipe, and pipe writes are synchronous on Linux, so answers already written are out.
-    process.exit(code);
-}
-
-async function handleLine(line) {
-    if (!line.trim()) {
-        return;
-    }
-    let msg;
-    try {
-        msg = JSON.parse(line);
-    } catch (err) {
-        writeOut({ id: null, ok: false, error: 'invalid JSON: ' + err.message });
-        return;
-    }
-    const fn = commands[msg.cmd];
-    if (!fn) {
-        writeOut({ id: msg.id, ok: false, error: 'unknown cmd ' + msg.cmd });
-        return;
-    }
-    try {
-        const result = await fn(msg);
-        writeOut({ id: msg.id, ok: true, result: result ?? null });
-    } catch (err) {
-        writeOut({ id: msg.id, ok: false, error: err?.message ?? String(err) });
-    }
-    if (msg.cmd === 'quit') {
-        await shutdown(0);
-    }
-}
-
-// Commands start in arrival order, each after the previous one finished, so a pipelined
-// insert-then-get behaves as if sent one by one. The wait* commands only *start* in order
-// (their subscription sees every earlier command's effect) and then do not hold up the queue,
-// so a pending waitFor never blocks an insert sent after it.
-const NON_BLOCKING = new Set(['waitFor', 'waitAll', 'waitCount', 'waitPeers', 'awaitInSync']);
-let queue = Promise.resolve();
-function enqueue(line) {
-    let cmd;
-    try {
-        cmd = JSON.parse(line).cmd;
-    } catch (err) { /* handleLine reports it */ }
-    const run = queue.then(() => {
-        const done = handleLine(line);
-        return NON_BLOCKING.has(cmd) ? undefined : done;
-    });
-    queue = run.catch(() => {});
-}
-createInterface({ input: process.stdin }).on('line', enqueue)
-    // stdin closed = the driver is gone: finish the queued commands, then shut down.
-    .on('close', () => queue.then(() => shutdown(0)));
-process.on('SIGTERM', () => shutdown(0));
-process.on('SIGINT', () => shutdown(0));
+runCommandLoop({ commands, closeAll, nonBlocking: new Set(['waitFor', 'waitAll', 'waitCount', 'waitPeers', 'awaitInSync']) });
 
 writeOut({ event: 'ready', storageToken });

@@ -33,13 +33,12 @@
 //   storageToken -> token        quit -> null, then the process exits 0
 // Docs are returned as RxDocument.toJSON(): no _rev, _meta, _attachments, _deleted.
 // Commands start in arrival order; the wait* commands do not hold up the ones after them.
-import { createInterface } from 'node:readline';
 import { createRxDatabase, randomToken, deepEqual } from 'rxdb';
+import { makeConflictHandler, runCommandLoop, waitUntil, writeOut } from './command_loop.mjs';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { startWebsocketServer, replicateWithWebsocketServer } from 'rxdb/plugins/replication-websocket';
-import { filter, firstValueFrom, map, timeout as rxTimeout } from 'rxjs';
+import { map } from 'rxjs';
 
-const writeOut = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 console.log = console.info = console.debug = console.warn = (...a) => console.error(...a);
 const log = (...a) => console.error('[rxdb_websocket]', ...a);
 
@@ -49,24 +48,6 @@ if (!['server', 'client'].includes(config.mode) || !config.collections) {
     process.exit(2);
 }
 
-function makeConflictHandler(spec) {
-    if (!spec || spec === 'default') {
-        return undefined; // RxDB's defaultConflictHandler: deep equality, the master state wins
-    }
-    const isEqual = (a, b) => deepEqual(a, b);
-    if (spec === 'forkWins') {
-        return { isEqual, resolve: async (i) => i.newDocumentState };
-    }
-    if (typeof spec === 'object' && spec.maxField) {
-        const f = spec.maxField;
-        return {
-            isEqual,
-            resolve: async (i) => (i.newDocumentState[f] > i.realMasterState[f]
-                ? i.newDocumentState : i.realMasterState)
-        };
-    }
-    throw new Error('unknown conflictHandler ' + JSON.stringify(spec));
-}
 
 const db = await createRxDatabase({
     name: 'ws' + randomToken(8),
@@ -148,15 +129,6 @@ async function stopReplication() {
 // ---- helpers --------------------------------------------------------------------------------
 const plain = (doc) => (doc ? doc.toJSON() : null);
 
-function waitUntil(obs$, pred, timeoutMs, what) {
-    return firstValueFrom(obs$.pipe(
-        filter(pred),
-        rxTimeout({
-            first: timeoutMs ?? 30000,
-            with: () => { throw new Error(`timeout after ${timeoutMs ?? 30000} ms waiting for ${what}`); }
-        })
-    ));
-}
 
 async function mustGetDoc(c, docId) {
     const doc = await c.findOne(docId).exec();
@@ -237,55 +209,7 @@ function closeAll() {
     })();
     return closing;
 }
-async function shutdown(code) {
-    await closeAll();
-    process.exit(code);
-}
-
-async function handleLine(line) {
-    if (!line.trim()) {
-        return;
-    }
-    let msg;
-    try {
-        msg = JSON.parse(line);
-    } catch (err) {
-        writeOut({ id: null, ok: false, error: 'invalid JSON: ' + err.message });
-        return;
-    }
-    const fn = commands[msg.cmd];
-    if (!fn) {
-        writeOut({ id: msg.id, ok: false, error: 'unknown cmd ' + msg.cmd });
-        return;
-    }
-    try {
-        const result = await fn(msg);
-        writeOut({ id: msg.id, ok: true, result: result ?? null });
-    } catch (err) {
-        writeOut({ id: msg.id, ok: false, error: err?.message ?? String(err) });
-    }
-    if (msg.cmd === 'quit') {
-        await shutdown(0);
-    }
-}
-
-const NON_BLOCKING = new Set(['waitFor', 'waitAll', 'waitCount', 'awaitInSync']);
-let queue = Promise.resolve();
-function enqueue(line) {
-    let cmd;
-    try {
-        cmd = JSON.parse(line).cmd;
-    } catch (err) { /* handleLine reports it */ }
-    const run = queue.then(() => {
-        const done = handleLine(line);
-        return NON_BLOCKING.has(cmd) ? undefined : done;
-    });
-    queue = run.catch(() => {});
-}
-createInterface({ input: process.stdin }).on('line', enqueue)
-    .on('close', () => queue.then(() => shutdown(0)));
-process.on('SIGTERM', () => shutdown(0));
-process.on('SIGINT', () => shutdown(0));
+const enqueue = runCommandLoop({ commands, closeAll, nonBlocking: new Set(['waitFor', 'waitAll', 'waitCount', 'awaitInSync']) });
 
 writeOut({ event: 'ready', port, storageToken });
 if (config.mode === 'client' && config.autostart !== false) {

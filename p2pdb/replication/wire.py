@@ -20,7 +20,9 @@ Writing a transport (see ``plugins/replication_webrtc/session.py``):
    it resolves answers itself and returns a :class:`Request` or a :class:`StreamEvent`
    (or raises a ``protocol_violation`` PeerError: drop the other side).
 3. Fork side: ``replicate(collection, RemoteMaster(channel, stream), ...)`` where ``stream``
-   is a Subject fed with ``parse_stream_event(event.result, codes)``.
+   is a Subject fed with ``parse_stream_event(event.result, codes)``. A handler of your own
+   that wraps ``RemoteMaster`` returns ``in_arrival_order(stream)`` from its ``stream()``
+   (the fork's stale-state rule depends on it).
    Master side: ``await answer_request(channel, handler, request)`` for requests whose
    method is in :data:`MASTER_METHODS`, and ``channel.post_event(stream_event_json(item))``
    for every item of ``handler.stream()`` (starting with ``RESYNC``).
@@ -50,6 +52,7 @@ __all__ = [
     "StreamEvent",
     "answer_request",
     "changes_to_json",
+    "in_arrival_order",
     "parse_changes",
     "parse_stream_event",
     "parse_write_rows",
@@ -156,33 +159,42 @@ class RemoteMaster:
         return result
 
     def stream(self) -> Observable[ChangesBatch | Resync]:
-        """The master's stream events, each handed on one loop step after it arrived.
+        """The master's stream events, in their order of arrival relative to the answers
+        (see :func:`in_arrival_order`)."""
+        return in_arrival_order(self._stream)
 
-        The fork numbers answers and stream events in the order they reach it (its
-        stale-state rule). An answer reaches the fork's task only when that task resumes,
-        one loop step after the transport resolved the request; an event that arrived
-        right behind the answer, in the same burst, would otherwise be numbered first and
-        taken for one the answer covers, and the write it carries skipped. Deferring each
-        event by one step (FIFO, after the task's wake-up) keeps the order of arrival.
-        """
 
-        def subscribe(
-            observer: ObserverBase[ChangesBatch | Resync], scheduler: SchedulerBase | None = None
-        ) -> DisposableBase:
-            loop = asyncio.get_running_loop()
+def in_arrival_order(
+    stream: Observable[ChangesBatch | Resync],
+) -> Observable[ChangesBatch | Resync]:
+    """``stream`` with each event handed on one loop step after it arrived.
 
-            def on_next(item: ChangesBatch | Resync) -> None:
-                loop.call_soon(observer.on_next, item)
+    Every transport's ``stream()`` must go through this. The fork numbers answers and stream
+    events in the order they reach it (its stale-state rule). An answer reaches the fork's
+    task only when that task resumes, one loop step after the transport resolved the
+    request; an event that arrived right behind the answer, in the same burst, would
+    otherwise be numbered first and taken for one the answer covers, and the write it
+    carries skipped. Deferring each event by one step (FIFO, after the task's wake-up)
+    keeps the order of arrival.
+    """
 
-            def on_error(error: Exception) -> None:
-                loop.call_soon(observer.on_error, error)
+    def subscribe(
+        observer: ObserverBase[ChangesBatch | Resync], scheduler: SchedulerBase | None = None
+    ) -> DisposableBase:
+        loop = asyncio.get_running_loop()
 
-            def on_completed() -> None:
-                loop.call_soon(observer.on_completed)
+        def on_next(item: ChangesBatch | Resync) -> None:
+            loop.call_soon(observer.on_next, item)
 
-            return self._stream.subscribe(on_next, on_error, on_completed)
+        def on_error(error: Exception) -> None:
+            loop.call_soon(observer.on_error, error)
 
-        return reactivex.create(subscribe)
+        def on_completed() -> None:
+            loop.call_soon(observer.on_completed)
+
+        return stream.subscribe(on_next, on_error, on_completed)
+
+    return reactivex.create(subscribe)
 
 
 # -- the master's side ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from p2pdb.backoff import Backoff
 from p2pdb.errors import P2PDBError, PeerError, ValidationError
 from p2pdb.replication import RESYNC, ChangesBatch, ReplicationState, Resync, WriteRow, replicate
 from p2pdb.replication.rpc import RpcChannel, StreamEvent
-from p2pdb.replication.wire import RemoteMaster, parse_stream_event
+from p2pdb.replication.wire import RemoteMaster, in_arrival_order, parse_stream_event
 from p2pdb.tokens import random_token
 
 from .messages import AUTH, CODES, SUBSCRIBE, WS_STREAM_ID, SocketSink, decode, violation
@@ -117,8 +117,9 @@ class WebSocketMaster:
         return await self._current().write(rows)
 
     def stream(self) -> Observable[ChangesBatch | Resync]:
-        """The server's stream events, and a RESYNC after each (re)connect."""
-        return self._events
+        """The server's stream events, and a RESYNC after each (re)connect, in their order
+        of arrival relative to the answers."""
+        return in_arrival_order(self._events)
 
     def _current(self) -> RemoteMaster:
         if self._remote is None:  # fail fast: the replication retries with backoff

@@ -51,7 +51,7 @@ from .signaling_client import SignalingClient
 
 __all__ = ["ConnectionHandler"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.connection")
 
 RECONNECT_DELAY_MIN = 0.5
 RECONNECT_DELAY_MAX = 15.0

@@ -46,7 +46,7 @@ from .sdp import frame_limit, local_sdp
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.link")
 
 _MAX_QUEUED_SIGNALS = 256
 _MAX_PENDING_CANDIDATES = 32

@@ -134,7 +134,9 @@ class ConnectionHandler:
 
     @property
     def errors(self) -> Observable[Exception]:
-        """Emits typed errors: malformed frames, timeouts, failed connections."""
+        """Emits typed errors: malformed frames, timeouts, failed connections.
+
+        They are not logged here (a :class:`ReplicationPool` logs each one once)."""
         return self._errors
 
     @property

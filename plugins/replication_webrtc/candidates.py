@@ -81,4 +81,5 @@ class CandidateAdder:
             await self._pc.addIceCandidate(candidate)
         except Exception as error:  # one candidate only: the link goes on with the others
             what = "end of candidates" if candidate is None else f"candidate {candidate.ip!r}"
-            logger.info("%s from %s ignored: %r", what, self._remote_id, error)
+            # repr, not the error: its traceback would keep aioice's frames (and sockets) alive
+            logger.info("%s from %s ignored: %s", what, self._remote_id, repr(error))

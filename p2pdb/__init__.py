@@ -6,6 +6,8 @@
     await todos.insert({"id": "a", "text": "milk"})
 """
 
+import logging
+
 from .changes import LOCAL, ChangeEvent
 from .collection import BulkWriteResult, Collection
 from .conflicts import Conflict, ConflictHandler, last_write_wins, master_wins
@@ -28,6 +30,10 @@ from .errors import (
 from .queries import CountQuery, FindOneQuery, FindQuery, Query
 
 __version__ = "0.1.0"
+
+# A library leaves logging set-up to the application (and keeps Python's "last resort"
+# handler from printing our warnings to stderr when none is configured).
+logging.getLogger("p2pdb").addHandler(logging.NullHandler())
 
 __all__ = [
     "LOCAL",

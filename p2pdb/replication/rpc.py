@@ -36,7 +36,7 @@ __all__ = [
     "WireErrorCodes",
 ]
 
-log = logging.getLogger("p2pdb.replication")
+log = logging.getLogger("p2pdb.replication.rpc")
 
 #: The ``id`` of unsolicited stream events (RxDB's name).
 STREAM_ID = "masterChangeStream$"

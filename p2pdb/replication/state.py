@@ -42,7 +42,7 @@ from .upstream import ResolvedConflict, Upstream
 __all__ = ["ReplicationState", "ResolvedConflict", "replicate"]
 
 Doc = dict[str, Any]
-log = logging.getLogger("p2pdb.replication")
+log = logging.getLogger("p2pdb.replication.state")
 
 
 class ReplicationState:

@@ -51,7 +51,7 @@ from .signaling_client import SignalingClient
 
 __all__ = ["ConnectionHandler"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.connection")
 
 RECONNECT_DELAY_MIN = 0.5
 RECONNECT_DELAY_MAX = 15.0
@@ -134,7 +134,9 @@ class ConnectionHandler:
 
     @property
     def errors(self) -> Observable[Exception]:
-        """Emits typed errors: malformed frames, timeouts, failed connections."""
+        """Emits typed errors: malformed frames, timeouts, failed connections.
+
+        They are not logged here (a :class:`ReplicationPool` logs each one once)."""
         return self._errors
 
     @property

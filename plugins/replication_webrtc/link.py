@@ -29,6 +29,7 @@ from aiortc.sdp import candidate_from_sdp
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
+from .candidates import CandidateAdder
 from .framing import (
     DEFAULT_HIGH_WATER_MARK,
     DEFAULT_LOW_WATER_MARK,
@@ -46,7 +47,7 @@ from .sdp import frame_limit, local_sdp
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.link")
 
 _MAX_QUEUED_SIGNALS = 256
 _MAX_PENDING_CANDIDATES = 32
@@ -116,6 +117,7 @@ class Link:
         self.task: asyncio.Task[None] | None = None
         self.pc: RTCPeerConnection | None = None
         self.channel: RTCDataChannel | None = None
+        self._candidates: CandidateAdder | None = None
         self._on = callbacks
         self._settings = settings
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -191,6 +193,7 @@ class Link:
         try:
             with host_addresses_override(self._settings.host_addresses):
                 self.pc = pc = RTCPeerConnection(self._settings.rtc_configuration())
+                self._candidates = CandidateAdder(pc, self.remote_id)
                 pc.on("connectionstatechange", self._guarded(self._on_pc_state))
                 pc.on("datachannel", self._guarded(self._on_datachannel))
                 async with asyncio.timeout_at(deadline):
@@ -213,7 +216,8 @@ class Link:
         except _LinkFailed:
             pass
         except Exception as error:  # aiortc failed in a way we did not foresee
-            logger.exception("link to %s failed", self.remote_id)
+            # the error goes out once, on the errors stream; the traceback only at debug
+            logger.debug("link to %s failed", self.remote_id, exc_info=True)
             self._report(
                 f"Connection to peer {self.remote_id} failed: {error!r}",
                 "WEBRTC_CONNECTION_FAILED",
@@ -223,6 +227,8 @@ class Link:
             await self._teardown()
 
     async def _teardown(self) -> None:
+        if self._candidates is not None:
+            await self._candidates.close()
         if self.channel is not None:
             self.channel.close()
         if self.pc is None:
@@ -306,7 +312,7 @@ class Link:
 
     async def _add_candidate(self, data: dict[str, Any]) -> None:
         """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}`` (any form)."""
-        assert self.pc is not None
+        assert self._candidates is not None
         body = data.get("candidate")
         text = body.get("candidate") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not isinstance(text, str):
@@ -318,7 +324,7 @@ class Link:
             return
         text = text.strip().removeprefix("a=").removeprefix("candidate:")
         if not text:
-            await self.pc.addIceCandidate(None)  # end of candidates
+            await self._candidates.add(None)  # end of candidates
             return
         try:
             candidate = candidate_from_sdp(text)
@@ -334,7 +340,7 @@ class Link:
         candidate.sdpMLineIndex = index if type(index) is int else None
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0  # one m-line: the data channel
-        await self.pc.addIceCandidate(candidate)
+        await self._candidates.add(candidate)  # never raises: one bad candidate is skipped
 
     # -- aiortc callbacks (never raise into aiortc) ---------------------------------------
 
@@ -403,15 +409,14 @@ class Link:
             message = self._reassembler.feed(frame)
         except PeerError as error:
             error.parameters["peer_id"] = self.remote_id
-            logger.warning("dropping peer %s: %s", self.remote_id, error)
-            self._on.error(self, error)
+            self._on.error(self, error)  # logged once, by whoever reads the errors stream
             self.end()
             return
         if message is not None:
             self._on.message(self, message)
 
     def _report(self, message: str, code: str, *, drop: bool = True) -> None:
-        logger.warning("%s [%s]", message, code)
+        # not logged here: the handler's errors stream carries it, and the pool logs it once
         self._on.error(self, PeerError(message, code=code, peer_id=self.remote_id))
         if drop:
             self.end()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReplicationPool", "replicate_webrtc"]
 
-log = logging.getLogger("p2pdb.webrtc")
+log = logging.getLogger("p2pdb.webrtc.pool")
 
 
 class ReplicationPool:

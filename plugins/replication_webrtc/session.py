@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PeerSession", "SessionCallbacks", "SessionSettings"]
 
-log = logging.getLogger("p2pdb.webrtc")
+log = logging.getLogger("p2pdb.webrtc.session")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from .signaling_server import is_valid_room
 
 __all__ = ["SignalingClient"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.signaling_client")
 
 DEFAULT_PING_INTERVAL = 60.0
 DEFAULT_RECONNECT_DELAY_MIN = 0.5

@@ -32,7 +32,7 @@ from p2pdb.tokens import random_token
 
 __all__ = ["PEER_ID_LENGTH", "SignalingServer", "is_valid_room", "start_signaling_server"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("p2pdb.webrtc.signaling_server")
 
 PEER_ID_LENGTH = 12
 """Length of the peer ids the server hands out (RxDB: ``randomToken(12)``)."""

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WebSocketMaster", "replicate_websocket"]
 
-log = logging.getLogger("p2pdb.websocket")
+log = logging.getLogger("p2pdb.websocket.client")
 
 Report = Callable[[P2PDBError], None]
 

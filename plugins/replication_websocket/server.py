@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ReplicationServer", "start_replication_server"]
 
-log = logging.getLogger("p2pdb.websocket")
+log = logging.getLogger("p2pdb.websocket.server")
 READ_AHEAD = 4  # frames websockets buffers per connection before it stops reading
 
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientSession"]
 
-log = logging.getLogger("p2pdb.websocket")
+log = logging.getLogger("p2pdb.websocket.session")
 
 #: The answer RxDB's client can take when a pull failed: an empty batch (a ``null`` result
 #: would crash its pull). The ``error`` field next to it is what a p2pdb client reads.

@@ -138,7 +138,7 @@ class ClientSession:
                     )
                 )
         except Exception as exc:  # a bug here must not take the server down: drop the client
-            log.exception("serving %s failed", self.label)
+            log.debug("serving %s failed", self.label, exc_info=True)  # reported below, once
             error = ReplicationError(
                 f"Serving WebSocket client {self.label} failed: {exc!r}; disconnected.",
                 code="WEBSOCKET_SERVER_FAILED",

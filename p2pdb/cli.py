@@ -41,9 +41,7 @@ def _fail(line: str) -> NoReturn:
 
 
 def _commands() -> list[Command]:
-    return [
-        importlib.import_module(f"p2pdb.commands.{name}").COMMAND for name in COMMAND_MODULES
-    ]
+    return [importlib.import_module(f"p2pdb.commands.{name}").COMMAND for name in COMMAND_MODULES]
 
 
 def _parser(commands: list[Command]) -> argparse.ArgumentParser:

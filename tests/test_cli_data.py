@@ -50,7 +50,9 @@ async def fill(path: Path) -> None:
     """Two collections, 1234 documents, some removed (tombstones), some updated."""
     async with p2pdb.create_database(str(path)) as db:
         docs = await db.add_collection("docs", schema=PEER_SCHEMA)
-        await docs.bulk_insert([{"id": f"d{i:04}", "text": f"doc {i}", "n": i} for i in range(1200)])
+        await docs.bulk_insert(
+            [{"id": f"d{i:04}", "text": f"doc {i}", "n": i} for i in range(1200)]
+        )
         for i in range(0, 1200, 100):
             await docs.remove_document(f"d{i:04}")
         await docs.upsert({"id": "d0001", "text": "edited", "n": -1})

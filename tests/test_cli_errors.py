@@ -18,7 +18,9 @@ from schemas import PEER_SCHEMA
 import p2pdb
 
 
-def run(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m p2pdb ARGS`` (the worktree first on the path, as for the tests)."""
     return subprocess.run(
         [sys.executable, "-m", "p2pdb", *args],

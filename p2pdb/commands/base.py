@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..errors import NotFoundError, ValidationError
 
@@ -28,6 +28,7 @@ __all__ = [
     "add_password_options",
     "check_database_folder",
     "existing_database",
+    "open_file",
     "port_number",
     "read_json_file",
     "read_password",
@@ -91,8 +92,7 @@ def check_database_folder(path: str) -> None:
     folder = Path(path).resolve().parent
     if not folder.is_dir():
         raise NotFoundError(
-            f"The folder {str(folder)!r} of the database {path!r} does not exist; create it "
-            "first.",
+            f"The folder {str(folder)!r} of the database {path!r} does not exist; create it first.",
             code="CLI_FOLDER_NOT_FOUND",
             path=path,
         )
@@ -123,6 +123,21 @@ def existing_database(path: str) -> None:
             code="CLI_NOT_A_DATABASE",
             path=path,
         )
+
+
+def open_file(path: str, mode: str) -> IO[Any]:
+    """Open a file given on the command line (``"r"``/``"rb"`` to read, ``"w"`` to write);
+    a failure is a typed error. Commands read and write synchronously: they are the only
+    task of their process."""
+    try:
+        return open(path, mode, encoding=None if "b" in mode else "utf-8")  # noqa: SIM115
+    except OSError as exc:
+        reading = "r" in mode
+        raise ValidationError(
+            f"Cannot {'read' if reading else 'write'} {path!r}: {exc.strerror or exc}.",
+            code="CLI_FILE_UNREADABLE" if reading else "CLI_CANNOT_WRITE",
+            path=path,
+        ) from None
 
 
 # -- passwords -------------------------------------------------------------------------------

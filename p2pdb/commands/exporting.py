@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import IO, Any
 
 import orjson
 
-from ..errors import ValidationError
-from .base import Command, add_password_options, existing_database, read_password
+from .base import Command, add_password_options, existing_database, open_file, read_password
 from .output import StatusLine
 
 __all__ = ["COMMAND", "export_lines"]
@@ -38,7 +37,7 @@ def _user_fields(state: dict[str, Any], tombstones: bool) -> dict[str, Any]:
 
 async def export_lines(
     path: str,
-    out: TextIO,
+    out: IO[str],
     *,
     password: str | None = None,
     collections: list[str] | None = None,
@@ -101,7 +100,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tombstones",
         action="store_true",
-        help="also export deleted documents (their last state, with \"_deleted\": true)",
+        help='also export deleted documents (their last state, with "_deleted": true)',
     )
     add_password_options(parser)
 
@@ -123,15 +122,7 @@ async def _run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     else:
-        try:
-            out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise ValidationError(
-                f"Cannot write {args.output!r}: {exc.strerror or exc}.",
-                code="CLI_CANNOT_WRITE",
-                path=args.output,
-            ) from None
-        with out:
+        with open_file(args.output, "w") as out:
             written = await export_lines(
                 args.file,
                 out,
@@ -140,8 +131,8 @@ async def _run(args: argparse.Namespace) -> int:
                 tombstones=args.tombstones,
                 progress=progress,
             )
-    summary = ", ".join(f"{n} {name}" for name, n in written.items()) or "no collections"
-    status.finish(f"exported {summary}")
+    summary = ", ".join(f"{n} documents of {name}" for name, n in written.items())
+    status.finish(f"exported {summary or 'no collections'}")
     return 0
 
 

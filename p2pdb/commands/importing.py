@@ -26,6 +26,7 @@ from .base import (
     Command,
     add_password_options,
     check_database_folder,
+    open_file,
     read_password,
 )
 from .output import StatusLine
@@ -205,15 +206,7 @@ async def _run(args: argparse.Namespace) -> int:
             status=status,
         )
     else:
-        try:
-            source = open(args.input, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise ValidationError(
-                f"Cannot read {args.input!r}: {exc.strerror or exc}.",
-                code="CLI_FILE_UNREADABLE",
-                path=args.input,
-            ) from None
-        with source:
+        with open_file(args.input, "rb") as source:
             result = await import_lines(
                 args.file,
                 source,
@@ -239,4 +232,3 @@ COMMAND = Command(
     configure=_configure,
     run=_run,
 )
-

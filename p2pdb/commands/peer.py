@@ -28,8 +28,12 @@ def _positive(text: str) -> float:
 
 
 def _configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, metavar="FILE", help="SQLite file (created if missing)")
-    parser.add_argument("--collection", required=True, metavar="NAME", help="collection to replicate")
+    parser.add_argument(
+        "--db", required=True, metavar="FILE", help="SQLite file (created if missing)"
+    )
+    parser.add_argument(
+        "--collection", required=True, metavar="NAME", help="collection to replicate"
+    )
     parser.add_argument(
         "--schema",
         required=True,

@@ -22,7 +22,7 @@ from .commands import COMMAND_MODULES
 from .commands.base import Command
 from .errors import P2PDBError
 
-__all__ = ["USAGE_EXIT", "main"]
+__all__ = ["USAGE_EXIT", "build_parser", "load_commands", "main"]
 
 #: The exit status of a user mistake (bad option, missing file, port in use, ...).
 USAGE_EXIT = 2
@@ -40,11 +40,13 @@ def _fail(line: str) -> NoReturn:
     raise SystemExit(USAGE_EXIT)
 
 
-def _commands() -> list[Command]:
+def load_commands() -> list[Command]:
+    """Every command, in the order of ``p2pdb --help``."""
     return [importlib.import_module(f"p2pdb.commands.{name}").COMMAND for name in COMMAND_MODULES]
 
 
-def _parser(commands: list[Command]) -> argparse.ArgumentParser:
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    """The parser of the ``p2pdb`` command with ``commands``."""
     parser = _Parser(
         prog="p2pdb",
         description="p2pdb: a local-first document database with peer-to-peer sync.",
@@ -92,8 +94,8 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2pdb`` command; returns the exit status."""
-    commands = _commands()
-    args = _parser(commands).parse_args(argv)
+    commands = load_commands()
+    args = build_parser(commands).parse_args(argv)
     _configure_logging(args.verbose)
     command = next(c for c in commands if c.name == args.command)
     try:

@@ -314,3 +314,52 @@ async def test_peer_status_shows_the_last_error_with_its_code(tmp_path: Path) ->
     log = b.log.decode()
     assert " p2pdb." in log and " DEBUG " in log, log[-2000:]
     assert "a=candidate" not in log and "aiosqlite" not in log and "aioice" not in log
+
+
+def test_peer_status_is_rewritten_in_place_on_a_terminal(tmp_path: Path) -> None:
+    """stdout a terminal (a pty): the status line is redrawn with carriage returns."""
+    import os
+    import pty
+    import select
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps(PEER_SCHEMA))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "p2pdb", "signaling", "--port", str(port)],
+        stdout=subprocess.PIPE,
+    )
+    main_fd, child_fd = pty.openpty()
+    peer = None
+    try:
+        assert server.stdout is not None
+        assert b"listening" in server.stdout.readline()
+        peer = subprocess.Popen(
+            [sys.executable, "-m", "p2pdb", "peer", "--db", str(tmp_path / "a.db")]
+            + ["--collection", "docs", "--schema", str(schema), "--topic", "tty-room"]
+            + ["--signaling", f"ws://127.0.0.1:{port}"],
+            stdout=child_fd,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(child_fd)
+        seen = b""
+        deadline = time.monotonic() + 30
+        while seen.count(b"\rpeers 0") < 2 and time.monotonic() < deadline:
+            ready, _, _ = select.select([main_fd], [], [], 1.0)
+            if ready:
+                seen += os.read(main_fd, 4096)
+        assert seen.count(b"\rpeers 0  docs 0") >= 2, seen  # one line, drawn again and again
+        assert b"\x1b[K" in seen  # each redraw clears the rest of the line
+    finally:
+        for process in (peer, server):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(timeout=20) == 0
+        os.close(main_fd)
+        assert server.stdout is not None
+        server.stdout.close()

@@ -147,6 +147,9 @@ async def test_encrypted_fields_export_decrypted_only_with_the_password(tmp_path
     assert refused.returncode == 2
     assert refused.stderr.startswith("p2pdb: error: [ENCRYPTION_PASSWORD_REQUIRED]")
     assert "the secret" not in refused.stdout
+    wrong = run("export", str(source), "--password", "not the password")
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert wrong.stderr.startswith("p2pdb: error: [ENCRYPTION_WRONG_PASSWORD]")
     env = {"P2PDB_TEST_PASSWORD": PASSWORD}
     exported = run("export", str(source), "--password-env", "P2PDB_TEST_PASSWORD", env=env)
     assert exported.returncode == 0, exported.stderr

@@ -93,16 +93,13 @@ def test_version() -> None:
     assert result.stdout.strip() == f"p2pdb {p2pdb.__version__}"
 
 
-def test_help_lists_commands_documents_options_and_hides_demo_peer() -> None:
+def test_help_lists_commands_and_hides_demo_peer() -> None:
     result = run("--help")
     assert result.returncode == 0
     for command in ("signaling", "peer", "demo", "inspect", "export", "import"):
         assert command in result.stdout
     assert "demo-peer" not in result.stdout
-    peer = run("peer", "--help").stdout
-    for option in ("--db", "--collection", "--schema", "--topic", "--signaling", "--password-env"):
-        line = next(line for line in peer.splitlines() if line.strip().startswith(option))
-        assert len(line.split()) > 2 or option in ("--password-env",), line  # has a help text
+    assert run("demo-peer", "--help").returncode == 0  # still there for `p2pdb demo`
 
 
 def test_every_option_has_a_help_text() -> None:
@@ -110,7 +107,7 @@ def test_every_option_has_a_help_text() -> None:
 
     from p2pdb import cli
 
-    parser = cli._parser(cli._commands())  # noqa: SLF001 - the test owns this check
+    parser = cli.build_parser(cli.load_commands())
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name, child in sub.choices.items():
         for action in child._actions:

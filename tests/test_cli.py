@@ -305,6 +305,7 @@ async def test_peer_status_shows_the_last_error_with_its_code(tmp_path: Path) ->
                 )
                 for task in pending:
                     task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)  # done reading
                 line = done.pop().result()
         finally:
             await a.stop()

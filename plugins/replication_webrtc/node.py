@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from p2pdb.commands.output import StatusLine
 from p2pdb.errors import P2PDBError
@@ -66,7 +66,6 @@ class TransferCounts:
     received: int = 0
     errors: int = 0
     last_error: str = ""
-    _wrapped: set[int] = field(default_factory=set, init=False, repr=False)
 
     def on_message(self, message: PeerMessage) -> None:
         """Count a message from a peer."""
@@ -82,8 +81,7 @@ class TransferCounts:
         """Count what each new session sends (called as soon as the pool registers it,
         before it sends anything)."""
         for session in pool.sessions.values():
-            if id(session) not in self._wrapped:
-                self._wrapped.add(id(session))
+            if not isinstance(session.channel.sink, _CountingSink):
                 session.channel.sink = _CountingSink(session.channel.sink, self)
 
 

@@ -1,108 +1,107 @@
-"""The ``p2pdb`` command line: a signaling server, an always-on peer, and the demo.
+"""The ``p2pdb`` command line (also ``python -m p2pdb``).
 
-The WebRTC plugin is imported only by the commands that need it, so ``import p2pdb`` stays
-light.
+The commands live in :mod:`p2pdb.commands`, one module each; this module builds the parser,
+sets up logging, runs the chosen command, and turns a user mistake (any
+:class:`~p2pdb.errors.P2PDBError`, or a bad argument) into one line on stderr and exit status
+2, never a traceback. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
+import importlib
+import importlib.util
 import logging
-import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["main"]
+from . import __version__
+from .commands import COMMAND_MODULES
+from .commands.base import Command
+from .errors import P2PDBError
+
+__all__ = ["USAGE_EXIT", "build_parser", "load_commands", "main"]
+
+#: The exit status of a user mistake (bad option, missing file, port in use, ...).
+USAGE_EXIT = 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="p2pdb", description="Local-first document database with peer-to-peer sync."
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line with a code, like every other mistake."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(f"[CLI_USAGE] {message} (see {self.prog} --help)")
+
+
+def _fail(line: str) -> NoReturn:
+    print(f"p2pdb: error: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(USAGE_EXIT)
+
+
+def load_commands() -> list[Command]:
+    """Every command, in the order of ``p2pdb --help``."""
+    return [importlib.import_module(f"p2pdb.commands.{name}").COMMAND for name in COMMAND_MODULES]
+
+
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    """The parser of the ``p2pdb`` command with ``commands``."""
+    parser = _Parser(
+        prog="p2pdb",
+        description="p2pdb: a local-first document database with peer-to-peer sync.",
+        epilog="Run 'p2pdb COMMAND --help' for a command's options. Docs: docs/cli.md.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    sig = commands.add_parser("signaling", help="run a signaling server")
-    sig.add_argument("--host", default="127.0.0.1")
-    sig.add_argument("--port", type=int, default=8080)
-
-    peer = commands.add_parser("peer", help="keep a database file in sync with a topic")
-    peer.add_argument("--db", required=True, help="SQLite file")
-    peer.add_argument("--collection", required=True)
-    peer.add_argument("--schema", required=True, help="JSON schema file (RxDB form)")
-    peer.add_argument("--topic", required=True)
-    peer.add_argument("--signaling", required=True, help="ws://host:port")
-    peer.add_argument("--host-address", action="append", help="restrict ICE host candidates")
-
-    demo = commands.add_parser("demo", help="three peers converge over WebRTC")
-    demo.add_argument("--bound", type=float, default=60.0, help="seconds to converge")
-
-    hidden = commands.add_parser("demo-peer")  # one process of the demo
-    hidden.add_argument("--db", required=True)
-    hidden.add_argument("--name", required=True)
-    hidden.add_argument("--signaling", required=True)
-    hidden.add_argument("--topic", required=True)
+    parser.add_argument("--version", action="version", version=f"p2pdb {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log p2pdb's debug details to stderr (other libraries log warnings only)",
+    )
+    visible = [c.name for c in commands if c.help is not None]
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{" + ",".join(visible) + "}", parser_class=_Parser
+    )
+    for command in commands:
+        extra: dict[str, Any] = {} if command.help is None else {"help": command.help}
+        child = sub.add_parser(command.name, description=command.description, **extra)
+        command.configure(child)
     return parser
 
 
-async def _signaling(host: str, port: int) -> int:
-    from p2pdb.plugins.replication_webrtc import start_signaling_server
-
-    server = await start_signaling_server(host=host, port=port)
-    print(f"p2pdb signaling server listening on {server.url} (Ctrl-C to stop)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.close()
-    return 0
-
-
-async def _peer(args: argparse.Namespace, schema: dict[str, object]) -> int:
-    from p2pdb.plugins.replication_webrtc.node import run_peer
-
-    return await run_peer(
-        args.db, args.collection, schema, args.topic, args.signaling, args.host_address
+def _configure_logging(verbose: bool) -> None:
+    """Quiet by default (the status line shows the last error); ``-v`` turns on debug for
+    p2pdb's own loggers only, never aiortc's SDP dumps or aiosqlite's per-call lines."""
+    logging.basicConfig(
+        level=logging.WARNING if verbose else logging.ERROR,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    logging.getLogger("p2pdb").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     """Run on uvloop when it is installed (the ``fast`` extra): aiortc is pure Python and
     its per-packet cost drops by a third or more."""
-    try:
-        import uvloop
-    except ImportError:
+    # looked up, not tried: an error of the command must not be chained to an ImportError
+    if importlib.util.find_spec("uvloop") is None:
         return asyncio.run(coro)
+    import uvloop
+
     result: int = uvloop.run(coro)
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``p2pdb`` command."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.ERROR,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    """Entry point of the ``p2pdb`` command; returns the exit status."""
+    commands = load_commands()
+    args = build_parser(commands).parse_args(argv)
+    _configure_logging(args.verbose)
+    command = next(c for c in commands if c.name == args.command)
     try:
-        if args.command == "signaling":
-            logging.getLogger("p2pdb").setLevel(logging.INFO)
-            return _run(_signaling(args.host, args.port))
-        if args.command == "peer":
-            with open(args.schema, encoding="utf-8") as file:
-                schema = json.load(file)
-            return _run(_peer(args, schema))
-        from p2pdb.plugins.replication_webrtc import demo
-
-        if args.command == "demo":
-            return _run(demo.run_demo(args.bound))
-        return _run(demo.run_demo_peer(args.db, args.name, args.signaling, args.topic))
+        return _run(command.run(args))
+    except P2PDBError as exc:
+        _fail(str(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -246,6 +246,10 @@ class Storage(Protocol):
         """A replication's assumed master states, by document id (decoded)."""
         ...
 
+    def list_replications(self) -> list[tuple[str, str]]:
+        """``(collection, replication_id)`` of every replication with stored state."""
+        ...
+
     def get_info(self, key: str) -> str | None:
         """A value of the file's info records."""
         ...

@@ -121,6 +121,18 @@ class ReplicationRows:
             values = [(_DOC + i, codec.encode(collection, i, s)) for i, s in states.items()]
         self._write(conn, replication_origin(collection, replication_id), values)
 
+    @staticmethod
+    def list_replications(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        """``(collection, replication_id)`` of every replication with stored state, sorted."""
+        pairs = []
+        for (key,) in conn.execute(
+            "SELECT DISTINCT replication_id FROM p2pdb_replication ORDER BY replication_id"
+        ):
+            # collection names cannot hold ":" (COLLECTION_NAME), replication ids may
+            collection, _, replication_id = key.partition(":")
+            pairs.append((collection, replication_id))
+        return pairs
+
     def forget(self, conn: sqlite3.Connection, collection: str, replication_id: str) -> None:
         """Delete every row of one replication."""
         key = replication_origin(collection, replication_id)

@@ -181,6 +181,11 @@ class SQLiteStorage:
         conn = self._conns.reader()
         return self._replication.get_assumed(conn, collection, replication_id, ids)
 
+    def list_replications(self) -> list[tuple[str, str]]:
+        """``(collection, replication_id)`` of every replication with stored checkpoints or
+        assumed states, sorted; an inline read."""
+        return self._replication.list_replications(self._conns.reader())
+
     # -- noticing other writers (see tailer.py) ---------------------------------------------
 
     def data_version(self) -> int:

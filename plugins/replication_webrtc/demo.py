@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from p2pdb.commands.output import StatusLine
+
 from .handler_factory import aiortc_connection_handler
 from .pool import replicate_webrtc
 from .signaling_server import start_signaling_server
@@ -188,18 +190,20 @@ async def _wait_converged(
     peers: list[_PeerProcess], want: int, bound: float
 ) -> list[dict[str, Any]]:
     deadline = time.monotonic() + bound
+    # rewritten in place on a terminal; in a log or pipe, a plain line every 2 s at most
+    status = StatusLine(interval=2.0)
     while True:
         states = [await p.ask({"cmd": "state"}) for p in peers]
         line = "  ".join(
             f"{p.name}: {s['count']}/{want} docs, {s['peers']} peers"
             for p, s in zip(peers, states, strict=True)
         )
-        print(f"\r  syncing... {line}", end="", flush=True)
+        status.show(f"  syncing... {line}")
         if all(s["count"] == want for s in states) and len({s["digest"] for s in states}) == 1:
-            print()
+            status.finish()
             return states
         if time.monotonic() > deadline:
-            print()
+            status.finish()
             raise TimeoutError(f"peers did not converge within {bound:.0f} s")
         await asyncio.sleep(0.2)
 
@@ -215,7 +219,7 @@ async def run_demo(bound: float = 60.0) -> int:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "p2pdb.cli",
+                "p2pdb",
                 "demo-peer",
                 "--db",
                 str(folder / f"{name}.db"),

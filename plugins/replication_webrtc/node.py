@@ -1,75 +1,143 @@
-"""``p2pdb peer``: an always-on peer that keeps a database file in sync with a topic."""
+"""``p2pdb peer``: an always-on peer that keeps a database file in sync with a topic.
+
+Its status line counts **documents sent and received over the wire**, whatever the roles:
+documents in the ``masterWrite`` rows this side pushed (as a fork) or in the pull answers
+and stream batches it handed out (as a master) are *sent*; the same messages arriving are
+*received*. Both sides count the same messages, so one side's "sent" is the other side's
+"received" once nothing is in flight (each transfer counts: a document pulled again after
+a reconnect counts again).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import sys
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from p2pdb.commands.output import StatusLine
+from p2pdb.errors import P2PDBError
+from p2pdb.replication.rpc import MessageSink
 
 from .handler_factory import aiortc_connection_handler
-from .pool import replicate_webrtc
+from .peer import PeerMessage
+from .pool import ReplicationPool, replicate_webrtc
 
-__all__ = ["run_peer"]
+__all__ = ["PeerSettings", "TransferCounts", "documents_in", "run_peer"]
 
 
-async def run_peer(
-    db_path: str,
-    collection_name: str,
-    schema: dict[str, Any],
-    topic: str,
-    signaling_url: str,
-    host_addresses: list[str] | None = None,
-) -> int:
-    """Replicate one collection until SIGINT/SIGTERM, with a live status line."""
-    import p2pdb
+@dataclass(frozen=True)
+class PeerSettings:
+    """Everything ``p2pdb peer`` needs (its command-line options, checked)."""
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    counts = {"received": 0, "sent": 0, "errors": 0}
-    async with p2pdb.create_database(db_path) as db:
-        collection = await db.add_collection(collection_name, schema=schema)
-        handler = aiortc_connection_handler(
-            signaling_url, ice_servers=[], host_addresses=host_addresses
-        )
-        pool = await replicate_webrtc(collection, topic, handler)
-        pool.errors.subscribe(lambda _e: counts.__setitem__("errors", counts["errors"] + 1))
-        counted: set[int] = set()
-        # every write that a replication made here, whichever side of the pair we are
-        collection.changes.subscribe(
-            lambda e: _bump(counts, "received") if e.origin != p2pdb.LOCAL else None
-        )
-        print(f"p2pdb peer: {db_path} [{collection_name}] in topic {topic!r} (token {db.token})")
-        async def status() -> str:
-            for state in pool.peer_states.values():
-                if id(state) not in counted:
-                    counted.add(id(state))
-                    state.sent.subscribe(lambda _d: _bump(counts, "sent"))
-            sessions = list(pool.sessions.values())
-            in_sync = bool(sessions) and all(s.in_sync() for s in sessions)
-            return (
-                f"\r  peers {len(sessions)}  docs {await collection.count()}  "
-                f"received {counts['received']}  sent {counts['sent']}  "
-                f"errors {counts['errors']}  {'in sync' if in_sync else 'syncing'}   "
-            )
+    db_path: str
+    collection: str
+    schema: Mapping[str, object]
+    topic: str
+    signaling_url: str
+    host_addresses: list[str] | None = None
+    password: str | None = None
+    connect_timeout: float = 15.0
+    #: Seconds between status lines when stdout is not a terminal.
+    status_interval: float = 10.0
 
-        try:
-            while not stop.is_set():
-                sys.stdout.write(await status())
-                sys.stdout.flush()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.25):
-                        await stop.wait()
-            print(await status())  # the state at exit
-        finally:
-            print()
-            await pool.cancel()
+
+def documents_in(message: object) -> int:
+    """How many documents a replication message carries: the rows of a ``masterWrite``
+    request, the documents of a ``masterChangesSince`` answer or of a stream batch."""
+    if not isinstance(message, Mapping):
+        return 0
+    if message.get("method") == "masterWrite":
+        params = message.get("params")
+        if isinstance(params, list) and params and isinstance(params[0], list):
+            return len(params[0])
+        return 0
+    result = message.get("result")
+    if isinstance(result, Mapping) and isinstance(result.get("documents"), list):
+        return len(result["documents"])
     return 0
 
 
-def _bump(counts: dict[str, int], key: str) -> None:
-    counts[key] += 1
+@dataclass
+class TransferCounts:
+    """Documents sent to and received from peers, and the pool's errors."""
+
+    sent: int = 0
+    received: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+    def on_message(self, message: PeerMessage) -> None:
+        """Count a message from a peer."""
+        self.received += documents_in(message.data)
+
+    def on_error(self, error: Exception) -> None:
+        """Remember an error of the pool (its code and message)."""
+        self.errors += 1
+        text = str(error) if isinstance(error, P2PDBError) else f"{type(error).__name__}: {error}"
+        self.last_error = " ".join(text.split())
+
+    def watch(self, pool: ReplicationPool) -> None:
+        """Count what each new session sends (called as soon as the pool registers it,
+        before it sends anything)."""
+        for session in pool.sessions.values():
+            if not isinstance(session.channel.sink, _CountingSink):
+                session.channel.sink = _CountingSink(session.channel.sink, self)
+
+
+class _CountingSink:
+    """A :class:`MessageSink` that counts the documents of what it sends."""
+
+    def __init__(self, inner: MessageSink, counts: TransferCounts) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    async def send(self, message: object) -> None:
+        await self.inner.send(message)
+        self.counts.sent += documents_in(message)
+
+
+async def run_peer(settings: PeerSettings, stop: asyncio.Event) -> int:
+    """Replicate one collection until ``stop`` is set, with a live status line."""
+    import p2pdb
+
+    counts = TransferCounts()
+    status = StatusLine(interval=settings.status_interval)
+    async with p2pdb.create_database(settings.db_path, password=settings.password) as db:
+        collection = await db.add_collection(settings.collection, schema=settings.schema)
+        handler = aiortc_connection_handler(
+            settings.signaling_url,
+            ice_servers=[],
+            host_addresses=settings.host_addresses,
+            connect_timeout=settings.connect_timeout,
+        )
+        pool = await replicate_webrtc(collection, settings.topic, handler)
+        try:
+            pool.peers.subscribe(lambda _peers: counts.watch(pool))
+            pool.connection.messages.subscribe(counts.on_message)
+            pool.errors.subscribe(counts.on_error)
+            print(
+                f"p2pdb peer: {settings.db_path} [{settings.collection}] in topic "
+                f"{settings.topic!r} (token {db.token})",
+                flush=True,
+            )
+
+            async def line() -> str:
+                sessions = list(pool.sessions.values())
+                in_sync = bool(sessions) and all(s.in_sync() for s in sessions)
+                text = (
+                    f"peers {len(sessions)}  docs {await collection.count()}  "
+                    f"sent {counts.sent}  received {counts.received}  "
+                    f"{'in sync' if in_sync else 'syncing'}  errors {counts.errors}"
+                )
+                return f"{text}  last error: {counts.last_error}" if counts.errors else text
+
+            while not stop.is_set():
+                status.show(await line())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await stop.wait()
+            status.finish(await line())  # the state at exit
+        finally:
+            await pool.cancel()
+    return 0

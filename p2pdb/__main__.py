@@ -1,0 +1,7 @@
+"""``python -m p2pdb``: the ``p2pdb`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import orjson
 from reactivex import Observable
@@ -19,95 +18,9 @@ from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
 from .streams import CommitStreams, iterate
+from .values import check_json_values, is_plain_json
 
-__all__ = ["BulkWriteResult", "Collection", "CollectionDatabase", "check_json_values"]
-
-_INT64_MIN: Final = -(2**63)
-_INT64_MAX: Final = 2**63 - 1
-_SCALARS: Final = (str, int, float, bool, type(None))
-
-
-def check_json_values(data: object) -> None:
-    """Raise :class:`~p2pdb.errors.ValidationError` unless ``data`` is stored exactly as given.
-
-    Accepted: ``dict`` (string keys), ``list``, ``tuple`` (stored as a list), ``str``,
-    ``int``, finite ``float``, ``bool`` and ``None``, exactly those types (subclasses of
-    ``dict`` and ``list`` too). Refused with ``DOCUMENT_NOT_JSON``: ``NaN`` and infinities,
-    every other type (``datetime``, ``date``, ``UUID``, ``Decimal``, enum members, numpy
-    scalars, dataclasses, sets, bytes, subclasses of ``str``/``int``/``float``), non-string
-    keys, strings holding lone surrogates. Refused with ``DOCUMENT_UNSUPPORTED_VALUE``:
-    integers outside the signed 64-bit range and strings (or keys) holding U+0000, which
-    SQLite's JSON functions cannot query exactly. ``parameters["field"]`` names the path
-    (``"tags.2"``, ``"meta.when"``; ``"(document)"`` for the document itself).
-    """
-    try:
-        _check(data, "")
-    except RecursionError:
-        raise ValidationError(
-            "The document is nested too deeply to be stored.", code="DOCUMENT_NOT_JSON"
-        ) from None
-
-
-def _check(value: object, path: str) -> None:
-    exact = type(value) in _SCALARS  # subclasses (enum members, numpy scalars) are refused
-    if isinstance(value, str) and exact:
-        _check_str(value, path, "a string")
-    elif isinstance(value, bool) and exact or value is None:
-        pass
-    elif isinstance(value, int) and exact:
-        if not _INT64_MIN <= value <= _INT64_MAX:
-            raise _unsupported(
-                path,
-                "an integer outside the signed 64-bit range (-2**63 .. 2**63-1)",
-                "store it as a string",
-            )
-    elif isinstance(value, float) and exact:
-        if not math.isfinite(value):
-            raise _not_json(path, f"{value!r} (NaN and infinities are not JSON)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _not_json(path, f"the key {key!r} (keys must be strings)")
-            _check_str(key, path, "a key")
-            _check(item, f"{path}.{key}" if path else key)
-    elif isinstance(value, list) or type(value) is tuple:
-        for index, item in enumerate(value):
-            _check(item, f"{path}.{index}" if path else str(index))
-    else:
-        raise _not_json(path, f"a value of type {type(value).__name__} ({value!r:.60})")
-
-
-def _check_str(text: str, path: str, what: str) -> None:
-    if "\x00" in text:
-        raise _unsupported(
-            path, f"{what} with U+0000 ({text!r:.60})", "remove or replace the U+0000"
-        )
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _not_json(path, f"{what} with a lone surrogate ({text!r:.60})") from None
-
-
-def _not_json(path: str, what: str) -> ValidationError:
-    return ValidationError(
-        f"{_where(path)} holds {what}. A document holds only JSON values: str, int, finite "
-        "float, bool, None, list (or tuple) and dict with string keys; convert the value "
-        "(for example str(uuid), when.isoformat(), float(x)) or leave the field out.",
-        code="DOCUMENT_NOT_JSON",
-        field=path or "(document)",
-    )
-
-
-def _unsupported(path: str, what: str, fix: str) -> ValidationError:
-    return ValidationError(
-        f"{_where(path)} holds {what}, which p2pdb cannot store and query exactly: {fix}.",
-        code="DOCUMENT_UNSUPPORTED_VALUE",
-        field=path or "(document)",
-    )
-
-
-def _where(path: str) -> str:
-    return f"The field {path!r}" if path else "The document"
+__all__ = ["BulkWriteResult", "Collection", "CollectionDatabase"]
 
 
 class CollectionDatabase(Protocol):
@@ -209,11 +122,13 @@ class Collection:
                 f"A document must be a dict, got {type(data).__name__}.",
                 code="DOCUMENT_NOT_OBJECT",
             )
-        check_json_values(data)
-        try:  # one round trip gives a deep copy (the check above proved the data is JSON)
+        if not is_plain_json(data):
+            check_json_values(data)  # raises, naming the field and the reason
+        try:  # one round trip gives a deep copy
             doc: dict[str, Any] = orjson.loads(orjson.dumps(data))
-        except (TypeError, orjson.JSONEncodeError) as exc:  # e.g. nested deeper than orjson goes
-            raise ValidationError(
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            check_json_values(data)  # a lone surrogate: raises, naming the field
+            raise ValidationError(  # nested deeper than orjson goes
                 f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
             ) from exc
         for key in doc:

@@ -27,6 +27,7 @@ from schemas import PEER_SCHEMA
 import p2pdb
 from p2pdb.errors import ValidationError
 from p2pdb.replication import collection_handler
+from p2pdb.schema import Schema
 
 ANY_SCHEMA: dict[str, Any] = {
     "version": 0,
@@ -284,3 +285,12 @@ def test_create_database_accepts_a_path_under_mypy(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, datetime.date(2026, 1, 1)], ids=repr)
+def test_a_schema_holding_a_non_json_value_is_refused(bad: Any) -> None:
+    schema = {**ANY_SCHEMA, "properties": {**ANY_SCHEMA["properties"], "n": {"maximum": bad}}}
+    with pytest.raises(p2pdb.SchemaError) as caught:
+        Schema(schema)
+    assert caught.value.code == "SCHEMA_INVALID_JSON_SCHEMA"
+    assert caught.value.parameters["field"] == "properties.n.maximum"

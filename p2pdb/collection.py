@@ -301,8 +301,10 @@ class Collection:
         skip: int = 0,
         limit: int | None = None,
     ) -> FindQuery:
-        """Documents matching a Mango ``selector``, ordered by ``sort`` (a list of
-        ``{"field": "asc" | "desc"}``), then by primary key. Await the result."""
+        """Documents matching a Mango ``selector`` (a dict; ``None`` matches all), ordered by
+        ``sort`` (a list of ``{"field": "asc" | "desc"}``), then by primary key. Await the
+        result. A malformed selector or sort raises :class:`~p2pdb.errors.QueryError` here,
+        at the call, before anything is awaited."""
         return FindQuery(self, selector, sort, skip, limit)
 
     def find_one(
@@ -310,12 +312,15 @@ class Collection:
         selector: Mapping[str, Any] | str | None = None,
         sort: Sequence[Mapping[str, str]] | None = None,
     ) -> FindOneQuery:
-        """The document with this primary key, or the first matching a selector; ``None``
-        when there is none. Await the result."""
+        """The document with this primary key (a string), or the first matching a selector
+        (a dict); ``None`` when there is none. Await the result. A malformed selector or
+        sort raises :class:`~p2pdb.errors.QueryError` at the call."""
         return FindOneQuery(self, selector, sort)
 
     def count(self, selector: Mapping[str, Any] | None = None) -> CountQuery:
-        """How many documents match. Await the result."""
+        """How many documents match ``selector`` (a dict; ``None`` counts all). Await the
+        result. A malformed selector raises :class:`~p2pdb.errors.QueryError` at the call
+        (``count([])`` is ``QUERY_INVALID_SELECTOR``, not a count of everything)."""
         return CountQuery(self, selector)
 
     async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:

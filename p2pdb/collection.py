@@ -123,11 +123,12 @@ class Collection:
                 code="DOCUMENT_NOT_OBJECT",
             )
         if not is_plain_json(data):
-            check_json_values(data)  # raises, naming the field and the reason
+            # Raises, naming the field and the reason; U+0000 is fine in encrypted fields.
+            check_json_values(data, opaque=self.schema.encrypted)
         try:  # one round trip gives a deep copy
             doc: dict[str, Any] = orjson.loads(orjson.dumps(data))
         except (TypeError, orjson.JSONEncodeError) as exc:
-            check_json_values(data)  # a lone surrogate: raises, naming the field
+            check_json_values(data, opaque=self.schema.encrypted)  # a lone surrogate
             raise ValidationError(  # nested deeper than orjson goes
                 f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
             ) from exc

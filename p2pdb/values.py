@@ -8,6 +8,7 @@ subclass of dict or list a dict or list), or the document is refused with a
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Final
 
 from .errors import ValidationError
@@ -19,7 +20,7 @@ _INT64_MAX: Final = 2**63 - 1
 _SCALARS: Final = (str, int, float, bool, type(None))
 
 
-def check_json_values(data: object) -> None:
+def check_json_values(data: object, *, opaque: Collection[str] = ()) -> None:
     """Raise :class:`~p2pdb.errors.ValidationError` unless ``data`` is stored exactly as given.
 
     Accepted: ``dict`` (string keys), ``list``, ``tuple`` (stored as a list), ``str``,
@@ -29,11 +30,13 @@ def check_json_values(data: object) -> None:
     scalars, dataclasses, sets, bytes, subclasses of ``str``/``int``/``float``), non-string
     keys, strings holding lone surrogates. Refused with ``DOCUMENT_UNSUPPORTED_VALUE``:
     integers outside the signed 64-bit range and strings (or keys) holding U+0000, which
-    SQLite's JSON functions cannot query exactly. ``parameters["field"]`` names the path
-    (``"tags.2"``, ``"meta.when"``; ``"(document)"`` for the document itself).
+    SQLite's JSON functions cannot query exactly; ``opaque`` lists dotted paths exempt from
+    this U+0000 rule (a collection's encrypted fields: stored as ciphertext, never queried).
+    ``parameters["field"]`` names the path (``"tags.2"``, ``"meta.when"``; ``"(document)"``
+    for the document itself).
     """
     try:
-        _check(data, "")
+        _check(data, "", frozenset(opaque), False)
     except RecursionError:
         raise ValidationError(
             "The document is nested too deeply to be stored.", code="DOCUMENT_NOT_JSON"
@@ -64,10 +67,10 @@ def is_plain_json(value: object) -> bool:
     return kind is bool or value is None
 
 
-def _check(value: object, path: str) -> None:
+def _check(value: object, path: str, opaque: frozenset[str], nul_ok: bool) -> None:
     exact = type(value) in _SCALARS  # subclasses (enum members, numpy scalars) are refused
     if isinstance(value, str) and exact:
-        _check_str(value, path, "a string")
+        _check_str(value, path, "a string", nul_ok)
     elif isinstance(value, bool) and exact or value is None:
         pass
     elif isinstance(value, int) and exact:
@@ -84,17 +87,18 @@ def _check(value: object, path: str) -> None:
         for key, item in value.items():
             if type(key) is not str:
                 raise _not_json(path, f"the key {key!r} (keys must be strings)")
-            _check_str(key, path, "a key")
-            _check(item, f"{path}.{key}" if path else key)
+            _check_str(key, path, "a key", nul_ok)
+            inner = f"{path}.{key}" if path else key
+            _check(item, inner, opaque, nul_ok or inner in opaque)
     elif isinstance(value, list | tuple) and (type(value) is tuple or not isinstance(value, tuple)):
         for index, item in enumerate(value):
-            _check(item, f"{path}.{index}" if path else str(index))
+            _check(item, f"{path}.{index}" if path else str(index), opaque, nul_ok)
     else:
         raise _not_json(path, f"a value of type {type(value).__name__} ({value!r:.60})")
 
 
-def _check_str(text: str, path: str, what: str) -> None:
-    if "\x00" in text:
+def _check_str(text: str, path: str, what: str, nul_ok: bool) -> None:
+    if not nul_ok and "\x00" in text:
         raise _unsupported(
             path, f"{what} with U+0000 ({text!r:.60})", "remove or replace the U+0000"
         )

@@ -294,3 +294,33 @@ def test_a_schema_holding_a_non_json_value_is_refused(bad: Any) -> None:
         Schema(schema)
     assert caught.value.code == "SCHEMA_INVALID_JSON_SCHEMA"
     assert caught.value.parameters["field"] == "properties.n.maximum"
+
+
+SECRET_SCHEMA: dict[str, Any] = {
+    "version": 0,
+    "primaryKey": "id",
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "maxLength": 100},
+        "title": {"type": "string"},
+        "secret": {"type": "object"},
+    },
+    "encrypted": ["secret"],
+}
+
+
+async def test_u0000_is_allowed_only_inside_encrypted_fields(tmp_path: Path) -> None:
+    """Encrypted fields are stored as ciphertext and never queried: U+0000 is safe there."""
+    async with p2pdb.create_database(tmp_path / "e.db", password="a long enough password") as db:
+        notes = await db.add_collection("notes", schema=SECRET_SCHEMA)
+        secret = {"k\x00": ["a\x00b"]}
+        await notes.insert({"id": "a", "title": "t", "secret": secret})
+        found = await notes.find_one("a")
+        assert found is not None and found.to_dict()["secret"] == secret
+        with pytest.raises(ValidationError) as caught:
+            await notes.insert({"id": "b", "title": "t\x00", "secret": secret})
+        assert caught.value.code == "DOCUMENT_UNSUPPORTED_VALUE"
+        assert caught.value.parameters["field"] == "title"
+        with pytest.raises(ValidationError) as caught:  # other rules still hold in there
+            await notes.insert({"id": "c", "title": "t", "secret": {"x": math.nan}})
+        assert caught.value.parameters["field"] == "secret.x"

@@ -18,6 +18,7 @@ from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
 from .streams import CommitStreams, iterate
+from .values import check_json_values, is_plain_json
 
 __all__ = ["BulkWriteResult", "Collection", "CollectionDatabase"]
 
@@ -121,13 +122,15 @@ class Collection:
                 f"A document must be a dict, got {type(data).__name__}.",
                 code="DOCUMENT_NOT_OBJECT",
             )
-        try:  # one round trip gives a deep copy and proves the data is JSON
+        if not is_plain_json(data):
+            # Raises, naming the field and the reason; U+0000 is fine in encrypted fields.
+            check_json_values(data, opaque=self.schema.encrypted)
+        try:  # one round trip gives a deep copy
             doc: dict[str, Any] = orjson.loads(orjson.dumps(data))
         except (TypeError, orjson.JSONEncodeError) as exc:
-            raise ValidationError(
-                f"A document must hold only JSON values (str, int, float, bool, None, list, "
-                f"dict with string keys): {exc}.",
-                code="DOCUMENT_NOT_JSON",
+            check_json_values(data, opaque=self.schema.encrypted)  # a lone surrogate
+            raise ValidationError(  # nested deeper than orjson goes
+                f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
             ) from exc
         for key in doc:
             if key[:1] == "_":
@@ -299,8 +302,10 @@ class Collection:
         skip: int = 0,
         limit: int | None = None,
     ) -> FindQuery:
-        """Documents matching a Mango ``selector``, ordered by ``sort`` (a list of
-        ``{"field": "asc" | "desc"}``), then by primary key. Await the result."""
+        """Documents matching a Mango ``selector`` (a dict; ``None`` matches all), ordered by
+        ``sort`` (a list of ``{"field": "asc" | "desc"}``), then by primary key. Await the
+        result. A malformed selector or sort raises :class:`~p2pdb.errors.QueryError` here,
+        at the call, before anything is awaited."""
         return FindQuery(self, selector, sort, skip, limit)
 
     def find_one(
@@ -308,12 +313,15 @@ class Collection:
         selector: Mapping[str, Any] | str | None = None,
         sort: Sequence[Mapping[str, str]] | None = None,
     ) -> FindOneQuery:
-        """The document with this primary key, or the first matching a selector; ``None``
-        when there is none. Await the result."""
+        """The document with this primary key (a string), or the first matching a selector
+        (a dict); ``None`` when there is none. Await the result. A malformed selector or
+        sort raises :class:`~p2pdb.errors.QueryError` at the call."""
         return FindOneQuery(self, selector, sort)
 
     def count(self, selector: Mapping[str, Any] | None = None) -> CountQuery:
-        """How many documents match. Await the result."""
+        """How many documents match ``selector`` (a dict; ``None`` counts all). Await the
+        result. A malformed selector raises :class:`~p2pdb.errors.QueryError` at the call
+        (``count([])`` is ``QUERY_INVALID_SELECTOR``, not a count of everything)."""
         return CountQuery(self, selector)
 
     async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from typing import Any, Final, Protocol
@@ -283,8 +284,11 @@ async def _refuse_encrypted(storage: SQLiteStorage) -> None:
         )
 
 
-def create_database(path: str, *, password: str | None = None) -> _DatabaseOpener:
-    """Open the database stored in the SQLite file ``path``, creating it if needed.
+def create_database(
+    path: str | os.PathLike[str], *, password: str | None = None
+) -> _DatabaseOpener:
+    """Open the database stored in the SQLite file ``path`` (a ``str`` or a
+    :class:`pathlib.Path`), creating it if needed; ``db.path`` is then that path as a ``str``.
 
     ``":memory:"`` gives a database that disappears when closed. Use as
     ``db = await create_database(path)`` or ``async with create_database(path) as db:``.
@@ -294,4 +298,4 @@ def create_database(path: str, *, password: str | None = None) -> _DatabaseOpene
     raises :class:`~p2pdb.errors.EncryptionError` (``ENCRYPTION_WRONG_PASSWORD``). A
     password can only be given to a database created with one.
     """
-    return _DatabaseOpener(path, password)
+    return _DatabaseOpener(os.fspath(path), password)

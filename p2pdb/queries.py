@@ -44,7 +44,12 @@ class QueryCollection(DocumentCollection, Protocol):
 
 
 class Query(Generic[R]):
-    """A query over one collection; ``await query`` (or ``await query.exec()``) runs it."""
+    """A query over one collection; ``await query`` (or ``await query.exec()``) runs it.
+
+    Building one checks it: a malformed selector, sort, ``skip`` or ``limit`` raises
+    :class:`~p2pdb.errors.QueryError` at once (at ``find()`` / ``find_one()`` / ``count()``),
+    before anything is awaited.
+    """
 
     def __init__(
         self,
@@ -60,19 +65,21 @@ class Query(Generic[R]):
             raise QueryError(
                 f"limit must be an integer >= 0 or None, got {limit!r}.", code="QUERY_BAD_LIMIT"
             )
-        self.collection = collection
-        self.selector: dict[str, Any] = dict(selector or {})
-        self.sort = [dict(s) for s in sort or []]
-        self.skip = skip
-        self.limit = limit
         schema = collection.schema
+        # Compiled before anything is copied: the compiler checks the shapes (a list or a
+        # string as selector or sort is a QueryError, never a ValueError from dict()).
         self.compiled: CompiledQuery = compile_query(
-            self.selector,
-            self.sort,
+            selector,
+            sort,
             primary_key=schema.primary_key,
             field_types=schema.field_types,
             forbidden_paths=schema.encrypted,
         )
+        self.collection = collection
+        self.selector: dict[str, Any] = {} if selector is None else dict(selector)
+        self.sort = [dict(s) for s in sort or []]
+        self.skip = skip
+        self.limit = limit
 
     async def exec(self) -> R:
         """Run the query against the stored documents."""

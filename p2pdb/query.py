@@ -28,7 +28,7 @@ Semantics follow MongoDB (as RxDB does), with these precise choices:
   numbers, strings and booleans; objects tie with objects, arrays with arrays. Ties are
   broken by the primary key, in the direction of the last sort field.
 * Strings must not contain U+0000 (SQLite's JSON functions cut them there) and integers must
-  fit in signed 64 bits; the storage layer is expected to reject such documents.
+  fit in signed 64 bits; ``Collection.prepare`` refuses such documents (``p2pdb.values``).
 
 ``field_types`` is a promise that every present value of a path has that JSON type; the SQL
 then reads values directly so that expression indexes serve filters and sorts.

@@ -19,6 +19,7 @@ import jsonschema
 import orjson
 
 from .errors import SchemaError, ValidationError
+from .values import check_json_values
 
 __all__ = ["RESERVED_FIELDS", "Schema"]
 
@@ -40,6 +41,14 @@ class Schema:
     def __init__(self, raw: Mapping[str, Any]) -> None:
         if not isinstance(raw, Mapping):
             raise SchemaError("A schema must be a dict.", code="SCHEMA_NOT_OBJECT")
+        try:  # a NaN or a datetime in a schema would otherwise become null or a string
+            check_json_values(raw)
+        except ValidationError as exc:
+            raise SchemaError(
+                f"The schema must hold only JSON values: {exc.message}",
+                code="SCHEMA_INVALID_JSON_SCHEMA",
+                field=exc.parameters.get("field"),
+            ) from exc
         self.raw: dict[str, Any] = orjson.loads(orjson.dumps(raw))
         self.version: int = self._check_version()
         self.primary_key: str = self._check_primary_key()

@@ -1,0 +1,130 @@
+"""What a document may hold: JSON values that p2pdb stores and queries exactly.
+
+Nothing is changed silently: a value is stored exactly as given (a tuple becomes a list, a
+subclass of dict or list a dict or list), or the document is refused with a
+:class:`~p2pdb.errors.ValidationError` naming the field (see ``docs/errors.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Final
+
+from .errors import ValidationError
+
+__all__ = ["check_json_values", "is_plain_json"]
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def check_json_values(data: object, *, opaque: Collection[str] = ()) -> None:
+    """Raise :class:`~p2pdb.errors.ValidationError` unless ``data`` is stored exactly as given.
+
+    Accepted: ``dict`` (string keys), ``list``, ``tuple`` (stored as a list), ``str``,
+    ``int``, finite ``float``, ``bool`` and ``None``, exactly those types (subclasses of
+    ``dict`` and ``list`` too). Refused with ``DOCUMENT_NOT_JSON``: ``NaN`` and infinities,
+    every other type (``datetime``, ``date``, ``UUID``, ``Decimal``, enum members, numpy
+    scalars, dataclasses, sets, bytes, subclasses of ``str``/``int``/``float``), non-string
+    keys, strings holding lone surrogates. Refused with ``DOCUMENT_UNSUPPORTED_VALUE``:
+    integers outside the signed 64-bit range and strings (or keys) holding U+0000, which
+    SQLite's JSON functions cannot query exactly; ``opaque`` lists dotted paths exempt from
+    this U+0000 rule (a collection's encrypted fields: stored as ciphertext, never queried).
+    ``parameters["field"]`` names the path (``"tags.2"``, ``"meta.when"``; ``"(document)"``
+    for the document itself).
+    """
+    try:
+        _check(data, "", frozenset(opaque), False)
+    except RecursionError:
+        raise ValidationError(
+            "The document is nested too deeply to be stored.", code="DOCUMENT_NOT_JSON"
+        ) from None
+
+
+def is_plain_json(value: object) -> bool:
+    """True if ``value`` follows the rules of :func:`check_json_values`, lone surrogates
+    aside (``orjson.dumps`` refuses those): a fast check that builds no field paths, for
+    the common case where a document is fine."""
+    kind = type(value)
+    if isinstance(value, str) and kind is str:
+        return "\x00" not in value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not is_plain_json(item):
+                return False
+        return True
+    if isinstance(value, list | tuple) and (kind is tuple or not isinstance(value, tuple)):
+        for item in value:
+            if not is_plain_json(item):
+                return False
+        return True
+    if isinstance(value, int) and kind is int:
+        return _INT64_MIN <= value <= _INT64_MAX
+    if isinstance(value, float) and kind is float:
+        return math.isfinite(value)
+    return kind is bool or value is None
+
+
+def _check(value: object, path: str, opaque: frozenset[str], nul_ok: bool) -> None:
+    exact = type(value) in _SCALARS  # subclasses (enum members, numpy scalars) are refused
+    if isinstance(value, str) and exact:
+        _check_str(value, path, "a string", nul_ok)
+    elif isinstance(value, bool) and exact or value is None:
+        pass
+    elif isinstance(value, int) and exact:
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise _unsupported(
+                path,
+                "an integer outside the signed 64-bit range (-2**63 .. 2**63-1)",
+                "store it as a string",
+            )
+    elif isinstance(value, float) and exact:
+        if not math.isfinite(value):
+            raise _not_json(path, f"{value!r} (NaN and infinities are not JSON)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _not_json(path, f"the key {key!r} (keys must be strings)")
+            _check_str(key, path, "a key", nul_ok)
+            inner = f"{path}.{key}" if path else key
+            _check(item, inner, opaque, nul_ok or inner in opaque)
+    elif isinstance(value, list | tuple) and (type(value) is tuple or not isinstance(value, tuple)):
+        for index, item in enumerate(value):
+            _check(item, f"{path}.{index}" if path else str(index), opaque, nul_ok)
+    else:
+        raise _not_json(path, f"a value of type {type(value).__name__} ({value!r:.60})")
+
+
+def _check_str(text: str, path: str, what: str, nul_ok: bool) -> None:
+    if not nul_ok and "\x00" in text:
+        raise _unsupported(
+            path, f"{what} with U+0000 ({text!r:.60})", "remove or replace the U+0000"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _not_json(path, f"{what} with a lone surrogate ({text!r:.60})") from None
+
+
+def _not_json(path: str, what: str) -> ValidationError:
+    return ValidationError(
+        f"{_where(path)} holds {what}. A document holds only JSON values: str, int, finite "
+        "float, bool, None, list (or tuple) and dict with string keys; convert the value "
+        "(for example str(uuid), when.isoformat(), float(x)) or leave the field out.",
+        code="DOCUMENT_NOT_JSON",
+        field=path or "(document)",
+    )
+
+
+def _unsupported(path: str, what: str, fix: str) -> ValidationError:
+    return ValidationError(
+        f"{_where(path)} holds {what}, which p2pdb cannot store and query exactly: {fix}.",
+        code="DOCUMENT_UNSUPPORTED_VALUE",
+        field=path or "(document)",
+    )
+
+
+def _where(path: str) -> str:
+    return f"The field {path!r}" if path else "The document"

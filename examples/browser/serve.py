@@ -29,13 +29,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # todo_app.py: the schema and the console
 
+from todo_app import HELP, TODO_SCHEMA, TodoApp  # noqa: E402
+
 import p2pdb  # noqa: E402
 from p2pdb.plugins.replication_webrtc import (  # noqa: E402
     aiortc_connection_handler,
     replicate_webrtc,
     start_signaling_server,
 )
-from todo_app import HELP, TODO_SCHEMA, TodoApp  # noqa: E402
 
 DIST = HERE / "dist"
 
@@ -46,11 +47,16 @@ def build_page() -> None:
         return
     npm = shutil.which("npm")
     if npm is None:
-        sys.exit(f"{DIST} is missing and npm is not installed: install Node >= 20, then run "
-                 f"`npm ci && npm run build` in {HERE}")
+        sys.exit(
+            f"{DIST} is missing and npm is not installed: install Node >= 20, then run "
+            f"`npm ci && npm run build` in {HERE}"
+        )
     print(f"building the page: npm ci && npm run build (in {HERE})")
-    steps = ([[npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"]]
-             if not (HERE / "node_modules").exists() else [])
+    steps = (
+        [[npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"]]
+        if not (HERE / "node_modules").exists()
+        else []
+    )
     for step in [*steps, [npm, "run", "build", "--silent"]]:
         if subprocess.run(step, cwd=HERE).returncode != 0:
             sys.exit(f"`{' '.join(step[1:])}` failed in {HERE}")
@@ -97,11 +103,12 @@ async def serve(args: argparse.Namespace) -> None:
         p2pdb.create_database(args.db) as db,
     ):
         todos = await db.add_collection("todos", schema=TODO_SCHEMA)
+        print(f"database {args.db} (token {db.token}), signaling server {signaling.url}")
         hosts = [args.host] if args.loopback else None
         handler = aiortc_connection_handler(signaling.url, ice_servers=[], host_addresses=hosts)
         pool = await replicate_webrtc(todos, args.topic, handler)
         pool.errors.subscribe(lambda error: print(f"replication: {error}"))
-        pool.peers.subscribe(lambda peers: print(f"-- {len(peers)} peer(s) --"))
+        pool.peers.subscribe(lambda peers: print(f"-- {len(peers)} peer(s) in {args.topic!r} --"))
 
         PageHandler.config = json.dumps(
             {"signalingUrl": signaling.url, "topic": args.topic, "dbName": "p2pdb-todos"}
@@ -113,8 +120,6 @@ async def serve(args: argparse.Namespace) -> None:
         app = TodoApp(todos)
         live = app.query.observe().subscribe(app.render)
         try:
-            print(f"database {args.db} (token {db.token}), topic {args.topic!r}, "
-                  f"signaling server {signaling.url}")
             print(f"Open http://{args.host}:{page.server_address[1]}/ in a browser")
             if args.no_console:
                 await asyncio.Event().wait()  # until Ctrl-C or SIGTERM
@@ -137,9 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
     parser.add_argument("--signaling-port", type=int, default=0, help="default: any free one")
     parser.add_argument("--topic", default="p2pdb-example-todos", help="the WebRTC room")
-    parser.add_argument("--loopback", action="store_true",
-                        help="offer only --host as ICE candidate (a browser started with "
-                        "--allow-loopback-in-peer-connection, on a machine without a network)")
+    parser.add_argument(
+        "--loopback",
+        action="store_true",
+        help="offer only --host as ICE candidate (a browser started with "
+        "--allow-loopback-in-peer-connection, on a machine without a network)",
+    )
     parser.add_argument("--no-console", action="store_true", help="ignore stdin")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # live in a pipe too

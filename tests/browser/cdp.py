@@ -68,14 +68,14 @@ class Browser:
         self._stderr: asyncio.Task[None] | None = None
         self.log: list[str] = []  # Chromium's stderr, for failure messages
 
-    async def start(self, timeout: float = 20.0) -> None:
+    async def start(self, limit: float = 20.0) -> None:
         """Start Chromium on the page and connect to the page's DevTools socket."""
         self._devtools = asyncio.get_running_loop().create_future()
         self.process = await asyncio.create_subprocess_exec(
             chromium_executable(),
             *FLAGS,
             f"--user-data-dir={self.profile}",
-            self.url,
+            "about:blank",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -83,16 +83,25 @@ class Browser:
         )
         self._stderr = asyncio.create_task(self._read_stderr())
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 address = await asyncio.shield(self._devtools)
         except TimeoutError:
-            raise BrowserError(f"Chromium did not open its DevTools port in {timeout} s") from None
+            raise BrowserError(f"Chromium did not open its DevTools port in {limit} s") from None
         targets = await asyncio.to_thread(_get_json, f"http://{address}/json/list")
         pages = [t for t in targets if t.get("type") == "page"]
         if not pages:
             raise BrowserError(f"no page target in {targets}")
         self._socket = await connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
         await self.call("Runtime.enable", {})  # console messages, for failure reports
+        # Page.navigate answers once the new document is committed, so the next evaluate
+        # runs in it (never in about:blank), after its scripts have run
+        navigated = await self.call("Page.navigate", {"url": self.url})
+        if "errorText" in navigated:
+            raise BrowserError(f"cannot load {self.url}: {navigated['errorText']}")
+        await self.evaluate(
+            "document.readyState !== 'loading' || new Promise((resolve) =>"
+            " addEventListener('DOMContentLoaded', () => resolve(true), {once: true}))"
+        )
 
     async def _read_stderr(self) -> None:
         # drained all along: a full pipe would block Chromium
@@ -107,13 +116,13 @@ class Browser:
             tail = " | ".join(self.log[-5:])
             self._devtools.set_exception(BrowserError(f"Chromium exited: {tail}"))
 
-    async def call(self, method: str, params: dict[str, Any], timeout: float = 20.0) -> Any:
+    async def call(self, method: str, params: dict[str, Any], limit: float = 20.0) -> Any:
         """Send one DevTools command and return its result; events met on the way that are
         console messages of the page go to ``self.log``."""
         assert self._socket is not None
         ident = next(self._ids)
         await self._socket.send(json.dumps({"id": ident, "method": method, "params": params}))
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while True:
                 message = json.loads(await self._socket.recv())
                 if message.get("id") == ident:
@@ -126,10 +135,10 @@ class Browser:
             raise BrowserError(f"DevTools error on {method}: {message['error']}")
         return message["result"]
 
-    async def evaluate(self, expression: str, timeout: float = 20.0) -> Any:
+    async def evaluate(self, expression: str, limit: float = 20.0) -> Any:
         """Run ``expression`` in the page, await it if it is a promise, return its value."""
         params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
-        result = await self.call("Runtime.evaluate", params, timeout)
+        result = await self.call("Runtime.evaluate", params, limit)
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
             text = details.get("exception", {}).get("description") or details.get("text")

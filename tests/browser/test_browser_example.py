@@ -49,10 +49,10 @@ class Server:
         self.output: list[str] = []
         self._drain: asyncio.Task[None] | None = None
 
-    async def line_matching(self, pattern: str, timeout: float) -> re.Match[str]:
+    async def line_matching(self, pattern: str, limit: float) -> re.Match[str]:
         """Read output lines until one matches ``pattern``."""
         assert self.process.stdout is not None
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             while line := (await self.process.stdout.readline()).decode():
                 self.output.append(line.rstrip())
                 if found := re.search(pattern, line):
@@ -99,9 +99,12 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SERVE),
-        "--db", str(tmp_path / "todos.db"),
-        "--port", "0",
-        "--topic", "browser-example-test",
+        "--db",
+        str(tmp_path / "todos.db"),
+        "--port",
+        "0",
+        "--topic",
+        "browser-example-test",
         "--loopback",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
@@ -114,7 +117,7 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         await started.stop()
 
 
-def wait_in_page(condition: str, timeout_ms: int = 20000) -> str:
+def wait_in_page(condition: str, timeout_ms: int = 15000) -> str:
     """JavaScript: a promise that resolves once ``condition`` (an expression) is truthy, checked
     on every DOM mutation, and rejects after ``timeout_ms``."""
     return f"""new Promise((resolve, reject) => {{
@@ -141,36 +144,41 @@ def item(text: str) -> str:
     )
 
 
-async def test_browser_and_python_peer_share_the_todo_list(
-    server: Server, tmp_path: Path
-) -> None:
+async def test_browser_and_python_peer_share_the_todo_list(server: Server, tmp_path: Path) -> None:
     try:
         chromium_executable()
     except BrowserError as error:
         pytest.fail(str(error), pytrace=False)
-    url = (await server.line_matching(r"Open (http://\S+) in a browser", timeout=120))[1]
+    url = (await server.line_matching(r"Open (http://\S+) in a browser", limit=120))[1]
     server.keep_reading()
 
     async with (
-        p2pdb.create_database(tmp_path / "todos.db") as db,
+        p2pdb.create_database(str(tmp_path / "todos.db")) as db,
         Browser(url, tmp_path / "chromium-profile") as browser,
     ):
         todos = await db.add_collection("todos", schema=todo_schema())
+        # this process sees serve.py's commits to the file (p2pdb notices other processes')
+        query = todos.find({"text": "written in the browser"})
+        arrived, done = asyncio.Event(), asyncio.Event()
+
+        def on_result(docs: list[p2pdb.Document]) -> None:
+            if docs:
+                arrived.set()
+                if docs[0]["done"]:
+                    done.set()
+
+        live = query.observe().subscribe(on_result)
         try:
             # the page replicates with the Python peer
             await browser.evaluate(wait_in_page("document.body.dataset.peers === '1'"))
 
             # browser -> Python: a todo typed in the page reaches serve.py's SQLite file
-            arrived = asyncio.Event()
-            query = todos.find({"text": "written in the browser"})
-            live = query.observe().subscribe(lambda docs: docs and arrived.set())
             await browser.evaluate(
                 "document.querySelector('#new-todo').value = 'written in the browser';"
                 "document.querySelector('#add-form').requestSubmit()"
             )
             async with asyncio.timeout(20):
                 await arrived.wait()
-            live.dispose()
             [doc] = await query
             assert doc["done"] is False and len(doc["id"]) == 32
 
@@ -179,16 +187,17 @@ async def test_browser_and_python_peer_share_the_todo_list(
             await browser.evaluate(wait_in_page(item("written in Python")))
 
             # a toggle in the page reaches the file; a removal in Python leaves the page
-            done = asyncio.Event()
-            live = query.observe().subscribe(lambda docs: docs and docs[0]["done"] and done.set())
-            await browser.evaluate(f"{item('written in the browser')}.querySelector('.toggle').click()")
+            toggle = item("written in the browser") + ".querySelector('.toggle')"
+            await browser.evaluate(f"{toggle}.click()")
             async with asyncio.timeout(20):
                 await done.wait()
-            live.dispose()
             await server.command("rm 2")  # the list is sorted by `created`: Python's is 2nd
             await browser.evaluate(wait_in_page(f"!{item('written in Python')}"))
             assert await browser.evaluate(f"{item('written in the browser')}.className") == "done"
             assert [d["text"] for d in await todos.find()] == ["written in the browser"]
         except (TimeoutError, BrowserError, AssertionError) as error:
-            report = "\n".join(["serve.py:", *server.output[-15:], "chromium:", *[x for x in browser.log if "dbus" not in x][-15:]])
+            chromium = [line for line in browser.log if "dbus" not in line][-15:]
+            report = "\n".join(["serve.py:", *server.output[-15:], "chromium:", *chromium])
             raise AssertionError(f"{error!r}\n{report}") from error
+        finally:
+            live.dispose()

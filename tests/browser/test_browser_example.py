@@ -25,7 +25,7 @@ import pytest
 import p2pdb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cdp import Browser, BrowserError, chromium_executable  # noqa: E402
+from chromium_devtools import Browser, BrowserError, chromium_executable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVE = ROOT / "examples" / "browser" / "serve.py"

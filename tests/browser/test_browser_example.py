@@ -94,13 +94,14 @@ class Server:
                 await self._drain
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
+@contextlib.asynccontextmanager
+async def running_serve_py(folder: Path) -> AsyncIterator[Server]:
+    """serve.py on a database in ``folder``, any free port, the peer on 127.0.0.1 only."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SERVE),
         "--db",
-        str(tmp_path / "todos.db"),
+        str(folder / "todos.db"),
         "--port",
         "0",
         "--topic",
@@ -144,11 +145,17 @@ def item(text: str) -> str:
     )
 
 
-async def test_browser_and_python_peer_share_the_todo_list(server: Server, tmp_path: Path) -> None:
+async def test_browser_and_python_peer_share_the_todo_list(tmp_path: Path) -> None:
     try:
-        chromium_executable()
+        chromium_executable()  # checked first: no point in starting serve.py without it
     except BrowserError as error:
         pytest.fail(str(error), pytrace=False)
+    async with running_serve_py(tmp_path) as server:
+        await share_the_list(server, tmp_path)
+
+
+async def share_the_list(server: Server, tmp_path: Path) -> None:
+    """The page and serve.py's peer, both ways: add, toggle, remove."""
     url = (await server.line_matching(r"Open (http://\S+) in a browser", limit=120))[1]
     server.keep_reading()
 

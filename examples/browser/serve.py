@@ -62,10 +62,15 @@ def build_page() -> None:
             sys.exit(f"`{' '.join(step[1:])}` failed in {HERE}")
 
 
+HOST = "127.0.0.1"
+
+
 class PageHandler(http.server.SimpleHTTPRequestHandler):
     """Serves dist/, plus /config.json: where the page finds the signaling server."""
 
-    config: bytes = b"{}"
+    def __init__(self, *args: Any, config: bytes, **kwargs: Any) -> None:
+        self.config = config  # set before the base class handles the request
+        super().__init__(*args, directory=str(DIST), **kwargs)
 
     def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
         if self.path.split("?")[0] == "/config.json":
@@ -99,28 +104,27 @@ async def console(app: TodoApp) -> None:
 async def serve(args: argparse.Namespace) -> None:
     """Run the page, the signaling server and the peer until the console ends."""
     async with (
-        await start_signaling_server(host=args.host, port=args.signaling_port) as signaling,
+        await start_signaling_server(host=HOST, port=args.signaling_port) as signaling,
         p2pdb.create_database(args.db) as db,
     ):
         todos = await db.add_collection("todos", schema=TODO_SCHEMA)
         print(f"database {args.db} (token {db.token}), signaling server {signaling.url}")
-        hosts = [args.host] if args.loopback else None
-        handler = aiortc_connection_handler(signaling.url, ice_servers=[], host_addresses=hosts)
-        pool = await replicate_webrtc(todos, args.topic, handler)
-        pool.errors.subscribe(lambda error: print(f"replication: {error}"))
-        pool.peers.subscribe(lambda peers: print(f"-- {len(peers)} peer(s) in {args.topic!r} --"))
-
-        PageHandler.config = json.dumps(
-            {"signalingUrl": signaling.url, "topic": args.topic, "dbName": "p2pdb-todos"}
-        ).encode()
+        config = {"signalingUrl": signaling.url, "topic": args.topic, "dbName": "p2pdb-todos"}
         page = http.server.ThreadingHTTPServer(
-            (args.host, args.port), functools.partial(PageHandler, directory=str(DIST))
+            (HOST, args.port), functools.partial(PageHandler, config=json.dumps(config).encode())
         )
         serving = asyncio.create_task(asyncio.to_thread(page.serve_forever))
         app = TodoApp(todos)
         live = app.query.observe().subscribe(app.render)
+        pool = None
         try:
-            print(f"Open http://{args.host}:{page.server_address[1]}/ in a browser")
+            handler = aiortc_connection_handler(
+                signaling.url, ice_servers=[], host_addresses=[HOST] if args.loopback else None
+            )
+            pool = await replicate_webrtc(todos, args.topic, handler)
+            pool.errors.subscribe(lambda error: print(f"replication: {error}"))
+            pool.peers.subscribe(lambda peers: print(f"-- {len(peers)} peer(s) --"))
+            print(f"Open http://{HOST}:{page.server_address[1]}/ in a browser")
             if args.no_console:
                 await asyncio.Event().wait()  # until Ctrl-C or SIGTERM
             else:
@@ -128,25 +132,25 @@ async def serve(args: argparse.Namespace) -> None:
                 await console(app)
         finally:
             live.dispose()
+            if pool is not None:
+                await pool.cancel()
             await asyncio.to_thread(page.shutdown)
             await serving
             page.server_close()
-            await pool.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the options, build the page if needed, and serve until quit."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default="todos.db", help="the SQLite file (default todos.db)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (0: any free one)")
     parser.add_argument("--signaling-port", type=int, default=0, help="default: any free one")
     parser.add_argument("--topic", default="p2pdb-example-todos", help="the WebRTC room")
     parser.add_argument(
         "--loopback",
         action="store_true",
-        help="offer only --host as ICE candidate (a browser started with "
-        "--allow-loopback-in-peer-connection, on a machine without a network)",
+        help="offer only 127.0.0.1 as ICE candidate (for a machine without a network, with a "
+        "browser started with --allow-loopback-in-peer-connection)",
     )
     parser.add_argument("--no-console", action="store_true", help="ignore stdin")
     args = parser.parse_args(argv)
@@ -159,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         await serve(args)
 
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(run())
+    try:
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+            asyncio.run(run())
+    except OSError as error:  # a port in use, most likely
+        sys.exit(f"cannot serve on {HOST}: {error} (try another --port)")
     return 0
 
 

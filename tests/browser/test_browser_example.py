@@ -202,6 +202,12 @@ async def share_the_list(server: Server, tmp_path: Path) -> None:
             await browser.evaluate(wait_in_page(f"!{item('written in Python')}"))
             assert await browser.evaluate(f"{item('written in the browser')}.className") == "done"
             assert [d["text"] for d in await todos.find()] == ["written in the browser"]
+
+            # another process writing to serve.py's file (as todo_app.py would) reaches the
+            # page too: serve.py notices the commit and its peer streams it
+            other = {"id": "f" * 32, "text": "from another process", "done": False}
+            await todos.insert({**other, "created": 2e9})
+            await browser.evaluate(wait_in_page(item("from another process")))
         except (TimeoutError, BrowserError, AssertionError) as error:
             chromium = [line for line in browser.log if "dbus" not in line][-15:]
             report = "\n".join(["serve.py:", *server.output[-15:], "chromium:", *chromium])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import IO, Any
 
 import orjson
@@ -112,25 +113,16 @@ async def _run(args: argparse.Namespace) -> int:
     def progress(name: str, count: int) -> None:
         status.show(f"exporting {name}: {count} documents")
 
-    if args.output == "-":
+    target = nullcontext(sys.stdout) if args.output == "-" else open_file(args.output, "w")
+    with target as out:
         written = await export_lines(
             args.file,
-            sys.stdout,
+            out,
             password=password,
             collections=args.collection,
             tombstones=args.tombstones,
             progress=progress,
         )
-    else:
-        with open_file(args.output, "w") as out:
-            written = await export_lines(
-                args.file,
-                out,
-                password=password,
-                collections=args.collection,
-                tombstones=args.tombstones,
-                progress=progress,
-            )
     summary = ", ".join(f"{n} documents of {name}" for name, n in written.items())
     status.finish(f"exported {summary or 'no collections'}")
     return 0

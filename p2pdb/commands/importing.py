@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,25 +197,16 @@ async def _run(args: argparse.Namespace) -> int:
         )
     password = read_password(args)
     status = StatusLine(sys.stderr, interval=5.0)
-    if args.input == "-":
+    source = nullcontext(sys.stdin.buffer) if args.input == "-" else open_file(args.input, "rb")
+    with source as lines:
         result = await import_lines(
             args.file,
-            sys.stdin.buffer,
+            lines,
             password=password,
             collection=args.collection,
             batch_size=args.batch_size,
             status=status,
         )
-    else:
-        with open_file(args.input, "rb") as source:
-            result = await import_lines(
-                args.file,
-                source,
-                password=password,
-                collection=args.collection,
-                batch_size=args.batch_size,
-                status=status,
-            )
     summary = ", ".join(f"{n} into {name}" for name, n in result.written.items())
     status.finish(f"imported {summary or 'nothing'}; {len(result.rejected)} lines rejected")
     return 1 if result.rejected else 0

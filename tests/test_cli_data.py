@@ -57,7 +57,7 @@ async def fill(path: Path) -> None:
             await docs.remove_document(f"d{i:04}")
         await docs.upsert({"id": "d0001", "text": "edited", "n": -1})
         notes = await db.add_collection("notes", schema={**PEER_SCHEMA, "version": 1})
-        await notes.bulk_insert([{"id": f"n{i}", "text": "ü ✓ \u2028 \t"} for i in range(34)])
+        await notes.bulk_insert([{"id": f"n{i}", "text": "ü ✓ \t é"} for i in range(34)])
 
 
 async def states(path: Path, password: str | None = None) -> dict[str, dict[str, Any]]:

@@ -12,9 +12,10 @@ The convention (this docstring is its reference):
   file with different schemas fail here as they would for a reader.
 - ``<!-- not-runnable: reason -->`` on the line above a block skips it: for signatures shown
   as code, and for code that needs a server elsewhere. Used sparingly.
-- ``<!-- snippet-setup: CODE -->`` (CODE on the following lines, up to ``-->``) runs before
-  the file's blocks: for a page that continues from another (say, "the ``todos`` collection
-  of the quickstart"), it builds that context. It is shown nowhere.
+- ``<!-- snippet-setup: note`` then CODE on the following lines, up to a line starting with
+  ``-->``, runs where it stands, between the blocks: for a page that continues from another
+  (say, "the ``todos`` collection of the quickstart"), it builds that context. It is shown
+  nowhere, so it is kept to the context a reader already has.
 - A file's script ends with ``os._exit(0)``: snippets need not close what they opened.
 """
 
@@ -35,7 +36,7 @@ TIMEOUT = 90.0  # seconds per file
 
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 NOT_RUNNABLE = re.compile(r"<!--\s*not-runnable:[^>]*-->\s*$")
-SETUP = re.compile(r"<!--\s*snippet-setup:[ \t]*\n(.*?)^-->", re.MULTILINE | re.DOTALL)
+SETUP = re.compile(r"<!--\s*snippet-setup:[^\n]*\n(.*?)^-->", re.MULTILINE | re.DOTALL)
 
 #: Runs the cells it reads from stdin (JSON: [[label, first_line, source], ...]).
 RUNNER = textwrap.dedent(

@@ -74,10 +74,10 @@ RUNNER = textwrap.dedent(
 )
 
 
-def cells(path: Path) -> list[tuple[str, int, str]]:
+def cells(path: Path, root: Path = ROOT) -> list[tuple[str, int, str]]:
     """The blocks of a Markdown file to run, in order: (file name, first line, source)."""
     text = path.read_text()
-    label = str(path.relative_to(ROOT))
+    label = str(path.relative_to(root))
     found: list[tuple[int, int, str]] = []  # (offset, first line, source)
     for match in SETUP.finditer(text):
         line = text.count("\n", 0, match.start(1)) + 1
@@ -103,12 +103,8 @@ def test_the_convention_finds_blocks() -> None:
     assert readme[0][0] == "README.md" and "create_database" in readme[0][2]
 
 
-@pytest.mark.timeout(TIMEOUT + 30)
-@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_snippets_run(path: Path, folder: Path) -> None:
-    blocks = cells(path)
-    if not blocks:
-        return
+def run_blocks(blocks: list[tuple[str, int, str]], folder: Path) -> str | None:
+    """Run one file's blocks in a fresh process; None if they ran, else what went wrong."""
     try:
         result = subprocess.run(
             [sys.executable, "-c", RUNNER],
@@ -120,7 +116,30 @@ def test_snippets_run(path: Path, folder: Path) -> None:
         )
     except subprocess.TimeoutExpired as error:
         output = (error.stderr or b"").decode(errors="replace")[-6000:]
-        pytest.fail(f"{path.name}: the snippets did not finish within {TIMEOUT:g} s\n{output}")
+        return f"the snippets did not finish within {TIMEOUT:g} s\n{output}"
     if result.returncode != 0:
-        output = result.stderr.decode(errors="replace")[-6000:]
-        pytest.fail(f"{path.name}: a snippet failed\n{output}", pytrace=False)
+        return "a snippet failed\n" + result.stderr.decode(errors="replace")[-6000:]
+    return None
+
+
+def test_a_failing_block_is_reported_with_its_line(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- snippet-setup: context\nimport asyncio\nx = 1\n-->\n\n"
+        "<!-- not-runnable: a signature -->\n```python\ndef f(a: Undefined): ...\n```\n\n"
+        "```python\nawait asyncio.sleep(0)\nassert x == 2, 'x is 1'\n```\n"
+    )
+    blocks = cells(page, root=tmp_path)
+    assert [line for _, line, _ in blocks] == [2, 12]  # the setup, then the runnable block
+    problem = run_blocks(blocks, tmp_path)
+    assert problem is not None and "page.md:12 failed" in problem
+    assert 'File "page.md", line 13' in problem and "x is 1" in problem
+
+
+@pytest.mark.timeout(TIMEOUT + 30)
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_snippets_run(path: Path, folder: Path) -> None:
+    blocks = cells(path)
+    problem = run_blocks(blocks, folder) if blocks else None
+    if problem is not None:
+        pytest.fail(f"{path.name}: {problem}", pytrace=False)

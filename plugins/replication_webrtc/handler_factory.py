@@ -31,7 +31,9 @@ def aiortc_connection_handler(
     so aiortc never asks a public STUN server; aiortc uses the first STUN and the
     first TURN server only). ``relay_only``: use only TURN relay candidates.
     ``host_addresses``: gather host candidates only on these IPs (e.g.
-    ``["127.0.0.1"]``, which aioice leaves out otherwise). ``connect_timeout``:
+    ``["127.0.0.1"]``, which aioice leaves out otherwise); by default every address
+    of the host but loopback, or ``127.0.0.1`` when the host has no other (so peers
+    on a machine with only a loopback interface still connect). ``connect_timeout``:
     for joining the topic and for each connection attempt.
 
     ``await factory(topic)`` returns a started handler joined to ``topic``, or

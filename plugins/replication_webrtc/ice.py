@@ -14,6 +14,11 @@ while gathering (``asyncio.gather``), so each connection sees only its own
 addresses, however many handlers with different settings run concurrently.
 A context variable was chosen over patching around each gathering because a
 patch/unpatch pair would race between concurrent gatherings.
+
+With no override (``host_addresses=None``, the default) a connection still gets
+aioice's own list, except when that list is empty: a host whose only interface is
+loopback (a container or namespace with only ``lo`` up, a laptop offline) then
+offers ``127.0.0.1``, so two peers on that host connect instead of timing out.
 """
 
 from __future__ import annotations
@@ -31,11 +36,18 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from p2pdb.errors import ValidationError
 
 __all__ = [
+    "LOOPBACK_FALLBACK",
     "host_addresses_override",
     "ice_servers_have_turn",
     "to_rtc_ice_servers",
     "validate_host_addresses",
 ]
+
+#: The addresses used when aioice finds none but loopback (it leaves loopback out).
+LOOPBACK_FALLBACK = ("127.0.0.1",)
+#: The context variable's value inside a connection without an override: aioice's
+#: list, or LOOPBACK_FALLBACK when that list is empty.
+_AUTOMATIC = ("automatic",)
 
 _HOST_ADDRESSES: ContextVar[tuple[str, ...] | None] = ContextVar(
     "p2pdb_webrtc_host_addresses", default=None
@@ -45,9 +57,12 @@ _original_get_host_addresses: Callable[[bool, bool], list[str]] | None = None
 
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     override = _HOST_ADDRESSES.get()
-    if override is None:
+    if override is None or override is _AUTOMATIC:
         assert _original_get_host_addresses is not None
-        return _original_get_host_addresses(use_ipv4, use_ipv6)
+        found = _original_get_host_addresses(use_ipv4, use_ipv6)
+        if found or override is None:
+            return found
+        override = LOOPBACK_FALLBACK
     return [address for address in override if (use_ipv6 if ":" in address else use_ipv4)]
 
 
@@ -84,14 +99,12 @@ def validate_host_addresses(addresses: Sequence[str] | None) -> tuple[str, ...] 
 def host_addresses_override(addresses: Sequence[str] | None) -> Iterator[None]:
     """Gather host candidates only on ``addresses`` inside this block.
 
-    ``None`` leaves aioice's own lookup in place. Set it in the task that calls
-    ``setLocalDescription``; tasks started from there inherit it.
+    ``None`` keeps aioice's own lookup, falling back to ``127.0.0.1`` when it finds
+    no address but loopback. Set it in the task that calls ``setLocalDescription``;
+    tasks started from there inherit it.
     """
-    if addresses is None:
-        yield
-        return
     _install()
-    token = _HOST_ADDRESSES.set(tuple(addresses))
+    token = _HOST_ADDRESSES.set(_AUTOMATIC if addresses is None else tuple(addresses))
     try:
         yield
     finally:

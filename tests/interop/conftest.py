@@ -1,8 +1,10 @@
 """Fixtures for the RxDB interop tests: real RxDB 17.6 peers in Node (``rxdb_peer.mjs``),
 RxDB's own signaling server (``signaling.mjs``) or p2pdb's, and p2pdb peers in this process.
 
-Node >= 20 and ``npm ci`` in tests/interop are required: without them every test here fails
-(never skips) with a message saying what to install.
+Before the first test runs, the session brings what these tests need (``node_setup.py``):
+a Node.js >= 20 (the system's, or the one the dev extra installs from PyPI) and ``npm ci`` in
+tests/interop when node_modules is missing or stale. If that fails, every test here fails
+(never skips) with one message saying what to do.
 """
 
 from __future__ import annotations
@@ -17,12 +19,34 @@ from pathlib import Path
 
 import orjson
 import pytest
+from node_setup import NodeSetupError, ensure_node, ensure_node_modules, needs_install
 from rxdb_harness import HERE, InteropSetupError, Stack, WireLog, node_executable
+
+#: Why Node or the packages could not be made ready (set by pytest_collection_finish).
+SETUP_PROBLEM: list[str] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install Node packages before the tests run, so no test's timeout covers ``npm ci``."""
+    if session.config.option.collectonly:
+        return
+    if not any(HERE in Path(str(item.path)).parents for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        tools = ensure_node()
+        if reporter is not None and needs_install():
+            reporter.write_line("interop: running `npm ci` in tests/interop (about a minute)")
+        ensure_node_modules(tools)
+    except NodeSetupError as error:
+        SETUP_PROBLEM.append(str(error))
 
 
 @pytest.fixture(scope="session")
 def node() -> str:
     """The ``node`` binary; fails every test that needs it when Node or npm ci is missing."""
+    if SETUP_PROBLEM:
+        pytest.fail(SETUP_PROBLEM[0], pytrace=False)
     try:
         return node_executable()
     except InteropSetupError as error:

@@ -7,13 +7,17 @@ Use :func:`running_turnserver` in a fixture::
         with running_turnserver(tmp_path) as url:
             yield url
 
-If ``turnserver`` is not installed the test fails (never skips) with a message that says
-how to install it.
+If ``turnserver`` is not installed, the session installs Debian's ``coturn`` itself when it
+runs as root on a machine with ``apt-get`` (tests/conftest.py calls
+:func:`find_or_install_turnserver` once, before any test's timeout starts); otherwise every
+TURN test fails (never skips) with one message that says how to install it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shutil
 import socket
 import subprocess
@@ -47,13 +51,55 @@ def stun_answers(port: int) -> bool:
     return bool(stun.parse_message(data).transaction_id == request.transaction_id)
 
 
-def turnserver_binary() -> str:
+INSTALL_HINT = (
+    "coturn's `turnserver` is not installed, so the TURN tests cannot run; install it "
+    "with `sudo apt-get install coturn` (Debian, Ubuntu) or your system's coturn package "
+    "(as root with apt-get, the test session installs it itself)"
+)
+APT_TIMEOUT = 600.0  # seconds for each apt-get step
+
+
+def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["apt-get", "-qq", *args],
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=APT_TIMEOUT,
+        check=False,
+    )
+
+
+@functools.cache
+def find_or_install_turnserver() -> tuple[str | None, str]:
+    """``(path, "")`` of ``turnserver``, installing coturn with apt-get when running as
+    root; ``(None, why)`` when it is missing and cannot be installed. Runs once a session
+    (apt-get holds its own lock against other sessions)."""
+    binary = shutil.which("turnserver")
+    if binary is not None:
+        return binary, ""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None, INSTALL_HINT + "."
+    try:
+        result = apt_get("install", "-y", "--no-install-recommends", "coturn")
+        if result.returncode != 0:  # the package lists may be missing or old
+            apt_get("update")
+            result = apt_get("install", "-y", "--no-install-recommends", "coturn")
+    except subprocess.TimeoutExpired:
+        return None, f"{INSTALL_HINT}; `apt-get install coturn` took over {APT_TIMEOUT:.0f} s."
     binary = shutil.which("turnserver")
     if binary is None:
-        pytest.fail(
-            "coturn's `turnserver` is not installed, so the TURN tests cannot run; "
-            "install it with `apt-get install coturn` (.ci/run does)."
-        )
+        tail = (result.stderr or result.stdout).strip()[-1500:]
+        return None, f"{INSTALL_HINT}; `apt-get install coturn` failed:\n{tail}"
+    return binary, ""
+
+
+def turnserver_binary() -> str:
+    """The ``turnserver`` to run; fails the test with how to install it when there is none."""
+    binary, problem = find_or_install_turnserver()
+    if binary is None:
+        pytest.fail(problem, pytrace=False)
     return binary
 
 

@@ -3,6 +3,7 @@ selected tests need, installed before the first test runs."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -32,11 +33,18 @@ async def todos(db: p2pdb.Database) -> p2pdb.Collection:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Install coturn (as root, with apt-get) if a selected test runs a TURN server, here
+    """Install coturn and Chromium (as root, with apt-get) if selected tests need them, here
     rather than in a fixture so that no test's timeout covers the install. (The interop
     tests' Node packages are installed by tests/interop/conftest.py the same way.)"""
     if session.config.option.collectonly:
         return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    browser = sys.modules.get("chromium_devtools")  # imported only by the browser tests
+    if browser is not None and shutil.which(browser.CHROMIUM) is None:
+        if reporter is not None:
+            reporter.write_line("browser: installing chromium with apt-get (the browser test)")
+        with contextlib.suppress(browser.BrowserError):
+            browser.chromium_executable()  # a failure is reported by the test itself
     turn = sys.modules.get("turn_helpers")  # imported only by the modules that use it
     if turn is None:
         return
@@ -47,7 +55,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         is turn.running_turnserver
     ]
     if users:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and shutil.which("turnserver") is None:
             reporter.write_line("turn: installing coturn with apt-get (the TURN tests need it)")
         turn.find_or_install_turnserver()

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from system_packages import find_or_install
 from websockets.asyncio.client import ClientConnection, connect
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -46,12 +47,16 @@ class BrowserError(Exception):
 
 def chromium_executable() -> str:
     """The Chromium binary, or :class:`BrowserError` saying how to install it."""
-    found = shutil.which(CHROMIUM)
+    hint = (
+        f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
+        "(or set CHROMIUM to another Chromium binary; as root with apt-get, the test session "
+        "installs Debian's itself)"
+    )
+    found, problem = shutil.which(CHROMIUM), hint + "."
+    if found is None and "CHROMIUM" not in os.environ:
+        found, problem = find_or_install("chromium", "chromium", hint)
     if found is None:
-        raise BrowserError(
-            f"Chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium` "
-            "(or set CHROMIUM to another Chromium binary)"
-        )
+        raise BrowserError(problem)
     return found
 
 

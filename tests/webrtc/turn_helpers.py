@@ -16,9 +16,6 @@ TURN test fails (never skips) with one message that says how to install it.
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -26,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from aioice import stun
+from system_packages import find_or_install
 
 TURN_USER, TURN_PASSWORD = "p2pdb", "secret-pass"
 TURN_REALM = "p2pdb.test"
@@ -56,43 +54,11 @@ INSTALL_HINT = (
     "with `sudo apt-get install coturn` (Debian, Ubuntu) or your system's coturn package "
     "(as root with apt-get, the test session installs it itself)"
 )
-APT_TIMEOUT = 600.0  # seconds for each apt-get step
 
 
-def apt_get(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["apt-get", "-qq", *args],
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=APT_TIMEOUT,
-        check=False,
-    )
-
-
-@functools.cache
 def find_or_install_turnserver() -> tuple[str | None, str]:
-    """``(path, "")`` of ``turnserver``, installing coturn with apt-get when running as
-    root; ``(None, why)`` when it is missing and cannot be installed. Runs once a session
-    (apt-get holds its own lock against other sessions)."""
-    binary = shutil.which("turnserver")
-    if binary is not None:
-        return binary, ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return None, INSTALL_HINT + "."
-    try:
-        result = apt_get("install", "-y", "--no-install-recommends", "coturn")
-        if result.returncode != 0:  # the package lists may be missing or old
-            apt_get("update")
-            result = apt_get("install", "-y", "--no-install-recommends", "coturn")
-    except subprocess.TimeoutExpired:
-        return None, f"{INSTALL_HINT}; `apt-get install coturn` took over {APT_TIMEOUT:.0f} s."
-    binary = shutil.which("turnserver")
-    if binary is None:
-        tail = (result.stderr or result.stdout).strip()[-1500:]
-        return None, f"{INSTALL_HINT}; `apt-get install coturn` failed:\n{tail}"
-    return binary, ""
+    """``(path, "")`` of ``turnserver`` (installing coturn when it can), or ``(None, why)``."""
+    return find_or_install("turnserver", "coturn", INSTALL_HINT)
 
 
 def turnserver_binary() -> str:

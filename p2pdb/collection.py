@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
 from reactivex import Observable
 
 from .changes import LOCAL, ChangeEvent
@@ -18,7 +17,7 @@ from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
 from .streams import CommitStreams, iterate
-from .values import check_json_values, is_plain_json
+from .values import json_copy
 
 __all__ = ["BulkWriteResult", "Collection", "CollectionDatabase"]
 
@@ -122,16 +121,8 @@ class Collection:
                 f"A document must be a dict, got {type(data).__name__}.",
                 code="DOCUMENT_NOT_OBJECT",
             )
-        if not is_plain_json(data):
-            # Raises, naming the field and the reason; U+0000 is fine in encrypted fields.
-            check_json_values(data, opaque=self.schema.encrypted)
-        try:  # one round trip gives a deep copy
-            doc: dict[str, Any] = orjson.loads(orjson.dumps(data))
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            check_json_values(data, opaque=self.schema.encrypted)  # a lone surrogate
-            raise ValidationError(  # nested deeper than orjson goes
-                f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
-            ) from exc
+        # a deep copy, stored exactly as given or refused (U+0000 is fine in encrypted fields)
+        doc = json_copy(data, opaque=self.schema.encrypted)
         for key in doc:
             if key[:1] == "_":
                 raise ValidationError(

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Final
+from typing import Any, Final
+
+import orjson
 
 from .errors import ValidationError
 
-__all__ = ["check_json_values", "is_plain_json"]
+__all__ = ["check_json_values", "json_copy"]
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -43,28 +45,56 @@ def check_json_values(data: object, *, opaque: Collection[str] = ()) -> None:
         ) from None
 
 
-def is_plain_json(value: object) -> bool:
-    """True if ``value`` follows the rules of :func:`check_json_values`, lone surrogates
-    aside (``orjson.dumps`` refuses those): a fast check that builds no field paths, for
-    the common case where a document is fine."""
+def json_copy(data: object, *, opaque: Collection[str] = ()) -> dict[str, Any]:
+    """A deep copy of the document ``data``, through JSON, holding exactly its values; or the
+    :class:`~p2pdb.errors.ValidationError` of :func:`check_json_values` (the same rules).
+
+    The common case costs one walk over exact types and one orjson round trip; only a
+    document that fails it (or holds a tuple, a dict subclass, a U+0000) takes the slower
+    walk that names the field and the reason.
+    """
+    if _plain(data):
+        try:
+            raw: bytes | None = orjson.dumps(data)
+        except orjson.JSONEncodeError:  # a lone surrogate, which _plain does not look for
+            raw = None
+        if raw is not None and b"\\u0000" not in raw:
+            copy: dict[str, Any] = orjson.loads(raw)
+            return copy
+    check_json_values(data, opaque=opaque)
+    try:
+        copy = orjson.loads(orjson.dumps(data))
+    except (TypeError, orjson.JSONEncodeError) as exc:  # nested deeper than orjson goes
+        raise ValidationError(
+            f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
+        ) from exc
+    return copy
+
+
+def _plain(value: object) -> bool:
+    """True if ``value`` holds only exact dicts (string keys), lists, str, bool, None,
+    64-bit ints and finite floats; U+0000 and lone surrogates are left to the caller.
+    Scalars are checked inline: this runs on every document written."""
     kind = type(value)
-    if isinstance(value, str) and kind is str:
-        return "\x00" not in value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if type(key) is not str or "\x00" in key or not is_plain_json(item):
+    if kind is dict:
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str or not _plain_item(item):
                 return False
         return True
-    if isinstance(value, list | tuple) and (kind is tuple or not isinstance(value, tuple)):
-        for item in value:
-            if not is_plain_json(item):
-                return False
+    if kind is list:
+        return all(_plain_item(item) for item in value)  # type: ignore[attr-defined]
+    return _plain_item(value)
+
+
+def _plain_item(item: object) -> bool:
+    kind = type(item)
+    if kind is str or kind is bool or item is None:
         return True
-    if isinstance(value, int) and kind is int:
-        return _INT64_MIN <= value <= _INT64_MAX
-    if isinstance(value, float) and kind is float:
-        return math.isfinite(value)
-    return kind is bool or value is None
+    if kind is int:
+        return _INT64_MIN <= item <= _INT64_MAX  # type: ignore[operator]
+    if kind is float:
+        return math.isfinite(item)  # type: ignore[arg-type]
+    return (kind is dict or kind is list) and _plain(item)
 
 
 def _check(value: object, path: str, opaque: frozenset[str], nul_ok: bool) -> None:

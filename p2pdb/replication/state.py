@@ -84,6 +84,7 @@ class ReplicationState:
             report=self._report,
             notify=self._changed,
         )
+        self._checkpoints = checkpoints
         self._down = Downstream(context)
         self._up = Upstream(context)
         #: Stored states written from the master.
@@ -216,6 +217,17 @@ class ReplicationState:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.cancel()
+
+    @property
+    def down_checkpoint(self) -> Any:
+        """The pull direction's stored checkpoint (in the master's format; ``None`` before
+        the first pull stored one): the fork holds everything the master had up to it."""
+        return self._checkpoints.down()
+
+    def is_pushed(self) -> bool:
+        """True when the first pull is done and every local write was pushed and
+        acknowledged (the pull direction may still be busy or failing)."""
+        return self._down.first_done and self._up.settled()
 
     def is_in_sync(self) -> bool:
         """True when nothing is left to pull or push right now (see wait_for_in_sync)."""

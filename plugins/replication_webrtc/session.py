@@ -120,6 +120,8 @@ class PeerSession:
         self.acked_seq = 0
         self.acked_round = 0
         self.ack_rounds = 0
+        #: As the fork: the highest checkpoint the master's stream announced.
+        self.streamed_seq = 0
         #: Requests answered so far (their answers queued).
         self.requests_seen = 0
         #: The collection's sequence number when this pair was last known in sync (-1:
@@ -265,7 +267,11 @@ class PeerSession:
             )
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
-        self._stream.on_next(parse_stream_event(result, WEBRTC_CODES))
+        item = parse_stream_event(result, WEBRTC_CODES)
+        if isinstance(item, ChangesBatch):
+            with contextlib.suppress(P2PDBError):
+                self.streamed_seq = max(self.streamed_seq, parse_checkpoint(item.checkpoint))
+        self._stream.on_next(item)
 
     async def _on_request(self, request: Request) -> None:
         await self._validity_known.wait()
@@ -344,14 +350,26 @@ class PeerSession:
         collection = self.settings.collection
         return collection.database.storage.last_seq(collection.name)
 
-    def _note_sync(self) -> None:
+    def _note_sync(self, leaving: bool = False) -> None:
         """Remember how far this pair is known to be in sync (``synced_seq``)."""
         if self.closed or self.is_master is None:
             return
         if self.is_master:
             self.synced_seq = max(self.synced_seq, self.acked_seq)
-        elif self.in_sync():
+        elif self.in_sync() or (leaving and self._holds_all_streamed()):
             self.synced_seq = max(self.synced_seq, self._last_seq())
+
+    def _holds_all_streamed(self) -> bool:
+        """As the fork of a master that left: every local write was pushed, and what we
+        stored reaches the last checkpoint its stream announced (it streams every write;
+        a pull cut short by its leaving would have brought nothing new)."""
+        state = self.state
+        if state is None or not state.is_pushed():
+            return False
+        try:
+            return parse_checkpoint(state.down_checkpoint) >= self.streamed_seq
+        except P2PDBError:
+            return False
 
     def _changed(self) -> None:
         self._note_sync()
@@ -394,7 +412,7 @@ class PeerSession:
             with contextlib.suppress(TimeoutError, P2PDBError):
                 async with asyncio.timeout(_SETTLE_ON_CLOSE):
                     await self.state.wait_for_idle()
-        self._note_sync()
+        self._note_sync(leaving=True)
         self.closed = True
         if self._subscription is not None:
             self._subscription.dispose()

@@ -120,7 +120,7 @@ class PeerSession:
         self.acked_seq = 0
         self.acked_round = 0
         self.ack_rounds = 0
-        #: As the fork: the highest checkpoint the master's stream announced.
+        #: As the fork: the highest checkpoint of a stream batch with documents.
         self.streamed_seq = 0
         #: Requests answered so far (their answers queued).
         self.requests_seen = 0
@@ -268,7 +268,7 @@ class PeerSession:
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
         item = parse_stream_event(result, WEBRTC_CODES)
-        if isinstance(item, ChangesBatch):
+        if isinstance(item, ChangesBatch) and item.documents:  # an empty one brings nothing
             with contextlib.suppress(P2PDBError):
                 self.streamed_seq = max(self.streamed_seq, parse_checkpoint(item.checkpoint))
         self._stream.on_next(item)
@@ -361,7 +361,7 @@ class PeerSession:
 
     def _holds_all_streamed(self) -> bool:
         """As the fork of a master that left: every local write was pushed, and what we
-        stored reaches the last checkpoint its stream announced (it streams every write;
+        stored reaches the last stream batch with documents (a master streams every write;
         a pull cut short by its leaving would have brought nothing new)."""
         state = self.state
         if state is None or not state.is_pushed():

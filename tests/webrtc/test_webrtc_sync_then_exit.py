@@ -72,7 +72,8 @@ async def test_write_wait_cancel_exit_50_times(tmp_path: Path, signaling: Signal
         assert await stored_ids(path_b) == ids, f"trial {trial}: side b misses a document"
     # each trial has one master and one fork; both databases led some trials
     assert masters["a"] > 0 and masters["b"] > 0, masters
-    assert time.monotonic() - started < 90
+    # ~35 s on an idle machine; bounded generously for a loaded one
+    assert time.monotonic() - started < 150
 
 
 async def test_no_peer_and_no_expectation_returns_at_once(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,6 +46,11 @@ class CollectionDatabase(Protocol):
 
     def check_open(self) -> None:
         """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
+        ...
+
+    def close_with(self, closer: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Have the database's ``close()`` await ``closer()`` first; returns the function
+        that unregisters it."""
         ...
 
 

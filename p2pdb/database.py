@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
@@ -16,6 +18,8 @@ from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
 from .tailer import ForeignWriteTailer
+
+log = logging.getLogger("p2pdb.database")
 
 __all__ = [
     "ENCRYPTION_ENTRY_POINT_GROUP",
@@ -73,6 +77,8 @@ class Database:
         self._streams: dict[str, CommitStreams] = {}  # per collection, fed by _on_commit
         storage.on_commit = self._on_own_commit
         self._tailer = ForeignWriteTailer(storage, self._on_commit)
+        self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._closer_ids = itertools.count()
 
     async def start(self) -> Database:
         """Start noticing other processes' writes (the tailer); returns the database.
@@ -189,11 +195,33 @@ class Database:
         for event in events:
             self._events.on_next(event)
 
+    def close_with(self, closer: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Have :meth:`close` await ``closer()`` first, before the file closes: how a
+        long-lived user of the database (a replication, a WebRTC pool, a server) stops
+        with it. Returns a function that unregisters ``closer`` (call it when the user
+        stops on its own). Raises ``DATABASE_CLOSED`` on a closed database."""
+        self.check_open()
+        key = next(self._closer_ids)
+        self._closers[key] = closer
+
+        def unregister() -> None:
+            self._closers.pop(key, None)
+
+        return unregister
+
     async def close(self) -> None:
-        """Close the database: streams complete, ``async for`` loops end, and further use
-        raises :class:`~p2pdb.errors.ClosedError`."""
+        """Close the database: first what was registered with :meth:`close_with`
+        (replications and pools stop), then streams complete, ``async for`` loops end, and
+        further use raises :class:`~p2pdb.errors.ClosedError`."""
         if self.storage.closed:
             return
+        while self._closers:  # newest first; a closer may unregister others
+            key = max(self._closers)
+            closer = self._closers.pop(key)
+            try:
+                await closer()
+            except Exception:  # one failing user must not keep the file open
+                log.exception("closing %r with the database failed", closer)
         await self._tailer.close()
         await self.storage.close()
         for streams in self._streams.values():

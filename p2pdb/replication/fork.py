@@ -6,6 +6,7 @@ never imports the collection module, so no import circle can form through it.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from reactivex import Observable
@@ -24,6 +25,15 @@ class ForkDatabase(Protocol):
     @property
     def storage(self) -> SQLiteStorage:
         """The storage that holds the documents and the replication state."""
+        ...
+
+    def check_open(self) -> None:
+        """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
+        ...
+
+    def close_with(self, closer: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """Have the database's ``close()`` await ``closer()`` first; returns the function
+        that unregisters it."""
         ...
 
 

@@ -83,6 +83,7 @@ class ReplicationState:
             report=self._report,
             notify=self._changed,
         )
+        self._checkpoints = checkpoints
         self._down = Downstream(context)
         self._up = Upstream(context)
         #: Stored states written from the master.
@@ -97,7 +98,10 @@ class ReplicationState:
         self._state_changed = asyncio.Event()
         self._canceled = False
         self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._unregister: Callable[[], None] | None = None  # from the database's closers
         self._paused = True
+        # a master's RESYNC held until our pending pushes went out (see _on_stream)
+        self._resync_held = False
 
     # -- public API ------------------------------------------------------------------------
 
@@ -132,6 +136,9 @@ class ReplicationState:
             )
         if not self._paused:
             return
+        self.collection.database.check_open()
+        if self._unregister is None:  # closing the database cancels the replication
+            self._unregister = self.collection.database.close_with(self.cancel)
         self._paused = False
         self._down.restart()
         if self.live:
@@ -164,6 +171,7 @@ class ReplicationState:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._down.busy = self._up.busy = False
+        self._resync_held = False  # start() pulls everything anyway
         self._changed()
 
     async def re_sync(self) -> None:
@@ -174,8 +182,10 @@ class ReplicationState:
         """Stop for good; the checkpoints stay, so a new ``replicate()`` resumes."""
         if self._canceled:
             return
+        self._canceled = True  # first: pause() below must not be undone by a restart
+        if self._unregister is not None:
+            self._unregister()
         await self.pause()
-        self._canceled = True
         for close in self._closers:
             await close()
         self._changed()
@@ -197,15 +207,35 @@ class ReplicationState:
         """Return when nothing is left to pull or push right now (never while failing)."""
         await self._wait_until(self.is_in_sync)
 
+    async def wait_for_idle(self) -> None:
+        """Return when neither direction is pulling or pushing right now."""
+        await self._wait_until(lambda: not (self._down.busy or self._up.busy))
+
     async def __aenter__(self) -> ReplicationState:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.cancel()
 
+    @property
+    def down_checkpoint(self) -> Any:
+        """The pull direction's stored checkpoint (in the master's format; ``None`` before
+        the first pull stored one): the fork holds everything the master had up to it."""
+        return self._checkpoints.down()
+
+    def is_pushed(self) -> bool:
+        """True when the first pull is done and every local write was pushed and
+        acknowledged (the pull direction may still be busy or failing)."""
+        return self._down.first_done and self._up.settled()
+
     def is_in_sync(self) -> bool:
         """True when nothing is left to pull or push right now (see wait_for_in_sync)."""
-        return not self._paused and self._down.settled() and self._up.settled()
+        return (
+            not self._paused
+            and not self._resync_held
+            and self._down.settled()
+            and self._up.settled()
+        )
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -220,13 +250,23 @@ class ReplicationState:
             await self._state_changed.wait()
 
     def _changed(self) -> None:
+        if self._resync_held and (self._paused or self._up.settled() or self._up.failing):
+            self._resync_held = False
+            self._down.enqueue(RESYNC)
         self._state_changed.set()
         active = self._down.busy or self._up.busy
         if self._active.value != active and not self._canceled:
             self._active.on_next(active)
 
     def _on_stream(self, item: ChangesBatch | Resync) -> None:
-        self._down.enqueue(item)
+        if item == RESYNC and self.push and not (self._up.settled() or self._up.failing):
+            # A master asks for a RESYNC to learn what we hold (its next changesSince
+            # request carries our checkpoint, see the WebRTC pool's wait_for_in_sync):
+            # answering it only after our pending pushes went out tells it that we pushed
+            # what we had, too.
+            self._resync_held = True
+        else:
+            self._down.enqueue(item)
         self._changed()
 
     def _on_stream_error(self, error: Exception) -> None:

@@ -35,6 +35,8 @@ class WebRTCReplicationOptions:
     - ``heartbeat_interval``, ``heartbeat_timeout``: a peer silent for
       ``heartbeat_interval`` is asked for its token; no answer within
       ``heartbeat_timeout`` drops it.
+    - ``close_timeout``: seconds ``cancel()`` waits for each peer to receive what was
+      queued for it (a fork's last answer) before leaving.
     """
 
     is_peer_valid: PeerValidator | None = None
@@ -43,6 +45,7 @@ class WebRTCReplicationOptions:
     request_timeout: float = 20.0
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 4.0
+    close_timeout: float = 2.0
 
     def __post_init__(self) -> None:
         if type(self.batch_size) is not int or self.batch_size < 1:
@@ -51,7 +54,12 @@ class WebRTCReplicationOptions:
                 code="WEBRTC_SETTING_INVALID",
                 setting="batch_size",
             )
-        for name in ("request_timeout", "heartbeat_interval", "heartbeat_timeout"):
+        for name in (
+            "request_timeout",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+            "close_timeout",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValidationError(
@@ -70,6 +78,7 @@ class WebRTCOptionKeywords(TypedDict, total=False):
     request_timeout: float
     heartbeat_interval: float
     heartbeat_timeout: float
+    close_timeout: float
 
 
 def option_names() -> frozenset[str]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Unpack
 
 from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import BehaviorSubject
 
-from p2pdb.errors import ReplicationError
+from p2pdb.errors import ReplicationError, ValidationError
 from p2pdb.replication import ReplicationState
 from p2pdb.streams import EventStream
 
@@ -68,12 +68,18 @@ class ReplicationPool:
         self._tasks: set[asyncio.Task[None]] = set()  # session starts and closes
         self._started = False
         self._canceled = False
+        # token -> the collection's sequence number when that peer left in sync with us
+        self._departed: dict[str, int] = {}
+        self._unregister: Callable[[], None] = lambda: None
 
     async def start(self) -> None:
         """Listen to the connection handler (:func:`replicate_webrtc` calls it)."""
         if self._started:
             return
+        self.collection.database.check_open()
         self._started = True
+        # closing the database cancels the pool first
+        self._unregister = self.collection.database.close_with(self.cancel)
         c = self.connection
         self._subscriptions = [
             c.connects.subscribe(on_next=self._on_connect),
@@ -107,22 +113,88 @@ class ReplicationPool:
                     return peer
             await self.wait_for_change()
 
-    async def wait_for_in_sync(self) -> None:
-        """Wait until, with every connected peer, nothing is left to send or receive: as a
-        fork our replication is in sync; as a master everything we hold was handed out."""
-        while True:
-            sessions = list(self.sessions.values())
-            if sessions and all(s.in_sync() for s in sessions):
-                return
-            await self.wait_for_change()
+    async def wait_for_in_sync(
+        self,
+        peers: int = 0,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a script's one-line bound)
+    ) -> None:
+        """Wait until this side is in sync with every connected peer, and with ``peers``
+        of them at least.
+
+        With a peer for which we are the **fork**: our replication is in sync (everything
+        the master streamed is stored, every local write was pushed and acknowledged).
+        With a peer for which we are the **master**: that fork has pulled and stored
+        everything this collection held when the call began, and pushed what it held
+        (we send it a ``RESYNC``; its next ``masterChangesSince`` carries the checkpoint
+        it stored, and a p2pdb fork sends it only after its pending pushes).
+
+        A peer still in its handshake is waited for. A peer that left while in sync still
+        counts if nothing was written to the collection since. With no peer connected and
+        ``peers=0`` (the default) it returns at once. ``timeout`` (seconds) raises
+        ``WEBRTC_SYNC_TIMEOUT``; a :meth:`cancel` meanwhile raises ``REPLICATION_CANCELED``.
+        """
+        if type(peers) is not int or peers < 0:
+            raise ValidationError(
+                f"peers must be a non-negative integer, got {peers!r}.",
+                code="WEBRTC_SETTING_INVALID",
+                setting="peers",
+            )
+        rounds: dict[PeerSession, int] = {}  # the ack round asked of each fork
+        target = self._last_seq()
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._in_sync_with(peers, target, rounds):
+                    await self.wait_for_change()
+        except TimeoutError:
+            raise ReplicationError(
+                f"Not in sync with {max(peers, 1)} peer(s) of topic {self.topic!r} "
+                f"within {timeout} s ({len(self.sessions)} connected).",
+                code="WEBRTC_SYNC_TIMEOUT",
+                topic=self.topic,
+                peers=peers,
+            ) from None
+
+    def _in_sync_with(self, peers: int, target: int, rounds: dict[PeerSession, int]) -> bool:
+        count = 0
+        for session in self.sessions.values():
+            if session.valid is False:
+                continue  # an invalid peer gets nothing and counts for nothing
+            if session.is_master is None:
+                return False  # handshake in progress
+            if session.is_master:
+                if session not in rounds:
+                    rounds[session] = session.ask_ack()
+                if not session.acked_since(rounds[session], target):
+                    if session.acked_round >= rounds[session] and session.acked_seq < target:
+                        # it answered from behind (that pull brought it our documents):
+                        # ask again, its next request shows where it is now
+                        rounds[session] = session.ask_ack()
+                    return False
+            elif not session.in_sync():
+                return False
+            count += 1
+        if count >= peers:
+            return True
+        connected = {s.token for s in self.sessions.values()}
+        now = self._last_seq()
+        count += sum(1 for t, seq in self._departed.items() if t not in connected and seq >= now)
+        return count >= peers
+
+    def _last_seq(self) -> int:
+        return self.collection.database.storage.last_seq(self.collection.name)
 
     async def cancel(self) -> None:
         """Stop replicating with everyone and leave the topic."""
         if self._canceled:
             return
         self._canceled = True
+        self._unregister()
         for subscription in self._subscriptions:
             subscription.dispose()
+        # let every peer receive what we queued for it (our last answers) before leaving
+        within = self.options.close_timeout
+        await asyncio.gather(*(s.drain(within) for s in list(self.sessions.values())))
         for session in list(self.sessions.values()):
             await session.close()
         self.sessions.clear()
@@ -181,7 +253,12 @@ class ReplicationPool:
         if session is None:
             return
         self._peers.on_next(frozenset(self.sessions))
-        self._spawn(session.close())
+        self._spawn(self._close_departed(session))
+
+    async def _close_departed(self, session: PeerSession) -> None:
+        await session.close()
+        if session.token is not None and session.synced_seq >= 0:
+            self._departed[session.token] = session.synced_seq
 
     def _on_message(self, message: PeerMessage) -> None:
         session = self.sessions.get(message.peer)
@@ -213,6 +290,7 @@ async def replicate_webrtc(
     each may also be given as a keyword (``is_peer_valid=...``), which overrides ``options``.
     """
     settings = dataclasses.replace(options or WebRTCReplicationOptions(), **shortcuts)
+    collection.database.check_open()  # before joining the topic
     connection = await handler(topic)
     pool = ReplicationPool(collection, topic, connection, settings)
     await pool.start()

@@ -35,6 +35,7 @@ from p2pdb.replication import (
     collection_handler,
     replicate,
 )
+from p2pdb.replication.master import parse_checkpoint
 from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import (
     MASTER_METHODS,
@@ -55,6 +56,11 @@ if TYPE_CHECKING:
 __all__ = ["PeerSession", "SessionCallbacks", "SessionSettings"]
 
 log = logging.getLogger("p2pdb.webrtc.session")
+
+# seconds a closing session lets its replication finish applying what already arrived
+_SETTLE_ON_CLOSE = 1.0
+# a leaving master's token round trips with no request from the fork meanwhile (drain)
+_QUIET_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -103,17 +109,29 @@ class PeerSession:
             context={"peer_id": peer.peer_id},
             codes=WEBRTC_CODES,
             request_timeout=settings.options.request_timeout,
-            on_idle=callbacks.changed,  # in_sync() depends on it: wake wait_for_in_sync()
+            on_idle=self._changed,  # in_sync() depends on it: wake wait_for_in_sync()
         )
         self.token: str | None = None
         self.valid: bool | None = None
         self.is_master: bool | None = None
         self.state: ReplicationState | None = None
-        self.last_sent_seq = 0
+        #: As the master: the checkpoint (sequence number) the fork last asked from, and
+        #: the :meth:`ask_ack` round it answered.
+        self.acked_seq = 0
+        self.acked_round = 0
+        self.ack_rounds = 0
+        #: As the fork: the highest checkpoint of a stream batch with documents.
+        self.streamed_seq = 0
+        #: Requests answered so far (their answers queued).
+        self.requests_seen = 0
+        #: The collection's sequence number when this pair was last known in sync (-1:
+        #: never): a peer that left in sync still counts for ``wait_for_in_sync``.
+        self.synced_seq = -1
         self._stream: Subject[ChangesBatch | Resync] = Subject()
         self._master = collection_handler(settings.collection, origin=f"webrtc:{settings.topic}")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscription: DisposableBase | None = None
+        self._error_subscription: DisposableBase | None = None
         self._validity_known = asyncio.Event()
         self.closed = False
 
@@ -170,9 +188,11 @@ class PeerSession:
                     f"{settings.topic}||{token}",
                     batch_size=settings.options.batch_size,
                 )
-                self.state.errors.subscribe(self.callbacks.replication_error)
-                self.state.active.subscribe(lambda _active: self.callbacks.changed())
-            self.callbacks.changed()
+                self._error_subscription = self.state.errors.subscribe(
+                    self.callbacks.replication_error
+                )
+                self.state.active.subscribe(lambda _active: self._changed())
+            self._changed()
         except P2PDBError as exc:
             if self.closed:
                 return  # the peer went away during the handshake: nothing to report
@@ -190,10 +210,8 @@ class PeerSession:
 
     def _serve_stream(self) -> None:
         def forward(batch: ChangesBatch | Resync) -> None:
-            if isinstance(batch, ChangesBatch):
-                self.last_sent_seq = max(self.last_sent_seq, batch.checkpoint["seq"])
             self.channel.post_event(stream_event_json(batch))
-            self.callbacks.changed()
+            self._changed()
 
         # The peer's own pushes are not echoed back (RxDB echoes them; its forks and ours
         # skip the echo, but it costs a round of doubt and re-pulling on our forks).
@@ -249,7 +267,11 @@ class PeerSession:
             )
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
-        self._stream.on_next(parse_stream_event(result, WEBRTC_CODES))
+        item = parse_stream_event(result, WEBRTC_CODES)
+        if isinstance(item, ChangesBatch) and item.documents:  # an empty one brings nothing
+            with contextlib.suppress(P2PDBError):
+                self.streamed_seq = max(self.streamed_seq, parse_checkpoint(item.checkpoint))
+        self._stream.on_next(item)
 
     async def _on_request(self, request: Request) -> None:
         await self._validity_known.wait()
@@ -269,38 +291,133 @@ class PeerSession:
                 )
             )
             return
+        asked = self.ack_rounds  # the ask_ack rounds this request may answer
         try:
             result = await answer_request(self.channel, self._master, request)
+            self.requests_seen += 1
         except PeerError as exc:  # a hostile or broken peer: answered, now dropped
             self._violation(exc)
             return
         except P2PDBError as exc:  # our side failed (closed database, storage)
             self.callbacks.report(exc)
             return
-        if request.method == "masterChangesSince" and self.is_master:
-            self.last_sent_seq = max(self.last_sent_seq, result["checkpoint"]["seq"])
+        if request.method == "masterChangesSince" and self.is_master and result is not None:
+            # The fork asks from the checkpoint it stored with the documents before it:
+            # it holds everything up to there (its acknowledgement; the answer is queued).
+            with contextlib.suppress(P2PDBError):
+                self.acked_seq = max(self.acked_seq, parse_checkpoint(request.params[0]))
+                self.acked_round = max(self.acked_round, asked)
+            self._changed()
 
     # -- state -----------------------------------------------------------------------------
 
     def in_sync(self) -> bool:
-        """Our side of this pair has nothing left to do right now."""
+        """Our side of this pair has nothing left to do right now.
+
+        As the fork: our replication is in sync (pulled everything streamed to us, pushed
+        every local write). As the master: the peer acknowledged everything we hold (see
+        :meth:`ask_ack`) and our answers went out."""
         if not self.valid:
             return self.valid is False
         if self.is_master is None or not self.channel.idle.is_set():
             return False
         if self.is_master:
-            collection = self.settings.collection
-            return self.last_sent_seq >= collection.database.storage.last_seq(collection.name)
+            return self.acked_seq >= self._last_seq()
         return self.state is not None and self.state.is_in_sync()
+
+    def ask_ack(self) -> int:
+        """As the master: ask the fork to show what it holds; return the round's number,
+        for :meth:`acked_since`.
+
+        We send a ``RESYNC``: the fork pulls from the checkpoint it stored, and a p2pdb
+        fork does so only after pushing what it had. A ``masterChangesSince`` arriving
+        after that is taken as its answer (one that crossed the ``RESYNC`` is taken too:
+        the fork holds what it asks from, only the promise about its pushes is weaker)."""
+        self.ack_rounds += 1
+        self.channel.post_event(RESYNC)
+        return self.ack_rounds
+
+    def acked_since(self, round_number: int, seq: int) -> bool:
+        """As the master: the fork answered round ``round_number`` (or a later one) of
+        :meth:`ask_ack` with a checkpoint at or past ``seq``, and our answer went out."""
+        return (
+            self.acked_round >= round_number
+            and self.acked_seq >= seq
+            and self.channel.idle.is_set()
+        )
+
+    def _last_seq(self) -> int:
+        collection = self.settings.collection
+        return collection.database.storage.last_seq(collection.name)
+
+    def _note_sync(self, leaving: bool = False) -> None:
+        """Remember how far this pair is known to be in sync (``synced_seq``)."""
+        if self.closed or self.is_master is None:
+            return
+        if self.is_master:
+            self.synced_seq = max(self.synced_seq, self.acked_seq)
+        elif self.in_sync() or (leaving and self._holds_all_streamed()):
+            self.synced_seq = max(self.synced_seq, self._last_seq())
+
+    def _holds_all_streamed(self) -> bool:
+        """As the fork of a master that left: every local write was pushed, and what we
+        stored reaches the last stream batch with documents (a master streams every write;
+        a pull cut short by its leaving would have brought nothing new)."""
+        state = self.state
+        if state is None or not state.is_pushed():
+            return False
+        try:
+            return parse_checkpoint(state.down_checkpoint) >= self.streamed_seq
+        except P2PDBError:
+            return False
+
+    def _changed(self) -> None:
+        self._note_sync()
+        self.callbacks.changed()
+
+    async def drain(self, within: float) -> None:
+        """Leave gracefully (at most ``within`` seconds).
+
+        As the master: ``token`` requests behind our last answers (the channel is
+        ordered: once one is answered, the fork has everything we sent), until the fork
+        stopped asking (a pull it was doing is finished: its last answer got there). As
+        the fork: finish pushing, then pull twice from the stored checkpoint, which shows
+        the master what we hold."""
+        if not self.valid or self.closed or self.channel.closed or self.is_master is None:
+            return
+        with contextlib.suppress(TimeoutError, P2PDBError):
+            async with asyncio.timeout(within):
+                if self.state is None:
+                    quiet = 0
+                    while quiet < _QUIET_ROUNDS:
+                        seen = self.requests_seen
+                        await self.channel.request("token", [])
+                        quiet = quiet + 1 if seen == self.requests_seen else 0
+                    return
+                await self.state.wait_for_in_sync()
+                # the first pull may bring documents; the second one's request carries the
+                # checkpoint past them (a pull that ends short sends no further request)
+                for _ in range(2):
+                    await self.state.re_sync()
+                    await self.state.wait_for_in_sync()
 
     async def close(self) -> None:
         """Stop replicating with this peer (its checkpoints stay for a reconnect)."""
+        if self._error_subscription is not None:
+            self._error_subscription.dispose()  # what fails from here on is us closing
+        await self.channel.close()  # pending requests fail at once
+        if self.state is not None and not self.closed:
+            # An answer that already arrived is still applied: a fork that was about to
+            # be in sync when the peer left counts as in sync with it.
+            with contextlib.suppress(TimeoutError, P2PDBError):
+                async with asyncio.timeout(_SETTLE_ON_CLOSE):
+                    await self.state.wait_for_idle()
+        self._note_sync(leaving=True)
         self.closed = True
         if self._subscription is not None:
             self._subscription.dispose()
         if self.state is not None:
             await self.state.cancel()
-        await self.channel.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

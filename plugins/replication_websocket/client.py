@@ -237,6 +237,7 @@ async def replicate_websocket(
     errors appear on ``state.errors``; ``await state.cancel()`` also closes the socket.
     """
     opts = options if options is not None else ClientOptions()
+    collection.database.check_open()  # DATABASE_CLOSED before any connection is made
     master = WebSocketMaster(url, collection.name, collection.database.token, opts)
     await master.start()
     state = replicate(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,10 @@ async def test_inspect_shows_collections_counts_and_replications(tmp_path: Path)
     # the sequence is the file's: 1213 docs writes, 34 notes, then the fork's push
     assert replication["down_checkpoint"] == {"seq": 1213 + 34 + 1}
     assert isinstance(replication["up_checkpoint"], int) and replication["up_checkpoint"] > 0
+    # the last contact: when the replication last stored a checkpoint (just now)
+    contact = datetime.fromisoformat(replication["last_contact"])
+    assert abs((datetime.now(UTC) - contact).total_seconds()) < 60
+    assert "last contact " + replication["last_contact"] in run("inspect", str(fork_path)).stdout
     text = run("inspect", str(master_path)).stdout
     assert "docs  schema version 0  documents 1189  tombstones 12" in text  # with "mine"
     assert "notes  schema version 1  documents 34  tombstones 0" in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from ..schema import Schema
@@ -54,6 +55,7 @@ async def describe(path: str) -> dict[str, Any]:
                 "replication_id": replication_id,
                 "down_checkpoint": storage.get_checkpoint(collection, replication_id, "down"),
                 "up_checkpoint": storage.get_checkpoint(collection, replication_id, "up"),
+                "last_contact": _iso(storage.get_last_contact(collection, replication_id)),
             }
             for collection, replication_id in storage.list_replications()
         ]
@@ -64,6 +66,13 @@ async def describe(path: str) -> dict[str, Any]:
             "collections": collections,
             "replications": replications,
         }
+
+
+def _iso(when: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC to the second, or ``None``."""
+    if when is None:
+        return None
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds")
 
 
 def _text(info: dict[str, Any]) -> str:
@@ -83,7 +92,11 @@ def _text(info: dict[str, Any]) -> str:
     for r in info["replications"]:
         down = json.dumps(r["down_checkpoint"])
         up = json.dumps(r["up_checkpoint"])
-        lines.append(f"  {r['collection']}  {r['replication_id']}  down {down}  up {up}")
+        contact = r["last_contact"] or "never"
+        lines.append(
+            f"  {r['collection']}  {r['replication_id']}  down {down}  up {up}  "
+            f"last contact {contact}"
+        )
     return "\n".join(lines)
 
 

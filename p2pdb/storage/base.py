@@ -250,6 +250,10 @@ class Storage(Protocol):
         """``(collection, replication_id)`` of every replication with stored state."""
         ...
 
+    def get_last_contact(self, collection: str, replication_id: str) -> float | None:
+        """When the replication last stored a checkpoint (Unix time), if ever."""
+        ...
+
     def get_info(self, key: str) -> str | None:
         """A value of the file's info records."""
         ...

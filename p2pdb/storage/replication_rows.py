@@ -10,6 +10,7 @@ format is that of every file written so far, so checkpoints resume across versio
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from .catalog import Catalog
 __all__ = ["ReplicationRows", "replication_origin"]
 
 _ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable limit
+_CONTACT = "contact"  # item: Unix time of the last stored checkpoint
 _DOC = "doc:"  # item prefix of an assumed master state
 _BATCH = 500  # rows re-encoded per statement by recode_assumed
 
@@ -102,9 +104,18 @@ class ReplicationRows:
         direction: Direction,
         value: Any,
     ) -> None:
-        """Store a checkpoint (any JSON value)."""
+        """Store a checkpoint (any JSON value), and now as the replication's last contact
+        (a checkpoint moves only when a pull or a push with the master completed)."""
         key = replication_origin(collection, replication_id)
-        self._write(conn, key, [(_checkpoint_item(direction), value)])
+        self._write(conn, key, [(_checkpoint_item(direction), value), (_CONTACT, time.time())])
+
+    def get_last_contact(
+        self, conn: sqlite3.Connection, collection: str, replication_id: str
+    ) -> float | None:
+        """When a checkpoint of the replication was last stored (Unix time), if ever."""
+        key = replication_origin(collection, replication_id)
+        value = self._read(conn, key, [_CONTACT]).get(_CONTACT)
+        return float(value) if isinstance(value, int | float) else None
 
     def set_assumed(
         self,

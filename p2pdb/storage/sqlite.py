@@ -181,6 +181,10 @@ class SQLiteStorage:
         conn = self._conns.reader()
         return self._replication.get_assumed(conn, collection, replication_id, ids)
 
+    def get_last_contact(self, collection: str, replication_id: str) -> float | None:
+        """When the replication last stored a checkpoint (Unix time), if ever; inline."""
+        return self._replication.get_last_contact(self._conns.reader(), collection, replication_id)
+
     def list_replications(self) -> list[tuple[str, str]]:
         """``(collection, replication_id)`` of every replication with stored checkpoints or
         assumed states, sorted; an inline read."""

@@ -170,7 +170,9 @@ async def test_candidates_that_make_aioice_raise_are_skipped(
     assert ignored and all("OSError(98" in r.getMessage() for r in ignored), ignored
     for host in proxy.bogus_hosts:  # logged once per bad candidate, not per retry or layer
         assert sum(host in r.getMessage() for r in caplog.records) <= 1, host
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "p2pdb" in r.name]
+    # no warning from the candidates (a peer leaving at teardown may warn: WEBRTC_PEER_GONE)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING and "p2pdb" in r.name]
+    assert not [r for r in warnings if "WEBRTC_PEER_GONE" not in r.getMessage()], warnings
     gc.collect()
 
 

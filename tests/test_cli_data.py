@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cli_helpers import run
 from schemas import PEER_SCHEMA
 
 import p2pdb
@@ -28,23 +26,6 @@ SECRET_SCHEMA: dict[str, Any] = {
     "required": ["id"],
     "encrypted": ["body"],
 }
-
-
-def run(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "p2pdb", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-        env={
-            **os.environ,
-            "PYTHONPATH": str(Path(p2pdb.__file__).parent.parent),
-            **(env or {}),
-        },
-    )
 
 
 async def fill(path: Path) -> None:

@@ -5,32 +5,16 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 from schemas import PEER_SCHEMA
 
 import p2pdb
-
-
-def run(
-    *args: str, cwd: Path | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m p2pdb ARGS`` (the worktree first on the path, as for the tests)."""
-    return subprocess.run(
-        [sys.executable, "-m", "p2pdb", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        input=stdin,
-        env={**os.environ, "PYTHONPATH": str(Path(p2pdb.__file__).parent.parent)},
-    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: str) -> str:

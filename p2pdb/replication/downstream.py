@@ -115,9 +115,7 @@ class Downstream(DirectionTask):
             arrivals.forget_before(arrival)
             return complete
 
-    async def _incoming(
-        self, documents: Sequence[object], arrival: int
-    ) -> tuple[Incoming, bool]:
+    async def _incoming(self, documents: Sequence[object], arrival: int) -> tuple[Incoming, bool]:
         """The valid, not doubtful master states by id, after ``pull_modifier`` (a state
         it drops is skipped); False if some were doubtful."""
         c = self.context.collection

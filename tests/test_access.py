@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from schemas import TODO_SCHEMA
+from access_helpers import Doc, refusal_code, served, stored_rows, two_databases, wait_for
 
 import p2pdb
-from p2pdb.errors import P2PDBError, PeerError, ReplicationError
-from p2pdb.replication import ReplicationHandler, WriteRow, collection_handler, replicate
+from p2pdb.errors import P2PDBError, ReplicationError
+from p2pdb.replication import WriteRow, collection_handler, replicate
 from p2pdb.replication.access import DocumentAccess
-from p2pdb.replication.testing import WirePipe
-
-Doc = dict[str, Any]
 
 
 def owner(doc: Mapping[str, Any] | None) -> str | None:
@@ -42,52 +38,10 @@ async def alice_reads_async(doc: Mapping[str, Any]) -> bool:
     return owner(doc) == "alice"
 
 
-def stored_rows(db: p2pdb.Database) -> dict[str, Doc]:
-    """Every stored state of the todos collection, tombstones included, by id."""
-    pairs, _ = db.storage.changes_since("todos", 0, 1_000_000)
-    return {state["id"]: state for _, state in pairs}
-
-
 @pytest.fixture
 async def dbs(tmp_path: Path) -> AsyncIterator[tuple[p2pdb.Database, p2pdb.Database]]:
-    master = await p2pdb.create_database(str(tmp_path / "master.db"))
-    fork = await p2pdb.create_database(str(tmp_path / "fork.db"))
-    await master.add_collection("todos", schema=TODO_SCHEMA)
-    await fork.add_collection("todos", schema=TODO_SCHEMA)
-    yield master, fork
-    await fork.close()
-    await master.close()
-
-
-@asynccontextmanager
-async def served(handler: ReplicationHandler, over_wire: bool) -> AsyncIterator[Any]:
-    """The fork's handler: ``handler`` itself, or a RemoteMaster over the in-memory pipe."""
-    if not over_wire:
-        yield handler
-        return
-    async with WirePipe(handler) as pipe:
-        yield pipe.handler
-
-
-async def wait_for(state: Any, condition: Callable[[], bool], seconds: float = 15.0) -> None:
-    """Wait, woken by each change of ``state.active``, until ``condition()`` holds."""
-    changed = asyncio.Event()
-    subscription = state.active.subscribe(lambda _busy: changed.set())
-    try:
-        async with asyncio.timeout(seconds):
-            while not condition():
-                changed.clear()
-                await changed.wait()
-    finally:
-        subscription.dispose()
-
-
-def refusal_code(error: BaseException) -> str | None:
-    """REPLICATION_WRITE_REFUSED, directly or as the code of a remote error."""
-    if isinstance(error, PeerError) and error.code == "WIRE_REMOTE_ERROR":
-        remote = error.parameters.get("remote_error")
-        return remote.get("code") if isinstance(remote, dict) else None
-    return error.code if isinstance(error, P2PDBError) else None
+    async with two_databases(tmp_path) as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("over_wire", [False, True], ids=["direct", "wire"])

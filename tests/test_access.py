@@ -192,3 +192,37 @@ async def test_can_write_refuses_forged_update_and_delete(
     final = stored_rows(master_db)
     assert final["m2"]["text"] == "new" and final["m1"]["_deleted"] is True
     assert final["a1"] == before["a1"]
+
+
+async def test_a_failing_hook_refuses_the_request(
+    dbs: tuple[p2pdb.Database, p2pdb.Database],
+) -> None:
+    master_db, _ = dbs
+    master = master_db.collections["todos"]
+
+    def fragile(doc: Mapping[str, Any]) -> bool:
+        if doc["text"] == "boom":
+            raise RuntimeError("rule broke")
+        return True
+
+    def no_write(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+        raise RuntimeError("write rule broke")
+
+    handler = collection_handler(
+        master, access=DocumentAccess(can_read=fragile, can_write=no_write)
+    )
+    items: list[Any] = []
+    handler.stream().subscribe(items.append)
+    await master.insert({"id": "ok", "text": "fine"})
+    await master.insert({"id": "bad", "text": "boom"})
+    # the stream never errors: a batch it cannot judge becomes RESYNC, and the pull reports
+    assert [type(i).__name__ for i in items] == ["ChangesBatch", "str"] and items[1] == "RESYNC"
+    with pytest.raises(ReplicationError) as info:
+        await handler.changes_since(None, 10)
+    assert info.value.code == "REPLICATION_ACCESS_HOOK"
+    assert isinstance(info.value.__cause__, RuntimeError)
+    before = stored_rows(master_db)
+    with pytest.raises(ReplicationError) as info:
+        await handler.write([WriteRow({"id": "new", "text": "x", "_deleted": False})])
+    assert info.value.code == "REPLICATION_ACCESS_HOOK"
+    assert stored_rows(master_db) == before

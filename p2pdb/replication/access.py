@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
+from ..errors import P2PDBError, ReplicationError
 from ..query import CompiledQuery, compile_query
 from ..schema import Schema
 
@@ -136,8 +137,23 @@ def _discard(value: object) -> None:
         close()
 
 
+def _hook_failed(name: str, exc: Exception) -> ReplicationError:
+    error = ReplicationError(
+        f"The access hook {name} raised {exc!r}; the request was refused. Fix the hook.",
+        code="REPLICATION_ACCESS_HOOK",
+        hook=name,
+    )
+    error.__cause__ = exc
+    return error
+
+
 class AccessCheck:
-    """A :class:`DocumentAccess` bound to the collection it guards (the master side)."""
+    """A :class:`DocumentAccess` bound to the collection it guards (the master side).
+
+    A hook that raises fails the request with ``ReplicationError``
+    ``REPLICATION_ACCESS_HOOK`` (its ``__cause__`` is the hook's exception), answered to the
+    remote as an error: nothing is sent or written on a failing rule.
+    """
 
     def __init__(self, access: DocumentAccess, schema: Schema) -> None:
         self.access = access
@@ -149,13 +165,30 @@ class AccessCheck:
         if not self.filter.matches(stored):
             return None
         rule = self.access.can_read
-        if rule is not None and not await resolve(rule(stored)):
-            return None
-        return await apply_modifier(self.access.outgoing, stored)
+        try:
+            if rule is not None and not await resolve(rule(stored)):
+                return None
+        except P2PDBError:
+            raise
+        except Exception as exc:
+            raise _hook_failed("can_read", exc) from exc
+        try:
+            return await apply_modifier(self.access.outgoing, stored)
+        except P2PDBError:
+            raise
+        except Exception as exc:
+            raise _hook_failed("outgoing", exc) from exc
 
     def view_now(self, stored: Doc) -> Doc | None | _Pending:
         """:meth:`view` without awaiting: :data:`PENDING` if a hook returned an awaitable
-        (the caller then falls back to something it can await, e.g. a RESYNC)."""
+        or raised (the caller then falls back to something it can await, e.g. a RESYNC
+        whose pull reports the failure)."""
+        try:
+            return self._view_now(stored)
+        except Exception:
+            return PENDING
+
+    def _view_now(self, stored: Doc) -> Doc | None | _Pending:
         if not self.filter.matches(stored):
             return None
         rule = self.access.can_read
@@ -176,7 +209,12 @@ class AccessCheck:
 
     async def incoming(self, pushed: Doc) -> Doc | None:
         """A pushed document as it would be stored (``None``: the modifier dropped it)."""
-        return await apply_modifier(self.access.incoming, pushed)
+        try:
+            return await apply_modifier(self.access.incoming, pushed)
+        except P2PDBError:
+            raise
+        except Exception as exc:
+            raise _hook_failed("incoming", exc) from exc
 
     async def may_write(self, current: Doc | None, new: Doc) -> bool:
         """Whether the remote may replace ``current`` (``None``: absent) with ``new``."""
@@ -186,4 +224,9 @@ class AccessCheck:
         if not in_scope:
             return False
         rule = self.access.can_write
-        return rule is None or bool(await resolve(rule(current, new)))
+        try:
+            return rule is None or bool(await resolve(rule(current, new)))
+        except P2PDBError:
+            raise
+        except Exception as exc:
+            raise _hook_failed("can_write", exc) from exc

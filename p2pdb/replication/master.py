@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,7 @@ class CollectionHandler:
                         return ChangesBatch(documents, {"seq": seq})
             if len(pairs) < batch_size:
                 return ChangesBatch(documents, {"seq": last})
+            await asyncio.sleep(0)  # a long run of hidden documents must not block the loop
             c.check_open()
             pairs, last = c.storage.changes_since(c.name, last, batch_size)
 

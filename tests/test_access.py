@@ -9,6 +9,7 @@ write it may not make is refused with a typed error and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import p2pdb
 from p2pdb.errors import P2PDBError, ReplicationError
 from p2pdb.replication import WriteRow, collection_handler, replicate
 from p2pdb.replication.access import DocumentAccess
+from p2pdb.replication.testing import WirePipe
 
 
 def owner(doc: Mapping[str, Any] | None) -> str | None:
@@ -226,3 +228,53 @@ async def test_a_failing_hook_refuses_the_request(
         await handler.write([WriteRow({"id": "new", "text": "x", "_deleted": False})])
     assert info.value.code == "REPLICATION_ACCESS_HOOK"
     assert stored_rows(master_db) == before
+
+
+def alice_keeps_hers(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """The fork (alice) may write only documents that are and stay hers."""
+    return (current is None or owner(current) == "alice") and owner(new) == "alice"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_writes_on_both_sides_converge_on_the_readable_part(
+    dbs: tuple[p2pdb.Database, p2pdb.Database], seed: int
+) -> None:
+    rng = random.Random(seed)
+    master_db, fork_db = dbs
+    master, fork = master_db.collections["todos"], fork_db.collections["todos"]
+    access = DocumentAccess(can_read=alice_reads, can_write=alice_keeps_hers)
+    errors: list[BaseException] = []
+    async with WirePipe(collection_handler(master, access=access)) as pipe:
+        state = replicate(fork, pipe.handler, "random", batch_size=5, retry_delay=0.05)
+        state.errors.subscribe(errors.append)
+        for step in range(300):
+            number = rng.randrange(40)
+            doc_id, who = f"d{number}", ("alice", "bob")[number % 2]  # owners never change
+            if rng.random() < 0.7:  # the master: inserts, updates and deletes of anyone's
+                current = await master.find_one(doc_id)
+                if current is None:
+                    await master.upsert({"id": doc_id, "text": f"m{step}", "meta": {"owner": who}})
+                elif rng.random() < 0.2:
+                    await master.remove_document(doc_id)
+                else:
+                    await current.patch({"text": f"m{step}"})
+            else:  # the fork edits what it holds (all of it alice's)
+                mine = await fork.find_one(doc_id)
+                if mine is not None:
+                    await mine.patch({"text": f"f{step}"})
+            if step % 100 == 99:
+                await state.wait_for_in_sync()  # a few calm points between the bursts
+        await state.wait_for_in_sync()
+        last = master_db.storage.last_seq("todos")
+        await wait_for(state, lambda: state.down_checkpoint == {"seq": last})
+        await state.wait_for_in_sync()
+        await state.cancel()
+    master_rows, fork_rows = stored_rows(master_db), stored_rows(fork_db)
+    readable = {i: s for i, s in master_rows.items() if owner(s) == "alice"}
+    assert set(fork_rows) == set(readable)
+    for doc_id, state_ in readable.items():
+        assert (fork_rows[doc_id]["text"], fork_rows[doc_id]["_deleted"]) == (
+            state_["text"],
+            state_["_deleted"],
+        )
+    assert not [e for e in errors if refusal_code(e) == "REPLICATION_WRITE_REFUSED"]

@@ -20,7 +20,12 @@ from access_helpers import Doc, refusal_code, served, stored_rows, two_databases
 
 import p2pdb
 from p2pdb.errors import P2PDBError, QueryError
-from p2pdb.replication import WriteRow, collection_handler, replicate
+from p2pdb.plugins.replication_websocket import (
+    ClientOptions,
+    replicate_websocket,
+    start_replication_server,
+)
+from p2pdb.replication import ReplicationOptions, WriteRow, collection_handler, replicate
 from p2pdb.replication.access import DocumentAccess
 
 OPEN = {"done": False}
@@ -247,3 +252,32 @@ async def test_serving_side_selector_and_modifiers(
             )
         assert refusal_code(info.value) == "REPLICATION_WRITE_REFUSED"
     assert "closed" not in stored_rows(master_db)
+
+
+async def test_fork_side_partial_replication_over_real_websockets(
+    dbs: tuple[p2pdb.Database, p2pdb.Database],
+) -> None:
+    # the fork's options travel with any transport: here p2pdb's WebSocket client and server
+    master_db, fork_db = dbs
+    master, fork = master_db.collections["todos"], fork_db.collections["todos"]
+    await master.bulk_insert(
+        [{"id": f"m{i}", "text": f"t{i}", "done": i % 2 == 1} for i in range(20)]
+    )
+    replication = ReplicationOptions(
+        selector=OPEN, pull_modifier=to_fork, push_modifier=to_master, batch_size=3
+    )
+    options = ClientOptions(replication=replication, request_timeout=5.0)
+    async with await start_replication_server(master_db, port=0) as server:
+        state = await replicate_websocket(fork, f"ws://127.0.0.1:{server.port}", options=options)
+        await settle(state, master_db)
+        assert set(stored_rows(fork_db)) == {f"m{i}" for i in range(0, 20, 2)}
+        assert stored_rows(fork_db)["m0"]["text"] == "fork:t0"
+        await fork.insert({"id": "f1", "text": "fork:from the fork", "done": False})
+        doc = await master.find_one("m2")
+        assert doc is not None
+        await doc.patch({"done": True, "text": "closed"})  # leaves the selector: follows
+        await settle(state, master_db)
+        await state.cancel()
+    assert stored_rows(master_db)["f1"]["text"] == "from the fork"
+    assert stored_rows(fork_db)["m2"]["text"] == "fork:closed"
+    assert stored_rows(fork_db)["m2"]["done"] is True

@@ -62,6 +62,9 @@ def test_defaults_and_frozen() -> None:
         "batch_size": 100,
         "retry_delay": 0.5,
         "max_retry_delay": 15.0,
+        "selector": None,
+        "pull_modifier": None,
+        "push_modifier": None,
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.batch_size = 5  # type: ignore[misc]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..backoff import Backoff
+from .access import DocumentFilter
 from .arrivals import Arrivals
 from .checkpoints import Checkpoints, Direction
 from .fork import ForkCollection
@@ -32,6 +33,8 @@ class ReplicationContext:
     report: Callable[[Direction, BaseException], None]
     #: Tell the state that a flag changed (wakes ``wait_for_*``, updates ``active``).
     notify: Callable[[], None]
+    #: ``options.selector`` compiled for the collection (partial replication).
+    filter: DocumentFilter
 
 
 class DirectionTask(ABC):

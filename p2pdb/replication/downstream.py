@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from ..errors import ConflictError, ValidationError
 from ..storage import ABSENT, Write, WriteTxn
 from ..streams import EventStream
+from .access import apply_modifier
 from .checkpoints import Direction, StateUpdate
 from .direction import DirectionTask, ReplicationContext
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
@@ -106,7 +107,7 @@ class Downstream(DirectionTask):
         arrivals = self.context.arrivals
         # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
         async with arrivals.persist_lock:
-            incoming, complete = self._incoming(documents, arrival)
+            incoming, complete = await self._incoming(documents, arrival)
             writes, update = self._decide(incoming)
             if complete:
                 update.set_checkpoint("down", checkpoint)
@@ -114,15 +115,21 @@ class Downstream(DirectionTask):
             arrivals.forget_before(arrival)
             return complete
 
-    def _incoming(self, documents: Sequence[object], arrival: int) -> tuple[Incoming, bool]:
-        """The valid, not doubtful master states by id; False if some were doubtful."""
+    async def _incoming(self, documents: Sequence[object], arrival: int) -> tuple[Incoming, bool]:
+        """The valid, not doubtful master states by id, after ``pull_modifier`` (a state
+        it drops is skipped); False if some were doubtful."""
         c = self.context.collection
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
+        modifier = self.context.options.pull_modifier
         incoming: Incoming = {}
         complete = True
         for doc in documents:
             try:
+                if modifier is not None and isinstance(doc, Mapping):
+                    doc = await apply_modifier(modifier, dict(doc))
+                    if doc is None:
+                        continue
                 user, deleted = from_wire(doc)
                 prepared = c.prepare(user)
             except ValidationError as exc:
@@ -142,8 +149,14 @@ class Downstream(DirectionTask):
         return incoming, complete
 
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
-        """The local writes and assumed master states that apply ``incoming``."""
+        """The local writes and assumed master states that apply ``incoming``.
+
+        With a selector, a state that does not match is applied only to a document the fork
+        already shares (it holds it, or knows a master state of it): a document leaving the
+        selector gets its new state instead of staying stale; one never shared stays out.
+        """
         c = self.context.collection
+        selected = self.context.filter.matches
         is_equal = c.conflict_handler.is_equal
         forks = c.database.storage.get(c.name, list(incoming))
         assumed = self.context.checkpoints.assumed(incoming)
@@ -153,6 +166,8 @@ class Downstream(DirectionTask):
             fork = forks.get(doc_id)
             fork_wire = to_wire(fork) if fork is not None else None
             known = assumed.get(doc_id)
+            if fork is None and known is None and not selected(master):
+                continue  # outside the selector and never shared: not pulled
             if fork_wire is not None and is_equal(fork_wire, master):
                 if known is None or not is_equal(known, master):
                     update.set_assumed(doc_id, master)

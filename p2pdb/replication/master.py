@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +11,10 @@ from reactivex import Observable
 from reactivex import operators as ops
 
 from ..changes import ChangeEvent
-from ..errors import ConflictError, P2PDBError, ValidationError
+from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import ABSENT, Write
-from .protocol import ChangesBatch, Resync, WriteRow, from_wire, to_wire
+from .access import PENDING, AccessCheck, DocumentAccess
+from .protocol import RESYNC, ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -57,9 +59,17 @@ def _as_row(row: object) -> WriteRow:
 class CollectionHandler:
     """The master side over a local collection. Create it with :func:`collection_handler`."""
 
-    def __init__(self, collection: Collection, origin: str = "replication") -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        origin: str = "replication",
+        access: DocumentAccess | None = None,
+    ) -> None:
         self.collection = collection
         self.origin = origin
+        #: What the remote may read and write (``None``: everything).
+        self.access = access
+        self._check = None if access is None else AccessCheck(access, collection.schema)
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Documents written after ``checkpoint``, in write order."""
@@ -72,13 +82,41 @@ class CollectionHandler:
         c.check_open()
         seq = parse_checkpoint(checkpoint)
         pairs, last = c.storage.changes_since(c.name, seq, batch_size)
-        return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
+        if self._check is None:
+            return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
+        return await self._readable_since(pairs, last, batch_size, self._check)
+
+    async def _readable_since(
+        self, pairs: list[tuple[int, Doc]], last: int, batch_size: int, check: AccessCheck
+    ) -> ChangesBatch:
+        """The next ``batch_size`` readable documents, reading past hidden ones.
+
+        A short batch means "caught up" to the fork, so hidden documents never shorten one:
+        pages are read until the batch is full or the sequence ends, and the checkpoint is
+        the sequence number of the last document looked at (hidden ones included).
+        """
+        c = self.collection
+        documents: list[Doc] = []
+        while True:
+            for seq, state in pairs:
+                view = await check.view(to_wire(state))
+                if view is not None:
+                    documents.append(view)
+                    if len(documents) == batch_size:
+                        return ChangesBatch(documents, {"seq": seq})
+            if len(pairs) < batch_size:
+                return ChangesBatch(documents, {"seq": last})
+            await asyncio.sleep(0)  # a long run of hidden documents must not block the loop
+            c.check_open()
+            pairs, last = c.storage.changes_since(c.name, last, batch_size)
 
     async def write(self, rows: Sequence[WriteRow] | Sequence[Mapping[str, Any]]) -> list[Doc]:
         """Write rows whose assumed state matches; return the current state of the others.
 
         Rows failing this collection's schema are not written: the valid rows are, then
-        a :class:`ValidationError` names the invalid ones.
+        a :class:`ValidationError` names the invalid ones. With ``access``, a push with a
+        row the remote may not write (or whose document it may not read) is refused whole
+        with ``ReplicationError`` ``REPLICATION_WRITE_REFUSED``, before any of it is written.
         """
         c = self.collection
         pk = c.schema.primary_key
@@ -87,7 +125,13 @@ class CollectionHandler:
         for raw in rows:
             row = _as_row(raw)
             try:
-                user, deleted = from_wire(row.new_document_state)
+                new = row.new_document_state
+                if self._check is not None:
+                    modified = await self._check.incoming(new)
+                    if modified is None:
+                        continue  # the incoming modifier dropped it: not stored, no conflict
+                    new = modified
+                user, deleted = from_wire(new)
                 prepared = c.prepare(user)
                 pending[prepared[pk]] = (prepared, deleted, row)  # the last row of an id wins
             except ValidationError:
@@ -118,19 +162,41 @@ class CollectionHandler:
         is_equal = c.conflict_handler.is_equal
         current = c.storage.get(c.name, list(pending))
         writes: list[Write] = []
+        found: list[Doc] = []
+        refused: list[str] = []
+        check = self._check
         for doc_id, (user, deleted, row) in pending.items():
             state = current.get(doc_id)
-            master = to_wire(state) if state is not None else None
+            stored = to_wire(state) if state is not None else None
+            # what the remote sees of the stored state: it compares and conflicts with that
+            master = stored if check is None or stored is None else await check.view(stored)
+            if stored is not None and master is None:
+                refused.append(doc_id)  # a document it may not read: never a conflict answer
+                continue
             if master is None:
-                writes.append(Write(user, deleted, expected=ABSENT))
+                write = Write(user, deleted, expected=ABSENT)
             elif is_equal(master, row.new_document_state):
                 continue  # already there: a resent row, or the same edit on both sides
             elif row.assumed_master_state is not None and is_equal(
                 master, row.assumed_master_state
             ):
-                writes.append(Write(user, deleted, expected=state["_rev"]))  # type: ignore[index]
+                write = Write(user, deleted, expected=state["_rev"])  # type: ignore[index]
             else:
-                conflicts.append(master)
+                found.append(master)
+                continue
+            new = to_wire({**user, "_deleted": deleted})
+            if check is not None and not await check.may_write(stored, new):
+                refused.append(doc_id)
+                continue
+            writes.append(write)
+        if refused:
+            raise ReplicationError(
+                f"Writing {refused!r} is not allowed to this peer; nothing of this push was "
+                "written.",
+                code="REPLICATION_WRITE_REFUSED",
+                ids=refused,
+            )
+        conflicts.extend(found)
         retry: dict[str, tuple[Doc, bool, WriteRow]] = {}
         if writes:
             pk = c.schema.primary_key
@@ -144,22 +210,40 @@ class CollectionHandler:
 
         ``skip_own=True`` leaves out the documents this handler wrote (a fork's own pushes:
         it has them already); the checkpoint still moves past them.
+        With ``access``, documents the remote may not read are left out too (the checkpoint
+        still moves past them); if a hook is asynchronous the stream says ``RESYNC`` instead,
+        and the fork pulls the batch through :meth:`changes_since`, which awaits the hooks
+        (a batch filtered later could overtake an answer, which the fork must never see).
         """
         db = self.collection.database
         origin = self.origin
+        check = self._check
 
         def batch(events: list[ChangeEvent]) -> ChangesBatch | Resync:
             # never promise a checkpoint past a write not yet emitted (other processes)
             seq = min(events[-1].seq, db.safe_seq)
-            docs = [to_wire(e.document) for e in events if not skip_own or e.origin != origin]
+            docs: list[Doc] = []
+            for event in events:
+                if skip_own and event.origin == origin:
+                    continue
+                wire = to_wire(event.document)
+                view = wire if check is None else check.view_now(wire)
+                if view is PENDING:
+                    return RESYNC
+                if isinstance(view, dict):
+                    docs.append(view)
             return ChangesBatch(docs, {"seq": seq})
 
         return self.collection.batches.pipe(ops.map(batch))
 
 
-def collection_handler(collection: Collection, origin: str = "replication") -> CollectionHandler:
+def collection_handler(
+    collection: Collection, origin: str = "replication", access: DocumentAccess | None = None
+) -> CollectionHandler:
     """Serve ``collection`` as a master: pass the result to ``replicate()`` of a fork.
 
-    ``origin`` is the ``origin`` of the change events its writes produce.
+    ``origin`` is the ``origin`` of the change events its writes produce; ``access`` limits
+    what the remote reads and writes (per-peer rules, a selector, modifiers; see
+    :class:`~p2pdb.replication.access.DocumentAccess`).
     """
-    return CollectionHandler(collection, origin)
+    return CollectionHandler(collection, origin, access)

@@ -9,10 +9,12 @@ dataclass's fields (tests/test_replication_options.py fails when the two drift).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ..errors import ValidationError
+from .access import Modifier
 
 __all__ = ["ReplicationOptions", "ReplicationOptionsChanges", "merge_options"]
 
@@ -38,6 +40,16 @@ class ReplicationOptions:
     retry_delay: float = 0.5
     #: The cap of that doubling delay, in seconds (jitter of x0.75 to x1.25 on top).
     max_retry_delay: float = 15.0
+    #: Partial replication: a Mango selector on the collection's documents. Only matching
+    #: documents enter by pull or leave by push; a document either side already shares
+    #: keeps following, also once it stops matching (docs/replication.md).
+    selector: Mapping[str, Any] | None = None
+    #: RxDB's ``pull.modifier``: transforms each master state on its way in (conflict
+    #: answers included); ``None`` drops it. May be async.
+    pull_modifier: Modifier | None = None
+    #: RxDB's ``push.modifier``: transforms each pushed state (and its assumed master
+    #: state) on its way out; ``None`` leaves the row unsent. May be async.
+    push_modifier: Modifier | None = None
 
     def __post_init__(self) -> None:
         if type(self.batch_size) is not int or self.batch_size < 1:
@@ -56,6 +68,9 @@ class ReplicationOptionsChanges(TypedDict, total=False):
     batch_size: int
     retry_delay: float
     max_retry_delay: float
+    selector: Mapping[str, Any] | None
+    pull_modifier: Modifier | None
+    push_modifier: Modifier | None
 
 
 def merge_options(

@@ -30,6 +30,7 @@ from reactivex.subject import BehaviorSubject
 from ..changes import ChangeEvent
 from ..errors import P2PDBError, ReplicationError
 from ..streams import EventStream
+from .access import DocumentFilter
 from .arrivals import Arrivals
 from .checkpoints import Checkpoints, Direction
 from .direction import DirectionTask, ReplicationContext
@@ -82,6 +83,7 @@ class ReplicationState:
             origin=self.key,
             report=self._report,
             notify=self._changed,
+            filter=DocumentFilter(self.options.selector, collection.schema),
         )
         self._checkpoints = checkpoints
         self._down = Downstream(context)
@@ -326,7 +328,8 @@ def replicate(
     """Replicate ``collection`` (the fork) with the master behind ``handler``.
 
     Options come as a :class:`ReplicationOptions`, as keywords (``pull``, ``push``, ``live``,
-    ``batch_size``, ``retry_delay``, ``max_retry_delay``), or both (keywords win). The same
+    ``batch_size``, ``retry_delay``, ``max_retry_delay``, ``selector``, ``pull_modifier``,
+    ``push_modifier``), or both (keywords win). The same
     ``replication_id`` resumes from the stored checkpoints. ``live=False`` stops after one
     full pass each way. Failures appear on ``state.errors`` and are retried with capped
     exponential backoff (``retry_delay`` doubling up to ``max_retry_delay``, with jitter).

@@ -17,6 +17,7 @@ from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
+from .access import apply_modifier
 from .checkpoints import Direction, StateUpdate
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
@@ -113,7 +114,8 @@ class Upstream(DirectionTask):
         # the current states, not the ones listed: a pull may have written since
         states = list(c.database.storage.get(c.name, [s[pk] for s in changed]).values())
         rows = self._rows(states)
-        real = await self._send(rows)
+        real, unsent = await self._send(rows)
+        rows = [row for row in rows if row.new_document_state[pk] not in unsent]
         revisions = {s[pk]: s["_rev"] for s in states}
         outcome = await self._decide(rows, real, revisions, checkpoint)
         await self._write(outcome)
@@ -124,27 +126,41 @@ class Upstream(DirectionTask):
             self.conflicts.on_next(event)
 
     def _rows(self, states: list[Doc]) -> list[WriteRow]:
-        """A row for every state that differs from its assumed master state."""
+        """A row for every state that differs from its assumed master state.
+
+        With a selector, a state that does not match is pushed only when the master shares
+        the document (there is an assumed master state): an edit taking a document out of
+        the selector still reaches the master; a document it never had stays local.
+        """
         c = self.context.collection
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
+        selected = self.context.filter.matches
         assumed = self.context.checkpoints.assumed(s[pk] for s in states)
         rows: list[WriteRow] = []
         for state in states:
             wire = to_wire(state)
             known = assumed.get(state[pk])
+            if known is None and not selected(wire):
+                continue
             if known is None or not is_equal(known, wire):
                 rows.append(WriteRow(wire, known))
         return rows
 
-    async def _send(self, rows: list[WriteRow]) -> dict[str, Doc]:
-        """Send the rows in batches; the master's real states of the conflicting ones."""
+    async def _send(self, rows: list[WriteRow]) -> tuple[dict[str, Doc], set[str]]:
+        """Send the rows in batches: the master's real states of the conflicting ones (in
+        the fork's form, through ``pull_modifier``), and the ids of rows left unsent
+        (``push_modifier`` dropped them) or whose conflict state ``pull_modifier`` dropped:
+        their assumed master states stay as they were."""
         pk = self.context.collection.schema.primary_key
         batch_size = self.context.options.batch_size
         real: dict[str, Doc] = {}
+        unsent: set[str] = set()
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            answer = await self.context.handler.write(chunk)
+            chunk, wire = await self._outgoing(rows[start : start + batch_size], unsent)
+            if not wire:
+                continue
+            answer = await self.context.handler.write(wire)
             self.context.arrivals.push_answered(
                 (row.new_document_state[pk], row.new_document_state) for row in chunk
             )
@@ -156,8 +172,36 @@ class Upstream(DirectionTask):
                     raise _bad_response(
                         "write() returned a conflict for a document that was not sent."
                     )
-                real[answered[pk]] = to_wire(answered)
-        return real
+                doc_id = answered[pk]
+                state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
+                if state is None:
+                    unsent.add(doc_id)
+                else:
+                    real[doc_id] = to_wire(state)
+        return real, unsent
+
+    async def _outgoing(
+        self, rows: list[WriteRow], unsent: set[str]
+    ) -> tuple[list[WriteRow], list[WriteRow]]:
+        """The rows to send, as the fork holds them and as ``push_modifier`` makes them
+        (RxDB's rule: the modifier applies to both states; ``None`` leaves a row unsent)."""
+        modifier = self.context.options.push_modifier
+        if modifier is None:
+            return rows, rows
+        pk = self.context.collection.schema.primary_key
+        kept: list[WriteRow] = []
+        wire: list[WriteRow] = []
+        for row in rows:
+            new = await apply_modifier(modifier, row.new_document_state)
+            if new is None:
+                unsent.add(row.new_document_state[pk])
+                continue
+            assumed = row.assumed_master_state
+            if assumed is not None:
+                assumed = await apply_modifier(modifier, assumed)
+            kept.append(row)
+            wire.append(WriteRow(new, assumed))
+        return kept, wire
 
     async def _decide(
         self, rows: list[WriteRow], real: dict[str, Doc], revisions: dict[str, str], up: int

@@ -53,7 +53,12 @@ async def remove_database(path: str | os.PathLike[str]) -> list[str]:
             code="DATABASE_NOT_P2PDB",
             path=name,
         )
-    if os.path.realpath(name) in SQLiteStorage.open_paths():
+    return await asyncio.to_thread(_remove, name, SQLiteStorage.open_paths())
+
+
+def _remove(name: str, open_paths: set[str]) -> list[str]:
+    """The file work of :func:`remove_database`, off the event loop."""
+    if os.path.realpath(name) in open_paths:
         raise StorageError(
             f"The database {name!r} is open in this process; close it (await db.close()) "
             "before removing it.",
@@ -62,7 +67,7 @@ async def remove_database(path: str | os.PathLike[str]) -> list[str]:
         )
     if not os.path.isfile(name):
         return []
-    if not await asyncio.to_thread(_is_p2pdb_file, name):
+    if not _is_p2pdb_file(name):
         raise ValidationError(
             f"{name!r} is not a p2pdb database; it was not removed.",
             code="DATABASE_NOT_P2PDB",

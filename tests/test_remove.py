@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +13,11 @@ import p2pdb
 from p2pdb import NotFoundError, StorageError, ValidationError
 from p2pdb.changes import ChangeEvent
 from p2pdb.replication import collection_handler, replicate
+
+
+def side(path: Path, suffix: str) -> Path:
+    """The ``-wal`` / ``-shm`` file beside ``path``."""
+    return path.with_name(path.name + suffix)
 
 
 def tables(path: str) -> set[str]:
@@ -99,17 +103,17 @@ async def test_remove_database_removes_the_file_and_its_wal_and_shm(tmp_path: Pa
     db = await p2pdb.create_database(path)
     todos = await db.add_collection("todos", schema=TODO_SCHEMA)
     await todos.insert({"id": "a", "text": "x"})
-    assert Path(str(path) + "-wal").exists()
+    assert side(path, "-wal").exists()
     with pytest.raises(StorageError) as caught:
         await p2pdb.remove_database(path)
     assert caught.value.code == "DATABASE_OPEN" and path.exists()
     with pytest.raises(StorageError):  # the same file by another spelling
         await p2pdb.remove_database(str(tmp_path / "." / "gone.db"))
     await db.close()
-    Path(str(path) + "-shm").touch()  # as a crashed process leaves it
+    side(path, "-shm").touch()  # as a crashed process leaves it
     removed = await p2pdb.remove_database(path)
     assert str(path) in removed and not path.exists()
-    assert not Path(str(path) + "-wal").exists() and not Path(str(path) + "-shm").exists()
+    assert not side(path, "-wal").exists() and not side(path, "-shm").exists()
     assert await p2pdb.remove_database(path) == []  # nothing left: nothing to do
     async with p2pdb.create_database(path) as fresh:  # a new, empty database
         assert fresh.storage.stored_schemas() == {}
@@ -127,4 +131,4 @@ async def test_remove_database_refuses_what_is_not_a_p2pdb_database(tmp_path: Pa
         assert caught.value.code == "DATABASE_NOT_P2PDB" and path.exists()
     with pytest.raises(ValidationError):
         await p2pdb.remove_database(":memory:")
-    assert os.path.getsize(text) == len("my precious notes")
+    assert text.read_text() == "my precious notes"

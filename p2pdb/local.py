@@ -9,7 +9,8 @@ appear in queries, change sequences, replication or ``export_json()``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -17,12 +18,15 @@ import reactivex
 from reactivex import Observable
 from reactivex import operators as ops
 
-from .errors import NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, ValidationError
 from .storage import SQLiteStorage
 from .streams import EventStream
 from .values import json_copy
 
-__all__ = ["LocalDocument", "LocalDocuments"]
+__all__ = ["LocalDocument", "LocalDocuments", "LocalModifier"]
+
+#: What ``modify_local`` takes: the current value in, the next one out (may be async).
+LocalModifier = Callable[[dict[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
 
 
 class LocalDocument:
@@ -70,6 +74,16 @@ class LocalDocument:
     def to_dict(self) -> dict[str, Any]:
         """A deep copy of the stored value (the same as :attr:`data`)."""
         return self.data
+
+    async def modify(self, fn: LocalModifier) -> LocalDocument:
+        """Write ``fn(value)`` over the latest state, again on newer states until it applies
+        (RxDB's ``incrementalModify``); ``fn`` may be async."""
+        return await self._store.modify_local(self.id, fn)
+
+    async def patch(self, fields: Mapping[str, Any]) -> LocalDocument:
+        """Set the given top-level fields on the latest state (RxDB's ``incrementalPatch``)."""
+        changes = dict(fields)
+        return await self._store.modify_local(self.id, lambda value: {**value, **changes})
 
     async def remove(self) -> LocalDocument:
         """Delete this local document; its last state with ``deleted`` True."""
@@ -149,6 +163,36 @@ class LocalDocuments:
         """Store ``data`` under ``doc_id``, replacing what was there (not merging)."""
         return await self._put(doc_id, data, insert=False)
 
+    async def modify_local(self, doc_id: str, fn: LocalModifier) -> LocalDocument:
+        """Write ``fn(value)`` over the stored value of ``doc_id``; if another write got in
+        first, run ``fn`` again on the newer value until it applies. Raises
+        ``LOCAL_DOCUMENT_NOT_FOUND`` if there is none."""
+        self._check(doc_id)
+        while True:
+            row = self.storage.get_local(self._parent, doc_id)
+            if row is None:
+                raise self._not_found(doc_id)
+            new = fn(LocalDocument(self, row).data)
+            if inspect.isawaitable(new):
+                new = await new
+            self._check(doc_id, new, with_data=True)
+            try:
+                _, written = await self.storage.put_local(
+                    self._parent, doc_id, json_copy(new), insert=False, expected=row["_rev"]
+                )
+            except ConflictError as exc:
+                if exc.code == "LOCAL_DOCUMENT_CONFLICT":
+                    continue  # another write got in first: run fn on what it wrote
+                raise
+            doc = LocalDocument(self, written)
+            self._changes.on_next(doc)
+            return doc
+
+    def _not_found(self, doc_id: str) -> NotFoundError:
+        return NotFoundError(
+            f"No local document {doc_id!r} here.", code="LOCAL_DOCUMENT_NOT_FOUND", id=doc_id
+        )
+
     async def get_local(self, doc_id: str) -> LocalDocument | None:
         """The local document ``doc_id``, or ``None``."""
         self._check(doc_id)
@@ -161,11 +205,7 @@ class LocalDocuments:
         self._check(doc_id)
         row = await self.storage.delete_local(self._parent, doc_id)
         if row is None:
-            raise NotFoundError(
-                f"No local document {doc_id!r} to remove.",
-                code="LOCAL_DOCUMENT_NOT_FOUND",
-                id=doc_id,
-            )
+            raise self._not_found(doc_id)
         doc = LocalDocument(self, row, deleted=True)
         self._changes.on_next(doc)
         return doc

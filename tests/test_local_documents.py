@@ -4,6 +4,7 @@ upsertLocal / remove semantics, persistence, observability, never replicated."""
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 import pytest
 from schemas import TODO_SCHEMA
@@ -136,3 +137,27 @@ async def test_closed_database_refuses(db_path: str) -> None:
         await store.upsert_local("x", {})
     with pytest.raises(p2pdb.ClosedError):
         await db.get_local("x")
+
+
+async def test_patch_and_modify_apply_again_on_a_newer_state(db: p2pdb.Database) -> None:
+    doc = await db.insert_local("counter", {"n": 0, "label": "clicks"})
+    patched = await doc.patch({"n": 1})
+    assert patched.data == {"n": 1, "label": "clicks"} and patched.revision.startswith("2-")
+    calls: list[int] = []
+
+    async def add_ten(value: dict[str, Any]) -> dict[str, Any]:
+        calls.append(value["n"])
+        if len(calls) == 1:  # another write gets in between the read and the write
+            await db.upsert_local("counter", {"n": 100, "label": "clicks"})
+        return {**value, "n": value["n"] + 10}
+
+    result = await doc.modify(add_ten)  # from a stale snapshot: reads the latest first
+    assert calls == [1, 100] and result.data == {"n": 110, "label": "clicks"}
+    assert (await db.get_local("counter")).data["n"] == 110  # type: ignore[union-attr]
+    with pytest.raises(ValidationError) as caught:
+        await doc.modify(lambda value: ["not a dict"])  # type: ignore[arg-type, return-value]
+    assert caught.value.code == "LOCAL_DOCUMENT_NOT_OBJECT"
+    await db.remove_local("counter")
+    with pytest.raises(NotFoundError) as missing:
+        await doc.patch({"n": 0})
+    assert missing.value.code == "LOCAL_DOCUMENT_NOT_FOUND"

@@ -300,10 +300,17 @@ class Storage(Protocol):
         ...
 
     async def put_local(
-        self, parent: str, doc_id: str, data: dict[str, Any], *, insert: bool
+        self,
+        parent: str,
+        doc_id: str,
+        data: dict[str, Any],
+        *,
+        insert: bool,
+        expected: str | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write a local document: ``(previous, new)``; with ``insert``, an existing one
-        raises :class:`~p2pdb.errors.ConflictError` (``LOCAL_DOCUMENT_EXISTS``)."""
+        raises :class:`~p2pdb.errors.ConflictError` (``LOCAL_DOCUMENT_EXISTS``); with
+        ``expected`` (a revision), another stored revision raises ``LOCAL_DOCUMENT_CONFLICT``."""
         ...
 
     async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:

@@ -67,12 +67,26 @@ def list_rows(conn: sqlite3.Connection, parent: str) -> list[dict[str, Any]]:
 
 
 def put(
-    conn: sqlite3.Connection, parent: str, doc_id: str, data: dict[str, Any], *, insert: bool
+    conn: sqlite3.Connection,
+    parent: str,
+    doc_id: str,
+    data: dict[str, Any],
+    *,
+    insert: bool,
+    expected: str | None = None,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Write a local document (in the caller's transaction): ``(previous, new)``. With
     ``insert``, an existing one raises :class:`~p2pdb.errors.ConflictError`
-    (``LOCAL_DOCUMENT_EXISTS``) and nothing is written."""
+    (``LOCAL_DOCUMENT_EXISTS``); with ``expected`` (a revision), a stored one at another
+    revision, or none, raises ``LOCAL_DOCUMENT_CONFLICT``. Then nothing is written."""
     previous = get(conn, parent, doc_id)
+    if expected is not None and (previous is None or previous["_rev"] != expected):
+        raise ConflictError(
+            f"The local document {doc_id!r} changed since revision {expected!r} was read.",
+            code="LOCAL_DOCUMENT_CONFLICT",
+            document=previous,
+            id=doc_id,
+        )
     if insert and previous is not None:
         raise ConflictError(
             f"A local document {doc_id!r} already exists; use upsert_local() to replace it.",

@@ -263,13 +263,20 @@ class SQLiteStorage:
         return local_rows.list_rows(self._conns.reader(), parent)
 
     async def put_local(
-        self, parent: str, doc_id: str, data: dict[str, Any], *, insert: bool
+        self,
+        parent: str,
+        doc_id: str,
+        data: dict[str, Any],
+        *,
+        insert: bool,
+        expected: str | None = None,
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write a local document in its own transaction: ``(previous, new)``; with
-        ``insert``, an existing one raises ``LOCAL_DOCUMENT_EXISTS``."""
+        ``insert``, an existing one raises ``LOCAL_DOCUMENT_EXISTS``; with ``expected``, a
+        stored revision other than it raises ``LOCAL_DOCUMENT_CONFLICT``."""
 
         def put(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-            return local_rows.put(conn, parent, doc_id, data, insert=insert)
+            return local_rows.put(conn, parent, doc_id, data, insert=insert, expected=expected)
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, put))
 

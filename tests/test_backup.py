@@ -195,3 +195,24 @@ async def test_encrypted_collections_round_trip_in_plaintext_only_when_unlocked(
         got = await c.collections["secrets"].find_one("s")
         assert got is not None and got["body"] == "the secret"
     assert b"the secret" not in (tmp_path / "c.db").read_bytes()
+
+
+async def test_the_cli_export_writes_the_documents_of_export_json(tmp_path: Path) -> None:
+    import io
+
+    from p2pdb.commands.exporting import export_lines
+
+    path = tmp_path / "a.db"
+    async with p2pdb.create_database(path) as a:
+        await fill(a)
+        dump = await a.export_json(ExportOptions(tombstones=True))
+    out = io.StringIO()
+    written = await export_lines(str(path), out, tombstones=True)
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert written == {"notes": 1, "todos": 20}
+    for entry in dump["collections"]:
+        name = entry["name"]
+        assert [x["document"] for x in lines if x["collection"] == name and "document" in x] == (
+            entry["docs"]
+        )
+        assert {"collection": name, "schema": entry["schema"]} in lines

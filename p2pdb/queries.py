@@ -19,6 +19,7 @@ from .live import observe_query
 from .query import CompiledQuery, compile_query
 from .storage import SQLiteStorage, Write
 from .streams import iterate
+from .update import compile_update
 
 __all__ = [
     "QUERY_WRITE_ROUNDS",
@@ -152,6 +153,12 @@ class FindQuery(Query[list[Document]]):
         transaction; returns the new Documents in query order (see :func:`write_matches`)."""
         return await write_matches(self, fn)
 
+    async def update(self, update: Mapping[str, Any]) -> list[Document]:
+        """Apply MongoDB update operators (``{"$set": ..., "$inc": ...}``, see
+        :mod:`p2pdb.update`) to every matching document, in one transaction (RxDB's
+        ``query.update()``); returns the new Documents in query order."""
+        return await write_matches(self, compile_update(update))
+
     async def remove(self) -> list[Document]:
         """Delete every matching document in one transaction; returns their tombstones."""
         return await write_matches(self, None)
@@ -194,6 +201,10 @@ class FindOneQuery(Query[Document | None]):
     async def modify(self, fn: Modifier) -> Document | None:
         """Write ``fn(data)`` over the match; the new Document, or ``None``."""
         return _first(await write_matches(self, fn))
+
+    async def update(self, update: Mapping[str, Any]) -> Document | None:
+        """Apply MongoDB update operators to the match; the new Document, or ``None``."""
+        return _first(await write_matches(self, compile_update(update)))
 
     async def remove(self) -> Document | None:
         """Delete the match; its tombstone, or ``None`` when nothing matches."""

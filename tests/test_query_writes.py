@@ -171,3 +171,67 @@ async def test_query_writes_survive_reopening(db_path: str) -> None:
         todos = await db.add_collection("todos", schema=TODO_SCHEMA)
         assert await todos.count({"text": "odd"}) == 5
         assert await todos.count() == 9
+
+
+async def test_update_applies_mongodb_operators_in_one_transaction(
+    todos: p2pdb.Collection,
+) -> None:
+    await todos.bulk_insert(
+        [
+            {"id": "a", "text": "x", "n": 1, "tags": ["red"], "meta": {"owner": "ann"}},
+            {"id": "b", "text": "y", "n": 5},
+        ]
+    )
+    batches = record(todos)
+    updated = await todos.find().update(
+        {
+            "$inc": {"n": 10},
+            "$set": {"meta.owner": "bob", "done": True},
+            "$addToSet": {"tags": {"$each": ["red", "blue"]}},
+        }
+    )
+    assert len(batches) == 1
+    assert [d.to_dict() for d in updated] == [
+        {"id": "a", "text": "x", "n": 11, "tags": ["red", "blue"], "meta": {"owner": "bob"},
+         "done": True},
+        {"id": "b", "text": "y", "n": 15, "meta": {"owner": "bob"}, "done": True,
+         "tags": ["red", "blue"]},
+    ]  # fmt: skip
+    one = await todos.find_one("a").update(
+        {
+            "$unset": {"done": ""},
+            "$push": {"tags": "green"},
+            "$pull": {"tags": "red"},
+            "$min": {"n": 3},
+            "$rename": {"meta": "info"},
+        }
+    )
+    assert one is not None and one.to_dict() == {
+        "id": "a", "text": "x", "n": 3, "tags": ["blue", "green"], "info": {"owner": "bob"},
+    }  # fmt: skip
+    popped = await todos.find_one("b").update({"$pop": {"tags": -1}, "$mul": {"n": 2}})
+    assert popped is not None and popped["tags"] == ["blue"] and popped["n"] == 30
+    assert await todos.find_one("missing").update({"$set": {"text": "z"}}) is None
+
+
+async def test_malformed_updates_write_nothing(todos: p2pdb.Collection) -> None:
+    await fill(todos)
+    batches = record(todos)
+    for update, code in (
+        ({"$frobnicate": {"n": 1}}, "UPDATE_UNKNOWN_OPERATOR"),
+        ({"n": 1}, "UPDATE_UNKNOWN_OPERATOR"),
+        ({}, "UPDATE_BAD_OPERAND"),
+        ({"$set": 5}, "UPDATE_BAD_OPERAND"),
+        ({"$set": {"a..b": 1}}, "UPDATE_BAD_PATH"),
+        ({"$inc": {"n": "1"}}, "UPDATE_BAD_OPERAND"),
+        ({"$inc": {"text": 1}}, "UPDATE_BAD_OPERAND"),  # not a number where it applies
+        ({"$push": {"text": 1}}, "UPDATE_BAD_OPERAND"),
+        ({"$set": {"text.deeper": 1}}, "UPDATE_BAD_PATH"),
+        ({"$pop": {"tags": 2}}, "UPDATE_BAD_OPERAND"),
+        ({"$set": {"n": -1}}, "DOCUMENT_INVALID"),  # the schema still rules
+        ({"$set": {"id": "other"}}, "DOCUMENT_PRIMARY_KEY_CHANGED"),
+    ):
+        with pytest.raises(ValidationError) as caught:
+            await todos.find().update(update)
+        assert caught.value.code == code, update
+    assert batches == []

@@ -243,14 +243,12 @@ class Database:
     # -- local documents (local.py), removing collections, backups (backup.py) -------------
 
     def local_documents(self, collection: str | None = None) -> LocalDocuments:
-        """The local documents of the database (``collection=None``) or of one collection
-        (opened or stored in the file): small JSON values, never replicated. See
-        ``docs/local-documents.md``."""
+        """The local documents (``docs/local-documents.md``) of the database
+        (``collection=None``) or of one collection, added or stored in the file."""
         self.check_open()
         if collection not in self._local:
-            if collection is not None and collection not in self._collections:
-                if collection not in self.storage.stored_schemas():
-                    raise self._no_collection(collection)
+            if collection is not None and not self._has_collection(collection):
+                raise self._no_collection(collection)
             self._local[collection] = LocalDocuments(self.storage, collection, self.check_open)
         return self._local[collection]
 
@@ -291,6 +289,9 @@ class Database:
 
         return unregister
 
+    def _has_collection(self, name: str) -> bool:
+        return name in self._collections or name in self.storage.stored_schemas()
+
     def _no_collection(self, name: str) -> NotFoundError:
         return NotFoundError(
             f"No collection {name!r} in the database {self.path!r}.",
@@ -305,7 +306,7 @@ class Database:
         transaction. Its streams complete; the old Collection raises ``COLLECTION_REMOVED``.
         It can be added again, empty, with :meth:`add_collection`."""
         self.check_open()
-        if name not in self._collections and name not in self.storage.stored_schemas():
+        if not self._has_collection(name):
             raise self._no_collection(name)
         for closer in list(self._collection_closers.pop(name, {}).values()):
             await closer()  # a replication must not write into the collection as it goes
@@ -319,16 +320,15 @@ class Database:
             local.complete(removed=True)
 
     async def export_json(self, options: ExportOptions | None = None) -> dict[str, Any]:
-        """Every added collection's schema and documents as one JSON-ready dict (see
-        ``docs/backup.md``); ``options`` may pick collections, add tombstones, add
-        replication state. Encrypted fields are exported decrypted."""
+        """The added collections' schemas and documents as one JSON-ready dict, encrypted
+        fields decrypted; ``options`` picks collections, tombstones, replication state."""
         return await export_json(self, options or ExportOptions())
 
     async def import_json(
         self, data: Mapping[str, Any], options: ImportOptions | None = None
     ) -> ImportReport:
-        """Write an :meth:`export_json` dump into this database: everything is validated
-        first, then each collection is written in one transaction (``docs/backup.md``)."""
+        """Write an :meth:`export_json` dump: all validated first, then one transaction per
+        collection (``docs/backup.md``)."""
         return await import_json(self, data, options or ImportOptions())
 
 

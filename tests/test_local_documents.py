@@ -161,3 +161,20 @@ async def test_patch_and_modify_apply_again_on_a_newer_state(db: p2pdb.Database)
     with pytest.raises(NotFoundError) as missing:
         await doc.patch({"n": 0})
     assert missing.value.code == "LOCAL_DOCUMENT_NOT_FOUND"
+
+
+@pytest.mark.skipif(
+    not hasattr(p2pdb.Collection, "insert_local"),
+    reason="Collection.insert_local & co. are added in collection.py (owned by another branch)",
+)
+async def test_collection_methods_use_the_collections_own_set(db: p2pdb.Database) -> None:
+    todos: Any = await db.add_collection("todos", schema=TODO_SCHEMA)
+    doc = await todos.insert_local("cursor", {"page": 1})
+    assert doc.collection == "todos"
+    with pytest.raises(ConflictError):
+        await todos.insert_local("cursor", {"page": 2})
+    assert (await todos.upsert_local("cursor", {"page": 3})).data == {"page": 3}
+    assert (await todos.get_local("cursor")).data == {"page": 3}
+    assert await db.get_local("cursor") is None
+    assert (await todos.remove_local("cursor")).deleted
+    assert await db.local_documents("todos").get_local("cursor") is None

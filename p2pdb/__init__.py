@@ -8,6 +8,7 @@
 
 import logging
 
+from .backup import ExportOptions, ImportOptions, ImportReport
 from .changes import LOCAL, ChangeEvent
 from .collection import BulkWriteResult, Collection
 from .conflicts import Conflict, ConflictHandler, last_write_wins, master_wins
@@ -27,7 +28,9 @@ from .errors import (
     StreamOverflowError,
     ValidationError,
 )
+from .local import LocalDocument, LocalDocuments
 from .queries import CountQuery, FindOneQuery, FindQuery, Query
+from .removal import remove_database
 
 __version__ = "0.1.0"
 
@@ -48,8 +51,13 @@ __all__ = [
     "Database",
     "Document",
     "EncryptionError",
+    "ExportOptions",
     "FindOneQuery",
     "FindQuery",
+    "ImportOptions",
+    "ImportReport",
+    "LocalDocument",
+    "LocalDocuments",
     "NotFoundError",
     "P2PDBError",
     "PeerError",
@@ -63,4 +71,5 @@ __all__ = [
     "create_database",
     "last_write_wins",
     "master_wins",
+    "remove_database",
 ]

@@ -11,9 +11,11 @@ from typing import Any, Final, Protocol
 
 from reactivex import Observable
 
+from .backup import ExportOptions, ImportOptions, ImportReport, export_json, import_json
 from .changes import ChangeEvent
 from .collection import Collection
-from .errors import ClosedError, EncryptionError, SchemaError
+from .errors import ClosedError, EncryptionError, NotFoundError, SchemaError
+from .local import LocalDocument, LocalDocuments
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
@@ -79,6 +81,8 @@ class Database:
         self._tailer = ForeignWriteTailer(storage, self._on_commit)
         self._closers: dict[int, Callable[[], Awaitable[None]]] = {}
         self._closer_ids = itertools.count()
+        self._local: dict[str | None, LocalDocuments] = {}  # by collection (None: the db's)
+        self._collection_closers: dict[str, dict[int, Callable[[], Awaitable[None]]]] = {}
 
     async def start(self) -> Database:
         """Start noticing other processes' writes (the tailer); returns the database.
@@ -227,12 +231,105 @@ class Database:
         for streams in self._streams.values():
             streams.complete()
         self._events.on_completed()
+        for local in self._local.values():
+            local.complete()
 
     async def __aenter__(self) -> Database:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- local documents (local.py), removing collections, backups (backup.py) -------------
+
+    def local_documents(self, collection: str | None = None) -> LocalDocuments:
+        """The local documents (``docs/local-documents.md``) of the database
+        (``collection=None``) or of one collection, added or stored in the file."""
+        self.check_open()
+        if collection not in self._local:
+            if collection is not None and not self._has_collection(collection):
+                raise self._no_collection(collection)
+            self._local[collection] = LocalDocuments(self.storage, collection, self.check_open)
+        return self._local[collection]
+
+    async def insert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
+        """Store a new local document of the database (``LOCAL_DOCUMENT_EXISTS`` if taken)."""
+        return await self.local_documents().insert_local(doc_id, data)
+
+    async def upsert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
+        """Store a local document of the database, replacing any with the same id."""
+        return await self.local_documents().upsert_local(doc_id, data)
+
+    async def get_local(self, doc_id: str) -> LocalDocument | None:
+        """A local document of the database, or ``None``."""
+        return await self.local_documents().get_local(doc_id)
+
+    async def remove_local(self, doc_id: str) -> LocalDocument:
+        """Delete a local document of the database (``LOCAL_DOCUMENT_NOT_FOUND`` if none)."""
+        return await self.local_documents().remove_local(doc_id)
+
+    def observe_local(self, doc_id: str) -> Observable[LocalDocument | None]:
+        """A local document of the database now, then each new state (``None``: absent)."""
+        return self.local_documents().observe_local(doc_id)
+
+    def close_with_collection(
+        self, name: str, closer: Callable[[], Awaitable[None]]
+    ) -> Callable[[], None]:
+        """:meth:`close_with`, and also awaited first by ``remove_collection(name)``: how a
+        replication of the collection stops when the collection goes. Returns the function
+        that unregisters ``closer`` from both."""
+        unregister_close = self.close_with(closer)
+        key = next(self._closer_ids)
+        closers = self._collection_closers.setdefault(name, {})
+        closers[key] = closer
+
+        def unregister() -> None:
+            unregister_close()
+            closers.pop(key, None)
+
+        return unregister
+
+    def _has_collection(self, name: str) -> bool:
+        return name in self._collections or name in self.storage.stored_schemas()
+
+    def _no_collection(self, name: str) -> NotFoundError:
+        return NotFoundError(
+            f"No collection {name!r} in the database {self.path!r}.",
+            code="COLLECTION_NOT_FOUND",
+            name=name,
+        )
+
+    async def remove_collection(self, name: str) -> None:
+        """Remove the collection ``name`` (added or only stored in the file) for good: first
+        its replications registered with :meth:`close_with_collection` stop, then its table,
+        indexes, catalog row, replication state and local documents are dropped in one
+        transaction. Its streams complete; the old Collection raises ``COLLECTION_REMOVED``.
+        It can be added again, empty, with :meth:`add_collection`."""
+        self.check_open()
+        if not self._has_collection(name):
+            raise self._no_collection(name)
+        for closer in list(self._collection_closers.pop(name, {}).values()):
+            await closer()  # a replication must not write into the collection as it goes
+        await self.storage.remove_collection(name)
+        self._collections.pop(name, None)
+        streams = self._streams.pop(name, None)
+        if streams is not None:
+            streams.complete()
+        local = self._local.pop(name, None)
+        if local is not None:
+            local.complete(removed=True)
+
+    async def export_json(self, options: ExportOptions | None = None) -> dict[str, Any]:
+        """The added collections' schemas and documents as one JSON-ready dict, encrypted
+        fields decrypted; ``options`` picks collections, tombstones, replication state."""
+        return await export_json(self, options or ExportOptions())
+
+    async def import_json(
+        self, data: Mapping[str, Any], options: ImportOptions | None = None
+    ) -> ImportReport:
+        """Write an :meth:`export_json` dump: all validated first, then one transaction per
+        collection (``docs/backup.md``)."""
+        return await import_json(self, data, options or ImportOptions())
 
 
 class _DatabaseOpener:

@@ -6,20 +6,31 @@ be run again or observed live.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from reactivex import Observable
 
 from .changes import ChangeEvent
-from .document import Document, DocumentCollection
-from .errors import QueryError
+from .document import Document, DocumentCollection, Modifier, user_fields
+from .errors import ConflictError, QueryError, ValidationError
 from .live import observe_query
 from .query import CompiledQuery, compile_query
-from .storage import SQLiteStorage
+from .storage import SQLiteStorage, Write
 from .streams import iterate
+from .update import compile_update
 
-__all__ = ["CountQuery", "FindOneQuery", "FindQuery", "Query", "QueryCollection"]
+__all__ = [
+    "QUERY_WRITE_ROUNDS",
+    "CountQuery",
+    "FindOneQuery",
+    "FindQuery",
+    "Query",
+    "QueryCollection",
+    "patcher",
+    "write_matches",
+]
 
 R = TypeVar("R")
 
@@ -41,6 +52,21 @@ class QueryCollection(DocumentCollection, Protocol):
     def check_open(self) -> None:
         """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
         ...
+
+    def prepare(self, data: object) -> dict[str, Any]:
+        """A validated deep copy of ``data`` as it will be stored (query-level writes)."""
+        ...
+
+    async def bulk_write(
+        self, writes: Sequence[Write], origin: str = ...
+    ) -> list[dict[str, Any] | ConflictError]:
+        """Write validated states in one transaction, each against its expected revision."""
+        ...
+
+
+#: Rounds of retries a query-level write makes for documents changed under it by other
+#: writers (each round is one more transaction) before it gives up with ``QUERY_WRITE_RACE``.
+QUERY_WRITE_ROUNDS = 20
 
 
 class Query(Generic[R]):
@@ -117,6 +143,26 @@ class FindQuery(Query[list[Document]]):
         c = self.collection
         return [Document(c, s) for s in await self._states()]
 
+    async def patch(self, changes: Mapping[str, Any]) -> list[Document]:
+        """Set the given top-level fields on every matching document, in one transaction;
+        returns the new Documents in query order (see :func:`write_matches`)."""
+        return await write_matches(self, patcher(changes))
+
+    async def modify(self, fn: Modifier) -> list[Document]:
+        """Write ``fn(data)`` over every matching document (``fn`` may be async), in one
+        transaction; returns the new Documents in query order (see :func:`write_matches`)."""
+        return await write_matches(self, fn)
+
+    async def update(self, update: Mapping[str, Any]) -> list[Document]:
+        """Apply MongoDB update operators (``{"$set": ..., "$inc": ...}``, see
+        :mod:`p2pdb.update`) to every matching document, in one transaction (RxDB's
+        ``query.update()``); returns the new Documents in query order."""
+        return await write_matches(self, compile_update(update))
+
+    async def remove(self) -> list[Document]:
+        """Delete every matching document in one transaction; returns their tombstones."""
+        return await write_matches(self, None)
+
 
 class FindOneQuery(Query[Document | None]):
     """``collection.find_one(id_or_selector)``: the first match, or ``None``."""
@@ -146,6 +192,96 @@ class FindOneQuery(Query[Document | None]):
             return None if state is None or state["_deleted"] else Document(c, state)
         states = await self._states()
         return Document(c, states[0]) if states else None
+
+    async def patch(self, changes: Mapping[str, Any]) -> Document | None:
+        """Set the given top-level fields on the match; the new Document, or ``None`` when
+        nothing matches."""
+        return _first(await write_matches(self, patcher(changes)))
+
+    async def modify(self, fn: Modifier) -> Document | None:
+        """Write ``fn(data)`` over the match; the new Document, or ``None``."""
+        return _first(await write_matches(self, fn))
+
+    async def update(self, update: Mapping[str, Any]) -> Document | None:
+        """Apply MongoDB update operators to the match; the new Document, or ``None``."""
+        return _first(await write_matches(self, compile_update(update)))
+
+    async def remove(self) -> Document | None:
+        """Delete the match; its tombstone, or ``None`` when nothing matches."""
+        return _first(await write_matches(self, None))
+
+
+def _first(docs: list[Document]) -> Document | None:
+    return docs[0] if docs else None
+
+
+def patcher(changes: Mapping[str, Any]) -> Modifier:
+    """The modifier of ``patch(changes)``: the current data with ``changes`` set on top."""
+    if not isinstance(changes, Mapping):
+        raise ValidationError(
+            f"patch() takes a dict of fields, got {type(changes).__name__}.",
+            code="DOCUMENT_NOT_OBJECT",
+        )
+    patch = dict(changes)
+    return lambda data: {**data, **patch}
+
+
+async def _next_write(c: QueryCollection, state: dict[str, Any], fn: Modifier | None) -> Write:
+    pk = c.schema.primary_key
+    data = user_fields(state)
+    if fn is None:
+        return Write(data, deleted=True, expected=state["_rev"])
+    new = fn(data)
+    if inspect.isawaitable(new):
+        new = await new
+    prepared = c.prepare(new)
+    if prepared[pk] != state[pk]:
+        raise ValidationError(
+            f"The primary key cannot change (was {state[pk]!r}, got {prepared[pk]!r}).",
+            code="DOCUMENT_PRIMARY_KEY_CHANGED",
+            id=state[pk],
+        )
+    return Write(prepared, expected=state["_rev"])
+
+
+async def write_matches(query: Query[Any], fn: Modifier | None) -> list[Document]:
+    """Write ``fn(data)`` over every document ``query`` matches (``fn=None``: remove them),
+    as one ``bulk_write``, that is one transaction with one change event per document.
+
+    Every new state is computed and validated before anything is written: an invalid one
+    raises :class:`~p2pdb.errors.ValidationError` and nothing is written. Each write expects
+    the revision that was read; a document another writer changed in between is handled
+    like ``Document.modify`` does: if it still exists and still matches the selector, ``fn``
+    runs again on its new state, in a next transaction (at most :data:`QUERY_WRITE_ROUNDS`
+    rounds, then :class:`~p2pdb.errors.ConflictError` ``QUERY_WRITE_RACE``); if it was
+    removed or no longer matches, it is left alone and not returned.
+    """
+    c = query.collection
+    pk = c.schema.primary_key
+    pending = await query._states()
+    order = [s[pk] for s in pending]
+    done: dict[str, Document] = {}
+    for _ in range(QUERY_WRITE_ROUNDS):
+        if not pending:
+            break
+        writes = [await _next_write(c, state, fn) for state in pending]
+        retry: list[dict[str, Any]] = []
+        for outcome in await c.bulk_write(writes):
+            if not isinstance(outcome, ConflictError):
+                done[outcome[pk]] = Document(c, outcome)
+                continue
+            stored = outcome.document
+            if stored is not None and not stored["_deleted"] and query.compiled.matches(stored):
+                retry.append(stored)
+        pending = retry
+    if pending:
+        raise ConflictError(
+            f"A query-level write on {c.name!r} lost {QUERY_WRITE_ROUNDS} races in a row "
+            "against other writers of the same documents.",
+            code="QUERY_WRITE_RACE",
+            ids=[s[pk] for s in pending],
+        )
+    return [done[i] for i in order if i in done]
 
 
 class CountQuery(Query[int]):

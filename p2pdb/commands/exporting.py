@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
@@ -25,15 +25,6 @@ from .base import Command, add_password_options, existing_database, open_file, r
 from .output import StatusLine
 
 __all__ = ["COMMAND", "export_lines"]
-
-_PAGE = 500  # states read per page
-
-
-def _user_fields(state: dict[str, Any], tombstones: bool) -> dict[str, Any]:
-    doc = {k: v for k, v in state.items() if k not in ("_rev", "_meta", "_deleted")}
-    if tombstones and state["_deleted"]:
-        doc["_deleted"] = True
-    return doc
 
 
 async def export_lines(
@@ -46,8 +37,10 @@ async def export_lines(
     progress: Callable[[str, int], None] = lambda _name, _count: None,
 ) -> dict[str, int]:
     """Write the export of the database ``path`` to ``out``; documents written per
-    collection. ``progress(collection, count)`` is called after each page."""
+    collection. ``progress(collection, count)`` is called after each page. The documents
+    are those of ``db.export_json()`` (:func:`p2pdb.backup.export_docs`), one per line."""
     import p2pdb
+    from p2pdb.backup import export_docs
     from p2pdb.errors import NotFoundError
 
     existing_database(path)
@@ -66,18 +59,11 @@ async def export_lines(
             collection = await db.add_collection(name, schema=schemas[name])
             out.write(orjson.dumps({"collection": name, "schema": schemas[name]}).decode() + "\n")
             count = 0
-            seq = 0
-            while True:
-                pairs, seq = collection.storage.changes_since(name, seq, _PAGE)
-                for _, state in pairs:
-                    if state["_deleted"] and not tombstones:
-                        continue
-                    line = {"collection": name, "document": _user_fields(state, tombstones)}
-                    out.write(orjson.dumps(line).decode() + "\n")
-                    count += 1
+            async for page in export_docs(collection, tombstones):
+                for doc in page:
+                    out.write(orjson.dumps({"collection": name, "document": doc}).decode() + "\n")
+                count += len(page)
                 progress(name, count)
-                if len(pairs) < _PAGE:
-                    break
             written[name] = count
     out.flush()
     return written

@@ -7,7 +7,7 @@ stops the import with ``SCHEMA_MISMATCH``). Invalid lines are reported on stderr
 line number and skipped; the others are written, one transaction per batch. Documents are
 upserted: an id already in the file is overwritten, and a line with ``"_deleted": true``
 deletes (or records the tombstone of) its id. Revisions are not imported: each written
-document gets a new local revision.
+document gets a new local revision. Each batch is written by ``db.import_json()``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import ValidationError
-from ..storage import Write
 from .base import (
     Command,
     add_password_options,
@@ -63,7 +62,7 @@ class _Importer:
         self.batch_size = batch_size
         self.status = status
         self.result = ImportResult()
-        self.pending: list[Write] = []
+        self.pending: list[dict[str, Any]] = []  # documents of self.target, checked
         self.target: Collection | None = None
 
     async def collection(self, name: object) -> Collection:
@@ -109,7 +108,7 @@ class _Importer:
         if collection is not self.target:
             await self.flush()
             self.target = collection
-        self.pending.append(Write(prepared, deleted))
+        self.pending.append({**prepared, "_deleted": True} if deleted else prepared)
         if len(self.pending) >= self.batch_size:
             await self.flush()
 
@@ -117,8 +116,9 @@ class _Importer:
         if not self.pending or self.target is None:
             return
         writes, self.pending = self.pending, []
-        await self.target.bulk_write(writes)  # one transaction
         name = self.target.name
+        dump = {"format": "p2pdb", "version": 1, "collections": [{"name": name, "docs": writes}]}
+        await self.db.import_json(dump)  # one transaction
         self.result.written[name] = self.result.written.get(name, 0) + len(writes)
         total = sum(self.result.written.values())
         self.status.show(f"importing: line {self.result.lines}, {total} documents written")

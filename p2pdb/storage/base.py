@@ -280,3 +280,39 @@ class Storage(Protocol):
     def forget_own_seqs(self, upto: int) -> None:
         """Drop the record of own writes up to ``upto``."""
         ...
+
+    async def remove_collection(self, name: str) -> bool:
+        """Drop a collection with its replication state and local documents, in one
+        transaction; False if the file has no such collection."""
+        ...
+
+    def replication_state(self, collection: str, replication_id: str) -> dict[str, Any]:
+        """One replication's stored state: ``{"up", "down", "contact", "assumed"}``."""
+        ...
+
+    def get_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
+        """``{"id", "data", "_rev"}`` of a local document (``parent``: ``""`` for the
+        database's own, else a collection name), or ``None``."""
+        ...
+
+    def list_local(self, parent: str) -> list[dict[str, Any]]:
+        """Every local document of ``parent``, by id."""
+        ...
+
+    async def put_local(
+        self,
+        parent: str,
+        doc_id: str,
+        data: dict[str, Any],
+        *,
+        insert: bool,
+        expected: str | None = None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Write a local document: ``(previous, new)``; with ``insert``, an existing one
+        raises :class:`~p2pdb.errors.ConflictError` (``LOCAL_DOCUMENT_EXISTS``); with
+        ``expected`` (a revision), another stored revision raises ``LOCAL_DOCUMENT_CONFLICT``."""
+        ...
+
+    async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
+        """Delete a local document; what it was, or ``None``."""
+        ...

@@ -18,11 +18,13 @@ from ..errors import NotFoundError, SchemaError, ValidationError
 from ..query import path_expression
 from ..schema import Schema
 from ..tokens import random_token
+from . import local_rows
 from .base import BodyCodec
 
 __all__ = [
     "Catalog",
     "CollectionInfo",
+    "drop",
     "get_info",
     "init_file",
     "is_stored",
@@ -64,6 +66,7 @@ class CollectionInfo:
 def init_file(conn: sqlite3.Connection) -> str:
     """Create the core tables if missing; the file's token (created on first use)."""
     conn.executescript(_SCHEMA_SQL)
+    local_rows.create_table(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         token = get_info(conn, "token")
@@ -139,11 +142,22 @@ def _create(conn: sqlite3.Connection, info: CollectionInfo) -> None:
         raise
 
 
+def drop(conn: sqlite3.Connection, name: str) -> bool:
+    """Drop a collection's table (its indexes go with it) and catalog row, in the caller's
+    transaction; False if the file has no such collection."""
+    if not is_stored(conn, name):
+        return False
+    conn.execute(f"DROP TABLE IF EXISTS {table_name(name)}")
+    conn.execute("DELETE FROM p2pdb_collections WHERE name = ?", (name,))
+    return True
+
+
 class Catalog:
     """The collections opened on one storage, by name."""
 
     def __init__(self) -> None:
         self._opened: dict[str, CollectionInfo] = {}
+        self._removed: set[str] = set()  # removed by this storage: used, they say so
 
     def prepare(self, name: str, schema: Schema, codec: BodyCodec | None) -> CollectionInfo:
         """Check the name; the info to pass to :meth:`create` and then :meth:`add`."""
@@ -165,12 +179,27 @@ class Catalog:
     def add(self, info: CollectionInfo) -> None:
         """Remember an opened collection."""
         self._opened[info.name] = info
+        self._removed.discard(info.name)
+
+    def remove(self, name: str) -> None:
+        """Forget a collection whose table was dropped: :meth:`get` then raises
+        ``COLLECTION_REMOVED`` until it is added again."""
+        self._opened.pop(name, None)
+        self._removed.add(name)
 
     def get(self, name: str) -> CollectionInfo:
-        """An opened collection, or :class:`NotFoundError` (``COLLECTION_NOT_FOUND``)."""
+        """An opened collection, or :class:`NotFoundError` (``COLLECTION_NOT_FOUND``, or
+        ``COLLECTION_REMOVED`` after :meth:`remove`)."""
         try:
             return self._opened[name]
         except KeyError:
+            if name in self._removed:
+                raise NotFoundError(
+                    f"The collection {name!r} was removed (db.remove_collection()); add it "
+                    "again with add_collection() and use the new Collection object.",
+                    code="COLLECTION_REMOVED",
+                    name=name,
+                ) from None
             raise NotFoundError(
                 f"No collection {name!r} in this database; add it with add_collection().",
                 code="COLLECTION_NOT_FOUND",

@@ -177,3 +177,34 @@ class ReplicationRows:
                 updates,
             )
             after = (rows[-1][0], rows[-1][1])
+
+    @staticmethod
+    def forget_collection(conn: sqlite3.Connection, collection: str) -> None:
+        """Delete every row of every replication of ``collection`` (it is being removed)."""
+        # every key "<collection>:..." sorts between "<collection>:" and "<collection>;"
+        conn.execute(
+            "DELETE FROM p2pdb_replication WHERE replication_id >= ? AND replication_id < ?",
+            (collection + ":", collection + ";"),
+        )
+
+    def dump(
+        self, conn: sqlite3.Connection, collection: str, replication_id: str
+    ) -> dict[str, Any]:
+        """One replication's whole state, decoded: ``{"up", "down", "contact", "assumed":
+        {id: state}}`` (a backup of it)."""
+        key = replication_origin(collection, replication_id)
+        out: dict[str, Any] = {"up": None, "down": None, "contact": None, "assumed": {}}
+        codec = self._codec(collection)
+        for item, value in conn.execute(
+            "SELECT item, value FROM p2pdb_replication WHERE replication_id = ? ORDER BY item",
+            (key,),
+        ):
+            decoded = orjson.loads(value)
+            if not item.startswith(_DOC):
+                out[item] = decoded
+                continue
+            doc_id = item[len(_DOC) :]
+            if codec is not None and isinstance(decoded, dict):
+                decoded = codec.decode(collection, doc_id, decoded)
+            out["assumed"][doc_id] = decoded
+        return out

@@ -14,14 +14,16 @@ task resumes.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
-from . import catalog, documents, own_writes, queries
+from . import catalog, documents, local_rows, own_writes, queries
 from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
@@ -32,6 +34,9 @@ from .txn import SQLiteWriteTxn
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
+
+#: Every storage opened in this process and not closed yet (``remove_database`` asks).
+_OPEN: weakref.WeakSet[SQLiteStorage] = weakref.WeakSet()
 
 
 class SQLiteStorage:
@@ -58,6 +63,7 @@ class SQLiteStorage:
         async def attempt() -> SQLiteStorage:
             storage = cls(path)
             storage.token = await storage._conns.open(catalog.init_file)
+            _OPEN.add(storage)
             return storage
 
         return await retry_locked(attempt)
@@ -69,6 +75,7 @@ class SQLiteStorage:
 
     async def close(self) -> None:
         """Close both connections (and remove the temp file of a ``":memory:"`` database)."""
+        _OPEN.discard(self)
         await self._conns.close()
 
     async def __aenter__(self) -> SQLiteStorage:
@@ -216,6 +223,70 @@ class SQLiteStorage:
     def forget_own_seqs(self, upto: int) -> None:
         """Drop the record of own writes up to ``upto`` (the tailer has passed them)."""
         self._own.forget(upto)
+
+    # -- removing collections, open files --------------------------------------------------
+
+    async def remove_collection(self, name: str) -> bool:
+        """Drop the collection's table and indexes, its catalog row, its replications' state
+        and its local documents, in one transaction (no change events); False if the file
+        has no such collection. Using it afterwards raises ``COLLECTION_REMOVED``."""
+        rows = self._replication
+
+        def drop(conn: sqlite3.Connection) -> bool:
+            rows.forget_collection(conn, name)
+            local_rows.delete_parent(conn, name)
+            return catalog.drop(conn, name)
+
+        found = await self._conns.run(lambda conn: local_rows.transaction(conn, drop))
+        self._catalog.remove(name)
+        return found
+
+    @staticmethod
+    def open_paths() -> set[str]:
+        """The real paths of the files storages of this process hold open."""
+        return {os.path.realpath(s.path) for s in list(_OPEN) if not s.closed}
+
+    def replication_state(self, collection: str, replication_id: str) -> dict[str, Any]:
+        """One replication's stored state, decoded: ``{"up", "down", "contact", "assumed"}``
+        (see ``replication_rows.py``); an inline read."""
+        return self._replication.dump(self._conns.reader(), collection, replication_id)
+
+    # -- local documents (format: local_rows.py) --------------------------------------------
+
+    def get_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
+        """``{"id", "data", "_rev"}`` of a local document of ``parent`` (``""``: the
+        database's own, else a collection name), or ``None``; an inline read."""
+        return local_rows.get(self._conns.reader(), parent, doc_id)
+
+    def list_local(self, parent: str) -> list[dict[str, Any]]:
+        """Every local document of ``parent``, by id; an inline read."""
+        return local_rows.list_rows(self._conns.reader(), parent)
+
+    async def put_local(
+        self,
+        parent: str,
+        doc_id: str,
+        data: dict[str, Any],
+        *,
+        insert: bool,
+        expected: str | None = None,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """Write a local document in its own transaction: ``(previous, new)``; with
+        ``insert``, an existing one raises ``LOCAL_DOCUMENT_EXISTS``; with ``expected``, a
+        stored revision other than it raises ``LOCAL_DOCUMENT_CONFLICT``."""
+
+        def put(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+            return local_rows.put(conn, parent, doc_id, data, insert=insert, expected=expected)
+
+        return await self._conns.run(lambda conn: local_rows.transaction(conn, put))
+
+    async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
+        """Delete a local document in its own transaction; what it was, or ``None``."""
+
+        def delete(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            return local_rows.delete(conn, parent, doc_id)
+
+        return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

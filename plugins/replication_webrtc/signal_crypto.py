@@ -112,6 +112,11 @@ class SignalSealer:
     _seen: dict[bytes, int] = field(default_factory=dict, repr=False)  # nonce -> ts, in order
     _floor: int = field(default=-1, repr=False)  # frames at or before this ts are refused
 
+    @property
+    def remembered(self) -> int:
+        """How many nonces are remembered now (at most ``max_remembered``)."""
+        return len(self._seen)
+
     def seal(
         self,
         data: object,
@@ -210,7 +215,7 @@ class DropLog:
         suppressed = count - last_count - 1
         self._last[code] = (now, count)
         more = f" ({suppressed} more since the last report)" if suppressed else ""
-        self._logger.warning("signal dropped [%s]: %s%s", code, error, more)
+        self._logger.warning("%s%s", error, more)
 
 
 def _rejected(code: str, why: str, sender: str) -> PeerError:

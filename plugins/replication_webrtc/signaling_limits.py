@@ -9,6 +9,7 @@ body for connections refused before the WebSocket opens.
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import logging
 import ssl
@@ -17,6 +18,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from http import HTTPStatus
 from typing import Any, TypeAlias
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -29,6 +31,7 @@ __all__ = [
     "CloseReason",
     "MessageRate",
     "SignalingServerOptions",
+    "bearer_token",
     "check_ssl",
 ]
 
@@ -38,6 +41,23 @@ Authenticate: TypeAlias = Callable[[Any], "bool | Awaitable[bool]"]
 """``authenticate(request) -> bool`` (sync or async): ``request`` is the WebSocket opening
 request (``websockets.http11.Request``: ``.path`` with its query string, ``.headers``).
 False refuses the connection with HTTP 401 before the WebSocket opens."""
+
+
+def bearer_token(token: str) -> Authenticate:
+    """An ``authenticate`` hook admitting requests that carry ``token``: as
+    ``Authorization: Bearer <token>`` or, for browsers (which cannot set WebSocket headers,
+    RxDB's client among them), as ``?token=<token>`` in the URL. Compared in constant time."""
+    if not token:
+        raise ValidationError("the token must not be empty", code="WEBRTC_SETTING_INVALID")
+    expected = token.encode("utf-8")
+
+    def check(request: Any) -> bool:
+        header = str(request.headers.get("Authorization", ""))
+        offered = [header[7:]] if header[:7].lower() == "bearer " else []
+        offered += parse_qs(urlsplit(str(request.path)).query).get("token", [])
+        return any(hmac.compare_digest(o.encode("utf-8"), expected) for o in offered)
+
+    return check
 
 
 class CloseReason(Enum):

@@ -12,6 +12,7 @@ from p2pdb.errors import ValidationError
 from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
 from .link import LinkSettings
+from .signal_crypto import TopicSecret
 from .signaling_client import SignalingAccess
 
 __all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
@@ -27,7 +28,7 @@ def aiortc_connection_handler(
     relay_only: bool = False,
     connect_timeout: float = 15.0,
     *,
-    secret: str | bytes | None = None,
+    secret: str | bytes | TopicSecret | None = None,
     ssl: ssl_module.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> ConnectionHandlerFactory:
@@ -45,7 +46,9 @@ def aiortc_connection_handler(
     ``secret``: a topic secret shared by the peers (p2pdb peers only; RxDB peers cannot
     join a secret topic). The server then sees only a keyed hash of the topic, and every
     signal (SDP, candidates) is encrypted and authenticated; a peer without the secret
-    never meets the others. ``ssl``: an :class:`ssl.SSLContext` for a ``wss://`` server
+    never meets the others. A ``str``/``bytes`` secret must be random and at least 16
+    characters; wrap a typed password as ``TopicSecret(password, kdf="scrypt")``.
+    ``ssl``: an :class:`ssl.SSLContext` for a ``wss://`` server
     (e.g. one trusting a private CA). ``headers``: extra HTTP headers of the WebSocket
     opening request, e.g. ``{"Authorization": "Bearer <token>"}`` for a server with an
     ``authenticate`` hook.

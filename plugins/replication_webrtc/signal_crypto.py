@@ -1,9 +1,17 @@
 """Protected signaling: a topic secret hides the room name and seals every signal.
 
-From ``secret`` and ``topic``, :func:`derive_signal_keys` computes (once per handler, off the
-event loop) a 32-byte master key with scrypt (n=2**14, r=8, p=1: about 40-60 ms and 16 MiB,
-so a short or guessable secret still costs an attacker who saw the hashed room name that much
-per guess), then two keys with HKDF-SHA256:
+From ``secret`` and ``topic``, :func:`derive_signal_keys` computes (once per handler) a
+32-byte master key, then two keys with HKDF-SHA256. The master key comes from:
+
+- HKDF-SHA256 (the default, microseconds): for a high-entropy secret, at least 16
+  characters (say ``p2pdb.tokens.random_token(32)`` handed out with the topic). Shorter
+  secrets are refused (``WEBRTC_SECRET_INVALID``): whoever sees the hashed room name (the
+  signaling server) could test guesses of a short one offline at billions per second;
+- scrypt (``TopicSecret(password, kdf="scrypt")``; n=2**14, r=8, p=1: 40-60 ms and 16 MiB,
+  run in a thread) for a secret people type: each guess then costs an attacker as much.
+
+Both sides must use the same kind (otherwise they land in different rooms and never meet).
+The derived keys are:
 
 - the **room key**: the server sees only ``"p2pdb-s1-" + hex(HMAC-SHA256(room key, topic))``;
 - the **signal key**: every signal payload (SDP offers and answers, ICE candidates) travels as
@@ -29,18 +37,20 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from p2pdb.errors import PeerError, ValidationError
 
 __all__ = [
+    "MIN_FAST_SECRET",
     "ROOM_PREFIX",
     "SEALED_TYPE",
     "DropLog",
     "SignalKeys",
     "SignalSealer",
+    "TopicSecret",
     "check_secret",
     "derive_signal_keys",
 ]
@@ -52,6 +62,41 @@ ROOM_PREFIX = "p2pdb-s1-"
 _VERSION = "p2pdb-signal/1"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 _NONCE_BYTES = 12
+MIN_FAST_SECRET = 16
+"""The shortest secret (in bytes) accepted without scrypt."""
+
+
+@dataclass(frozen=True)
+class TopicSecret:
+    """A topic secret with its key derivation: ``kdf="hkdf"`` (fast, for a random secret of
+    at least 16 characters: what a plain ``str``/``bytes`` secret means) or ``"scrypt"``
+    (tens of milliseconds once per handler, for a secret people type)."""
+
+    value: str | bytes = field(repr=False)
+    kdf: Literal["hkdf", "scrypt"] = "hkdf"
+
+    def __post_init__(self) -> None:
+        raw = self.value.encode("utf-8") if isinstance(self.value, str) else self.value
+        if not isinstance(raw, bytes) or not raw:
+            raise ValidationError(
+                "A topic secret must be a non-empty str or bytes", code="WEBRTC_SECRET_INVALID"
+            )
+        if self.kdf not in ("hkdf", "scrypt"):
+            raise ValidationError(
+                f"kdf must be 'hkdf' or 'scrypt', got {self.kdf!r}", code="WEBRTC_SECRET_INVALID"
+            )
+        if self.kdf == "hkdf" and len(raw) < MIN_FAST_SECRET:
+            raise ValidationError(
+                f"A topic secret shorter than {MIN_FAST_SECRET} bytes is guessable from the "
+                "hashed room name: use a long random one (p2pdb.tokens.random_token(32)) or "
+                "TopicSecret(secret, kdf='scrypt')",
+                code="WEBRTC_SECRET_INVALID",
+            )
+
+    @property
+    def raw(self) -> bytes:
+        """The secret's bytes."""
+        return self.value.encode("utf-8") if isinstance(self.value, str) else self.value
 
 
 @dataclass(frozen=True, repr=False)
@@ -67,18 +112,24 @@ class SignalKeys:
         return f"SignalKeys(room={self.room!r})"
 
 
-def derive_signal_keys(secret: str | bytes, topic: str) -> SignalKeys:
-    """scrypt + HKDF: the hashed room and the signal key of ``topic`` under ``secret``.
+def derive_signal_keys(secret: str | bytes | TopicSecret, topic: str) -> SignalKeys:
+    """The hashed room and the signal key of ``topic`` under ``secret``.
 
-    Slow on purpose (tens of milliseconds); call it off the event loop.
+    With ``kdf="scrypt"`` it is slow on purpose (tens of milliseconds): call it off the
+    event loop.
     """
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
     from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-    raw = check_secret(secret)
+    spec = check_secret(secret)
     salt = b"p2pdb-signal-v1\x00" + topic.encode("utf-8")
-    master = Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(raw)
+    if spec.kdf == "scrypt":
+        scrypt = Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
+        master = scrypt.derive(spec.raw)
+    else:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=b"p2pdb-signal-v1")
+        master = hkdf.derive(spec.raw)
 
     def expand(info: bytes) -> bytes:
         return HKDFExpand(algorithm=hashes.SHA256(), length=32, info=info).derive(master)
@@ -88,16 +139,17 @@ def derive_signal_keys(secret: str | bytes, topic: str) -> SignalKeys:
     return SignalKeys(room=ROOM_PREFIX + digest, signal_key=expand(b"p2pdb-signal-v1 seal"))
 
 
-def check_secret(secret: object) -> bytes:
-    """The secret as bytes; a non-empty ``str`` or ``bytes`` (``WEBRTC_SECRET_INVALID``)."""
-    if isinstance(secret, str):
-        secret = secret.encode("utf-8")
-    if not isinstance(secret, bytes) or not secret:
+def check_secret(secret: object) -> TopicSecret:
+    """``secret`` as a :class:`TopicSecret` (a ``str`` or ``bytes`` means ``kdf="hkdf"``);
+    raises ``WEBRTC_SECRET_INVALID``."""
+    if isinstance(secret, TopicSecret):
+        return secret
+    if not isinstance(secret, str | bytes):
         raise ValidationError(
-            "A topic secret must be a non-empty str or bytes",
+            "A topic secret must be a non-empty str or bytes, or a TopicSecret",
             code="WEBRTC_SECRET_INVALID",
         )
-    return secret
+    return TopicSecret(secret)
 
 
 @dataclass

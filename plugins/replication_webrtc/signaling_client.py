@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ValidationError
 
-from .signal_crypto import DropLog, SignalSealer, check_secret, derive_signal_keys
+from .signal_crypto import DropLog, SignalSealer, TopicSecret, check_secret, derive_signal_keys
 from .signaling_server import is_valid_room
 
 __all__ = ["SignalingAccess", "SignalingClient"]
@@ -53,7 +53,7 @@ def _noop(*_args: Any) -> None:
 class SignalingAccess:
     """How to reach a protected signaling server and topic (all optional)."""
 
-    secret: str | bytes | None = field(default=None, repr=False)
+    secret: str | bytes | TopicSecret | None = field(default=None, repr=False)
     """The topic secret: hashed room name, sealed signals (p2pdb peers only)."""
     ssl: ssl_module.SSLContext | None = None
     """TLS settings for ``wss://`` (e.g. a context trusting a private CA)."""
@@ -196,7 +196,10 @@ class SignalingClient:
         backoff = Backoff(self._delay_min, self._delay_max, jitter=(0.5, 1.0))
         secret = self.access.secret
         if secret is not None and self._sealer is None:
-            keys = await asyncio.to_thread(derive_signal_keys, secret, self.room)
+            if check_secret(secret).kdf == "scrypt":  # tens of ms: not on the loop
+                keys = await asyncio.to_thread(derive_signal_keys, secret, self.room)
+            else:
+                keys = derive_signal_keys(secret, self.room)
             self._sealer = SignalSealer(keys)
         while not self._closed:
             joined_before = False

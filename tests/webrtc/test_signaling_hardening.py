@@ -30,6 +30,7 @@ from p2pdb.plugins.replication_webrtc.signaling_limits import CloseReason, Signa
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
 ROOM = "hardening-room"
+PAIR_SECRET = "a pair secret, long enough"
 WAIT = 10.0
 
 Open = Callable[..., Awaitable["Client"]]
@@ -405,7 +406,7 @@ async def test_connection_and_join_flood_while_a_secret_pair_keeps_connecting() 
         try:
             for round_ in range(4):  # a fresh pair each round: signaling is needed every time
                 factory = aiortc_connection_handler(
-                    child.url, ice_servers=[], host_addresses=["127.0.0.1"], secret="pair-secret"
+                    child.url, ice_servers=[], host_addresses=["127.0.0.1"], secret=PAIR_SECRET
                 )
                 a, b = await factory("legit-topic"), await factory("legit-topic")
                 try:

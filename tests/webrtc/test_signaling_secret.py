@@ -32,6 +32,7 @@ from p2pdb.plugins.replication_webrtc.signal_crypto import (
     SEALED_TYPE,
     DropLog,
     SignalSealer,
+    TopicSecret,
     derive_signal_keys,
 )
 from p2pdb.plugins.replication_webrtc.signaling_client import SignalingAccess, SignalingClient
@@ -74,7 +75,7 @@ class LogWaiter(logging.Handler):
 async def handlers() -> AsyncIterator[HandlerFor]:
     made: list[ConnectionHandler] = []
 
-    async def make(url: str, secret: str | None = SECRET, topic: str = TOPIC) -> ConnectionHandler:
+    async def make(url: str, secret: Any = SECRET, topic: str = TOPIC) -> ConnectionHandler:
         factory = aiortc_connection_handler(
             url, ice_servers=[], host_addresses=["127.0.0.1"], secret=secret
         )
@@ -130,7 +131,7 @@ async def test_a_peer_with_the_wrong_secret_sees_no_sdp_and_never_connects(
     signaling: SignalingServer, handlers: HandlerFor
 ) -> None:
     async with Tap(signaling.url) as wrong_tap, Tap(signaling.url) as plain_tap:
-        wrong = await handlers(wrong_tap.url, secret="not the secret")
+        wrong = await handlers(wrong_tap.url, secret="not the secret, but long enough")
         plain = await handlers(plain_tap.url, secret=None)
         a = await handlers(signaling.url)
         b = await handlers(signaling.url)
@@ -272,7 +273,7 @@ def test_a_sealed_frame_opens_once_on_its_route_only() -> None:
     assert open_code(receiver, fresh, connection_id="other") == unauth
     other_room = SignalSealer(derive_signal_keys(SECRET, "another-topic"))
     assert open_code(other_room, fresh) == unauth  # same secret, another room
-    wrong_secret = SignalSealer(derive_signal_keys("wrong", TOPIC))
+    wrong_secret = SignalSealer(derive_signal_keys("the wrong secret, long enough", TOPIC))
     assert open_code(wrong_secret, fresh) == unauth
     assert open_code(receiver, {**fresh, "ts": fresh["ts"] + 1}) == unauth  # ts is authenticated
     assert open_code(receiver, {**fresh, "box": fresh["box"][:-4] + "AAAA"}) == unauth
@@ -318,10 +319,30 @@ def test_drop_log_rate_limits_warnings(caplog: pytest.LogCaptureFixture) -> None
     assert len(caplog.records) == 2  # one per code within the interval
 
 
-def test_an_empty_secret_is_refused() -> None:
-    for bad in ("", b"", 42):
+def test_empty_short_or_odd_secrets_are_refused() -> None:
+    for bad in ("", b"", 42, "short secret"):
         with pytest.raises(ValidationError) as info:
             aiortc_connection_handler("ws://127.0.0.1:1", secret=bad)  # type: ignore[arg-type]
         assert info.value.code == "WEBRTC_SECRET_INVALID"
+    with pytest.raises(ValidationError) as info:
+        TopicSecret("a long enough secret value", kdf="bcrypt")  # type: ignore[arg-type]
+    assert info.value.code == "WEBRTC_SECRET_INVALID"
+    aiortc_connection_handler("ws://127.0.0.1:1", secret=TopicSecret("short", kdf="scrypt"))
     assert "correct horse" not in repr(SignalingAccess(secret=SECRET))
     assert "correct horse" not in repr(KEYS)
+
+
+async def test_a_typed_password_with_scrypt(
+    signaling: SignalingServer, handlers: HandlerFor
+) -> None:
+    password = TopicSecret("hunter2", kdf="scrypt")
+    slow = derive_signal_keys(password, TOPIC)
+    assert slow.room != derive_signal_keys(TopicSecret("hunter2" * 3), TOPIC).room
+    a = await handlers(signaling.url, secret=password)
+    b = await handlers(signaling.url, secret=TopicSecret("hunter2", kdf="scrypt"))
+    connected = asyncio.Event()
+    a.connects.subscribe(lambda _peer: connected.set())
+    async with asyncio.timeout(WAIT):
+        await connected.wait()
+    assert [peer.peer_id for peer in a.peers] == [b.own_peer_id]
+    assert list(signaling.rooms()) == [slow.room]

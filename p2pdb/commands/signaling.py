@@ -92,10 +92,24 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         "(as 'Authorization: Bearer TOKEN' or '?token=TOKEN' in the URL)",
     )
     limits = parser.add_argument_group("limits (defaults in docs/webrtc.md)")
-    limits.add_argument("--max-connections", type=_positive(int), metavar="N")
-    limits.add_argument("--max-peers-per-room", type=_positive(int), metavar="N")
-    limits.add_argument("--max-messages-per-second", type=_positive(float), metavar="N")
-    limits.add_argument("--idle-timeout", type=_positive(float), metavar="SECONDS")
+    limits.add_argument(
+        "--max-connections", type=_positive(int), metavar="N", help="open sockets (10000)"
+    )
+    limits.add_argument(
+        "--max-peers-per-room", type=_positive(int), metavar="N", help="members of a room (256)"
+    )
+    limits.add_argument(
+        "--max-messages-per-second",
+        type=_positive(float),
+        metavar="N",
+        help="frames per second per socket (50, bursts of 500)",
+    )
+    limits.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        metavar="SECONDS",
+        help="close a socket silent this long (120)",
+    )
 
 
 def _authenticate(env_name: str | None) -> Any:

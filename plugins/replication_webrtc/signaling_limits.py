@@ -106,7 +106,7 @@ class SignalingServerOptions:
     """Idle timeout: a socket that sends nothing for this long is closed (``SIGNALING_IDLE``)."""
     max_message_bytes: int = 256 * 1024
     """A larger frame closes the socket (close code 1009, from the WebSocket layer)."""
-    max_send_buffer_bytes: int = 1024 * 1024
+    max_send_buffer_bytes: int = 256 * 1024
     """Bytes queued towards one socket that does not read; past it the socket is closed
     (``SIGNALING_SLOW_RECEIVER``) and nothing more is queued for it."""
     max_messages_per_second: float = 50.0

@@ -90,19 +90,21 @@ class _Refusal(Exception):
 
 
 class SignalingServer:
-    """A running signaling server; create it with :func:`start_signaling_server`.
+    """A signaling server; usually made and started by :func:`start_signaling_server`.
 
-    Use ``async with`` or call :meth:`close`. ``port`` is the bound port (useful
-    with port 0) and ``url`` the ``ws://host:port`` (``wss://`` with TLS) address
-    clients connect to. ``options`` holds every limit.
+    Built by hand it listens only once ``await server.start()`` (or ``async with``).
+    Stop it with :meth:`close`. ``port`` is the bound port (useful with port 0) and ``url``
+    the ``ws://host:port`` (``wss://`` with TLS) address clients connect to. ``options``
+    holds every limit.
     """
 
     def __init__(
         self,
         *,
-        host: str,
+        host: str = "127.0.0.1",
+        port: int = 8080,
         options: SignalingServerOptions | None = None,
-        tls: bool = False,
+        ssl: ssl_module.SSLContext | None = None,
         authenticate: Authenticate | None = None,
     ) -> None:
         self.host = host
@@ -110,7 +112,8 @@ class SignalingServer:
         """The limits this server enforces."""
         self.closes: dict[str, int] = {}
         """How many sockets were ended or refused, per :class:`CloseReason` code."""
-        self._tls = tls
+        self._port = port
+        self._ssl = check_ssl(ssl)
         self._members: dict[str, _Member] = {}
         self._rooms: dict[str, dict[str, None]] = {}  # room -> member ids, in join order
         self._admission = Admission(self.options.max_connections, authenticate, self._count)
@@ -131,7 +134,7 @@ class SignalingServer:
     def url(self) -> str:
         """The ``ws://host:port`` (or ``wss://``) URL of the server."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'wss' if self._tls else 'ws'}://{host}:{self.port}"
+        return f"{'wss' if self._ssl else 'ws'}://{host}:{self.port}"
 
     @property
     def connection_count(self) -> int:
@@ -166,7 +169,7 @@ class SignalingServer:
         logger.info("signaling server on %s:%s closed", self.host, self._bound_port())
 
     async def __aenter__(self) -> SignalingServer:
-        return self
+        return await self.start()
 
     async def __aexit__(
         self,
@@ -176,16 +179,16 @@ class SignalingServer:
     ) -> None:
         await self.close()
 
-    async def start(self, port: int, ssl: ssl_module.SSLContext | None = None) -> SignalingServer:
-        """Listen on ``port`` (``start_signaling_server`` calls it); once only."""
-        if self._server is not None:
+    async def start(self) -> SignalingServer:
+        """Start listening; does nothing the second time."""
+        if self._server is not None or self._closing:
             return self
         limits = self.options
         self._server = await serve(
             self._handle,
             self.host,
-            port,
-            ssl=ssl,
+            self._port,
+            ssl=self._ssl,
             max_size=limits.max_message_bytes,
             open_timeout=limits.open_timeout,
             close_timeout=limits.close_timeout,
@@ -417,11 +420,8 @@ async def start_signaling_server(
         overrides["max_message_bytes"] = max_message_bytes
     limits = dataclasses.replace(limits, **overrides)
     signaling = SignalingServer(
-        host=host,
-        options=limits,
-        tls=check_ssl(ssl) is not None,
-        authenticate=authenticate,
+        host=host, port=port, options=limits, ssl=ssl, authenticate=authenticate
     )
-    await signaling.start(port, ssl)
+    await signaling.start()
     logger.info("signaling server listening on %s", signaling.url)
     return signaling

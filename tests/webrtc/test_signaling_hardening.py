@@ -435,3 +435,14 @@ async def test_connection_and_join_flood_while_a_secret_pair_keeps_connecting() 
         )
         assert pairs == 4 and opened >= 200
         assert growth_mib < 60, f"the server grew by {growth_mib:.1f} MiB"
+
+
+async def test_a_server_built_by_hand_listens_only_once_started() -> None:
+    server = SignalingServer(port=0, options=SignalingServerOptions(max_peers_per_room=2))
+    assert server.connection_count == 0 and server.rooms() == {}
+    async with server:  # entering starts it
+        assert server.url.startswith("ws://127.0.0.1:")
+        assert await server.start() is server  # a second start does nothing
+        client = await open_client(server.url)
+        assert await client.join() == [client.id]
+        await client.socket.close()

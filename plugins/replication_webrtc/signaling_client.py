@@ -30,6 +30,7 @@ from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ValidationError
 
 from .signal_crypto import DropLog, SignalSealer, TopicSecret, check_secret, derive_signal_keys
+from .signaling_limits import check_ssl
 from .signaling_server import is_valid_room
 
 __all__ = ["SignalingAccess", "SignalingClient"]
@@ -63,12 +64,7 @@ class SignalingAccess:
     def __post_init__(self) -> None:
         if self.secret is not None:
             check_secret(self.secret)
-        if self.ssl is not None and not isinstance(self.ssl, ssl_module.SSLContext):
-            raise ValidationError(
-                f"ssl must be an ssl.SSLContext, got {type(self.ssl).__name__}",
-                code="WEBRTC_SETTING_INVALID",
-                setting="ssl",
-            )
+        check_ssl(self.ssl)
 
 
 class SignalingClient:

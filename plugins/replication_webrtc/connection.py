@@ -47,7 +47,7 @@ from .framing import (
 )
 from .link import Link, LinkCallbacks, LinkSettings
 from .peer import Peer, PeerMessage
-from .signaling_client import SignalingClient
+from .signaling_client import SignalingAccess, SignalingClient
 
 __all__ = ["ConnectionHandler"]
 
@@ -81,6 +81,7 @@ class ConnectionHandler:
         settings: LinkSettings | None = None,
         *,
         ping_interval: float = 60.0,
+        signaling: SignalingAccess | None = None,
     ) -> None:
         self.topic = topic
         self._settings = settings or LinkSettings()
@@ -92,6 +93,7 @@ class ConnectionHandler:
             on_signal=self._on_signal,
             on_lost=self._on_lost,
             ping_interval=ping_interval,
+            access=signaling,
         )
         self._callbacks = LinkCallbacks(
             send_signal=self._send_signal,

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import ssl as ssl_module
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
 from p2pdb.errors import ValidationError
@@ -11,6 +12,8 @@ from p2pdb.errors import ValidationError
 from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
 from .link import LinkSettings
+from .signal_crypto import TopicSecret
+from .signaling_client import SignalingAccess
 
 __all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
 
@@ -24,6 +27,10 @@ def aiortc_connection_handler(
     host_addresses: list[str] | None = None,
     relay_only: bool = False,
     connect_timeout: float = 15.0,
+    *,
+    secret: str | bytes | TopicSecret | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> ConnectionHandlerFactory:
     """Make a factory of aiortc connection handlers for one signaling server.
 
@@ -35,6 +42,16 @@ def aiortc_connection_handler(
     of the host but loopback, or ``127.0.0.1`` when the host has no other (so peers
     on a machine with only a loopback interface still connect). ``connect_timeout``:
     for joining the topic and for each connection attempt.
+
+    ``secret``: a topic secret shared by the peers (p2pdb peers only; RxDB peers cannot
+    join a secret topic). The server then sees only a keyed hash of the topic, and every
+    signal (SDP, candidates) is encrypted and authenticated; a peer without the secret
+    never meets the others. A ``str``/``bytes`` secret must be random and at least 16
+    characters; wrap a typed password as ``TopicSecret(password, kdf="scrypt")``.
+    ``ssl``: an :class:`ssl.SSLContext` for a ``wss://`` server
+    (e.g. one trusting a private CA). ``headers``: extra HTTP headers of the WebSocket
+    opening request, e.g. ``{"Authorization": "Bearer <token>"}`` for a server with an
+    ``authenticate`` hook.
 
     ``await factory(topic)`` returns a started handler joined to ``topic``, or
     raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
@@ -53,6 +70,7 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
+    access = SignalingAccess(secret=secret, ssl=ssl, headers=headers)
     settings = LinkSettings(
         ice_servers=tuple(servers),
         relay_only=relay_only,
@@ -61,7 +79,7 @@ def aiortc_connection_handler(
     )
 
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(topic, signaling_url, settings)
+        handler = ConnectionHandler(topic, signaling_url, settings, signaling=access)
         await handler.start(join_timeout=connect_timeout)
         return handler
 

@@ -4,25 +4,36 @@
 member list, relays signals and pings. When the socket drops it reconnects with
 capped exponential backoff and jitter; the server then issues a new peer id.
 It knows nothing about WebRTC: its owner reacts through the callbacks.
+
+:class:`SignalingAccess` adds what a protected server or topic needs: an ``ssl`` context for
+``wss://`` (a private CA, a self-signed certificate), extra HTTP ``headers`` for the
+opening request (``{"Authorization": "Bearer ..."}``; a token may also ride in the URL's
+query string), and a topic ``secret``: the server then sees only a keyed hash of the topic
+and every signal payload is sealed (see :mod:`.signal_crypto`). A frame that fails to open is
+dropped, counted in :attr:`SignalingClient.drops` and logged at a bounded rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import ssl as ssl_module
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from p2pdb.backoff import Backoff
-from p2pdb.errors import ValidationError
+from p2pdb.errors import PeerError, ValidationError
 
+from .signal_crypto import DropLog, SignalSealer, TopicSecret, check_secret, derive_signal_keys
+from .signaling_limits import check_ssl
 from .signaling_server import is_valid_room
 
-__all__ = ["SignalingClient"]
+__all__ = ["SignalingAccess", "SignalingClient"]
 
 logger = logging.getLogger("p2pdb.webrtc.signaling_client")
 
@@ -37,6 +48,23 @@ class _ProtocolViolation(Exception):
 
 def _noop(*_args: Any) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class SignalingAccess:
+    """How to reach a protected signaling server and topic (all optional)."""
+
+    secret: str | bytes | TopicSecret | None = field(default=None, repr=False)
+    """The topic secret: hashed room name, sealed signals (p2pdb peers only)."""
+    ssl: ssl_module.SSLContext | None = None
+    """TLS settings for ``wss://`` (e.g. a context trusting a private CA)."""
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    """Extra HTTP headers of the opening request, e.g. ``{"Authorization": "Bearer t"}``."""
+
+    def __post_init__(self) -> None:
+        if self.secret is not None:
+            check_secret(self.secret)
+        check_ssl(self.ssl)
 
 
 class SignalingClient:
@@ -63,6 +91,7 @@ class SignalingClient:
         reconnect_delay_min: float = DEFAULT_RECONNECT_DELAY_MIN,
         reconnect_delay_max: float = DEFAULT_RECONNECT_DELAY_MAX,
         open_timeout: float = 10.0,
+        access: SignalingAccess | None = None,
     ) -> None:
         if not is_valid_room(room):
             raise ValidationError(
@@ -78,6 +107,11 @@ class SignalingClient:
             )
         self.url = url
         self.room = room
+        self.access = access or SignalingAccess()
+        """TLS, headers and topic secret."""
+        self.drops = DropLog(logger)
+        """Signals dropped because they failed to open (``drops.counts`` per code)."""
+        self._sealer: SignalSealer | None = None
         self._on_ready = on_ready
         self._on_members = on_members
         self._on_signal = on_signal
@@ -94,6 +128,14 @@ class SignalingClient:
         """Our id on the current socket, ``None`` while disconnected."""
         self.members: tuple[str, ...] = ()
         """The other members of the room, as last announced."""
+
+    @property
+    def server_room(self) -> str | None:
+        """The room name the server sees: the topic, or its keyed hash with a secret
+        (``None`` until the keys are derived)."""
+        if self.access.secret is None:
+            return self.room
+        return None if self._sealer is None else self._sealer.keys.room
 
     @property
     def joined(self) -> bool:
@@ -113,13 +155,17 @@ class SignalingClient:
         self, receiver_peer_id: str, data: object, connection_id: str | None = None
     ) -> bool:
         """Relay ``data`` to another member; False if we are not connected (dropped)."""
-        socket, own = self._socket, self.own_peer_id
-        if socket is None or own is None:
+        socket, own, room = self._socket, self.own_peer_id, self.server_room
+        if socket is None or own is None or room is None:
             logger.debug("signal to %s dropped: not connected", receiver_peer_id)
             return False
+        if self._sealer is not None:
+            data = self._sealer.seal(
+                data, sender=own, receiver=receiver_peer_id, connection_id=connection_id
+            )
         frame: dict[str, Any] = {
             "type": "signal",
-            "room": self.room,
+            "room": room,
             "senderPeerId": own,
             "receiverPeerId": receiver_peer_id,
             "data": data,
@@ -144,14 +190,33 @@ class SignalingClient:
 
     async def _run(self) -> None:
         backoff = Backoff(self._delay_min, self._delay_max, jitter=(0.5, 1.0))
+        secret = self.access.secret
+        if secret is not None and self._sealer is None:
+            if check_secret(secret).kdf == "scrypt":  # tens of ms: not on the loop
+                keys = await asyncio.to_thread(derive_signal_keys, secret, self.room)
+            else:
+                keys = derive_signal_keys(secret, self.room)
+            self._sealer = SignalSealer(keys)
         while not self._closed:
             joined_before = False
             try:
                 async with connect(
-                    self.url, open_timeout=self._open_timeout, close_timeout=2.0
+                    self.url,
+                    open_timeout=self._open_timeout,
+                    close_timeout=2.0,
+                    ssl=self.access.ssl if self.url.startswith("wss://") else None,
+                    additional_headers=self.access.headers,
                 ) as socket:
                     self._socket = socket
                     await self._session(socket)
+            except InvalidStatus as error:
+                body = error.response.body.decode("utf-8", "replace").strip()[:80]
+                logger.warning(
+                    "signaling server %s refused us: HTTP %s %s",
+                    self.url,
+                    error.response.status_code,
+                    body,
+                )
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as error:
                 logger.warning("signaling connection to %s failed: %r", self.url, error)
             except InvalidURI as error:
@@ -185,7 +250,8 @@ class SignalingClient:
         self.own_peer_id = own
         logger.info("signaling: our peer id is %s; joining %r", own, self.room)
         self._call(self._on_ready, own)
-        await socket.send(orjson.dumps({"type": "join", "room": self.room}).decode("utf-8"))
+        join = {"type": "join", "room": self.server_room}
+        await socket.send(orjson.dumps(join).decode("utf-8"))
         pinger = asyncio.get_running_loop().create_task(self._ping(socket))
         try:
             async for raw in socket:
@@ -208,10 +274,22 @@ class SignalingClient:
                 self._joined.set()
             self._call(self._on_members, list(self.members))
         elif kind == "signal":
-            if message.get("receiverPeerId") == own and isinstance(
-                message.get("senderPeerId"), str
-            ):
-                self._call(self._on_signal, message)
+            sender = message.get("senderPeerId")
+            if message.get("receiverPeerId") != own or not isinstance(sender, str):
+                return
+            if self._sealer is not None:
+                try:
+                    data = self._sealer.open(
+                        message.get("data"),
+                        sender=sender,
+                        receiver=own,
+                        connection_id=message.get("connectionId"),
+                    )
+                except PeerError as error:
+                    self.drops.report(error)
+                    return
+                message = {**message, "data": data}
+            self._call(self._on_signal, message)
         else:
             logger.debug("signaling: ignoring frame of type %r", kind)
 

@@ -12,13 +12,21 @@ Stricter than RxDB's server, compatible with its clients: a signal is relayed on
 between two members of the room it names, messages are size-capped, and every
 rejected frame closes the socket with code 1008 and a reason (1009 for size).
 The server keeps nothing but room membership and liveness times.
+
+Hardened: every limit is a field of :class:`~.signaling_limits.SignalingServerOptions`
+(message rate, message size, rooms per socket, peers per room, open sockets, idle time, and
+the bytes queued towards a socket that does not read), every close carries a
+:class:`~.signaling_limits.CloseReason`; ``ssl=`` serves ``wss://`` and ``authenticate=``
+checks each opening request (a bearer token, say) before the WebSocket opens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import ssl as ssl_module
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -30,15 +38,28 @@ from websockets.exceptions import ConnectionClosed
 from p2pdb.errors import ValidationError
 from p2pdb.tokens import random_token
 
-__all__ = ["PEER_ID_LENGTH", "SignalingServer", "is_valid_room", "start_signaling_server"]
+from .signaling_limits import (
+    Admission,
+    Authenticate,
+    CloseReason,
+    MessageRate,
+    SignalingServerOptions,
+    check_ssl,
+)
+
+__all__ = [
+    "PEER_ID_LENGTH",
+    "CloseReason",
+    "SignalingServer",
+    "SignalingServerOptions",
+    "is_valid_room",
+    "start_signaling_server",
+]
 
 logger = logging.getLogger("p2pdb.webrtc.signaling_server")
 
 PEER_ID_LENGTH = 12
 """Length of the peer ids the server hands out (RxDB: ``randomToken(12)``)."""
-MAX_ROOMS_PER_PEER = 64
-"""A socket that joins more rooms than this is closed."""
-CLOSE_POLICY_VIOLATION = 1008
 _SWEEP_INTERVAL_MAX = 5.0
 
 
@@ -55,21 +76,47 @@ class _Member:
     id: str
     socket: ServerConnection
     last_seen: float
+    rate: MessageRate
     rooms: set[str] = field(default_factory=set)
 
 
-class SignalingServer:
-    """A running signaling server; create it with :func:`start_signaling_server`.
+class _Refusal(Exception):
+    """A frame that ends its socket, with the reason."""
 
-    Use ``async with`` or call :meth:`close`. ``port`` is the bound port (useful
-    with port 0) and ``url`` the ``ws://host:port`` address clients connect to.
+    def __init__(self, reason: CloseReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class SignalingServer:
+    """A signaling server; usually made and started by :func:`start_signaling_server`.
+
+    Built by hand it listens only once ``await server.start()`` (or ``async with``).
+    Stop it with :meth:`close`. ``port`` is the bound port (useful with port 0) and ``url``
+    the ``ws://host:port`` (``wss://`` with TLS) address clients connect to. ``options``
+    holds every limit.
     """
 
-    def __init__(self, *, host: str, ping_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        options: SignalingServerOptions | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> None:
         self.host = host
-        self._ping_timeout = ping_timeout
+        self.options = options or SignalingServerOptions()
+        """The limits this server enforces."""
+        self.closes: dict[str, int] = {}
+        """How many sockets were ended or refused, per :class:`CloseReason` code."""
+        self._port = port
+        self._ssl = check_ssl(ssl)
         self._members: dict[str, _Member] = {}
         self._rooms: dict[str, dict[str, None]] = {}  # room -> member ids, in join order
+        self._admission = Admission(self.options.max_connections, authenticate, self._count)
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -85,9 +132,14 @@ class SignalingServer:
 
     @property
     def url(self) -> str:
-        """The ``ws://host:port`` URL of the server."""
+        """The ``ws://host:port`` (or ``wss://``) URL of the server."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self._ssl else 'ws'}://{host}:{self.port}"
+
+    @property
+    def connection_count(self) -> int:
+        """Open sockets (admitted, not yet gone)."""
+        return self._admission.admitted
 
     def rooms(self) -> dict[str, list[str]]:
         """A snapshot of the rooms and their member ids (for tests and monitoring)."""
@@ -117,7 +169,7 @@ class SignalingServer:
         logger.info("signaling server on %s:%s closed", self.host, self._bound_port())
 
     async def __aenter__(self) -> SignalingServer:
-        return self
+        return await self.start()
 
     async def __aexit__(
         self,
@@ -127,6 +179,24 @@ class SignalingServer:
     ) -> None:
         await self.close()
 
+    async def start(self) -> SignalingServer:
+        """Start listening; does nothing the second time."""
+        if self._server is not None or self._closing:
+            return self
+        limits = self.options
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self._port,
+            ssl=self._ssl,
+            max_size=limits.max_message_bytes,
+            open_timeout=limits.open_timeout,
+            close_timeout=limits.close_timeout,
+            process_request=self._admission.admit,
+        )
+        self._spawn(self._sweep())
+        return self
+
     # -- internals ------------------------------------------------------------------------
 
     def _bound_port(self) -> int | None:
@@ -134,21 +204,29 @@ class SignalingServer:
             return None
         return self.port
 
-    def _start(self, server: Server) -> None:
-        self._server = server
-        self._spawn(self._sweep())
-
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _count(self, reason: CloseReason) -> None:
+        self.closes[reason.code] = self.closes.get(reason.code, 0) + 1
+
     async def _handle(self, socket: ServerConnection) -> None:
+        try:
+            await self._serve_member(socket)
+        finally:
+            self._admission.release()
+
+    async def _serve_member(self, socket: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
         peer_id = random_token(PEER_ID_LENGTH)
         while peer_id in self._members:
             peer_id = random_token(PEER_ID_LENGTH)
-        member = _Member(id=peer_id, socket=socket, last_seen=loop.time())
+        limits = self.options
+        now = loop.time()
+        rate = MessageRate(limits.max_messages_per_second, limits.message_burst, now)
+        member = _Member(id=peer_id, socket=socket, last_seen=now, rate=rate)
         self._members[peer_id] = member
         logger.info("peer %s connected from %s", peer_id, socket.remote_address)
         try:
@@ -156,75 +234,116 @@ class SignalingServer:
             async for raw in socket:
                 if self._members.get(peer_id) is not member:
                     return  # evicted meanwhile: its socket is being closed
-                member.last_seen = loop.time()
-                reason = self._on_frame(member, raw)
-                if reason is not None:
-                    logger.warning("closing peer %s: %s", peer_id, reason)
+                member.last_seen = now = loop.time()
+                try:
+                    if not member.rate.allow(now):
+                        raise _Refusal(
+                            CloseReason.RATE_LIMITED,
+                            f"over {limits.max_messages_per_second:g} messages/s "
+                            f"(burst {limits.message_burst})",
+                        )
+                    self._on_frame(member, raw)
+                except _Refusal as refusal:
+                    logger.warning("closing peer %s: %s", peer_id, refusal.detail)
+                    self._count(refusal.reason)
                     self._remove(member)
-                    await socket.close(CLOSE_POLICY_VIOLATION, reason)
+                    reason = refusal.reason
+                    await _close_quietly(socket, reason.close_code, reason.reason(refusal.detail))
                     return
         except ConnectionClosed as closed:
             logger.info("peer %s disconnected (%s)", peer_id, closed)
         finally:
             self._remove(member)
 
-    def _on_frame(self, member: _Member, raw: str | bytes) -> str | None:
-        """Handle one frame; return a close reason if the socket must be closed."""
+    def _on_frame(self, member: _Member, raw: str | bytes) -> None:
+        """Handle one frame; raise :class:`_Refusal` if the socket must be closed."""
         try:
             message = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return "invalid message: not JSON"
+            raise _violation("invalid message: not JSON") from None
         if not isinstance(message, dict):
-            return "invalid message: not a JSON object"
+            raise _violation("invalid message: not a JSON object")
         kind = message.get("type")
         if kind == "ping":
-            return None
+            return
         if kind == "join":
-            return self._join(member, message.get("room"))
-        if kind == "signal":
-            return self._signal(member, message, raw)
-        return f"unknown message type {str(kind)[:40]!r}"
+            self._join(member, message.get("room"))
+        elif kind == "signal":
+            self._signal(member, message, raw)
+        else:
+            raise _violation(f"unknown message type {str(kind)[:40]!r}")
 
-    def _join(self, member: _Member, room: object) -> str | None:
+    def _join(self, member: _Member, room: object) -> None:
         if not is_valid_room(room):
-            return "invalid room: must be a string of 6-99 characters"
+            raise _violation("invalid room: must be a string of 6-99 characters")
         assert isinstance(room, str)
         if room in member.rooms:
-            return None
-        if len(member.rooms) >= MAX_ROOMS_PER_PEER:
-            return f"too many rooms (limit {MAX_ROOMS_PER_PEER})"
+            return
+        limits = self.options
+        if len(member.rooms) >= limits.max_rooms_per_connection:
+            raise _Refusal(
+                CloseReason.TOO_MANY_ROOMS,
+                f"too many rooms (limit {limits.max_rooms_per_connection})",
+            )
+        members = self._rooms.get(room, {})
+        if len(members) >= limits.max_peers_per_room:
+            raise _Refusal(
+                CloseReason.ROOM_FULL, f"room is full (limit {limits.max_peers_per_room} peers)"
+            )
         member.rooms.add(room)
         self._rooms.setdefault(room, {})[member.id] = None
         logger.debug("peer %s joined room %r", member.id, room)
         self._announce(room)
-        return None
 
-    def _signal(self, member: _Member, message: dict[str, Any], raw: str | bytes) -> str | None:
+    def _signal(self, member: _Member, message: dict[str, Any], raw: str | bytes) -> None:
         if message.get("senderPeerId") != member.id:
-            return "spoofed sender"
+            raise _violation("spoofed sender")
         room = message.get("room")
         receiver_id = message.get("receiverPeerId")
         if not isinstance(room, str) or room not in member.rooms:
-            return "signal to a room the sender has not joined"
+            raise _violation("signal to a room the sender has not joined")
         if not isinstance(receiver_id, str):
-            return "signal without a receiverPeerId"
+            raise _violation("signal without a receiverPeerId")
         receiver = self._members.get(receiver_id)
         if receiver is None:
             # The receiver left (a benign race with its disconnect): drop the signal.
             logger.debug("dropping signal from %s to departed peer %s", member.id, receiver_id)
-            return None
+            return
         if room not in receiver.rooms:
-            return "signal to a peer outside the room"
-        text = raw if isinstance(raw, str) else raw.decode("utf-8")
-        broadcast([receiver.socket], text)  # verbatim, without waiting on a slow receiver
-        return None
+            raise _violation("signal to a peer outside the room")
+        self._deliver(receiver, raw if isinstance(raw, str) else raw.decode("utf-8"))
+
+    def _deliver(self, receiver: _Member, text: str) -> None:
+        """Queue ``text`` for ``receiver`` without waiting on it, within its byte bound.
+
+        A receiver that lets more than ``max_send_buffer_bytes`` pile up is closed: what
+        is queued for it is bounded, whatever its senders do."""
+        transport = receiver.socket.transport
+        queued = transport.get_write_buffer_size() if transport is not None else 0
+        if queued + len(text) > self.options.max_send_buffer_bytes:
+            detail = f"over {self.options.max_send_buffer_bytes} bytes queued"
+            logger.warning("closing peer %s: %s", receiver.id, detail)
+            self._end(receiver, CloseReason.SLOW_RECEIVER, detail)
+            return
+        broadcast([receiver.socket], text)  # queued, without waiting on the receiver
 
     def _announce(self, room: str) -> None:
         members = self._rooms.get(room)
         if not members or self._closing:
             return
         text = _dumps({"type": "joined", "otherPeerIds": list(members)})
-        broadcast([self._members[m].socket for m in members if m in self._members], text)
+        for member_id in list(members):
+            member = self._members.get(member_id)
+            if member is not None:
+                self._deliver(member, text)
+
+    def _end(self, member: _Member, reason: CloseReason, detail: str) -> None:
+        """Forget ``member`` and close its socket with a typed reason (in a task)."""
+        if self._members.get(member.id) is not member:
+            return
+        self._count(reason)
+        self._remove(member)
+        self._spawn(_close_quietly(member.socket, reason.close_code, reason.reason(detail)))
 
     def _remove(self, member: _Member) -> None:
         """Forget a member and tell its rooms (idempotent)."""
@@ -245,21 +364,25 @@ class SignalingServer:
     async def _sweep(self) -> None:
         """Evict members silent for longer than ``ping_timeout``."""
         loop = asyncio.get_running_loop()
-        interval = min(_SWEEP_INTERVAL_MAX, self._ping_timeout / 4)
+        timeout = self.options.ping_timeout
+        interval = min(_SWEEP_INTERVAL_MAX, timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            deadline = loop.time() - self._ping_timeout
+            deadline = loop.time() - timeout
             for member in list(self._members.values()):
                 if member.last_seen < deadline:
-                    reason = f"no message for {self._ping_timeout:g} s"
-                    logger.info("evicting peer %s: %s", member.id, reason)
-                    self._remove(member)
-                    self._spawn(_close_quietly(member.socket, reason))
+                    detail = f"no message for {timeout:g} s"
+                    logger.info("evicting peer %s: %s", member.id, detail)
+                    self._end(member, CloseReason.IDLE, detail)
 
 
-async def _close_quietly(socket: ServerConnection, reason: str) -> None:
+def _violation(detail: str) -> _Refusal:
+    return _Refusal(CloseReason.PROTOCOL_VIOLATION, detail)
+
+
+async def _close_quietly(socket: ServerConnection, code: int, reason: str) -> None:
     with contextlib.suppress(ConnectionClosed, OSError):
-        await socket.close(CLOSE_POLICY_VIOLATION, reason)
+        await socket.close(code, reason)
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -270,21 +393,35 @@ async def start_signaling_server(
     host: str = "127.0.0.1",
     port: int = 8080,
     *,
-    ping_timeout: float = 120.0,
-    max_message_bytes: int = 256 * 1024,
+    ping_timeout: float = SignalingServerOptions.ping_timeout,
+    max_message_bytes: int = SignalingServerOptions.max_message_bytes,
+    options: SignalingServerOptions | None = None,
+    ssl: ssl_module.SSLContext | None = None,
+    authenticate: Authenticate | None = None,
 ) -> SignalingServer:
     """Start a signaling server compatible with RxDB 17.6's WebRTC replication.
 
-    ``port=0`` picks a free port (read it from ``server.port``). A socket that sends
-    nothing for ``ping_timeout`` seconds is closed and announced as a leave
-    (clients ping every 60 s). Frames over ``max_message_bytes`` close the socket.
+    ``port=0`` picks a free port (read it from ``server.port``). ``options`` holds every
+    limit (:class:`SignalingServerOptions`); ``ping_timeout`` (idle seconds before a
+    socket is closed; clients ping every 60 s) and ``max_message_bytes`` override the same
+    fields of ``options``. ``ssl``: an :class:`ssl.SSLContext` with the certificate and key
+    serves ``wss://``. ``authenticate(request) -> bool`` (sync or async) checks each
+    opening request (headers, path with query string); False answers HTTP 401.
     """
     if ping_timeout <= 0:
         raise ValidationError(
             f"ping_timeout must be positive, got {ping_timeout}", code="WEBRTC_SETTING_INVALID"
         )
-    signaling = SignalingServer(host=host, ping_timeout=ping_timeout)
-    server = await serve(signaling._handle, host, port, max_size=max_message_bytes)
-    signaling._start(server)
+    limits = options or SignalingServerOptions()
+    overrides: dict[str, Any] = {}
+    if ping_timeout != SignalingServerOptions.ping_timeout:
+        overrides["ping_timeout"] = ping_timeout
+    if max_message_bytes != SignalingServerOptions.max_message_bytes:
+        overrides["max_message_bytes"] = max_message_bytes
+    limits = dataclasses.replace(limits, **overrides)
+    signaling = SignalingServer(
+        host=host, port=port, options=limits, ssl=ssl, authenticate=authenticate
+    )
+    await signaling.start()
     logger.info("signaling server listening on %s", signaling.url)
     return signaling

@@ -22,7 +22,7 @@ from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
 from . import catalog, documents, own_writes, queries
-from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
+from .base import BodyCodec, DamagedDocument, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
@@ -50,6 +50,7 @@ class SQLiteStorage:
         self._catalog = Catalog()
         self._replication = ReplicationRows(self._catalog)
         self._own = OwnWrites()
+        self._damage = documents.DamageLog()
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStorage:
@@ -129,20 +130,19 @@ class SQLiteStorage:
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) by id; a synchronous, inline point read."""
         info = self._catalog.get(collection)
-        return documents.get_many(self._conns.reader(), info, list(ids))
+        return documents.get_many(self._conns.reader(), info, list(ids), damage=self._damage)
 
     def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        """One stored state (tombstone included) or ``None``."""
-        info = self._catalog.get(collection)
-        sql = f"SELECT {documents.COLUMNS} FROM {info.table} WHERE id = ?"
-        row = self._conns.reader().execute(sql, (doc_id,)).fetchone()
-        return None if row is None else documents.to_state(info, row)
+        """One stored state (tombstone included) or ``None``; a damaged one raises
+        ``ENCRYPTION_TAMPERED``."""
+        return self.get(collection, [doc_id]).get(doc_id)
 
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """Live (not deleted) states matching a compiled query, sorted, skipped and limited."""
-        run, bounded = queries.plan_query(self._catalog.get(collection), query, skip, limit)
+        info = self._catalog.get(collection)
+        run, bounded = queries.plan_query(info, query, skip, limit, self._damage)
         if bounded:
             return run(self._conns.reader())
         return await self._conns.read_in_thread(run)
@@ -164,7 +164,15 @@ class SQLiteStorage:
         """States (tombstones included) written after ``seq``, in sequence order, as
         ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none)."""
         info = self._catalog.get(collection)
-        return queries.changes_since(self._conns.reader(), info, seq, limit)
+        return queries.changes_since(self._conns.reader(), info, seq, limit, self._damage)
+
+    async def damaged(self, collection: str) -> list[DamagedDocument]:
+        """Every stored document (tombstones too) whose body fails authentication, by id;
+        a scan of the whole collection, on the writer thread."""
+        info = self._catalog.get(collection)
+        return await self._conns.read_in_thread(
+            lambda conn: documents.scan_damaged(conn, info, self._damage)
+        )
 
     # -- replication state (format: replication_rows.py) ----------------------------------
 

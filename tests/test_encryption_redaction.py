@@ -152,12 +152,12 @@ async def test_invalid_patches_and_duplicates_do_not_quote_encrypted_values(
     errors: list[BaseException] = []
     for changes in ({"body": SENTINEL}, {"pin": SENTINEL}, {"meta": {"tag": SENTINEL}}):
         for attempt in (
-            lambda: doc.patch(changes),
-            lambda: doc.modify(lambda d: {**d, **changes}),
-            lambda: doc.replace({**doc.to_dict(), **changes}),
+            doc.patch(changes),
+            doc.modify(lambda d, c=changes: {**d, **c}),
+            doc.replace({**doc.to_dict(), **changes}),
         ):
             with pytest.raises(ValidationError) as info:
-                await attempt()
+                await attempt
             errors.append(info.value)
     await notes.upsert({"id": "s", "body": "a", "pin": "0000", "meta": {"tag": "x"}})
     with pytest.raises(ConflictError) as duplicate:

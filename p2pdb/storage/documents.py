@@ -27,9 +27,9 @@ from .catalog import CollectionInfo, table_name
 __all__ = [
     "COLUMNS",
     "ID_CHUNK",
+    "SEQ_KEY",
     "TAMPERED",
     "DamageLog",
-    "SEQ_KEY",
     "SeqClock",
     "check_expected",
     "decode_row",

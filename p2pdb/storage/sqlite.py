@@ -135,7 +135,13 @@ class SQLiteStorage:
     def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         """One stored state (tombstone included) or ``None``; a damaged one raises
         ``ENCRYPTION_TAMPERED``."""
-        return self.get(collection, [doc_id]).get(doc_id)
+        info = self._catalog.get(collection)
+        sql = f"SELECT {documents.COLUMNS} FROM {info.table} WHERE id = ?"
+        row = self._conns.reader().execute(sql, (doc_id,)).fetchone()
+        if row is None:
+            return None
+        state = documents.decode_row(info, row, self._damage)
+        return state if state is not None else documents.to_state(info, row)  # raises
 
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None

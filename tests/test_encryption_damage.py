@@ -9,6 +9,7 @@ overwrites it or removes it so a peer's copy comes back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -189,3 +190,22 @@ async def test_repair_with_a_replacement_overwrites_and_replicates(open_notes: O
             assert copy is not None and copy.get("body") == "restored"
     doc = await notes.find_one(DAMAGED)
     assert doc is not None and doc.get("body") == "restored"
+
+
+async def test_a_fork_pushing_the_document_repairs_the_master(open_notes: Open) -> None:
+    notes = await open_notes("a")
+    await notes.bulk_insert(DOCS)
+    fork = await open_notes("fork")
+    async with WirePipe(collection_handler(notes)) as pipe:
+        async with replicate(fork, pipe.handler, "live") as state:
+            await state.wait_for_in_sync()
+            tamper(notes.storage.path, DAMAGED)
+            copy = await fork.find_one(DAMAGED)
+            assert copy is not None
+            await copy.patch({"body": "edited on the fork"})
+            async with asyncio.timeout(20):  # a push failing on the damaged row never syncs
+                await state.wait_for_in_sync()
+        assert pipe.errors == []
+    assert await notes.damaged() == []
+    doc = await notes.find_one(DAMAGED)
+    assert doc is not None and doc.get("body") == "edited on the fork"

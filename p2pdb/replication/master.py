@@ -12,6 +12,7 @@ from reactivex import operators as ops
 from ..changes import ChangeEvent
 from ..errors import ConflictError, P2PDBError, ValidationError
 from ..storage import ABSENT, Write
+from ..storage.base import DamagedDocument
 from .protocol import ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -116,10 +117,13 @@ class CollectionHandler:
     ) -> dict[str, tuple[Doc, bool, WriteRow]]:
         c = self.collection
         is_equal = c.conflict_handler.is_equal
-        current = c.storage.get(c.name, list(pending))
+        current = c.storage.get_or_damaged(c.name, list(pending))
         writes: list[Write] = []
         for doc_id, (user, deleted, row) in pending.items():
             state = current.get(doc_id)
+            if isinstance(state, DamagedDocument):  # unreadable here: the peer's copy repairs it
+                writes.append(Write(user, deleted, expected=state.revision))
+                continue
             master = to_wire(state) if state is not None else None
             if master is None:
                 writes.append(Write(user, deleted, expected=ABSENT))

@@ -84,6 +84,8 @@ class DamagedDocument:
 
     #: The document's id.
     id: str
+    #: The stored revision of the damaged row (a write may expect it).
+    revision: str
     #: True if the damaged row is a tombstone.
     deleted: bool
     #: Why: an :class:`~p2pdb.errors.EncryptionError` naming the id and the field.
@@ -306,6 +308,14 @@ class Storage(Protocol):
 
     def forget_own_seqs(self, upto: int) -> None:
         """Drop the record of own writes up to ``upto``."""
+        ...
+
+    def get_or_damaged(
+        self, collection: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any] | DamagedDocument]:
+        """Like :meth:`get`, but a damaged document comes back as its
+        :class:`DamagedDocument` instead of raising (replication overwrites it with a
+        peer's copy)."""
         ...
 
     async def damaged(self, collection: str) -> list[DamagedDocument]:

@@ -35,6 +35,7 @@ __all__ = [
     "decode_row",
     "drop_damaged",
     "get_many",
+    "get_or_damaged",
     "put",
     "recode_bodies",
     "revision_token",
@@ -170,6 +171,26 @@ def get_many(
     return out
 
 
+def get_or_damaged(
+    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str], damage: DamageLog
+) -> dict[str, dict[str, Any] | DamagedDocument]:
+    """Stored states of those ``ids`` that exist; a damaged one as its
+    :class:`DamagedDocument` (reported to ``damage``)."""
+    out: dict[str, dict[str, Any] | DamagedDocument] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start : start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT {COLUMNS} FROM {info.table} WHERE id IN ({marks})", chunk):
+            try:
+                out[row[0]] = to_state(info, row)
+            except EncryptionError as exc:
+                if exc.code != TAMPERED:
+                    raise
+                damage.report(info, row, exc)
+                out[row[0]] = DamagedDocument(row[0], row[1], bool(row[3]), exc)
+    return out
+
+
 def scan_damaged(
     conn: sqlite3.Connection, info: CollectionInfo, damage: DamageLog
 ) -> list[DamagedDocument]:
@@ -184,7 +205,7 @@ def scan_damaged(
             if exc.code != TAMPERED:
                 raise
             damage.report(info, row, exc)
-            found.append(DamagedDocument(row[0], bool(row[3]), exc))
+            found.append(DamagedDocument(row[0], row[1], bool(row[3]), exc))
     return found
 
 

@@ -172,6 +172,14 @@ class SQLiteStorage:
         info = self._catalog.get(collection)
         return queries.changes_since(self._conns.reader(), info, seq, limit, self._damage)
 
+    def get_or_damaged(
+        self, collection: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any] | DamagedDocument]:
+        """Like :meth:`get`, but a damaged document comes back as its
+        :class:`~p2pdb.storage.base.DamagedDocument` instead of raising; inline."""
+        info = self._catalog.get(collection)
+        return documents.get_or_damaged(self._conns.reader(), info, list(ids), self._damage)
+
     async def damaged(self, collection: str) -> list[DamagedDocument]:
         """Every stored document (tombstones too) whose body fails authentication, by id;
         a scan of the whole collection, on the writer thread."""

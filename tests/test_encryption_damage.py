@@ -209,3 +209,25 @@ async def test_a_fork_pushing_the_document_repairs_the_master(open_notes: Open) 
     assert await notes.damaged() == []
     doc = await notes.find_one(DAMAGED)
     assert doc is not None and doc.get("body") == "edited on the fork"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the lead's change to p2pdb/replication/downstream.py (_decide reads "
+    "storage.get_or_damaged and overwrites a DamagedDocument with the master's state)",
+)
+async def test_a_pull_of_the_document_repairs_the_fork(open_notes: Open) -> None:
+    peer = await open_notes("peer")
+    await peer.bulk_insert(DOCS)
+    notes = await open_notes("a")
+    async with WirePipe(collection_handler(peer)) as pipe:
+        async with replicate(notes, pipe.handler, "peer") as state:
+            await state.wait_for_in_sync()
+            tamper(notes.storage.path, DAMAGED)
+            newer = await peer.find_one(DAMAGED)
+            assert newer is not None
+            await newer.patch({"body": "edited on the master"})
+            async with asyncio.timeout(20):
+                await state.wait_for_in_sync()
+    doc = await notes.find_one(DAMAGED)
+    assert doc is not None and doc.get("body") == "edited on the master"

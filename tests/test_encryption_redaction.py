@@ -88,7 +88,10 @@ def texts_of(error: BaseException) -> list[str]:
         out += [str(current), repr(current), repr(current.args)]
         if isinstance(current, P2PDBError):
             out += [repr(current.parameters), repr(current.to_json())]
-        current = current.__cause__ or current.__context__
+        # what a traceback shows: the cause, or the context unless "raise ... from None"
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
     return out
 
 

@@ -16,6 +16,7 @@ from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
 from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
+from .storage.base import DamagedDocument
 from .streams import CommitStreams, iterate
 from .values import json_copy
 
@@ -333,3 +334,40 @@ class Collection:
         (a tombstone too), or ``None`` if it was never written."""
         self.check_open()
         return self.storage.get_one(self.name, doc_id)
+
+    # -- damaged documents (see docs/encryption.md) ----------------------------------------
+
+    async def damaged(self) -> list[DamagedDocument]:
+        """Every stored document whose encrypted body fails authentication
+        (``ENCRYPTION_TAMPERED``), by id, each with the error that says which field. Such a
+        document is left out of queries and replication; reading it by id raises. Reads the
+        whole collection."""
+        self.check_open()
+        return await self.storage.damaged(self.name)
+
+    async def repair(
+        self, doc_id: str, *, replacement: Mapping[str, Any] | None = None
+    ) -> Document | None:
+        """Repair a damaged document.
+
+        With ``replacement``: write it over the damaged one (an upsert; its id must be
+        ``doc_id``) and return it; it replicates like any write. Without: remove the damaged
+        row entirely (no tombstone, which would delete the peers' good copies) and make
+        every replication of this collection pull from the start on its next pull (start
+        one, or call ``state.re_sync()``), so a peer's copy comes back; returns ``None``.
+        Raises ``DOCUMENT_NOT_FOUND`` if there is no such row and ``DOCUMENT_NOT_DAMAGED``
+        (without ``replacement``) if it reads fine.
+        """
+        self.check_open()
+        if replacement is not None:
+            data = self.prepare(replacement)
+            if data[self.schema.primary_key] != doc_id:
+                raise ValidationError(
+                    f"The replacement of {doc_id!r} has another primary key.",
+                    code="DOCUMENT_PRIMARY_KEY_CHANGED",
+                    id=doc_id,
+                )
+            return await self._write_one(Write(data))
+        name = self.name
+        await self.storage.write(lambda txn: txn.drop_damaged(name, doc_id))
+        return None

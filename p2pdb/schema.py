@@ -27,6 +27,9 @@ __all__ = ["RESERVED_FIELDS", "Schema"]
 RESERVED_FIELDS = frozenset({"_deleted", "_rev", "_meta", "_attachments"})
 
 _PATH_SEGMENT = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$\-]*$")
+# jsonschema words these with property names only, never values: safe above an encrypted field
+_NAMES_ONLY = frozenset({"required", "additionalProperties", "dependentRequired"})
+_RULE_CHARS = 120
 _NOT_FOR_VALIDATION = ("version", "primaryKey", "indexes", "encrypted", "keyCompression")
 
 
@@ -54,6 +57,7 @@ class Schema:
         self.primary_key: str = self._check_primary_key()
         self.indexes: tuple[tuple[str, ...], ...] = self._check_indexes()
         self.encrypted: tuple[str, ...] = self._check_encrypted()
+        self._encrypted_parts = tuple(tuple(p.split(".")) for p in self.encrypted)
         self.field_types: dict[str, str] = {}
         _collect_types(self.raw, "", self.field_types)
         self.hash: str = hashlib.sha256(
@@ -203,15 +207,32 @@ class Schema:
         error = jsonschema.exceptions.best_match(self._slow.iter_errors(doc))
         if error is None:  # the compiled validator was stricter than jsonschema: trust jsonschema
             return
-        path = ".".join(str(p) for p in error.absolute_path) or "(document)"
+        path, wording = self._wording(tuple(str(p) for p in error.absolute_path), error)
         raise ValidationError(
             f"Document {doc.get(self.primary_key)!r} does not match the schema at {path}: "
-            f"{error.message}. Fix the value or the schema.",
+            f"{wording}. Fix the value or the schema.",
             code="DOCUMENT_INVALID",
             field=path,
             rule=str(error.validator),
             document_id=doc.get(self.primary_key),
         )
+
+    def _wording(
+        self, parts: tuple[str, ...], error: jsonschema.ValidationError
+    ) -> tuple[str, str]:
+        """The path and message of an error: jsonschema's message, unless it could quote an
+        encrypted value; then only the rule it breaks (the schema is stored in clear
+        anyway, the value never is), at the encrypted field's path (keys and indexes
+        inside an encrypted value are part of it)."""
+        inside = next((e for e in self._encrypted_parts if parts[: len(e)] == e), None)
+        above = any(e[: len(parts)] == parts for e in self._encrypted_parts)
+        if inside is None and (not above or error.validator in _NAMES_ONLY):
+            return ".".join(parts) or "(document)", str(error.message)
+        rule = orjson.dumps(error.validator_value).decode()
+        if len(rule) > _RULE_CHARS:
+            rule = rule[: _RULE_CHARS - 3] + "..."
+        path = ".".join(inside or parts) or "(document)"
+        return path, f"<encrypted value> breaks the rule {error.validator!r}: {rule}"
 
     def primary_value(self, doc: Mapping[str, Any]) -> str:
         """The document's primary key value, checked to be a non-empty string."""

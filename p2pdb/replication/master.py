@@ -13,6 +13,7 @@ from reactivex import operators as ops
 from ..changes import ChangeEvent
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import ABSENT, Write
+from ..storage.base import DamagedDocument
 from .access import PENDING, AccessCheck, DocumentAccess
 from .protocol import RESYNC, ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
@@ -160,13 +161,20 @@ class CollectionHandler:
     ) -> dict[str, tuple[Doc, bool, WriteRow]]:
         c = self.collection
         is_equal = c.conflict_handler.is_equal
-        current = c.storage.get(c.name, list(pending))
+        current = c.storage.get_or_damaged(c.name, list(pending))
         writes: list[Write] = []
         found: list[Doc] = []
         refused: list[str] = []
         check = self._check
         for doc_id, (user, deleted, row) in pending.items():
             state = current.get(doc_id)
+            if isinstance(state, DamagedDocument):  # unreadable here: the peer's copy repairs it
+                repair = to_wire({**user, "_deleted": deleted})
+                if check is not None and not await check.may_write(None, repair):
+                    refused.append(doc_id)
+                    continue
+                writes.append(Write(user, deleted, expected=state.revision))
+                continue
             stored = to_wire(state) if state is not None else None
             # what the remote sees of the stored state: it compares and conflicts with that
             master = stored if check is None or stored is None else await check.view(stored)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 from ..changes import LOCAL, ChangeEvent
-from ..errors import ConflictError
+from ..errors import ConflictError, EncryptionError
 from ..query import CompiledQuery
 from ..schema import Schema
 
@@ -21,6 +21,7 @@ __all__ = [
     "ABSENT",
     "ANY_REVISION",
     "BodyCodec",
+    "DamagedDocument",
     "Direction",
     "Storage",
     "Write",
@@ -74,6 +75,27 @@ class BodyCodec(Protocol):
     def decode(self, collection: str, doc_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """The form to hand out; raise :class:`~p2pdb.errors.EncryptionError` on tampering."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class DamagedDocument:
+    """A stored document whose body fails authentication (``ENCRYPTION_TAMPERED``): it is
+    left out of queries and change feeds; reads by its id raise ``error``."""
+
+    #: The document's id.
+    id: str
+    #: The stored revision of the damaged row (a write may expect it).
+    revision: str
+    #: True if the damaged row is a tombstone.
+    deleted: bool
+    #: Why: an :class:`~p2pdb.errors.EncryptionError` naming the id and the field.
+    error: EncryptionError
+
+    @property
+    def field(self) -> str | None:
+        """The encrypted field that failed to decrypt."""
+        field: str | None = self.error.parameters.get("field")
+        return field
 
 
 @dataclass(slots=True)
@@ -150,6 +172,13 @@ class WriteTxn(Protocol):
         """Rewrite every stored body of a stored collection (live documents and tombstones)
         and every assumed master state of its replications as ``transform(doc_id, body)``,
         where ``body`` is the stored (encoded) form. Revisions and sequence numbers stay."""
+        ...
+
+    def drop_damaged(self, collection: str, doc_id: str) -> None:
+        """Remove a damaged document's row entirely (no tombstone, no change event) and
+        make every fork replication of the collection pull from the start again, so a
+        peer's copy comes back. Raises ``DOCUMENT_NOT_FOUND`` if there is no such row and
+        ``DOCUMENT_NOT_DAMAGED`` if it reads fine."""
         ...
 
 
@@ -315,4 +344,15 @@ class Storage(Protocol):
 
     async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
         """Delete a local document; what it was, or ``None``."""
+    def get_or_damaged(
+        self, collection: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any] | DamagedDocument]:
+        """Like :meth:`get`, but a damaged document comes back as its
+        :class:`DamagedDocument` instead of raising (replication overwrites it with a
+        peer's copy)."""
+        ...
+
+    async def damaged(self, collection: str) -> list[DamagedDocument]:
+        """Every stored document (tombstones too) of ``collection`` whose body fails
+        authentication, by id; reads the whole collection."""
         ...

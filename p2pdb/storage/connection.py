@@ -22,7 +22,7 @@ import aiosqlite
 from ..backoff import Backoff
 from ..errors import ClosedError, StorageError
 
-__all__ = ["Connections", "retry_locked"]
+__all__ = ["Connections", "retry_locked", "storage_error"]
 
 T = TypeVar("T")
 
@@ -43,6 +43,44 @@ async def retry_locked(attempt: Callable[[], Awaitable[T]]) -> T:
                 raise
         await asyncio.sleep(backoff.next_delay())
     raise AssertionError("unreachable")
+
+
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+
+
+def storage_error(path: str, exc: sqlite3.Error) -> StorageError:
+    """The typed error of an SQLite failure on the writer: ``STORAGE_FULL`` (no space
+    left), ``STORAGE_IO`` (the disk failed), ``STORAGE_BUSY`` (the write lock was held too
+    long) or ``STORAGE_FAILED``. The transaction was rolled back: nothing of it is stored,
+    and everything committed before is."""
+    primary = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    name = getattr(exc, "sqlite_errorname", None)
+    if primary == _SQLITE_FULL:
+        return StorageError(
+            f"The disk holding {path!r} is full ({exc}): this write was not stored, and "
+            "every write that returned before is. Free some space; the database works again "
+            "without being reopened.",
+            code="STORAGE_FULL",
+            path=path,
+            sqlite_error=name,
+        )
+    if primary == _SQLITE_IOERR:
+        return StorageError(
+            f"SQLite could not read or write {path!r} ({exc}, {name}): this write was not "
+            "stored. Check that the disk is present, not full and not failing, then retry.",
+            code="STORAGE_IO",
+            path=path,
+            sqlite_error=name,
+        )
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+        return StorageError(
+            f"SQLite failed on {path!r}: {exc}. Another process held the write lock too long; "
+            "retry.",
+            code="STORAGE_BUSY",
+            path=path,
+        )
+    return StorageError(f"SQLite failed on {path!r}: {exc}.", code="STORAGE_FAILED", path=path)
 
 
 class Connections:
@@ -120,18 +158,8 @@ class Connections:
             # whole transaction instead of one per statement.
             result: T = await writer._execute(lambda: fn(writer._conn))  # type: ignore[no-untyped-call]
             return result
-        except sqlite3.OperationalError as exc:
-            busy = "locked" in str(exc) or "busy" in str(exc)
-            raise StorageError(
-                f"SQLite failed on {self.path!r}: {exc}."
-                + (" Another process held the write lock too long; retry." if busy else ""),
-                code="STORAGE_BUSY" if busy else "STORAGE_FAILED",
-                path=self.path,
-            ) from exc
         except sqlite3.Error as exc:
-            raise StorageError(
-                f"SQLite failed on {self.path!r}: {exc}.", code="STORAGE_FAILED", path=self.path
-            ) from exc
+            raise storage_error(self.path, exc) from exc
 
     async def read_in_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A long read (unbounded scan, count) on the writer thread, off the event loop."""

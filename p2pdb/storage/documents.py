@@ -9,7 +9,9 @@ JSON, encoded by the collection's codec).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -18,22 +20,30 @@ from typing import Any
 import orjson
 
 from ..changes import ChangeEvent, Operation
-from ..errors import ConflictError, EncryptionError
-from .base import ABSENT, ANY_REVISION, Write
+from ..errors import ConflictError, EncryptionError, NotFoundError, ValidationError
+from .base import ABSENT, ANY_REVISION, DamagedDocument, Write
 from .catalog import CollectionInfo, table_name
 
 __all__ = [
     "COLUMNS",
     "ID_CHUNK",
     "SEQ_KEY",
+    "TAMPERED",
+    "DamageLog",
     "SeqClock",
     "check_expected",
+    "decode_row",
+    "drop_damaged",
     "get_many",
+    "get_or_damaged",
     "put",
     "recode_bodies",
     "revision_token",
+    "scan_damaged",
     "to_state",
 ]
+
+log = logging.getLogger("p2pdb.storage")
 
 #: The columns :func:`to_state` reads, in its order.
 COLUMNS = "id, rev, lwt, deleted, body"
@@ -42,6 +52,8 @@ ID_CHUNK = 500
 #: The ``p2pdb_info`` key of the last sequence number written.
 SEQ_KEY = "seq"
 _LWT_KEY = "lwt"
+#: The code of a body that fails authentication: damage confined to its row.
+TAMPERED = "ENCRYPTION_TAMPERED"
 
 
 def revision_token(body: bytes, deleted: bool) -> str:
@@ -98,17 +110,127 @@ def to_state(info: CollectionInfo, row: Sequence[Any], lenient: bool = False) ->
     return state
 
 
+class DamageLog:
+    """Reports each damaged row once (a warning on the ``p2pdb.storage`` logger, with the
+    typed error: its code, collection, id and field, never a value). Thread-safe: queries
+    run on the loop and on the writer thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: set[tuple[str, str, int]] = set()
+
+    def report(self, info: CollectionInfo, row: Sequence[Any], error: EncryptionError) -> None:
+        """Log ``error`` for this row unless this very stored body was reported before."""
+        key = (info.name, row[0], zlib.crc32(str(row[4]).encode()))
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+        log.warning(
+            "%s It is left out of queries and replication; collection.damaged() lists it, "
+            "collection.repair() fixes it.",
+            error,
+            extra={"p2pdb_error": error},
+        )
+
+
+def decode_row(
+    info: CollectionInfo, row: Sequence[Any], damage: DamageLog
+) -> dict[str, Any] | None:
+    """The state of a row, or ``None`` (reported to ``damage``) if its body was tampered
+    with; any other error (a changed key) is raised."""
+    try:
+        return to_state(info, row)
+    except EncryptionError as exc:
+        if exc.code != TAMPERED:
+            raise
+        damage.report(info, row, exc)
+        return None
+
+
 def get_many(
-    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str], lenient: bool = False
+    conn: sqlite3.Connection,
+    info: CollectionInfo,
+    ids: list[str],
+    lenient: bool = False,
+    damage: DamageLog | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Stored states (tombstones included) of those ``ids`` that exist."""
+    """Stored states (tombstones included) of those ``ids`` that exist; a damaged one
+    raises (after being reported to ``damage``)."""
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), ID_CHUNK):
         chunk = ids[start : start + ID_CHUNK]
         marks = ",".join("?" * len(chunk))
         for row in conn.execute(f"SELECT {COLUMNS} FROM {info.table} WHERE id IN ({marks})", chunk):
-            out[row[0]] = to_state(info, row, lenient)
+            try:
+                out[row[0]] = to_state(info, row, lenient)
+            except EncryptionError as exc:
+                if damage is not None and exc.code == TAMPERED:
+                    damage.report(info, row, exc)
+                raise
     return out
+
+
+def get_or_damaged(
+    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str], damage: DamageLog
+) -> dict[str, dict[str, Any] | DamagedDocument]:
+    """Stored states of those ``ids`` that exist; a damaged one as its
+    :class:`DamagedDocument` (reported to ``damage``)."""
+    out: dict[str, dict[str, Any] | DamagedDocument] = {}
+    for start in range(0, len(ids), ID_CHUNK):
+        chunk = ids[start : start + ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT {COLUMNS} FROM {info.table} WHERE id IN ({marks})", chunk):
+            try:
+                out[row[0]] = to_state(info, row)
+            except EncryptionError as exc:
+                if exc.code != TAMPERED:
+                    raise
+                damage.report(info, row, exc)
+                out[row[0]] = DamagedDocument(row[0], row[1], bool(row[3]), exc)
+    return out
+
+
+def scan_damaged(
+    conn: sqlite3.Connection, info: CollectionInfo, damage: DamageLog
+) -> list[DamagedDocument]:
+    """Every row of the collection (tombstones too) whose body fails authentication."""
+    found: list[DamagedDocument] = []
+    if info.codec is None:
+        return found  # nothing is authenticated, so nothing can fail
+    for row in conn.execute(f"SELECT {COLUMNS} FROM {info.table} ORDER BY id"):
+        try:
+            to_state(info, row)
+        except EncryptionError as exc:
+            if exc.code != TAMPERED:
+                raise
+            damage.report(info, row, exc)
+            found.append(DamagedDocument(row[0], row[1], bool(row[3]), exc))
+    return found
+
+
+def drop_damaged(conn: sqlite3.Connection, info: CollectionInfo, doc_id: str) -> None:
+    """Delete the row of ``doc_id`` if, and only if, its body fails authentication."""
+    row = conn.execute(f"SELECT {COLUMNS} FROM {info.table} WHERE id = ?", (doc_id,)).fetchone()
+    if row is None:
+        raise NotFoundError(
+            f"Document {doc_id!r} does not exist in {info.name!r}: nothing to repair.",
+            code="DOCUMENT_NOT_FOUND",
+            id=doc_id,
+        )
+    try:
+        to_state(info, row)
+    except EncryptionError as exc:
+        if exc.code != TAMPERED:
+            raise
+        conn.execute(f"DELETE FROM {info.table} WHERE id = ?", (doc_id,))
+        return
+    raise ValidationError(
+        f"Document {doc_id!r} in {info.name!r} is not damaged; repair() without a "
+        "replacement removes only damaged rows (use remove() to delete a document).",
+        code="DOCUMENT_NOT_DAMAGED",
+        id=doc_id,
+    )
 
 
 def check_expected(

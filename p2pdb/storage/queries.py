@@ -4,12 +4,12 @@ collection."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..query import CompiledQuery
 from .catalog import CollectionInfo
-from .documents import COLUMNS, to_state
+from .documents import COLUMNS, DamageLog, decode_row
 
 __all__ = ["QueryRun", "changes_since", "count", "last_seq", "plan_query"]
 
@@ -18,15 +18,23 @@ QueryRun = Callable[[sqlite3.Connection], list[dict[str, Any]]]
 
 
 def plan_query(
-    info: CollectionInfo, query: CompiledQuery, skip: int, limit: int | None
+    info: CollectionInfo,
+    query: CompiledQuery,
+    skip: int,
+    limit: int | None,
+    damage: DamageLog,
 ) -> tuple[QueryRun, bool]:
     """A function listing the live states matching ``query`` (sorted, skipped, limited),
-    and whether it is bounded (a ``LIMIT`` in SQL: cheap enough to run on the event loop)."""
+    and whether it is bounded (a ``LIMIT`` in SQL: cheap enough to run on the event loop).
+
+    A damaged row (its body fails authentication) is reported to ``damage`` and left out;
+    a page it took a place on is read on past it, so the page stays full."""
     sql = (
         f"SELECT {COLUMNS} FROM {info.table} "
         f"WHERE deleted = 0 AND ({query.where_sql}) ORDER BY {query.order_sql}"
     )
-    params: tuple[Any, ...] = tuple(query.where_params)
+    base_sql, base_params = sql, tuple(query.where_params)
+    params: tuple[Any, ...] = base_params
     residual = query.residual
     if residual is None and limit is not None:
         sql += " LIMIT ? OFFSET ?"
@@ -35,9 +43,30 @@ def plan_query(
         sql += " LIMIT -1 OFFSET ?"
         params += (skip,)
 
+    def decode(rows: Iterable[Any]) -> tuple[list[dict[str, Any]], int]:
+        states, dropped = [], 0
+        for row in rows:
+            state = decode_row(info, row, damage)
+            if state is None:
+                dropped += 1
+            else:
+                states.append(state)
+        return states, dropped
+
+    def refill(conn: sqlite3.Connection, want: int, fetch: int) -> list[dict[str, Any]]:
+        # damaged rows took places on the page: read from the start, past them (rare)
+        while True:
+            rows = conn.execute(base_sql + " LIMIT ?", (*base_params, fetch)).fetchall()
+            states, dropped = decode(rows)
+            if len(states) >= want or len(rows) < fetch:
+                return states[skip:want]
+            fetch += dropped
+
     def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-        states = [to_state(info, row) for row in conn.execute(sql, params)]
+        states, dropped = decode(conn.execute(sql, params))
         if residual is None:
+            if dropped and limit is not None:
+                return refill(conn, skip + limit, skip + limit + dropped)
             return states
         matched = [s for s in states if residual(s)]
         return matched[skip : None if limit is None else skip + limit]
@@ -59,13 +88,25 @@ def last_seq(conn: sqlite3.Connection, info: CollectionInfo) -> int:
 
 
 def changes_since(
-    conn: sqlite3.Connection, info: CollectionInfo, seq: int, limit: int
+    conn: sqlite3.Connection, info: CollectionInfo, seq: int, limit: int, damage: DamageLog
 ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """``(seq, state)`` pairs written after ``seq`` in sequence order, and the last one's
-    sequence (``seq`` if none)."""
-    rows = conn.execute(
-        f"SELECT {COLUMNS}, seq FROM {info.table} WHERE seq > ? ORDER BY seq LIMIT ?",
-        (seq, limit),
-    ).fetchall()
-    out = [(row[5], to_state(info, row[:5])) for row in rows]
-    return out, (rows[-1][5] if rows else seq)
+    sequence (``seq`` if none). A damaged row is reported and skipped (the sequence moves
+    past it), and the batch is filled up behind it: a short batch still means "no more"."""
+    out: list[tuple[int, dict[str, Any]]] = []
+    last = seq
+    while len(out) < limit:
+        want = limit - len(out)
+        rows = conn.execute(
+            f"SELECT {COLUMNS}, seq FROM {info.table} WHERE seq > ? ORDER BY seq LIMIT ?",
+            (last, want),
+        ).fetchall()
+        for row in rows:
+            state = decode_row(info, row[:5], damage)
+            if state is not None:
+                out.append((row[5], state))
+        if rows:
+            last = rows[-1][5]
+        if len(rows) < want:
+            break
+    return out, last

@@ -24,7 +24,7 @@ from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
 from . import catalog, documents, local_rows, own_writes, queries
-from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
+from .base import BodyCodec, DamagedDocument, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
@@ -55,6 +55,7 @@ class SQLiteStorage:
         self._catalog = Catalog()
         self._replication = ReplicationRows(self._catalog)
         self._own = OwnWrites()
+        self._damage = documents.DamageLog()
 
     @classmethod
     async def open(cls, path: str) -> SQLiteStorage:
@@ -136,20 +137,25 @@ class SQLiteStorage:
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) by id; a synchronous, inline point read."""
         info = self._catalog.get(collection)
-        return documents.get_many(self._conns.reader(), info, list(ids))
+        return documents.get_many(self._conns.reader(), info, list(ids), damage=self._damage)
 
     def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        """One stored state (tombstone included) or ``None``."""
+        """One stored state (tombstone included) or ``None``; a damaged one raises
+        ``ENCRYPTION_TAMPERED``."""
         info = self._catalog.get(collection)
         sql = f"SELECT {documents.COLUMNS} FROM {info.table} WHERE id = ?"
         row = self._conns.reader().execute(sql, (doc_id,)).fetchone()
-        return None if row is None else documents.to_state(info, row)
+        if row is None:
+            return None
+        state = documents.decode_row(info, row, self._damage)
+        return state if state is not None else documents.to_state(info, row)  # raises
 
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """Live (not deleted) states matching a compiled query, sorted, skipped and limited."""
-        run, bounded = queries.plan_query(self._catalog.get(collection), query, skip, limit)
+        info = self._catalog.get(collection)
+        run, bounded = queries.plan_query(info, query, skip, limit, self._damage)
         if bounded:
             return run(self._conns.reader())
         return await self._conns.read_in_thread(run)
@@ -171,7 +177,23 @@ class SQLiteStorage:
         """States (tombstones included) written after ``seq``, in sequence order, as
         ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none)."""
         info = self._catalog.get(collection)
-        return queries.changes_since(self._conns.reader(), info, seq, limit)
+        return queries.changes_since(self._conns.reader(), info, seq, limit, self._damage)
+
+    def get_or_damaged(
+        self, collection: str, ids: Sequence[str]
+    ) -> dict[str, dict[str, Any] | DamagedDocument]:
+        """Like :meth:`get`, but a damaged document comes back as its
+        :class:`~p2pdb.storage.base.DamagedDocument` instead of raising; inline."""
+        info = self._catalog.get(collection)
+        return documents.get_or_damaged(self._conns.reader(), info, list(ids), self._damage)
+
+    async def damaged(self, collection: str) -> list[DamagedDocument]:
+        """Every stored document (tombstones too) whose body fails authentication, by id;
+        a scan of the whole collection, on the writer thread."""
+        info = self._catalog.get(collection)
+        return await self._conns.read_in_thread(
+            lambda conn: documents.scan_damaged(conn, info, self._damage)
+        )
 
     # -- replication state (format: replication_rows.py) ----------------------------------
 

@@ -112,6 +112,16 @@ class SQLiteWriteTxn:
         documents.recode_bodies(self._sqlite, collection, transform)
         self._replication.recode_assumed(self._sqlite, collection, transform)
 
+    def drop_damaged(self, collection: str, doc_id: str) -> None:
+        """Remove a damaged document's row (no tombstone: a tombstone would travel to
+        peers and delete their good copies) and reset the down-checkpoint of every
+        replication of the collection, so the next pull starts over and brings back a
+        peer's copy. See :meth:`~p2pdb.storage.WriteTxn.drop_damaged`."""
+        documents.drop_damaged(self._sqlite, self._catalog.get(collection), doc_id)
+        for name, replication_id in self._replication.list_replications(self._sqlite):
+            if name == collection and self.get_checkpoint(name, replication_id, "down") is not None:
+                self.set_checkpoint(name, replication_id, "down", None)
+
     def finish(self) -> None:
         """Called by the storage before ``COMMIT`` (not by write functions): store the
         sequence clock and note the sequence range written as this storage's own."""

@@ -61,10 +61,13 @@ class Query(Generic[R]):
         limit: int | None = None,
     ) -> None:
         if type(skip) is not int or skip < 0:
-            raise QueryError(f"skip must be an integer >= 0, got {brief(skip)}.", code="QUERY_BAD_SKIP")
+            raise QueryError(
+                f"skip must be an integer >= 0, got {brief(skip)}.", code="QUERY_BAD_SKIP"
+            )
         if limit is not None and (type(limit) is not int or limit < 0):
             raise QueryError(
-                f"limit must be an integer >= 0 or None, got {brief(limit)}.", code="QUERY_BAD_LIMIT"
+                f"limit must be an integer >= 0 or None, got {brief(limit)}.",
+                code="QUERY_BAD_LIMIT",
             )
         schema = collection.schema
         # Compiled before anything is copied: the compiler checks the shapes (a list or a

@@ -100,7 +100,11 @@ def json_copy(data: object, *, opaque: Collection[str] = ()) -> dict[str, Any]:
     document that fails it (or holds a tuple, a dict subclass, a U+0000) takes the slower
     walk that names the field and the reason.
     """
-    if _plain(data):
+    try:
+        plain = _plain(data)
+    except RecursionError:  # nested too deep: check_json_values words the error
+        plain = False
+    if plain:
         try:
             raw: bytes | None = orjson.dumps(data)
         except orjson.JSONEncodeError:  # a lone surrogate, which _plain does not look for

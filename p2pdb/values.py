@@ -18,9 +18,9 @@ from .errors import ValidationError
 
 __all__ = ["MAX_DEPTH", "brief", "check_json_values", "is_text", "json_copy", "nested_deeper"]
 
-#: How deep objects and lists may nest in a stored document (orjson's limit); selectors
-#: are held to it too, so that parsing and evaluating them (which recurse) stay far from
-#: Python's recursion limit.
+#: How deep objects and lists may nest in a selector: one level more than in a stored
+#: document (orjson writes 254), so every storable value can be queried, and shallow enough
+#: that parsing and evaluating a selector (which recurse) stay far from the recursion limit.
 MAX_DEPTH: Final = 255
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,9 +18,19 @@ from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
 from .storage.base import DamagedDocument
 from .streams import CommitStreams, iterate
-from .values import json_copy
+from .values import brief, is_text, json_copy
 
-__all__ = ["BulkWriteResult", "Collection", "CollectionDatabase"]
+__all__ = ["BulkWriteResult", "Collection", "CollectionDatabase", "check_id"]
+
+
+def check_id(doc_id: object) -> None:
+    """Raise ``ARGUMENT_INVALID`` unless ``doc_id`` could be a stored primary key: a string
+    UTF-8 can encode (SQLite cannot even bind one with a lone surrogate)."""
+    if not is_text(doc_id):
+        raise ValidationError(
+            f"A document id is a string (without lone surrogates), got {brief(doc_id)}.",
+            code="ARGUMENT_INVALID",
+        )
 
 
 class CollectionDatabase(Protocol):
@@ -109,6 +119,11 @@ class Collection:
         A consumer more than ``max_buffer`` events behind gets
         :class:`~p2pdb.streams.StreamOverflowError`; closing the database ends the loop.
         """
+        if type(max_buffer) is not int or max_buffer < 1:
+            raise ValidationError(
+                f"max_buffer must be an integer >= 1, got {brief(max_buffer)}.",
+                code="ARGUMENT_INVALID",
+            )
         return iterate(self._streams.changes, max_buffer=max_buffer)
 
     def __repr__(self) -> str:
@@ -184,6 +199,12 @@ class Collection:
         return await self._bulk(docs, expected=ANY_REVISION)
 
     async def _bulk(self, docs: Sequence[Mapping[str, Any]], expected: Any) -> BulkWriteResult:
+        if isinstance(docs, str | bytes | bytearray | Mapping) or not isinstance(docs, Iterable):
+            raise ValidationError(
+                f"A bulk write takes a list of documents, got {type(docs).__name__}.",
+                code="ARGUMENT_INVALID",
+            )
+        docs = list(docs)
         result = BulkWriteResult()
         writes: list[Write] = []
         positions: list[int] = []
@@ -226,6 +247,7 @@ class Collection:
         """Write a tombstone over the latest state of ``doc_id``; returns the tombstone's
         Document (what ``Document.remove()`` does). Raises
         :class:`~p2pdb.errors.NotFoundError` if it does not exist or was removed."""
+        check_id(doc_id)
 
         async def tombstone(data: dict[str, Any]) -> dict[str, Any]:
             return data
@@ -322,9 +344,19 @@ class Collection:
         return CountQuery(self, selector)
 
     async def find_by_ids(self, ids: Sequence[str]) -> dict[str, Document]:
-        """Documents by primary key; ids that do not exist (or were removed) are left out."""
+        """Documents by primary key; ids that do not exist (or were removed) are left out.
+        ``ids`` must be a list (or other iterable, not a string) of strings, else
+        ``ARGUMENT_INVALID``."""
+        if isinstance(ids, str | bytes | bytearray | Mapping) or not isinstance(ids, Iterable):
+            raise ValidationError(
+                f"find_by_ids() takes a list of ids, got {type(ids).__name__}.",
+                code="ARGUMENT_INVALID",
+            )
+        ids = list(ids)
+        for doc_id in ids:
+            check_id(doc_id)
         self.check_open()
-        states = self.storage.get(self.name, list(ids))
+        states = self.storage.get(self.name, ids)
         return {
             i: Document(self, states[i]) for i in ids if i in states and not states[i]["_deleted"]
         }
@@ -332,6 +364,7 @@ class Collection:
     def stored_state(self, doc_id: str) -> dict[str, Any] | None:
         """The stored state of one document with its ``_rev``, ``_deleted`` and ``_meta``
         (a tombstone too), or ``None`` if it was never written."""
+        check_id(doc_id)
         self.check_open()
         return self.storage.get_one(self.name, doc_id)
 

@@ -11,6 +11,7 @@ from reactivex import Observable
 from reactivex import operators as ops
 
 from .changes import ChangeEvent
+from .errors import ValidationError
 from .schema import Schema
 
 __all__ = ["Document", "DocumentCollection", "Modifier", "user_fields"]
@@ -57,9 +58,12 @@ class DocumentCollection(Protocol):
 
 
 def user_fields(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of a stored state without p2pdb's underscore fields."""
+    """A deep copy of a stored state without p2pdb's underscore fields.
+
+    ``k[:1]``, not ``k[0]``: the empty string is a valid JSON key, stored and returned like
+    any other field (``k[0]`` raised IndexError on it)."""
     copy: dict[str, Any] = orjson.loads(
-        orjson.dumps({k: v for k, v in state.items() if k[0] != "_"})
+        orjson.dumps({k: v for k, v in state.items() if k[:1] != "_"})
     )
     return copy
 
@@ -102,7 +106,7 @@ class Document(Mapping[str, Any]):
         return self._collection
 
     def __getitem__(self, key: str) -> Any:
-        if key[:1] == "_":
+        if type(key) is not str or key[:1] == "_":  # so doc.get(5) is None, not TypeError
             raise KeyError(key)
         return self._state[key]
 
@@ -133,13 +137,25 @@ class Document(Mapping[str, Any]):
     # -- writing ---------------------------------------------------------------------------
 
     async def patch(self, changes: Mapping[str, Any]) -> Document:
-        """Set the given top-level fields on the latest state; returns the new Document."""
+        """Set the given top-level fields on the latest state; returns the new Document.
+        ``changes`` must be a dict (else ``DOCUMENT_NOT_OBJECT``, and nothing is written)."""
+        if not isinstance(changes, Mapping):
+            raise ValidationError(
+                f"patch() takes a dict of fields to set, got {type(changes).__name__}.",
+                code="DOCUMENT_NOT_OBJECT",
+            )
         patch = dict(changes)
         return await self.modify(lambda data: {**data, **patch})
 
     async def modify(self, fn: Modifier) -> Document:
         """Write ``fn(current data)``; if another write got in first, run ``fn`` again on the
-        newer state, until it applies. ``fn`` may be async. Returns the new Document."""
+        newer state, until it applies. ``fn`` may be async. Returns the new Document.
+        A ``fn`` that is not callable raises ``ARGUMENT_INVALID``."""
+        if not callable(fn):
+            raise ValidationError(
+                f"modify() takes a function of the current data, got {type(fn).__name__}.",
+                code="ARGUMENT_INVALID",
+            )
         return await self._collection.modify_document(self, fn)
 
     async def replace(self, data: Mapping[str, Any]) -> Document:

@@ -20,6 +20,7 @@ from .query import CompiledQuery, compile_query
 from .storage import SQLiteStorage, Write
 from .streams import iterate
 from .update import compile_update
+from .values import brief
 
 __all__ = [
     "QUERY_WRITE_ROUNDS",
@@ -86,10 +87,13 @@ class Query(Generic[R]):
         limit: int | None = None,
     ) -> None:
         if type(skip) is not int or skip < 0:
-            raise QueryError(f"skip must be an integer >= 0, got {skip!r}.", code="QUERY_BAD_SKIP")
+            raise QueryError(
+                f"skip must be an integer >= 0, got {brief(skip)}.", code="QUERY_BAD_SKIP"
+            )
         if limit is not None and (type(limit) is not int or limit < 0):
             raise QueryError(
-                f"limit must be an integer >= 0 or None, got {limit!r}.", code="QUERY_BAD_LIMIT"
+                f"limit must be an integer >= 0 or None, got {brief(limit)}.",
+                code="QUERY_BAD_LIMIT",
             )
         schema = collection.schema
         # Compiled before anything is copied: the compiler checks the shapes (a list or a
@@ -178,7 +182,7 @@ class FindOneQuery(Query[Document | None]):
             selector = {collection.schema.primary_key: self.doc_id}
         if selector is not None and not isinstance(selector, Mapping):
             raise QueryError(
-                f"find_one takes a primary key string or a selector dict, got {selector!r}.",
+                f"find_one takes a primary key string or a selector dict, got {brief(selector)}.",
                 code="QUERY_NOT_OBJECT",
             )
         super().__init__(collection, selector, sort, 0, 1)

@@ -56,6 +56,7 @@ from ._query_sql import (
     kind_of,
 )
 from .errors import QueryError
+from .values import MAX_DEPTH, brief, is_text, nested_deeper
 
 __all__ = ["QUERY_ERROR_CODES", "CompiledQuery", "compile_query", "path_expression"]
 
@@ -148,11 +149,16 @@ def compile_query(
     are encrypted fields, which cannot be queried or sorted. Raises :class:`QueryError` for
     a malformed selector or sort (``QUERY_ERROR_CODES`` lists the codes).
     """
-    parser = _Parser(tuple(forbidden_paths))
-    root = parser.selector({} if selector is None else selector, "")
-    order = parser.sort(sort)
-    translator = SqlTranslator(primary_key, field_types)
-    (where_sql, where_params), rest = translator.split(root)
+    if nested_deeper(selector, MAX_DEPTH):  # parsing and evaluating recurse
+        raise _too_deep()
+    try:
+        parser = _Parser(tuple(forbidden_paths))
+        root = parser.selector({} if selector is None else selector, "")
+        order = parser.sort(sort)
+        translator = SqlTranslator(primary_key, field_types)
+        (where_sql, where_params), rest = translator.split(root)
+    except RecursionError:  # below the depth cap, but the caller's stack was already deep
+        raise _too_deep() from None
     residual = None
     if rest:
         residual = evaluator(rest[0] if len(rest) == 1 else And(tuple(rest)))
@@ -172,6 +178,13 @@ def compile_query(
 
 # ---------------------------------------------------------------------------- parsing
 
+def _too_deep() -> QueryError:
+    return _error(
+        "QUERY_INVALID_SELECTOR",
+        f"The selector is nested more than {MAX_DEPTH} levels deep; no stored "
+        "document is that deep. Flatten the selector.",
+    )
+
 
 def _error(code: str, message: str, **parameters: Any) -> QueryError:
     return QueryError(message, code=code, **parameters)
@@ -188,7 +201,7 @@ class _Parser:
         if not isinstance(selector, Mapping):
             raise _error(
                 "QUERY_INVALID_SELECTOR",
-                f"A selector must be an object like {{\"field\": value}}, got {selector!r}.",
+                f"A selector must be an object like {{\"field\": value}}, got {brief(selector)}.",
             )
         nodes: list[Node] = []
         for key, value in selector.items():
@@ -213,7 +226,7 @@ class _Parser:
             raise _error(
                 "QUERY_INVALID_OPERAND",
                 f'"{op}" takes a non-empty list of selectors, like '
-                f'{{"{op}": [{{"a": 1}}, {{"b": 2}}]}}; got {operand!r}.',
+                f'{{"{op}": [{{"a": 1}}, {{"b": 2}}]}}; got {brief(operand)}.',
                 operator=op,
             )
         children = tuple(self.selector(s, prefix) for s in operand)
@@ -226,7 +239,7 @@ class _Parser:
         if not all(segments) or any(s.startswith("$") for s in segments):
             raise _error(
                 "QUERY_INVALID_PATH",
-                f"Invalid field path {key!r}: use dot-separated field names that are "
+                f"Invalid field path {brief(key)}: use dot-separated field names that are "
                 "non-empty and do not start with '$'.",
                 path=key,
             )
@@ -330,7 +343,7 @@ class _Parser:
             raise _error(
                 "QUERY_INVALID_SORT",
                 f'A sort must be a list like [{{"field": "asc"}}, {{"other": "desc"}}], '
-                f"got {sort!r}.",
+                f"got {brief(sort)}.",
             )
         order: list[tuple[str, bool]] = []
         for entry in sort:
@@ -338,14 +351,14 @@ class _Parser:
                 raise _error(
                     "QUERY_INVALID_SORT",
                     f'Each sort entry must be an object with one field, like {{"field": '
-                    f'"asc"}}; got {entry!r}. Use several entries to sort by several fields.',
+                    f'"asc"}}; got {brief(entry)}. Use several entries to sort by several fields.',
                 )
             ((key, direction),) = entry.items()
             path = self._path(key, "")
             if direction not in ("asc", "desc"):
                 raise _error(
                     "QUERY_INVALID_SORT_DIRECTION",
-                    f'Sort direction for "{path}" must be "asc" or "desc", got {direction!r}.',
+                    f'Sort direction for "{path}" must be "asc" or "desc", got {brief(direction)}.',
                     path=path,
                 )
             order.append((path, direction == "desc"))
@@ -370,23 +383,30 @@ def _unknown(op: str, path: str | None = None) -> QueryError:
 def _operand_error(op: str, path: str, expected: str, operand: Any) -> QueryError:
     return _error(
         "QUERY_INVALID_OPERAND",
-        f'"{op}" on "{path}" takes {expected}, got {operand!r}.',
+        f'"{op}" on "{path}" takes {expected}, got {brief(operand)}.',
         operator=op,
         path=path,
     )
 
 
 def _json(value: Any, op: str, path: str) -> Any:
-    """``value`` as plain JSON (lists and dicts), or a QUERY_INVALID_OPERAND error."""
-    if value is None or isinstance(value, bool | int | str):
+    """``value`` as plain JSON (lists and dicts), or a QUERY_INVALID_OPERAND error.
+
+    Strings (and keys) must be encodable text: a lone surrogate could never be stored, and
+    SQLite cannot even bind it (it raised UnicodeEncodeError when the query ran)."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str) and is_text(str(value)):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
     if isinstance(value, list | tuple):
         return [_json(x, op, path) for x in value]
-    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+    if isinstance(value, Mapping) and all(isinstance(k, str) and is_text(str(k)) for k in value):
         return {k: _json(v, op, path) for k, v in value.items()}
-    raise _operand_error(op, path, "JSON values (no NaN, infinity or non-JSON types)", value)
+    raise _operand_error(
+        op, path, "JSON values (no NaN, infinity, lone surrogate or non-JSON types)", value
+    )
 
 
 def _regex(pattern: Any, options: Any, path: str) -> re.Pattern[str]:
@@ -398,7 +418,7 @@ def _regex(pattern: Any, options: Any, path: str) -> re.Pattern[str]:
         raise _error(
             "QUERY_INVALID_REGEX",
             f'"$options" on "{path}" must be a string of the letters i, m, s, x; '
-            f"got {options!r}.",
+            f"got {brief(options)}.",
             path=path,
         )
     flags = functools.reduce(lambda a, c: a | _REGEX_FLAGS[c], options, 0)
@@ -407,6 +427,6 @@ def _regex(pattern: Any, options: Any, path: str) -> re.Pattern[str]:
     except re.error as e:
         raise _error(
             "QUERY_INVALID_REGEX",
-            f'"$regex" on "{path}" is not a valid regular expression ({e}): {pattern!r}.',
+            f'"$regex" on "{path}" is not a valid regular expression ({e}): {brief(pattern)}.',
             path=path,
         ) from None

@@ -8,18 +8,65 @@ subclass of dict or list a dict or list), or the document is refused with a
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+import reprlib
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
 
 from .errors import ValidationError
 
-__all__ = ["check_json_values", "json_copy"]
+__all__ = ["MAX_DEPTH", "brief", "check_json_values", "is_text", "json_copy", "nested_deeper"]
 
+#: How deep objects and lists may nest in a selector: one level more than in a stored
+#: document (orjson writes 254), so every storable value can be queried, and shallow enough
+#: that parsing and evaluating a selector (which recurse) stay far from the recursion limit.
+MAX_DEPTH: Final = 255
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _SCALARS: Final = (str, int, float, bool, type(None))
+_BRIEF: Final = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 4, 60, 60, 40
+
+
+def brief(value: object) -> str:
+    """A short ``repr`` of ``value`` for an error message: bounded in length and depth, so
+    that a huge or deeply nested argument never makes the message itself fail (a plain
+    ``repr`` of a list nested 5,000 deep raises RecursionError) or grow without bound."""
+    try:
+        return _BRIEF.repr(value)
+    except Exception:  # a user object whose __repr__ fails: its type is enough
+        return f"<{type(value).__name__}>"
+
+
+def nested_deeper(value: object, limit: int) -> bool:
+    """True if dicts, lists and tuples nest in ``value`` more than ``limit`` levels deep.
+    Walks with an explicit stack: it must not itself hit the recursion limit."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def is_text(value: object) -> bool:
+    """True for an exact ``str`` that UTF-8 can encode (no lone surrogate): the only strings
+    SQLite can store or compare. A lone surrogate (``"\\ud800"``) is not Unicode text."""
+    if type(value) is not str:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_json_values(data: object, *, opaque: Collection[str] = ()) -> None:
@@ -53,7 +100,11 @@ def json_copy(data: object, *, opaque: Collection[str] = ()) -> dict[str, Any]:
     document that fails it (or holds a tuple, a dict subclass, a U+0000) takes the slower
     walk that names the field and the reason.
     """
-    if _plain(data):
+    try:
+        plain = _plain(data)
+    except RecursionError:  # nested too deep: check_json_values words the error
+        plain = False
+    if plain:
         try:
             raw: bytes | None = orjson.dumps(data)
         except orjson.JSONEncodeError:  # a lone surrogate, which _plain does not look for

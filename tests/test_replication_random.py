@@ -150,6 +150,7 @@ class World:
         self.acknowledged: dict[str, set[str]] = {}  # id -> tags whose write returned
         self.deleted: set[str] = set()
         self.counter = 0
+        self.tolerated = 0  # writes that found their document removed by a replication
 
     async def open(self, i: int) -> None:
         db = await p2pdb.create_database(str(self.tmp / f"db{i}.db"))
@@ -206,12 +207,17 @@ class World:
                 try:
                     await doc.modify(lambda d: {**d, "tags": sorted({*d["tags"], tag})})
                 except NotFoundError:
-                    return  # removed meanwhile by a replication: not acknowledged
+                    self.removed_meanwhile(doc_id)  # not acknowledged
+                    return
                 self.acknowledged[doc_id].add(tag)
         elif roll < 0.68 and self.acknowledged:
             doc = await col.find_one(rng.choice(sorted(self.acknowledged)))
             if doc is not None:
-                await doc.remove()
+                try:
+                    await doc.remove()
+                except NotFoundError:
+                    self.removed_meanwhile(doc.id)  # no new deletion to acknowledge
+                    return
                 self.deleted.add(doc.id)
         elif roll < 0.78:
             await self.link(rng.randrange(self.size), rng.randrange(self.size))
@@ -224,6 +230,13 @@ class World:
             await self.restart(rng.randrange(self.size))
         else:
             await asyncio.sleep(rng.choice([0, 0.001, 0.005]))
+
+    def removed_meanwhile(self, doc_id: str) -> None:
+        """A write on a snapshot read just before found the document removed: a replication
+        brought a tombstone in between. That tombstone must come from an acknowledged
+        removal; a deletion nobody made is a bug the test must report."""
+        self.tolerated += 1
+        assert doc_id in self.deleted, f"{doc_id} was removed by nobody"
 
     async def heal(self) -> None:
         for chaos, _ in self.links.values():
@@ -244,17 +257,19 @@ class World:
 
 
 SEEDS = [int(os.environ["P2PDB_SEED"])] if "P2PDB_SEED" in os.environ else list(range(1, 9))
+STEPS = int(os.environ.get("P2PDB_STEPS", 150))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-async def test_random_topologies_converge(tmp_path: Path, seed: int) -> None:
+async def run_seed(tmp: Path, seed: int, steps: int = 150) -> dict[str, int]:
+    """One seeded run in the folder ``tmp``: random steps, heal, check. Raises
+    AssertionError naming the seed on a lost write, a divergence or a resurrected delete;
+    returns counts (``scripts/convergence_seeds.py`` sums them)."""
     rng = random.Random(seed)
-    world = World(tmp_path, rng, size=rng.randint(3, 5))
+    world = World(tmp, rng, size=rng.randint(3, 5))
     try:
         for i in range(world.size):
             await world.open(i)
-        for _ in range(150):
+        for _ in range(steps):
             await world.step()
         await world.heal()
         final = await contents(world.cols[0])
@@ -268,8 +283,53 @@ async def test_random_topologies_converge(tmp_path: Path, seed: int) -> None:
                 assert not state["_deleted"], f"seed {seed}: {doc_id} deleted by nobody"
                 assert tags <= set(final[doc_id]["tags"]), f"seed {seed}: lost tags of {doc_id}"
         assert set(everything) <= set(world.acknowledged)
+        return {
+            "documents": len(world.acknowledged),
+            "writes": sum(len(tags) for tags in world.acknowledged.values()),
+            "deleted": len(world.deleted),
+            "tolerated": world.tolerated,
+            "peers": world.size,
+        }
+    finally:
+        await world.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_random_topologies_converge(tmp_path: Path, seed: int) -> None:
+    try:
+        await run_seed(tmp_path, seed, STEPS)
     except BaseException:
-        print(f"randomized replication failed with P2PDB_SEED={seed}")
+        print(f"randomized replication failed with P2PDB_SEED={seed} P2PDB_STEPS={STEPS}")
         raise
+
+
+async def test_a_write_on_a_snapshot_removed_by_a_replication_is_tolerated(
+    tmp_path: Path,
+) -> None:
+    """The race of seeds 570 and 1254: a step reads a document, a replication brings its
+    tombstone, then the step's remove() (or modify()) finds it gone. The step tolerates it
+    only when an acknowledged removal explains the tombstone, and fails otherwise."""
+    world = World(tmp_path, random.Random(0), size=2)
+    try:
+        for i in range(2):
+            await world.open(i)
+        a, b = world.cols
+        await a.insert({"id": "d1", "text": "a", "tags": ["t1"]})
+        world.acknowledged["d1"] = {"t1"}
+        await world.link(1, 0)
+        await wait_equal(a, b, seconds=10)
+        snapshot = await b.find_one("d1")  # read on b, then removed on a and replicated
+        assert snapshot is not None
+        await (await a.find_one("d1")).remove()  # type: ignore[union-attr]
+        world.deleted.add("d1")
+        await wait_equal(a, b, seconds=10)
+        with pytest.raises(NotFoundError):
+            await snapshot.remove()
+        world.removed_meanwhile("d1")  # explained by the acknowledged removal: tolerated
+        assert world.tolerated == 1
+        world.deleted.clear()  # a tombstone nobody acknowledged must fail the run
+        with pytest.raises(AssertionError, match="removed by nobody"):
+            world.removed_meanwhile("d1")
     finally:
         await world.close()

@@ -31,6 +31,7 @@ from .errors import (
 from .local import LocalDocument, LocalDocuments
 from .queries import CountQuery, FindOneQuery, FindQuery, Query
 from .removal import remove_database
+from .storage.base import DamagedDocument
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "ConflictError",
     "ConflictHandler",
     "CountQuery",
+    "DamagedDocument",
     "Database",
     "Document",
     "EncryptionError",

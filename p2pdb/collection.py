@@ -13,6 +13,7 @@ from .changes import LOCAL, ChangeEvent
 from .conflicts import ConflictHandler, as_conflict_handler
 from .document import Document, Modifier
 from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
+from .local import LocalDocumentMethods, LocalDocuments
 from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
 from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
@@ -64,6 +65,16 @@ class CollectionDatabase(Protocol):
         that unregisters it."""
         ...
 
+    def close_with_collection(
+        self, name: str, closer: Callable[[], Awaitable[None]]
+    ) -> Callable[[], None]:
+        """:meth:`close_with`, and also awaited first by ``remove_collection(name)``."""
+        ...
+
+    def local_documents(self, collection: str | None = None) -> LocalDocuments:
+        """The local documents of the database (``None``) or of one collection."""
+        ...
+
 
 @dataclass
 class BulkWriteResult:
@@ -77,7 +88,7 @@ class BulkWriteResult:
     errors: list[P2PDBError] = field(default_factory=list)
 
 
-class Collection:
+class Collection(LocalDocumentMethods):
     """A named set of documents that share a schema. Get one from ``db.add_collection``."""
 
     def __init__(
@@ -132,6 +143,11 @@ class Collection:
     def check_open(self) -> None:
         """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
         self.database.check_open()
+
+    def local_store(self) -> LocalDocuments:
+        """This collection's local documents (never replicated): what ``insert_local``,
+        ``upsert_local``, ``get_local``, ``remove_local`` and ``observe_local`` act on."""
+        return self.database.local_documents(self.name)
 
     # -- validation ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from .backup import ExportOptions, ImportOptions, ImportReport, export_json, imp
 from .changes import ChangeEvent
 from .collection import Collection
 from .errors import ClosedError, EncryptionError, NotFoundError, SchemaError
-from .local import LocalDocument, LocalDocuments
+from .local import LocalDocumentMethods, LocalDocuments
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
@@ -62,7 +62,7 @@ class EncryptionProvider(Protocol):
         ...
 
 
-class Database:
+class Database(LocalDocumentMethods):
     """An open database. Create one with :func:`create_database` (which starts it).
 
     Built directly on an open storage, it is inert until :meth:`start` (or ``async with``)
@@ -252,25 +252,9 @@ class Database:
             self._local[collection] = LocalDocuments(self.storage, collection, self.check_open)
         return self._local[collection]
 
-    async def insert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
-        """Store a new local document of the database (``LOCAL_DOCUMENT_EXISTS`` if taken)."""
-        return await self.local_documents().insert_local(doc_id, data)
-
-    async def upsert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
-        """Store a local document of the database, replacing any with the same id."""
-        return await self.local_documents().upsert_local(doc_id, data)
-
-    async def get_local(self, doc_id: str) -> LocalDocument | None:
-        """A local document of the database, or ``None``."""
-        return await self.local_documents().get_local(doc_id)
-
-    async def remove_local(self, doc_id: str) -> LocalDocument:
-        """Delete a local document of the database (``LOCAL_DOCUMENT_NOT_FOUND`` if none)."""
-        return await self.local_documents().remove_local(doc_id)
-
-    def observe_local(self, doc_id: str) -> Observable[LocalDocument | None]:
-        """A local document of the database now, then each new state (``None``: absent)."""
-        return self.local_documents().observe_local(doc_id)
+    def local_store(self) -> LocalDocuments:
+        """The database's own local documents (what ``insert_local`` & co. act on)."""
+        return self.local_documents()
 
     def close_with_collection(
         self, name: str, closer: Callable[[], Awaitable[None]]

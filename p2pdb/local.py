@@ -23,7 +23,7 @@ from .storage import SQLiteStorage
 from .streams import EventStream
 from .values import json_copy
 
-__all__ = ["LocalDocument", "LocalDocuments", "LocalModifier"]
+__all__ = ["LocalDocument", "LocalDocumentMethods", "LocalDocuments", "LocalModifier"]
 
 #: What ``modify_local`` takes: the current value in, the next one out (may be async).
 LocalModifier = Callable[[dict[str, Any]], Mapping[str, Any] | Awaitable[Mapping[str, Any]]]
@@ -248,3 +248,34 @@ class LocalDocuments:
         removed: further use raises ``COLLECTION_REMOVED``)."""
         self._removed = self._removed or removed
         self._changes.on_completed()
+
+
+class LocalDocumentMethods:
+    """``insert_local``, ``upsert_local``, ``get_local``, ``remove_local`` and
+    ``observe_local``, shared by :class:`~p2pdb.Database` (its own local documents) and
+    :class:`~p2pdb.Collection` (the collection's): each asks :meth:`local_store` for the
+    right :class:`LocalDocuments`."""
+
+    def local_store(self) -> LocalDocuments:
+        """The local documents these methods act on."""
+        raise NotImplementedError
+
+    async def insert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
+        """Store a new local document (``LOCAL_DOCUMENT_EXISTS`` if the id is taken)."""
+        return await self.local_store().insert_local(doc_id, data)
+
+    async def upsert_local(self, doc_id: str, data: Mapping[str, Any]) -> LocalDocument:
+        """Store a local document, replacing any with the same id."""
+        return await self.local_store().upsert_local(doc_id, data)
+
+    async def get_local(self, doc_id: str) -> LocalDocument | None:
+        """A local document, or ``None``."""
+        return await self.local_store().get_local(doc_id)
+
+    async def remove_local(self, doc_id: str) -> LocalDocument:
+        """Delete a local document (``LOCAL_DOCUMENT_NOT_FOUND`` if there is none)."""
+        return await self.local_store().remove_local(doc_id)
+
+    def observe_local(self, doc_id: str) -> Observable[LocalDocument | None]:
+        """A local document now, then each new state (``None``: absent)."""
+        return self.local_store().observe_local(doc_id)

@@ -175,7 +175,8 @@ def _check(value: object, path: str, opaque: frozenset[str], nul_ok: bool) -> No
         for index, item in enumerate(value):
             _check(item, f"{path}.{index}" if path else str(index), opaque, nul_ok)
     else:
-        raise _not_json(path, f"a value of type {type(value).__name__} ({value!r:.60})")
+        shown = "" if nul_ok else f" ({value!r:.60})"  # nul_ok: inside an encrypted field
+        raise _not_json(path, f"a value of type {type(value).__name__}{shown}")
 
 
 def _check_str(text: str, path: str, what: str, nul_ok: bool) -> None:
@@ -186,7 +187,8 @@ def _check_str(text: str, path: str, what: str, nul_ok: bool) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise _not_json(path, f"{what} with a lone surrogate ({text!r:.60})") from None
+        shown = "" if nul_ok else f" ({text!r:.60})"  # nul_ok: inside an encrypted field
+        raise _not_json(path, f"{what} with a lone surrogate{shown}") from None
 
 
 def _not_json(path: str, what: str) -> ValidationError:

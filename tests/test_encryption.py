@@ -443,12 +443,12 @@ async def test_tampering_is_detected(db_path: str) -> None:
         set_raw_body(db_path, "a", forged)
         async with p2pdb.create_database(db_path, password=PW) as db:
             notes = await db.add_collection("notes", schema=NOTES)
-            for read in ("find_one", "find", "find_by_ids"):
+            # a query leaves the damaged row out; reading it by id raises
+            assert [d.id for d in await notes.find()] == ["b", "c"], name
+            for read in ("find_one", "find_by_ids"):
                 with pytest.raises(EncryptionError) as info:
                     if read == "find_one":
                         await notes.find_one("a")
-                    elif read == "find":
-                        await notes.find()
                     else:
                         await notes.find_by_ids(["a"])
                 error = info.value

@@ -246,11 +246,6 @@ async def test_a_wrong_password_is_not_quoted(
     assert_clean(PW, errors, logs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p2pdb/values.py quotes up to 60 characters of a string with a lone surrogate "
-    "(DOCUMENT_NOT_JSON), also in an encrypted field: the lead's change to values.py",
-)
 async def test_an_unencodable_encrypted_value_is_not_quoted(
     open_notes: Open, logs: pytest.LogCaptureFixture
 ) -> None:

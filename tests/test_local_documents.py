@@ -163,12 +163,8 @@ async def test_patch_and_modify_apply_again_on_a_newer_state(db: p2pdb.Database)
     assert missing.value.code == "LOCAL_DOCUMENT_NOT_FOUND"
 
 
-@pytest.mark.skipif(
-    not hasattr(p2pdb.Collection, "insert_local"),
-    reason="Collection.insert_local & co. are added in collection.py (owned by another branch)",
-)
 async def test_collection_methods_use_the_collections_own_set(db: p2pdb.Database) -> None:
-    todos: Any = await db.add_collection("todos", schema=TODO_SCHEMA)
+    todos = await db.add_collection("todos", schema=TODO_SCHEMA)
     doc = await todos.insert_local("cursor", {"page": 1})
     assert doc.collection == "todos"
     with pytest.raises(ConflictError):

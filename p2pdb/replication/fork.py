@@ -31,6 +31,13 @@ class ForkDatabase(Protocol):
         """Raise :class:`~p2pdb.errors.ClosedError` if the database was closed."""
         ...
 
+    def close_with_collection(
+        self, name: str, closer: Callable[[], Awaitable[None]]
+    ) -> Callable[[], None]:
+        """Have the database's ``close()`` and ``remove_collection(name)`` await
+        ``closer()`` first; returns the function that unregisters it."""
+        ...
+
     def close_with(self, closer: Callable[[], Awaitable[None]]) -> Callable[[], None]:
         """Have the database's ``close()`` await ``closer()`` first; returns the function
         that unregisters it."""

@@ -140,7 +140,9 @@ class ReplicationState:
             return
         self.collection.database.check_open()
         if self._unregister is None:  # closing the database cancels the replication
-            self._unregister = self.collection.database.close_with(self.cancel)
+            self._unregister = self.collection.database.close_with_collection(
+                self.collection.name, self.cancel
+            )
         self._paused = False
         self._down.restart()
         if self.live:
@@ -214,6 +216,7 @@ class ReplicationState:
         await self._wait_until(lambda: not (self._down.busy or self._up.busy))
 
     async def __aenter__(self) -> ReplicationState:
+        await self.start()  # a replication made with autostart=False starts here
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from typing import Any
 
+from ..errors import EncryptionError
 from .catalog import CollectionInfo
 from .documents import COLUMNS, SEQ_KEY, to_state
 
@@ -67,5 +68,11 @@ def rows_between(
         ):
             if any(first <= row[5] <= last for first, last in own):
                 continue
-            out.append((info.name, row[5], row[0], to_state(info, row[:5]), row[6]))
+            try:
+                state = to_state(info, row[:5])
+            except EncryptionError as exc:
+                if exc.code != "ENCRYPTION_TAMPERED":
+                    raise
+                continue  # reported when read; its commit must not stop the others' events
+            out.append((info.name, row[5], row[0], state, row[6]))
     return out

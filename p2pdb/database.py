@@ -14,6 +14,7 @@ from reactivex import Observable
 from .changes import ChangeEvent
 from .collection import Collection
 from .errors import ClosedError, EncryptionError, SchemaError
+from .identity import DeviceIdentity, load_identity
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
@@ -99,6 +100,18 @@ class Database:
         Peers use it to tell databases apart and to elect which side of a pair leads.
         """
         return self.storage.token
+
+    _identity: DeviceIdentity | None = None  # loaded by identity()
+
+    async def identity(self) -> DeviceIdentity:
+        """This database's device identity (``identity.public_key``, ``.public_key_text``,
+        ``.fingerprint``): an Ed25519 key pair created on first use and kept in the file
+        (sealed under the password when there is one). Awaited because the first call
+        writes the new key; later calls return the same object at once."""
+        self.check_open()
+        if self._identity is None:
+            self._identity = await load_identity(self.storage, self.encryption)
+        return self._identity
 
     @property
     def closed(self) -> bool:

@@ -278,6 +278,8 @@ class PeerHandshake:
         if not verify_signature(hello.key, raw, data):
             fingerprint = key_fingerprint(hello.key)
             raise self._failed(f"its signature does not verify for key {fingerprint}")
+        # refused before it may start: an untrusted peer learns nothing but the refusal
+        self.context.admission.check(dataclasses.replace(self.peer, public_key=hello.key))
 
     # -- internals ---------------------------------------------------------------------------
 

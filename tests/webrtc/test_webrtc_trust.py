@@ -18,7 +18,6 @@ from webrtc_helpers import Events
 
 import p2pdb
 from p2pdb.errors import P2PDBError
-from p2pdb.identity import public_key_text
 from p2pdb.plugins.replication_webrtc import (
     ConnectionHandler,
     Peer,
@@ -97,7 +96,9 @@ async def nodes(tmp_path: Path, signaling: SignalingServer) -> AsyncIterator[Cal
             await node.close()
 
 
-async def wait_for(condition: Callable[[], Any], pool: ReplicationPool, within: float = WAIT) -> Any:
+async def wait_for(
+    condition: Callable[[], Any], pool: ReplicationPool, within: float = WAIT
+) -> Any:
     async with asyncio.timeout(within):
         while not (result := condition()):
             await pool.wait_for_change()

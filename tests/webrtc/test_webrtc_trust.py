@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mitm_signaling import MitmSignaling
 from schemas import PEER_SCHEMA as SCHEMA
 from webrtc_helpers import Events
 
@@ -255,3 +256,68 @@ async def test_claiming_an_honest_peers_token_causes_no_divergence(
     assert await victim.ids() == expected
     assert await honest.ids() == expected
     await attacker.close()
+
+
+# -- a malicious signaling server in the middle ----------------------------------------------
+
+
+async def mitm_pair(tmp_path: Path, url: str, **options: Any) -> tuple[Node, Node]:
+    a = await Node(tmp_path / "mitm-a.db", url).open()
+    b = await Node(tmp_path / "mitm-b.db", url).open()
+    await fill(a, "a", 5)
+    await fill(b, "b", 5)
+    await a.join(**options)
+    await b.join(**options)
+    return a, b
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["defaults", "required"])
+async def test_a_signaling_server_in_the_middle_is_detected_on_both_sides(
+    tmp_path: Path, required: bool
+) -> None:
+    async with MitmSignaling() as server:
+        a, b = await mitm_pair(tmp_path, server.url, require_authenticated=required)
+        try:
+            for node in (a, b):
+                error = await node.error("WEBRTC_HANDSHAKE_FAILED")
+                assert "relays this connection" in str(error) or "refused our proof" in str(error)
+            assert any("relays this connection" in str(e) for e in a.errors + b.errors)
+            assert server.pairs  # it really sat in the middle
+            assert await a.ids() == {f"a-{i}" for i in range(5)}
+            assert await b.ids() == {f"b-{i}" for i in range(5)}
+            assert not server.crossed("masterChangesSince", "masterWrite", "masterChangeStream$")
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_a_downgrading_relay_is_refused_when_authentication_is_required(
+    tmp_path: Path,
+) -> None:
+    async with MitmSignaling(strip=True) as server:
+        a, b = await mitm_pair(tmp_path, server.url, require_authenticated=True)
+        try:
+            for node in (a, b):
+                error = await node.error("WEBRTC_PEER_UNTRUSTED")
+                assert "did not authenticate" in str(error)
+            assert await a.ids() == {f"a-{i}" for i in range(5)}
+            assert await b.ids() == {f"b-{i}" for i in range(5)}
+            assert not server.crossed("masterChangesSince", "masterWrite", "masterChangeStream$")
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_with_defaults_a_downgrading_relay_sees_everything(tmp_path: Path) -> None:
+    """The documented limit of the defaults: a relay that strips the handshake makes both
+    sides look like RxDB peers, which the defaults admit (require_authenticated closes it)."""
+    async with MitmSignaling(strip=True) as server:
+        a, b = await mitm_pair(tmp_path, server.url)
+        try:
+            await a.pool.wait_for_in_sync(peers=1, timeout=WAIT)
+            await b.pool.wait_for_in_sync(peers=1, timeout=WAIT)
+            assert await a.ids() == await b.ids()
+            assert server.crossed("masterChangesSince")
+        finally:
+            await a.close()
+            await b.close()

@@ -14,7 +14,7 @@ from reactivex import Observable
 from .changes import ChangeEvent
 from .collection import Collection
 from .errors import ClosedError, EncryptionError, SchemaError
-from .identity import DeviceIdentity, load_identity
+from .identity import DeviceIdentity, load_identity, replace_identity
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
@@ -111,6 +111,15 @@ class Database:
         self.check_open()
         if self._identity is None:
             self._identity = await load_identity(self.storage, self.encryption)
+        return self._identity
+
+    async def rotate_identity(self) -> DeviceIdentity:
+        """Replace the device key pair with a new one and return it (the old key is gone).
+        Pools started before keep proving the old key until started again; peers that
+        list the old key in ``trusted_peers`` must be given the new one (and revoke the
+        old). Replication ids name the key, so each peer pulls from this one again, once."""
+        self.check_open()
+        self._identity = await replace_identity(self.storage, self.encryption)
         return self._identity
 
     @property

@@ -37,6 +37,7 @@ __all__ = [
     "load_identity",
     "parse_public_key",
     "public_key_text",
+    "replace_identity",
     "reseal_identity",
     "verify_signature",
 ]
@@ -162,6 +163,19 @@ async def load_identity(storage: Storage, sealer: IdentitySealer | None) -> Devi
         sealed = _record(_private_key(clear, None), sealer)
         text = await storage.write(lambda txn: _store(txn, clear, sealed))
     return DeviceIdentity(_private_key(text, sealer))
+
+
+async def replace_identity(storage: Storage, sealer: IdentitySealer | None) -> DeviceIdentity:
+    """A new key pair, stored in place of the old one (key rotation)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    fresh = _record(Ed25519PrivateKey.generate(), sealer)
+
+    def put(txn: WriteTxn) -> None:
+        txn.set_info(IDENTITY_INFO_KEY, fresh)
+
+    await storage.write(put)
+    return DeviceIdentity(_private_key(fresh, sealer))
 
 
 def reseal_identity(text: str, codec: BodyCodec) -> str:

@@ -89,3 +89,13 @@ def test_import_p2pdb_does_not_load_cryptography() -> None:
     code = "import sys, p2pdb; print('cryptography' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_rotation_replaces_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "rotate.db"
+    async with p2pdb.create_database(path, password=PASSWORD) as db:
+        old = await db.identity()
+        new = await db.rotate_identity()
+        assert new.public_key != old.public_key and await db.identity() is new
+    async with p2pdb.create_database(path, password=PASSWORD) as db:
+        assert (await db.identity()).public_key == new.public_key

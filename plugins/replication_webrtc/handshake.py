@@ -134,11 +134,12 @@ class PeerHandshake:
         return self.context is not None and self.context.identity is not None
 
     @property
-    def key_suffix(self) -> str:
-        """What replication ids and origins add for a verified peer: ``"||<its key>"``
-        (so a peer claiming another's token never shares that peer's checkpoints)."""
+    def key_prefix(self) -> str:
+        """What replication ids and origins put before a verified peer's token:
+        ``"<its key>||"`` (so a peer claiming another's token never shares that peer's
+        checkpoints); ``""`` for an unauthenticated peer."""
         key = self.peer.public_key
-        return "" if key is None else f"||{public_key_text(key)}"
+        return "" if key is None else f"{public_key_text(key)}||"
 
     # -- our side ----------------------------------------------------------------------------
 

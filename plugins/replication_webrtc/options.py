@@ -96,7 +96,6 @@ class WebRTCReplicationOptions:
                     setting=name,
                 )
 
-
     def _check_trust(self) -> None:
         if self.trusted_peers is not None:
             if isinstance(self.trusted_peers, str | bytes):

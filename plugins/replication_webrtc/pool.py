@@ -219,7 +219,7 @@ class ReplicationPool:
             count += 1
         if count >= peers:
             return True
-        connected = {f"{s.token}{s.handshake.key_suffix}" for s in self.sessions.values()}
+        connected = {f"{s.handshake.key_prefix}{s.token}" for s in self.sessions.values()}
         now = self._last_seq()
         count += sum(1 for t, seq in self._departed.items() if t not in connected and seq >= now)
         return count >= peers
@@ -303,7 +303,7 @@ class ReplicationPool:
     async def _close_departed(self, session: PeerSession) -> None:
         await session.close()
         if session.token is not None and session.synced_seq >= 0:
-            self._departed[session.token + session.handshake.key_suffix] = session.synced_seq
+            self._departed[session.handshake.key_prefix + session.token] = session.synced_seq
 
     def _on_message(self, message: PeerMessage) -> None:
         session = self.sessions.get(message.peer)

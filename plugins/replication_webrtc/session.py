@@ -174,7 +174,7 @@ class PeerSession:
             # this peer's pushes get their own origin, so its echo can be left out
             self._master = peer_master(  # a verified peer's key is part of its origin
                 settings.collection,
-                f"webrtc:{settings.topic}:{token}{self.handshake.key_suffix}",
+                f"webrtc:{settings.topic}:{self.handshake.key_prefix}{token}",
                 settings.options,
                 self.peer,
             )
@@ -192,7 +192,7 @@ class PeerSession:
                 self.state = replicate(
                     settings.collection,
                     RemoteMaster(self.channel, self._stream),
-                    f"{settings.topic}||{token}{self.handshake.key_suffix}",
+                    f"{settings.topic}||{self.handshake.key_prefix}{token}",
                     batch_size=settings.options.batch_size,
                 )
                 self._error_subscription = self.state.errors.subscribe(

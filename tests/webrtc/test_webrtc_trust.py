@@ -126,7 +126,8 @@ async def test_peers_prove_their_keys_and_replication_ids_name_them(nodes: Any) 
         assert session.peer.public_key == other.identity.public_key
         assert session.peer.fingerprint == other.identity.fingerprint
         for state in node.pool.peer_states.values():  # the fork side's replication
-            assert state.replication_id.endswith(f"||{other.identity.public_key_text}")
+            key, token = other.identity.public_key_text, other.db.token
+            assert state.replication_id == f"{TOPIC}||{key}||{token}"
     assert not [c for c in a.codes() + b.codes() if "HANDSHAKE" in c or "UNTRUSTED" in c]
 
 

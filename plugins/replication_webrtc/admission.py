@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from p2pdb.collection import Collection
     from p2pdb.replication.master import CollectionHandler
 
-__all__ = ["Admission", "peer_master"]
+__all__ = ["Admission", "check_access_support", "peer_master"]
 
 
 class Admission:
@@ -85,6 +85,22 @@ class Admission:
             peer_id=peer.peer_id,
             fingerprint=None if key is None else key_fingerprint(key),
         )
+
+
+def check_access_support(options: WebRTCReplicationOptions) -> None:
+    """Raise ``WEBRTC_SETTING_INVALID`` if ``can_read``/``can_write`` are set but the
+    replication core has no access seam to enforce them (checked when a pool starts)."""
+    if options.can_read is None and options.can_write is None:
+        return
+    try:
+        importlib.import_module("p2pdb.replication.access")
+    except ImportError:
+        raise ValidationError(
+            "can_read / can_write need p2pdb.replication.access, which this installation "
+            "lacks.",
+            code="WEBRTC_SETTING_INVALID",
+            setting="can_read",
+        ) from None
 
 
 def peer_master(

@@ -211,13 +211,16 @@ class PeerHandshake:
     # -- the peer's side ---------------------------------------------------------------------
 
     def handles(self, channel: RpcChannel, request: Request) -> bool:
-        """Answer the peer's handshake requests (before its validity is known); ``False``
-        for every other request. Synchronous: requests are handled in arrival order."""
+        """Answer the peer's handshake requests before its validity is known (``token``,
+        with or without a hello, and ``p2pdbProof``); ``False`` for every other request.
+        Synchronous: requests are handled in arrival order."""
         if not self.enabled:
             return False
         if request.method == "token":
             hello = _Hello.parse(request.params[0]) if request.params else None
-            if hello is None:  # an RxDB peer or a heartbeat: the bare token
+            if hello is None:  # an RxDB peer, a stripped hello, a heartbeat: the bare token
+                # (at once, as RxDB does: held until the peer is valid, two peers whose
+                # hellos a relay stripped would each wait for the other)
                 assert self.context is not None
                 channel.answer(request.id, self.context.token, urgent=True)
                 return True

@@ -17,7 +17,7 @@ from p2pdb.identity import key_fingerprint
 from p2pdb.replication import ReplicationState
 from p2pdb.streams import EventStream
 
-from .admission import Admission
+from .admission import Admission, check_access_support
 from .connection import ConnectionHandler
 from .handler_factory import ConnectionHandlerFactory
 from .handshake import IdentityHolder, TrustContext
@@ -86,6 +86,7 @@ class ReplicationPool:
             return
         self.collection.database.check_open()
         self._started = True
+        check_access_support(self.options)
         database = self.collection.database
         identity = None
         if self.options.authenticate:
@@ -355,5 +356,9 @@ async def replicate_webrtc(
     collection.database.check_open()  # before joining the topic
     connection = await handler(topic)
     pool = ReplicationPool(collection, topic, connection, settings)
-    await pool.start()
+    try:
+        await pool.start()
+    except BaseException:  # e.g. IDENTITY_LOCKED: leave the topic again
+        await connection.close()
+        raise
     return pool

@@ -131,6 +131,36 @@ async def test_peers_prove_their_keys_and_replication_ids_name_them(nodes: Any) 
     assert not [c for c in a.codes() + b.codes() if "HANDSHAKE" in c or "UNTRUSTED" in c]
 
 
+async def test_is_peer_valid_sees_the_verified_key(nodes: Any) -> None:
+    a, b = await nodes(), await nodes()
+    seen: list[Peer] = []
+
+    def valid(peer: Peer) -> bool:
+        seen.append(peer)
+        return peer.public_key == b.identity.public_key
+
+    await fill(b, "b", 3)
+    await a.join(is_peer_valid=valid)
+    await b.join()
+    await a.pool.wait_for_in_sync(peers=1, timeout=WAIT)
+    await b.pool.wait_for_in_sync(peers=1, timeout=WAIT)
+    assert [p.fingerprint for p in seen] == [b.identity.fingerprint]
+    assert "b-0" in await a.ids()
+
+
+async def test_can_read_and_can_write_need_the_access_seam(nodes: Any) -> None:
+    """Until p2pdb.replication.access exists the hooks are refused at start, never ignored."""
+    a = await nodes()
+    try:
+        import p2pdb.replication.access  # noqa: F401
+    except ImportError:
+        with pytest.raises(P2PDBError) as caught:
+            await a.join(can_read=lambda peer, doc: True)
+        assert caught.value.code == "WEBRTC_SETTING_INVALID"
+    else:
+        await a.join(can_read=lambda peer, doc: True)
+
+
 async def test_a_peer_with_an_unknown_key_is_refused(nodes: Any) -> None:
     a, b, stranger = await nodes(), await nodes(), await nodes()
     a_ids, b_ids = await fill(a, "a", 5), await fill(b, "b", 5)

@@ -96,8 +96,7 @@ def check_access_support(options: WebRTCReplicationOptions) -> None:
         importlib.import_module("p2pdb.replication.access")
     except ImportError:
         raise ValidationError(
-            "can_read / can_write need p2pdb.replication.access, which this installation "
-            "lacks.",
+            "can_read / can_write need p2pdb.replication.access, which this installation lacks.",
             code="WEBRTC_SETTING_INVALID",
             setting="can_read",
         ) from None

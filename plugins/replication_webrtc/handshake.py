@@ -127,6 +127,7 @@ class PeerHandshake:
         self._hello: _Hello | None = None  # the peer's
         self._verified: asyncio.Future[None] | None = None
         self._plain = False  # the peer answered our hello with a bare token
+        self._hello_seen = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
@@ -153,21 +154,26 @@ class PeerHandshake:
         if context.identity is None:
             context.admission.check(self.peer)
             return self.peer
-        answer = await channel.request("token", [self._own_hello().to_json()])
-        if isinstance(answer, str) and answer and len(answer) <= 200:
-            if self._hello is not None:  # it sent us a hello but answers ours bare
-                raise self._failed("it sent a handshake but answered ours without one")
-            self._plain = True
-            self.peer_token = answer
-            context.admission.check(self.peer)
-            return self.peer
-        hello = _Hello.parse(answer)
-        if hello is None:
-            raise self._failed(f"its answer to our token request is malformed: {answer!r:.80}")
-        self._note_hello(hello)
+        asked = asyncio.ensure_future(channel.request("token", [self._own_hello().to_json()]))
+        proof: asyncio.Future[None] | None = None
         verified = self._verified_future()
         try:
-            await self._send_proof(channel)
+            # the peer's hello comes in its own token request or in its answer to ours:
+            # whichever is first lets us send our proof (half a round trip saved)
+            seen = asyncio.ensure_future(self._hello_seen.wait())
+            await asyncio.wait({asked, seen}, return_when=asyncio.FIRST_COMPLETED)
+            seen.cancel()
+            if self._hello is None:
+                answer = asked.result()
+                if isinstance(answer, str) and answer and len(answer) <= 200:
+                    self._plain = True  # RxDB, or p2pdb with authenticate=False
+                    self.peer_token = answer
+                    context.admission.check(self.peer)
+                    return self.peer
+                self._check_answer(answer)
+            proof = asyncio.ensure_future(self._send_proof(channel))
+            self._check_answer(await asked)
+            await proof
             async with asyncio.timeout(context.timeout):
                 await verified
         except TimeoutError:
@@ -177,10 +183,25 @@ class PeerHandshake:
             if ours is not None and ours is not exc:
                 raise ours from exc  # what we found is the better reason
             raise
+        finally:
+            for task in (asked, proof):
+                if task is not None and not task.done():
+                    task.cancel()
+        hello = self._hello
+        assert hello is not None
         self.peer = dataclasses.replace(self.peer, public_key=hello.key)
         self.peer_token = hello.token
         context.admission.check(self.peer)
         return self.peer
+
+    def _check_answer(self, answer: object) -> None:
+        """The answer to our token request, from a peer that sends hellos: its hello."""
+        if isinstance(answer, str):
+            raise self._failed("it sent a handshake but answered ours without one")
+        hello = _Hello.parse(answer)
+        if hello is None:
+            raise self._failed(f"its answer to our token request is malformed: {answer!r:.80}")
+        self._note_hello(hello)
 
     async def _send_proof(self, channel: RpcChannel) -> None:
         assert self.context is not None and self.context.identity is not None
@@ -298,6 +319,7 @@ class PeerHandshake:
     def _note_hello(self, hello: _Hello) -> None:
         if self._hello is None:
             self._hello = hello
+            self._hello_seen.set()
         elif self._hello != hello:
             raise self._failed("it sent two different handshakes")
 

@@ -232,19 +232,17 @@ class PeerHandshake:
     # -- the peer's side ---------------------------------------------------------------------
 
     def handles(self, channel: RpcChannel, request: Request) -> bool:
-        """Answer the peer's handshake requests before its validity is known (``token``,
-        with or without a hello, and ``p2pdbProof``); ``False`` for every other request.
+        """Answer the peer's handshake requests before its validity is known (a ``token``
+        request with a hello, ``p2pdbProof``); ``False`` for every other request (a bare
+        ``token`` request is answered as before, once the peer is known to be valid).
         Synchronous: requests are handled in arrival order."""
         if not self.enabled:
             return False
         if request.method == "token":
             hello = _Hello.parse(request.params[0]) if request.params else None
-            if hello is None:  # an RxDB peer, a stripped hello, a heartbeat: the bare token
-                # (at once, as RxDB does: held until the peer is valid, two peers whose
-                # hellos a relay stripped would each wait for the other)
-                assert self.context is not None
-                channel.answer(request.id, self.context.token, urgent=True)
-                return True
+            if hello is None:  # an RxDB peer or a heartbeat: answered once it is valid
+                # (a peer is refused without even its token, as before)
+                return False
             try:
                 self._note_hello(hello)
             except PeerError as exc:

@@ -15,6 +15,7 @@ from .backup import ExportOptions, ImportOptions, ImportReport, export_json, imp
 from .changes import ChangeEvent
 from .collection import Collection
 from .errors import ClosedError, EncryptionError, NotFoundError, SchemaError
+from .identity import DeviceIdentity, load_identity, replace_identity
 from .local import LocalDocumentMethods, LocalDocuments
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
@@ -103,6 +104,27 @@ class Database(LocalDocumentMethods):
         Peers use it to tell databases apart and to elect which side of a pair leads.
         """
         return self.storage.token
+
+    _identity: DeviceIdentity | None = None  # loaded by identity()
+
+    async def identity(self) -> DeviceIdentity:
+        """This database's device identity (``identity.public_key``, ``.public_key_text``,
+        ``.fingerprint``): an Ed25519 key pair created on first use and kept in the file
+        (sealed under the password when there is one). Awaited because the first call
+        writes the new key; later calls return the same object at once."""
+        self.check_open()
+        if self._identity is None:
+            self._identity = await load_identity(self.storage, self.encryption)
+        return self._identity
+
+    async def rotate_identity(self) -> DeviceIdentity:
+        """Replace the device key pair with a new one and return it (the old key is gone).
+        Pools started before keep proving the old key until started again; peers that
+        list the old key in ``trusted_peers`` must be given the new one (and revoke the
+        old). Replication ids name the key, so each peer pulls from this one again, once."""
+        self.check_open()
+        self._identity = await replace_identity(self.storage, self.encryption)
+        return self._identity
 
     @property
     def closed(self) -> bool:

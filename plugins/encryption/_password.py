@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import EncryptionError
+from ...identity import IDENTITY_INFO_KEY, IDENTITY_SEALED_PATHS, reseal_identity
 from ...storage import Storage, WriteTxn
 from ._cipher import FieldCipher, key_id
 from ._codec import EncryptedFieldsCodec
@@ -220,6 +221,10 @@ def _reencrypt(txn: WriteTxn, old: _Record, new: _Record, rekey: FieldCipher) ->
         paths = schema.get("encrypted") or []
         if paths:
             txn.recode_collection(name, _recoder(EncryptedFieldsCodec(rekey, paths), name))
+    identity = txn.get_info(IDENTITY_INFO_KEY)  # the device key is sealed under it too
+    if identity is not None:
+        codec = EncryptedFieldsCodec(rekey, IDENTITY_SEALED_PATHS)
+        txn.set_info(IDENTITY_INFO_KEY, reseal_identity(identity, codec))
     txn.set_info(INFO_KEY, new.text)
 
 

@@ -15,16 +15,22 @@ from .handler_factory import aiortc_connection_handler
 from .options import WebRTCReplicationOptions
 from .peer import Peer, PeerMessage
 from .pool import ReplicationPool, replicate_webrtc
+from .signal_crypto import TopicSecret
+from .signaling_limits import CloseReason, SignalingServerOptions, bearer_token
 from .signaling_server import SignalingServer, start_signaling_server
 
 __all__ = [
+    "CloseReason",
     "ConnectionHandler",
     "Peer",
     "PeerMessage",
     "ReplicationPool",
     "SignalingServer",
+    "SignalingServerOptions",
+    "TopicSecret",
     "WebRTCReplicationOptions",
     "aiortc_connection_handler",
+    "bearer_token",
     "is_master",
     "replicate_webrtc",
     "sha256_hex",

@@ -212,6 +212,12 @@ class ConnectionHandler:
         link.end()
         await link.wait_closed()
 
+    def dtls_fingerprints(self, peer: Peer) -> tuple[str, str] | None:
+        """``(local, remote)`` DTLS certificate fingerprints of the open link to ``peer``
+        (what the handshake signs; see :meth:`Link.dtls_fingerprints`)."""
+        link = self._connected.get(peer)
+        return None if link is None else link.dtls_fingerprints()
+
     def candidate_pair(self, peer: Peer) -> tuple[str, str] | None:
         """Types of the selected ICE candidates, e.g. ``("relay", "host")`` (diagnostic).
 

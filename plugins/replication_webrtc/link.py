@@ -43,7 +43,7 @@ from .framing import (
 )
 from .ice import host_addresses_override
 from .peer import Peer
-from .sdp import frame_limit, local_sdp
+from .sdp import dtls_fingerprint, frame_limit, local_sdp
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
@@ -174,6 +174,17 @@ class Link:
             )
         frames = encode_message(message, max_frame_bytes=self._max_frame_bytes)
         await self._writer.send_frames(frames)
+
+    def dtls_fingerprints(self) -> tuple[str, str] | None:
+        """``(local, remote)``: the DTLS certificate fingerprints of this very connection as
+        our local and remote descriptions carry them (aiortc refuses a certificate that does
+        not match the remote one); ``None`` before both descriptions are set."""
+        pc = self.pc
+        if pc is None or pc.localDescription is None or pc.remoteDescription is None:
+            return None
+        local = dtls_fingerprint(pc.localDescription.sdp)
+        remote = dtls_fingerprint(pc.remoteDescription.sdp)
+        return None if local is None or remote is None else (local, remote)
 
     def candidate_pair(self) -> tuple[str, str] | None:
         """Types of the selected local and remote ICE candidates (reads aioice internals)."""

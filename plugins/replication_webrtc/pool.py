@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Unpack
 
 from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import BehaviorSubject
 
-from p2pdb.errors import ReplicationError, ValidationError
+from p2pdb.errors import PeerError, ReplicationError, ValidationError
+from p2pdb.identity import key_fingerprint
 from p2pdb.replication import ReplicationState
 from p2pdb.streams import EventStream
 
+from .admission import Admission
 from .connection import ConnectionHandler
 from .handler_factory import ConnectionHandlerFactory
+from .handshake import IdentityHolder, TrustContext
 from .options import WebRTCOptionKeywords, WebRTCReplicationOptions
 from .peer import Peer, PeerMessage
 from .rpc import PeerSink
@@ -68,9 +71,14 @@ class ReplicationPool:
         self._tasks: set[asyncio.Task[None]] = set()  # session starts and closes
         self._started = False
         self._canceled = False
-        # token -> the collection's sequence number when that peer left in sync with us
+        # token (+ proved key) -> the collection's sequence number when that peer left in
+        # sync with us
         self._departed: dict[str, int] = {}
         self._unregister: Callable[[], None] = lambda: None
+        #: Who is admitted (trusted and revoked keys); change it with :meth:`trust` and
+        #: :meth:`revoke`.
+        self.admission = Admission(self.options)
+        self._trust: TrustContext | None = None  # made by start() (loads our identity)
 
     async def start(self) -> None:
         """Listen to the connection handler (:func:`replicate_webrtc` calls it)."""
@@ -78,8 +86,23 @@ class ReplicationPool:
             return
         self.collection.database.check_open()
         self._started = True
+        database = self.collection.database
+        identity = None
+        if self.options.authenticate:
+            if not isinstance(database, IdentityHolder):
+                raise ValidationError(
+                    "authenticate=True needs a database with an identity (a p2pdb Database).",
+                    code="WEBRTC_SETTING_INVALID",
+                    setting="authenticate",
+                )
+            identity = await database.identity()
+        self._trust = TrustContext(
+            self.topic, self.token, identity, self.admission, self.options.request_timeout
+        )
         # closing the database cancels the pool first
-        self._unregister = self.collection.database.close_with(self.cancel)
+        self._unregister = self.collection.database.close_with_collection(
+            self.collection.name, self.cancel
+        )
         c = self.connection
         self._subscriptions = [
             c.connects.subscribe(on_next=self._on_connect),
@@ -88,6 +111,7 @@ class ReplicationPool:
             c.errors.subscribe(on_next=self._report),
             self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
         ]
+
     # -- public API ------------------------------------------------------------------------
 
     @property
@@ -104,6 +128,27 @@ class ReplicationPool:
     def errors(self) -> Observable[Exception]:
         """Every error of the pool, its connections and its replications."""
         return self._errors
+
+    async def trust(self, public_keys: Iterable[str | bytes] | None) -> None:
+        """Admit only peers proving one of ``public_keys`` from now on (``None``: any key);
+        connected peers no longer admitted are disconnected (``WEBRTC_PEER_UNTRUSTED``)."""
+        self.admission.trust(public_keys)
+        await self._drop_unadmitted()
+
+    async def revoke(self, public_key: str | bytes) -> None:
+        """Refuse ``public_key`` from now on and end every connection of the peer that
+        proved it (``WEBRTC_PEER_UNTRUSTED`` on ``errors``)."""
+        self.admission.revoke(public_key)
+        await self._drop_unadmitted()
+
+    async def _drop_unadmitted(self) -> None:
+        for peer, session in list(self.sessions.items()):
+            if session.valid is not None and not self.admission.admits(session.peer.public_key):
+                try:
+                    self.admission.check(session.peer)
+                except PeerError as exc:
+                    self._report(exc)
+                await self.connection.disconnect(peer)
 
     async def wait_for_first_peer(self) -> Peer:
         """Wait until a peer is connected, tokens exchanged and roles set; return it."""
@@ -176,7 +221,7 @@ class ReplicationPool:
             count += 1
         if count >= peers:
             return True
-        connected = {s.token for s in self.sessions.values()}
+        connected = {f"{s.handshake.key_prefix}{s.token}" for s in self.sessions.values()}
         now = self._last_seq()
         count += sum(1 for t, seq in self._departed.items() if t not in connected and seq >= now)
         return count >= peers
@@ -242,23 +287,25 @@ class ReplicationPool:
 
     def _on_connect(self, peer: Peer) -> None:
         sink = PeerSink(self.connection, peer)
-        session = PeerSession(self.session_settings, self._callbacks, peer, sink)
+        assert self._trust is not None  # start() made it before subscribing
+        handshake = self._trust.for_peer(peer, self.connection.dtls_fingerprints(peer))
+        session = PeerSession(self.session_settings, self._callbacks, peer, sink, handshake)
         # registered at once, so the peer's first messages find it; they wait in its queue
         self.sessions[peer] = session
-        self._peers.on_next(frozenset(self.sessions))
+        self._peers.on_next(frozenset(s.peer for s in self.sessions.values()))
         self._spawn(session.start())
 
     def _on_disconnect(self, peer: Peer) -> None:
         session = self.sessions.pop(peer, None)
         if session is None:
             return
-        self._peers.on_next(frozenset(self.sessions))
+        self._peers.on_next(frozenset(s.peer for s in self.sessions.values()))
         self._spawn(self._close_departed(session))
 
     async def _close_departed(self, session: PeerSession) -> None:
         await session.close()
         if session.token is not None and session.synced_seq >= 0:
-            self._departed[session.token] = session.synced_seq
+            self._departed[session.handshake.key_prefix + session.token] = session.synced_seq
 
     def _on_message(self, message: PeerMessage) -> None:
         session = self.sessions.get(message.peer)
@@ -267,11 +314,26 @@ class ReplicationPool:
 
     async def _adopt(self, session: PeerSession) -> None:
         """A second link to a database we already replicate with (after a signaling
-        reconnect): keep the newest, drop the older one."""
+        reconnect): keep the newest, drop the older one, but only if the newest proved
+        the same key (or the older one proved none): a peer claiming another's token
+        cannot knock that peer's link down (``WEBRTC_TOKEN_CONFLICT``)."""
+        key = session.peer.public_key
         for peer, other in list(self.sessions.items()):
-            if other is not session and other.token == session.token:
-                log.info("dropping an older link to token %s", session.token)
-                await self.connection.disconnect(peer)
+            if other is session or other.token != session.token:
+                continue
+            other_key = other.peer.public_key
+            if other_key is not None and other_key != key:
+                raise PeerError(
+                    f"Peer {session.peer.peer_id} claims the database token of a connected "
+                    f"peer that proved key {key_fingerprint(other_key)}, "
+                    + ("without proving one" if key is None else "with another key")
+                    + "; refused.",
+                    code="WEBRTC_TOKEN_CONFLICT",
+                    peer_id=session.peer.peer_id,
+                )
+            log.info("dropping an older link to token %s", session.token)
+            await self.connection.disconnect(peer)
+        self._peers.on_next(frozenset(s.peer for s in self.sessions.values()))
 
 
 async def replicate_webrtc(
@@ -286,12 +348,18 @@ async def replicate_webrtc(
 
     ``handler`` makes the connections: ``aiortc_connection_handler(signaling_url, ...)``.
     ``options`` (:class:`WebRTCReplicationOptions`): ``is_peer_valid``, ``batch_size``,
-    ``hash_function``, ``request_timeout``, ``heartbeat_interval``, ``heartbeat_timeout``;
-    each may also be given as a keyword (``is_peer_valid=...``), which overrides ``options``.
+    ``hash_function``, ``request_timeout``, ``heartbeat_interval``, ``heartbeat_timeout``,
+    ``close_timeout``, ``authenticate``, ``trusted_peers``, ``require_authenticated``,
+    ``can_read``, ``can_write``; each may also be given as a keyword
+    (``trusted_peers=[...]``), which overrides ``options``.
     """
     settings = dataclasses.replace(options or WebRTCReplicationOptions(), **shortcuts)
     collection.database.check_open()  # before joining the topic
     connection = await handler(topic)
     pool = ReplicationPool(collection, topic, connection, settings)
-    await pool.start()
+    try:
+        await pool.start()
+    except BaseException:  # e.g. IDENTITY_LOCKED: leave the topic again
+        await connection.close()
+        raise
     return pool

@@ -7,10 +7,11 @@ import re
 
 from aiortc import RTCPeerConnection
 
-__all__ = ["frame_limit", "local_sdp", "sha256_fingerprint_only"]
+__all__ = ["dtls_fingerprint", "frame_limit", "local_sdp", "sha256_fingerprint_only"]
 
 _MAX_MESSAGE_SIZE_RE = re.compile(r"^a=max-message-size:(\d+)", re.MULTILINE)
 _SHA256_FINGERPRINT = "a=fingerprint:sha-256 "
+_FINGERPRINT_RE = re.compile(r"^a=fingerprint:(\S+) ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 
 
 def local_sdp(pc: RTCPeerConnection) -> str:
@@ -46,3 +47,13 @@ def frame_limit(remote_sdp: str, wanted: int) -> int:
     match = _MAX_MESSAGE_SIZE_RE.search(remote_sdp)
     announced = int(match.group(1)) if match else 65536  # RFC 8841 default
     return wanted if announced == 0 else max(1024, min(wanted, announced))
+
+
+def dtls_fingerprint(sdp: str) -> str | None:
+    """The DTLS certificate fingerprint an SDP announces, normalized as
+    ``"sha-256 AB:CD:..."`` (the sha-256 one when there are several; ``None`` if none)."""
+    found = [(algo.lower(), value.upper()) for algo, value in _FINGERPRINT_RE.findall(sdp)]
+    if not found:
+        return None
+    algo, value = next((f for f in found if f[0] == "sha-256"), found[0])
+    return f"{algo} {value}"

@@ -45,7 +45,9 @@ from p2pdb.replication.wire import (
     stream_event_json,
 )
 
+from .admission import peer_master
 from .election import is_master
+from .handshake import PeerHandshake
 from .options import WebRTCReplicationOptions
 from .peer import Peer
 from .rpc import WEBRTC_CODES
@@ -98,8 +100,10 @@ class PeerSession:
         callbacks: SessionCallbacks,
         peer: Peer,
         sink: MessageSink,
+        handshake: PeerHandshake | None = None,
     ) -> None:
         self.settings = settings
+        self.handshake = handshake or PeerHandshake(None, peer, None)  # see handshake.py
         self.callbacks = callbacks
         self.peer = peer
         self.channel = RpcChannel(
@@ -161,15 +165,18 @@ class PeerSession:
             if not self.valid:
                 log.info("peer %s is not valid; it gets nothing", self.peer.peer_id)
                 return
-            token = await self.channel.request("token", [])
+            token = self.handshake.peer_token or await self.channel.request("token", [])
             if not isinstance(token, str) or not token or len(token) > 200:
                 raise self.channel.error(
                     "protocol_violation", f"The peer's token is not a short string: {token!r}."
                 )
             self.token = token
             # this peer's pushes get their own origin, so its echo can be left out
-            self._master = collection_handler(
-                settings.collection, origin=f"webrtc:{settings.topic}:{token}"
+            self._master = peer_master(  # a verified peer's key is part of its origin
+                settings.collection,
+                f"webrtc:{settings.topic}:{self.handshake.key_prefix}{token}",
+                settings.options,
+                self.peer,
             )
             if token == settings.token:
                 raise PeerError(
@@ -185,8 +192,11 @@ class PeerSession:
                 self.state = replicate(
                     settings.collection,
                     RemoteMaster(self.channel, self._stream),
-                    f"{settings.topic}||{token}",
+                    f"{settings.topic}||{self.handshake.key_prefix}{token}",
                     batch_size=settings.options.batch_size,
+                    selector=settings.options.selector,
+                    pull_modifier=settings.options.pull_modifier,
+                    push_modifier=settings.options.push_modifier,
                 )
                 self._error_subscription = self.state.errors.subscribe(
                     self.callbacks.replication_error
@@ -200,6 +210,7 @@ class PeerSession:
             await self.callbacks.disconnect(self.peer)
 
     async def _check_valid(self) -> bool:
+        self.peer = await self.handshake.authenticate(self.channel)  # the verified key
         check = self.settings.options.is_peer_valid
         if check is None:
             return True
@@ -274,6 +285,8 @@ class PeerSession:
         self._stream.on_next(item)
 
     async def _on_request(self, request: Request) -> None:
+        if self.handshake.handles(self.channel, request):  # before validity: handshake.py
+            return
         await self._validity_known.wait()
         if not self.valid:
             return  # an invalid peer gets no answers at all

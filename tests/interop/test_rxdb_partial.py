@@ -1,23 +1,14 @@
 """Partial replication with a real RxDB 17.6 peer: RxDB's own ``pull.modifier`` and
 ``push.modifier`` (``rxdb_modifier_peer.mjs``) against a p2pdb master that serves only a
-selector's documents (``DocumentAccess(selector=...)``) over WebRTC.
-
-The WebRTC pool does not take a ``DocumentAccess`` yet (its PeerSession builds the master's
-``collection_handler``); until it does, this test wraps that call, the only stand-in here.
+selector's documents (``replicate_webrtc(..., selector=...)``) over WebRTC.
 """
 
 from __future__ import annotations
 
 import json
-from functools import partial
 from typing import Any
 
-import pytest
 from rxdb_harness import SCHEMA, P2pdbPeer, RxdbPeer, Stack
-
-from p2pdb.plugins.replication_webrtc import session as session_module
-from p2pdb.replication import collection_handler
-from p2pdb.replication.access import DocumentAccess
 
 WAIT_MS = 20_000
 SHARED = {"n": {"$lt": 100}}  # the master serves only these
@@ -47,13 +38,7 @@ async def start_modifier_peer(stack: Stack, url: str, topic: str) -> RxdbPeer:
     return peer
 
 
-async def test_rxdb_modifiers_against_a_p2pdb_master_with_a_selector(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    access = DocumentAccess(selector=SHARED)
-    monkeypatch.setattr(
-        session_module, "collection_handler", partial(collection_handler, access=access)
-    )
+async def test_rxdb_modifiers_against_a_p2pdb_master_with_a_selector(stack: Stack) -> None:
     url = await stack.signaling("p2pdb")
     topic = stack.topic()
     rx = await start_modifier_peer(stack, url, topic)
@@ -61,7 +46,7 @@ async def test_rxdb_modifiers_against_a_p2pdb_master_with_a_selector(
     shared = [todo(f"a{i}", f"shared {i}", i) for i in range(5)]
     hidden = [todo(f"b{i}", f"not served {i}", 500 + i) for i in range(5)]
     await py.collection.bulk_insert(shared + hidden)
-    await py.replicate(url, topic)
+    await py.replicate(url, topic, selector=SHARED)
     (session,) = await py.wait_peers(1)
     assert session.is_master is True
 

@@ -176,7 +176,8 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
             stored = await killed_docs.count()
             storage = killed_db.storage
             for node in (b, c):
-                replication_id = f"{TOPIC}||{node.db.token}"
+                key = (await node.db.identity()).public_key_text  # peers proved their keys
+                replication_id = f"{TOPIC}||{key}||{node.db.token}"
                 down = storage.get_checkpoint("docs", replication_id, "down") or {"seq": 0}
                 master_storage = node.db.storage
                 after, _ = master_storage.changes_since("docs", down["seq"], 10**9)

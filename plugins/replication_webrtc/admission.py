@@ -1,0 +1,105 @@
+"""Who may replicate with a pool, and what each peer may read and write.
+
+:class:`Admission` holds a pool's rule over verified public keys (``trusted_peers``,
+``require_authenticated``, revoked keys); it changes at runtime (``pool.trust``,
+``pool.revoke``). :func:`peer_master` builds the master side that serves one peer, with the
+``can_read`` / ``can_write`` hooks of the options bound to that peer.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from p2pdb.errors import PeerError
+from p2pdb.identity import key_fingerprint, parse_public_key
+from p2pdb.replication import collection_handler
+from p2pdb.replication.access import DocumentAccess
+
+from .options import WebRTCReplicationOptions
+from .peer import Peer
+
+if TYPE_CHECKING:
+    from p2pdb.collection import Collection
+    from p2pdb.replication.master import CollectionHandler
+
+__all__ = ["Admission", "peer_master"]
+
+
+class Admission:
+    """A pool's admission rule over the peers' verified public keys.
+
+    ``trusted`` (``None``: any key) and ``revoked`` are sets of raw 32-byte keys;
+    ``require_authenticated`` refuses peers that did not prove a key (RxDB peers); it is
+    implied by a ``trusted`` set."""
+
+    def __init__(self, options: WebRTCReplicationOptions) -> None:
+        trusted = options.trusted_peers
+        self.trusted: set[bytes] | None = (
+            None if trusted is None else {parse_public_key(k) for k in trusted}
+        )
+        self.revoked: set[bytes] = set()
+        self.require_authenticated = options.require_authenticated
+
+    @property
+    def requires_key(self) -> bool:
+        """Whether a peer must prove a key to be admitted."""
+        return self.require_authenticated or self.trusted is not None
+
+    def trust(self, keys: Iterable[str | bytes] | None) -> None:
+        """Replace the trusted keys (``None``: any key, as far as this rule goes)."""
+        self.trusted = None if keys is None else {parse_public_key(k) for k in keys}
+
+    def revoke(self, key: str | bytes) -> bytes:
+        """Refuse ``key`` from now on (also removed from the trusted keys); returns it raw."""
+        raw = parse_public_key(key)
+        self.revoked.add(raw)
+        if self.trusted is not None:
+            self.trusted.discard(raw)
+        return raw
+
+    def admits(self, key: bytes | None) -> bool:
+        """Whether a peer that proved ``key`` (``None``: proved none) is admitted."""
+        if key is None:
+            return not self.requires_key
+        return key not in self.revoked and (self.trusted is None or key in self.trusted)
+
+    def check(self, peer: Peer) -> None:
+        """Raise ``WEBRTC_PEER_UNTRUSTED`` unless ``peer`` is admitted."""
+        if self.admits(peer.public_key):
+            return
+        key = peer.public_key
+        if key is None:
+            why = (
+                "did not authenticate (an RxDB peer, or p2pdb with authenticate=False), and "
+                "this pool requires authenticated peers (trusted_peers / require_authenticated)"
+            )
+        elif key in self.revoked:
+            why = f"proved key {key_fingerprint(key)}, which was revoked"
+        else:
+            why = f"proved key {key_fingerprint(key)}, which is not among the trusted peers"
+        raise PeerError(
+            f"Peer {peer.peer_id} {why}; disconnected.",
+            code="WEBRTC_PEER_UNTRUSTED",
+            peer_id=peer.peer_id,
+            fingerprint=None if key is None else key_fingerprint(key),
+        )
+
+
+def peer_master(
+    collection: Collection, origin: str, options: WebRTCReplicationOptions, peer: Peer
+) -> CollectionHandler:
+    """The master side serving ``peer``: ``collection_handler`` with the options'
+    ``can_read(peer, document)`` / ``can_write(peer, assumed, new)`` bound to ``peer``."""
+    read = None if options.can_read is None else functools.partial(options.can_read, peer)
+    write = None if options.can_write is None else functools.partial(options.can_write, peer)
+    access = DocumentAccess(
+        can_read=read,
+        can_write=write,
+        selector=options.selector,
+        outgoing=options.push_modifier,
+        incoming=options.pull_modifier,
+    )
+    handler = collection_handler(collection, origin=origin, access=access)
+    return handler

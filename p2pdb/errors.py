@@ -47,9 +47,7 @@ class P2PDBError(Exception):
 
     default_code = "P2PDB"
 
-    def __init__(
-        self, message: str, *, code: str | None = None, **parameters: Any
-    ) -> None:
+    def __init__(self, message: str, *, code: str | None = None, **parameters: Any) -> None:
         super().__init__(message)
         self.message = message
         self.code: str = code or self.default_code
@@ -59,8 +57,18 @@ class P2PDBError(Exception):
         return f"[{self.code}] {self.message}"
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-safe form (used on the wire and in logs)."""
-        return {"name": type(self).__name__, "code": self.code, "message": self.message}
+        """A JSON-safe form (used on the wire and in logs): name, code and message, plus
+        ``ids`` when the error names documents by id (a refused write: the fork then knows
+        which rows to leave unsent). Other parameters stay local: they may hold values."""
+        body: dict[str, Any] = {
+            "name": type(self).__name__,
+            "code": self.code,
+            "message": self.message,
+        }
+        ids = self.parameters.get("ids")
+        if isinstance(ids, list) and all(isinstance(i, str) for i in ids):
+            body["ids"] = ids
+        return body
 
 
 class ValidationError(P2PDBError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..conflicts import Conflict, resolve_conflict
-from ..errors import ConflictError, ReplicationError, ValidationError
+from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
 from .access import apply_modifier
@@ -160,7 +160,9 @@ class Upstream(DirectionTask):
             chunk, wire = await self._outgoing(rows[start : start + batch_size], unsent)
             if not wire:
                 continue
-            answer = await self.context.handler.write(wire)
+            answer = await self._write_allowed(chunk, wire, unsent)
+            if answer is None:
+                continue
             self.context.arrivals.push_answered(
                 (row.new_document_state[pk], row.new_document_state) for row in chunk
             )
@@ -179,6 +181,29 @@ class Upstream(DirectionTask):
                 else:
                     real[doc_id] = to_wire(state)
         return real, unsent
+
+    async def _write_allowed(
+        self, chunk: list[WriteRow], wire: list[WriteRow], unsent: set[str]
+    ) -> list[Any] | None:
+        """``handler.write(wire)``; when the master refuses some rows
+        (``REPLICATION_WRITE_REFUSED``: its access rules), report it once, leave those rows
+        unsent (nothing of them is stored there) and send the others again, so one refused
+        row never blocks the rest. ``None``: every row was refused."""
+        pk = self.context.collection.schema.primary_key
+        while True:
+            try:
+                return await self.context.handler.write(wire)
+            except P2PDBError as exc:
+                sent = {row.new_document_state[pk] for row in wire}
+                refused = refused_ids(exc) & sent
+                if not refused:
+                    raise
+                self.context.report("up", exc)
+                unsent |= refused
+                chunk[:] = [r for r in chunk if r.new_document_state[pk] not in refused]
+                wire[:] = [r for r in wire if r.new_document_state[pk] not in refused]
+                if not wire:
+                    return None
 
     async def _outgoing(
         self, rows: list[WriteRow], unsent: set[str]
@@ -268,3 +293,14 @@ class Upstream(DirectionTask):
             error.__cause__ = exc
             self.context.report("up", error)
             return conflict.real_master_state
+
+
+def refused_ids(error: P2PDBError) -> set[str]:
+    """The ids a master's ``REPLICATION_WRITE_REFUSED`` names, directly or as the remote
+    error of a transport (empty for any other error)."""
+    found = error.parameters.get("remote_error")
+    details = found if isinstance(found, dict) else {"code": error.code, **error.parameters}
+    if details.get("code") != "REPLICATION_WRITE_REFUSED":
+        return set()
+    ids = details.get("ids")
+    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()

@@ -3,19 +3,23 @@
 :class:`Admission` holds a pool's rule over verified public keys (``trusted_peers``,
 ``require_authenticated``, revoked keys); it changes at runtime (``pool.trust``,
 ``pool.revoke``). :func:`peer_master` builds the master side that serves one peer, with the
-``can_read`` / ``can_write`` hooks of the options bound to that peer.
+``can_read`` / ``can_write`` hooks of the options bound to that peer;
+:func:`fork_pull_modifier` and :func:`fork_push_modifier` hold what this side pulls from
+and pushes to a peer (its elected master) to the same ``can_write`` and ``can_read`` rules,
+since in a topic the roles fall by election.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from p2pdb.errors import PeerError
+from p2pdb.errors import P2PDBError, PeerError, ReplicationError
 from p2pdb.identity import key_fingerprint, parse_public_key
 from p2pdb.replication import collection_handler
-from p2pdb.replication.access import DocumentAccess
+from p2pdb.replication.access import DocumentAccess, Modifier, apply_modifier, resolve
+from p2pdb.replication.protocol import to_wire
 
 from .options import WebRTCReplicationOptions
 from .peer import Peer
@@ -24,7 +28,7 @@ if TYPE_CHECKING:
     from p2pdb.collection import Collection
     from p2pdb.replication.master import CollectionHandler
 
-__all__ = ["Admission", "peer_master"]
+__all__ = ["Admission", "fork_pull_modifier", "fork_push_modifier", "peer_master"]
 
 
 class Admission:
@@ -103,3 +107,55 @@ def peer_master(
     )
     handler = collection_handler(collection, origin=origin, access=access)
     return handler
+
+
+def fork_pull_modifier(
+    collection: Collection,
+    options: WebRTCReplicationOptions,
+    peer: Peer,
+    report: Callable[[P2PDBError], None],
+) -> Modifier | None:
+    """The fork's ``pull_modifier`` for ``peer``: the options' own, then ``can_write(peer,
+    stored, new)``; a state the rule refuses is not stored (reported as
+    ``REPLICATION_WRITE_REFUSED``), so a peer elected master writes no more than it could
+    push."""
+    can_write = options.can_write
+    if can_write is None:
+        return options.pull_modifier
+    primary_key = collection.schema.primary_key
+
+    async def guarded(doc: dict[str, Any]) -> dict[str, Any] | None:
+        new = await apply_modifier(options.pull_modifier, doc)
+        if new is None:
+            return None
+        stored = collection.stored_state(str(new[primary_key]))
+        current = None if stored is None else to_wire(stored)
+        if await resolve(can_write(peer, current, new)):
+            return new
+        report(
+            ReplicationError(
+                f"Peer {peer.peer_id} sent {new[primary_key]!r}, which can_write refuses; "
+                "it was not stored.",
+                code="REPLICATION_WRITE_REFUSED",
+                ids=[new[primary_key]],
+                peer_id=peer.peer_id,
+            )
+        )
+        return None
+
+    return guarded
+
+
+def fork_push_modifier(options: WebRTCReplicationOptions, peer: Peer) -> Modifier | None:
+    """The fork's ``push_modifier`` for ``peer``: documents ``can_read(peer, doc)`` refuses
+    are never pushed to it (their rows stay unsent), then the options' own modifier."""
+    can_read = options.can_read
+    if can_read is None:
+        return options.push_modifier
+
+    async def guarded(doc: dict[str, Any]) -> dict[str, Any] | None:
+        if not await resolve(can_read(peer, doc)):
+            return None
+        return await apply_modifier(options.push_modifier, doc)
+
+    return guarded

@@ -45,7 +45,7 @@ from p2pdb.replication.wire import (
     stream_event_json,
 )
 
-from .admission import peer_master
+from .admission import fork_pull_modifier, fork_push_modifier, peer_master
 from .election import is_master
 from .handshake import PeerHandshake
 from .options import WebRTCReplicationOptions
@@ -195,8 +195,10 @@ class PeerSession:
                     f"{settings.topic}||{self.handshake.key_prefix}{token}",
                     batch_size=settings.options.batch_size,
                     selector=settings.options.selector,
-                    pull_modifier=settings.options.pull_modifier,
-                    push_modifier=settings.options.push_modifier,
+                    pull_modifier=fork_pull_modifier(
+                        settings.collection, settings.options, self.peer, self.callbacks.report
+                    ),
+                    push_modifier=fork_push_modifier(settings.options, self.peer),
                 )
                 self._error_subscription = self.state.errors.subscribe(
                     self.callbacks.replication_error

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
-from . import catalog, documents, local_rows, own_writes, queries
+from . import catalog, documents, local_rows, migration_rows, own_writes, queries
 from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
-from .catalog import Catalog
+from .catalog import Catalog, CollectionInfo
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
 from .replication_rows import ReplicationRows
@@ -287,6 +287,61 @@ class SQLiteStorage:
             return local_rows.delete(conn, parent, doc_id)
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
+
+    # -- schema migration (format: migration_rows.py; the logic: p2pdb/migration.py) -------
+
+    def stored_version(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The stored ``(version, schema)`` of a collection, or ``None``; an inline read."""
+        return catalog.stored_version(self._conns.reader(), name)
+
+    def migration_record(self, name: str) -> dict[str, Any] | None:
+        """The progress record of a migration of ``name`` under way, or ``None``; inline."""
+        return migration_rows.get_record(self._conns.reader(), name)
+
+    async def count_rows(self, name: str) -> int:
+        """How many rows (tombstones included) a stored collection holds."""
+        return await self._conns.read_in_thread(lambda c: migration_rows.count_rows(c, name))
+
+    def migration_source(
+        self, name: str, after: str | None, limit: int
+    ) -> list[migration_rows.MigratedRow]:
+        """Rows of a stored (not opened) collection after the id ``after``, in id order,
+        bodies as stored; an inline read."""
+        return migration_rows.source_batch(self._conns.reader(), name, after, limit)
+
+    async def migration_begin(self, name: str, record: dict[str, Any]) -> None:
+        """Start or restart a migration: an empty scratch table and its progress record."""
+        await self._conns.run(lambda conn: migration_rows.begin(conn, name, record))
+
+    async def migration_write(
+        self, name: str, rows: list[migration_rows.MigratedRow], record: dict[str, Any]
+    ) -> None:
+        """Store a batch of migrated rows with the new progress record, in one transaction."""
+        await self._conns.run(lambda conn: migration_rows.write_batch(conn, name, rows, record))
+
+    async def migration_abort(self, name: str) -> None:
+        """Drop a migration's scratch table and progress record."""
+        await self._conns.run(lambda conn: migration_rows.abort(conn, name))
+
+    async def migration_finish(
+        self, name: str, schema: Schema, replications: dict[str, dict[str, Any]]
+    ) -> None:
+        """Swap the migrated table in, with ``schema`` and its indexes, in one transaction.
+        ``replications`` (by replication id: ``{"up", "down", "assumed"}``, assumed states
+        already encoded) replaces the stored state of the collection's replications."""
+        info = CollectionInfo(name, schema)
+        rows = self._replication
+
+        def restore(conn: sqlite3.Connection) -> None:
+            for replication_id, state in replications.items():
+                rows.forget(conn, name, replication_id)
+                directions: tuple[Direction, ...] = ("up", "down")
+                for direction in directions:
+                    if state.get(direction) is not None:
+                        rows.set_checkpoint(conn, name, replication_id, direction, state[direction])
+                rows.set_assumed(conn, name, replication_id, state["assumed"])
+
+        await self._conns.run(lambda conn: migration_rows.finish(conn, info, restore))
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

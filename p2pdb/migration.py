@@ -244,7 +244,9 @@ class _Runner:
                 return None
             if not isinstance(doc, dict):
                 raise self._error(
-                    "MIGRATION_DOCUMENT_INVALID", doc_id, version,
+                    "MIGRATION_DOCUMENT_INVALID",
+                    doc_id,
+                    version,
                     f"returned {type(doc).__name__}, not a dict or None",
                 )
         try:

@@ -332,3 +332,32 @@ async def test_replication_keeps_checkpoints_migrates_assumed_states_refuses_old
                 await state.cancel()
             assert remote_code(errors[0]) == "REPLICATION_PUSH_INVALID"
             assert await old.count() == 1  # only "fresh": nothing of the fork's was stored
+
+
+def test_cli_migrate_and_its_errors(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.db"
+    asyncio.run(fill(path, 1500))
+    (tmp_path / "notes_steps.py").write_text(
+        "def one(doc):\n    doc['trail'] = [1]\n    return doc\n\nSTEPS = {1: one}\n"
+    )
+    (tmp_path / "v1.json").write_text(orjson.dumps(schema(1)).decode())
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "p2pdb", "migrate", str(path), "--collection", "notes"]
+        return subprocess.run(
+            [*command, "--schema", "v1.json", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bad = run("--strategies", "notes_steps:NOPE")
+    assert bad.returncode == 2 and "CLI_MIGRATION_STRATEGIES" in bad.stderr
+    done = run("--strategies", "notes_steps:STEPS")
+    assert done.returncode == 0, done.stderr
+    assert "notes is at version 1: 1498 documents" in done.stderr
+    assert rows(path)["d00042"][5]["trail"] == [1]

@@ -151,10 +151,10 @@ async def migrate_collection(
             collection=name,
             missing=missing,
         )
-    target = {"from": old_version, "to": schema.version, "hash": schema.hash}
+    target: dict[str, Any] = {"from": old_version, "to": schema.version, "hash": schema.hash}
     if record is None or {k: record.get(k) for k in target} != target:
-        record = {**target, "after": None, "done": 0}
-        await storage.migration_begin(name, record)
+        record = await storage.migration_begin(name, {**target, "after": None, "done": 0})
+    target["source"] = record["source"]
     old_schema = Schema(old_raw)
     old_codec = _codec(db, name, old_schema)
     run = _Runner(name, schema, [(v, given[v]) for v in steps], old_codec, codec)
@@ -177,7 +177,15 @@ async def migrate_collection(
         if exc.code in ("MIGRATION_STRATEGY_FAILED", "MIGRATION_DOCUMENT_INVALID"):
             await storage.migration_abort(name)  # a fixed strategy must start afresh
         raise
-    await storage.migration_finish(name, schema, replications)
+    if not await storage.migration_finish(name, schema, target["source"], replications):
+        await storage.migration_abort(name)
+        raise SchemaError(
+            f"Another process wrote to collection {name!r} while it was being migrated; "
+            "the migration was dropped and nothing changed. Close the other programs that "
+            "use the old schema and add the collection again.",
+            code="MIGRATION_SOURCE_CHANGED",
+            collection=name,
+        )
     log.info("migrated %d rows of %r to version %d", done, name, schema.version)
     _emit(db, MigrationProgress(name, total, total, schema.version, old_version))
     return True

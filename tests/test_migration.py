@@ -361,3 +361,34 @@ def test_cli_migrate_and_its_errors(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "notes is at version 1: 1498 documents" in done.stderr
     assert rows(path)["d00042"][5]["trail"] == [1]
+
+
+async def test_a_write_by_another_process_during_the_migration_drops_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    await fill(path, 1500)
+
+    def meddle(doc: Doc) -> Doc:
+        if doc["id"] == "d01200":  # the first batch is committed: "another process" writes
+            other = sqlite3.connect(path)
+            other.execute(
+                "UPDATE col_notes SET seq = seq + 100000, body = ? WHERE id = ?",
+                (orjson.dumps({"id": "d00001", "n": -1}).decode(), "d00001"),
+            )
+            other.commit()
+            other.close()
+        return step(1)(doc)
+
+    async with p2pdb.create_database(path) as db:
+        with pytest.raises(SchemaError) as changed:
+            await db.add_collection("notes", schema(1), migration_strategies={1: meddle})
+        assert changed.value.code == "MIGRATION_SOURCE_CHANGED"
+    version, tables, keys = file_state(path)
+    assert version == 0 and not [t for t in tables if "#" in t]
+    assert not [k for k in keys if "migration" in k]
+    async with p2pdb.create_database(path) as db:  # again: migrates the new state too
+        notes = await db.add_collection("notes", schema(1), migration_strategies={1: step(1)})
+        assert (await notes.find_one("d00001") or {}).to_dict() == {
+            "id": "d00001",
+            "n": -1,
+            "trail": [1],
+        }

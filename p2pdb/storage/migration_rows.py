@@ -32,6 +32,7 @@ __all__ = [
     "record_key",
     "scratch_table",
     "source_batch",
+    "source_mark",
     "write_batch",
 ]
 
@@ -81,11 +82,20 @@ def count_rows(conn: sqlite3.Connection, name: str) -> int:
     return int(row[0])
 
 
-def begin(conn: sqlite3.Connection, name: str, record: dict[str, Any]) -> None:
-    """Start (or restart) a migration: an empty scratch table and ``record``, in one
-    transaction."""
+def source_mark(conn: sqlite3.Connection, name: str) -> list[int]:
+    """``[last seq, row count]`` of the collection's table: it changes with any write or
+    purge, so a migration can tell that its source changed under it."""
+    row = conn.execute(f"SELECT coalesce(max(seq), 0), count(*) FROM {table_name(name)}")
+    last, count = row.fetchone()
+    return [int(last), int(count)]
 
-    def run(conn: sqlite3.Connection) -> None:
+
+def begin(conn: sqlite3.Connection, name: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Start (or restart) a migration: an empty scratch table and ``record`` with the
+    source's :func:`source_mark` as ``"source"``, in one transaction; that record."""
+
+    def run(conn: sqlite3.Connection) -> dict[str, Any]:
+        record["source"] = source_mark(conn, name)
         conn.execute(f"DROP TABLE IF EXISTS {scratch_table(name)}")
         conn.execute(
             f"CREATE TABLE {scratch_table(name)} (id TEXT PRIMARY KEY, "
@@ -93,8 +103,9 @@ def begin(conn: sqlite3.Connection, name: str, record: dict[str, Any]) -> None:
             "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL)"
         )
         catalog.set_info(conn, record_key(name), orjson.dumps(record).decode())
+        return record
 
-    _transaction(conn, run)
+    return _transaction(conn, run)
 
 
 def source_batch(
@@ -138,18 +149,26 @@ def abort(conn: sqlite3.Connection, name: str) -> None:
 
 
 def finish(
-    conn: sqlite3.Connection, info: CollectionInfo, also: Callable[[sqlite3.Connection], None]
-) -> None:
+    conn: sqlite3.Connection,
+    info: CollectionInfo,
+    source: list[int],
+    also: Callable[[sqlite3.Connection], None],
+) -> bool:
     """The swap, in one transaction: the scratch table becomes the collection's table, its
     indexes are built for the new schema, the catalog holds the new schema, ``also(conn)``
-    runs (the replication state), and the progress record goes."""
+    runs (the replication state), and the progress record goes. False, changing nothing,
+    if the source is no longer at the :func:`source_mark` ``source`` (another process
+    wrote to it during the migration)."""
 
-    def run(conn: sqlite3.Connection) -> None:
+    def run(conn: sqlite3.Connection) -> bool:
+        if source_mark(conn, info.name) != source:
+            return False
         conn.execute(f"DROP TABLE {info.table}")
         conn.execute(f"ALTER TABLE {scratch_table(info.name)} RENAME TO {info.table}")
         catalog.create_indexes(conn, info)
         catalog.record_schema(conn, info)
         also(conn)
         conn.execute("DELETE FROM p2pdb_info WHERE key = ?", (record_key(info.name),))
+        return True
 
-    _transaction(conn, run)
+    return _transaction(conn, run)

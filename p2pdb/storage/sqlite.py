@@ -309,9 +309,10 @@ class SQLiteStorage:
         bodies as stored; an inline read."""
         return migration_rows.source_batch(self._conns.reader(), name, after, limit)
 
-    async def migration_begin(self, name: str, record: dict[str, Any]) -> None:
-        """Start or restart a migration: an empty scratch table and its progress record."""
-        await self._conns.run(lambda conn: migration_rows.begin(conn, name, record))
+    async def migration_begin(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Start or restart a migration: an empty scratch table and its progress record
+        (returned, with the source's mark as ``"source"``)."""
+        return await self._conns.run(lambda conn: migration_rows.begin(conn, name, record))
 
     async def migration_write(
         self, name: str, rows: list[migration_rows.MigratedRow], record: dict[str, Any]
@@ -324,11 +325,16 @@ class SQLiteStorage:
         await self._conns.run(lambda conn: migration_rows.abort(conn, name))
 
     async def migration_finish(
-        self, name: str, schema: Schema, replications: dict[str, dict[str, Any]]
-    ) -> None:
+        self,
+        name: str,
+        schema: Schema,
+        source: list[int],
+        replications: dict[str, dict[str, Any]],
+    ) -> bool:
         """Swap the migrated table in, with ``schema`` and its indexes, in one transaction.
         ``replications`` (by replication id: ``{"up", "down", "assumed"}``, assumed states
-        already encoded) replaces the stored state of the collection's replications."""
+        already encoded) replaces the stored state of the collection's replications. False,
+        changing nothing, if the source table changed since the migration began."""
         info = CollectionInfo(name, schema)
         rows = self._replication
 
@@ -341,7 +347,9 @@ class SQLiteStorage:
                         rows.set_checkpoint(conn, name, replication_id, direction, state[direction])
                 rows.set_assumed(conn, name, replication_id, state["assumed"])
 
-        await self._conns.run(lambda conn: migration_rows.finish(conn, info, restore))
+        return await self._conns.run(
+            lambda conn: migration_rows.finish(conn, info, source, restore)
+        )
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 from reactivex import Observable
 
-from .errors import P2PDBError, SchemaError
+from .errors import EncryptionError, P2PDBError, SchemaError
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import EventStream
@@ -47,6 +47,8 @@ MigrationStrategy = Callable[
 
 #: Rows migrated per transaction.
 BATCH_SIZE = 1000
+
+_ABORTING = ("MIGRATION_STRATEGY_FAILED", "MIGRATION_DOCUMENT_INVALID")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +175,14 @@ async def migrate_collection(
             await storage.migration_write(name, out, record)
             _emit(db, MigrationProgress(name, done, total, schema.version, old_version))
         replications = await _migrate_replications(storage, name, run)
+        finished = await storage.migration_finish(name, schema, target["source"], replications)
     except P2PDBError as exc:
-        if exc.code in ("MIGRATION_STRATEGY_FAILED", "MIGRATION_DOCUMENT_INVALID"):
-            await storage.migration_abort(name)  # a fixed strategy must start afresh
+        # a strategy must start afresh once fixed; rows encoded under a key the file no
+        # longer names (another process changed the password) must not be kept
+        if exc.code in _ABORTING or isinstance(exc, EncryptionError):
+            await storage.migration_abort(name)
         raise
-    if not await storage.migration_finish(name, schema, target["source"], replications):
+    if not finished:
         await storage.migration_abort(name)
         raise SchemaError(
             f"Another process wrote to collection {name!r} while it was being migrated; "

@@ -392,3 +392,29 @@ async def test_a_write_by_another_process_during_the_migration_drops_it(tmp_path
             "n": -1,
             "trail": [1],
         }
+
+
+async def test_a_password_changed_by_another_process_during_the_migration(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    await fill(path, 1500, password="pw-1234567", encrypted=["secret"])
+    other = await p2pdb.create_database(path, password="pw-1234567")
+
+    async def meddle(doc: Doc) -> Doc:
+        if doc["id"] == "d01200":  # the first batch is committed under the old key
+            await other.change_password("pw-1234567", "pw-7654321")
+        return step(1)(doc)
+
+    v1 = schema(1, encrypted=["secret"])
+    try:
+        async with p2pdb.create_database(path, password="pw-1234567") as db:
+            with pytest.raises(p2pdb.errors.EncryptionError) as changed:
+                await db.add_collection("notes", v1, migration_strategies={1: meddle})
+            assert changed.value.code == "ENCRYPTION_KEY_CHANGED"
+    finally:
+        await other.close()
+    version, tables, keys = file_state(path)
+    assert version == 0 and not [t for t in tables if "#" in t]
+    assert not [k for k in keys if k.startswith("migration")]
+    async with p2pdb.create_database(path, password="pw-7654321") as db:
+        notes = await db.add_collection("notes", v1, migration_strategies={1: step(1)})
+        assert (await notes.find_one("d01300") or {}).to_dict()["secret"] == "s1300"

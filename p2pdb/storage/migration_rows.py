@@ -122,12 +122,18 @@ def source_batch(
 
 
 def write_batch(
-    conn: sqlite3.Connection, name: str, rows: Sequence[MigratedRow], record: dict[str, Any]
+    conn: sqlite3.Connection,
+    name: str,
+    rows: Sequence[MigratedRow],
+    record: dict[str, Any],
+    check: Callable[[sqlite3.Connection], None],
 ) -> None:
     """Store migrated rows in the scratch table and the new progress record, in one
-    transaction (``INSERT OR REPLACE``: a batch redone after a lost commit is harmless)."""
+    transaction (``INSERT OR REPLACE``: a batch redone after a lost commit is harmless);
+    ``check(conn)`` runs first (the storage's write checks) and may abort it."""
 
     def run(conn: sqlite3.Connection) -> None:
+        check(conn)
         conn.executemany(
             f"INSERT OR REPLACE INTO {scratch_table(name)} ({_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -317,8 +317,20 @@ class SQLiteStorage:
     async def migration_write(
         self, name: str, rows: list[migration_rows.MigratedRow], record: dict[str, Any]
     ) -> None:
-        """Store a batch of migrated rows with the new progress record, in one transaction."""
-        await self._conns.run(lambda conn: migration_rows.write_batch(conn, name, rows, record))
+        """Store a batch of migrated rows with the new progress record, in one transaction
+        (after the :attr:`write_checks`, which may abort it)."""
+        check = self.run_write_checks
+        await self._conns.run(
+            lambda conn: migration_rows.write_batch(conn, name, rows, record, check)
+        )
+
+    def run_write_checks(self, conn: sqlite3.Connection) -> None:
+        """In the writer thread, inside a transaction: run the :attr:`write_checks` (the
+        encryption plugin's key check) as :meth:`write` does."""
+        if self.write_checks:
+            txn = SQLiteWriteTxn(conn, self._catalog, self._replication, self._own)
+            for check in self.write_checks:
+                check(txn)
 
     async def migration_abort(self, name: str) -> None:
         """Drop a migration's scratch table and progress record."""
@@ -339,6 +351,7 @@ class SQLiteStorage:
         rows = self._replication
 
         def restore(conn: sqlite3.Connection) -> None:
+            self.run_write_checks(conn)
             for replication_id, state in replications.items():
                 rows.forget(conn, name, replication_id)
                 directions: tuple[Direction, ...] = ("up", "down")

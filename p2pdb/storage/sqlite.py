@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
-from . import catalog, documents, local_rows, migration_rows, own_writes, queries
+from . import catalog, documents, local_rows, own_writes, queries
+from . import migration_rows as migration_sql
 from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
-from .catalog import Catalog, CollectionInfo
+from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
 from .replication_rows import ReplicationRows
@@ -288,7 +289,7 @@ class SQLiteStorage:
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
 
-    # -- schema migration (format: migration_rows.py; the logic: p2pdb/migration.py) -------
+    # -- schema migration (format: migration_sql.py; the logic: p2pdb/migration.py) -------
 
     def stored_version(self, name: str) -> tuple[int, dict[str, Any]] | None:
         """The stored ``(version, schema)`` of a collection, or ``None``; an inline read."""
@@ -296,32 +297,32 @@ class SQLiteStorage:
 
     def migration_record(self, name: str) -> dict[str, Any] | None:
         """The progress record of a migration of ``name`` under way, or ``None``; inline."""
-        return migration_rows.get_record(self._conns.reader(), name)
+        return migration_sql.get_record(self._conns.reader(), name)
 
     async def count_rows(self, name: str) -> int:
         """How many rows (tombstones included) a stored collection holds."""
-        return await self._conns.read_in_thread(lambda c: migration_rows.count_rows(c, name))
+        return await self._conns.read_in_thread(lambda c: migration_sql.count_rows(c, name))
 
     def migration_source(
         self, name: str, after: str | None, limit: int
-    ) -> list[migration_rows.MigratedRow]:
+    ) -> list[migration_sql.MigratedRow]:
         """Rows of a stored (not opened) collection after the id ``after``, in id order,
         bodies as stored; an inline read."""
-        return migration_rows.source_batch(self._conns.reader(), name, after, limit)
+        return migration_sql.source_batch(self._conns.reader(), name, after, limit)
 
     async def migration_begin(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
         """Start or restart a migration: an empty scratch table and its progress record
         (returned, with the source's mark as ``"source"``)."""
-        return await self._conns.run(lambda conn: migration_rows.begin(conn, name, record))
+        return await self._conns.run(lambda conn: migration_sql.begin(conn, name, record))
 
     async def migration_write(
-        self, name: str, rows: list[migration_rows.MigratedRow], record: dict[str, Any]
+        self, name: str, rows: list[migration_sql.MigratedRow], record: dict[str, Any]
     ) -> None:
         """Store a batch of migrated rows with the new progress record, in one transaction
         (after the :attr:`write_checks`, which may abort it)."""
         check = self.run_write_checks
         await self._conns.run(
-            lambda conn: migration_rows.write_batch(conn, name, rows, record, check)
+            lambda conn: migration_sql.write_batch(conn, name, rows, record, check)
         )
 
     def run_write_checks(self, conn: sqlite3.Connection) -> None:
@@ -334,7 +335,7 @@ class SQLiteStorage:
 
     async def migration_abort(self, name: str) -> None:
         """Drop a migration's scratch table and progress record."""
-        await self._conns.run(lambda conn: migration_rows.abort(conn, name))
+        await self._conns.run(lambda conn: migration_sql.abort(conn, name))
 
     async def migration_finish(
         self,
@@ -347,7 +348,7 @@ class SQLiteStorage:
         ``replications`` (by replication id: ``{"up", "down", "assumed"}``, assumed states
         already encoded) replaces the stored state of the collection's replications. False,
         changing nothing, if the source table changed since the migration began."""
-        info = CollectionInfo(name, schema)
+        info = catalog.CollectionInfo(name, schema)
         rows = self._replication
 
         def restore(conn: sqlite3.Connection) -> None:
@@ -360,9 +361,7 @@ class SQLiteStorage:
                         rows.set_checkpoint(conn, name, replication_id, direction, state[direction])
                 rows.set_assumed(conn, name, replication_id, state["assumed"])
 
-        return await self._conns.run(
-            lambda conn: migration_rows.finish(conn, info, source, restore)
-        )
+        return await self._conns.run(lambda conn: migration_sql.finish(conn, info, source, restore))
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

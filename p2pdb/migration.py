@@ -116,13 +116,14 @@ async def migrate_collection(
     """Bring the stored collection ``name`` to ``schema`` (see the module docstring);
     ``codec`` is the new schema's. True if rows were migrated. Raises
     :class:`~p2pdb.errors.SchemaError`: ``MIGRATION_VERSION_LOWER``,
-    ``MIGRATION_STRATEGY_MISSING`` (before anything changes), ``MIGRATION_STRATEGY_FAILED``
-    or ``MIGRATION_DOCUMENT_INVALID`` (the collection stays at its old version)."""
+    ``MIGRATION_STRATEGY_MISSING`` (before anything changes), ``MIGRATION_STRATEGY_FAILED``,
+    ``MIGRATION_DOCUMENT_INVALID`` or ``MIGRATION_SOURCE_CHANGED`` (the collection stays at
+    its old version)."""
     storage = db.storage
     stored = storage.stored_version(name)
     record = storage.migration_record(name)
     if stored is None or stored[0] == schema.version:
-        if record is not None:  # a leftover of a migration another schema finished
+        if record is not None:  # unfinished work, stale once the old version is used
             await storage.migration_abort(name)
         return False
     old_version, old_raw = stored

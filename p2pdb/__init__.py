@@ -29,6 +29,7 @@ from .errors import (
     ValidationError,
 )
 from .local import LocalDocument, LocalDocuments
+from .migration import MigrationProgress, MigrationStrategy, migration_progress
 from .queries import CountQuery, FindOneQuery, FindQuery, Query
 from .removal import remove_database
 from .storage.base import DamagedDocument
@@ -60,6 +61,8 @@ __all__ = [
     "ImportReport",
     "LocalDocument",
     "LocalDocuments",
+    "MigrationProgress",
+    "MigrationStrategy",
     "NotFoundError",
     "P2PDBError",
     "PeerError",
@@ -73,5 +76,6 @@ __all__ = [
     "create_database",
     "last_write_wins",
     "master_wins",
+    "migration_progress",
     "remove_database",
 ]

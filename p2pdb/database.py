@@ -17,6 +17,7 @@ from .collection import Collection
 from .errors import ClosedError, EncryptionError, NotFoundError, SchemaError
 from .identity import DeviceIdentity, load_identity, replace_identity
 from .local import LocalDocumentMethods, LocalDocuments
+from .migration import MigrationStrategy, migrate_collection
 from .schema import Schema
 from .storage import BodyCodec, SQLiteStorage
 from .streams import CommitStreams, EventStream, iterate
@@ -140,13 +141,19 @@ class Database(LocalDocumentMethods):
             )
 
     async def add_collection(
-        self, name: str, schema: Mapping[str, Any], conflict_handler: object = None
+        self,
+        name: str,
+        schema: Mapping[str, Any],
+        conflict_handler: object = None,
+        *,
+        migration_strategies: Mapping[int, MigrationStrategy] | None = None,
     ) -> Collection:
         """Open the collection ``name`` (creating its table on first use).
 
         ``conflict_handler`` decides conflicts in replication: an object with ``is_equal``
         and ``resolve``, or a plain ``resolve`` function (default:
-        :data:`p2pdb.conflicts.master_wins`).
+        :data:`p2pdb.conflicts.master_wins`). ``migration_strategies`` (version -> function)
+        migrate documents stored at a lower schema version (``docs/migration.md``).
         """
         self.check_open()
         if name in self._collections:
@@ -168,6 +175,7 @@ class Database(LocalDocumentMethods):
                     collection=name,
                 )
             codec = self.encryption.codec_for(name, checked)
+        await migrate_collection(self, name, checked, migration_strategies, codec)
         await self.storage.ensure_collection(name, checked, codec)
         streams = CommitStreams()
         collection = Collection(self, name, checked, conflict_handler, streams)

@@ -15,5 +15,6 @@ COMMAND_MODULES = (
     "inspecting",
     "exporting",
     "importing",
+    "migrating",
     "demo_peer",
 )

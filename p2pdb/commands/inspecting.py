@@ -47,6 +47,7 @@ async def describe(path: str) -> dict[str, Any]:
                     "tombstones": deleted,
                     "last_seq": storage.last_seq(name),
                     "encrypted_fields": list(schema.get("encrypted") or []),
+                    "migration": storage.migration_record(name),  # None: none under way
                 }
             )
         replications = [
@@ -88,6 +89,8 @@ def _text(info: dict[str, Any]) -> str:
         )
         if c["encrypted_fields"]:
             lines.append(f"    encrypted: {', '.join(c['encrypted_fields'])}")
+        if c["migration"]:
+            lines.append(f"    migration under way: {c['migration']}")
     lines.append(f"replications: {len(info['replications'])}")
     for r in info["replications"]:
         down = json.dumps(r["down_checkpoint"])

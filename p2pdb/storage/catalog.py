@@ -24,12 +24,15 @@ from .base import BodyCodec
 __all__ = [
     "Catalog",
     "CollectionInfo",
+    "create_indexes",
     "drop",
     "get_info",
     "init_file",
     "is_stored",
+    "record_schema",
     "set_info",
     "stored_schemas",
+    "stored_version",
     "table_name",
 ]
 
@@ -117,29 +120,59 @@ def _create(conn: sqlite3.Connection, info: CollectionInfo) -> None:
                 code="SCHEMA_MISMATCH",
                 collection=name,
             )
+        if row is not None and row[0] > schema.version:
+            raise SchemaError(
+                f"Collection {name!r} is stored at schema version {row[0]}, newer than the "
+                f"given version {schema.version}: an older program cannot open it.",
+                code="MIGRATION_VERSION_LOWER",
+                collection=name,
+                stored_version=row[0],
+                version=schema.version,
+            )
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {info.table} (id TEXT PRIMARY KEY, "
             "seq INTEGER NOT NULL, rev TEXT NOT NULL, lwt REAL NOT NULL, "
             "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL)"
         )
-        conn.execute(f'CREATE INDEX IF NOT EXISTS "ix_{name}__seq" ON {info.table} (seq)')
-        for fields in schema.indexes:
-            # the primary key ends every index, as in RxDB: it is every sort's tiebreaker
-            exprs = ", ".join(
-                [path_expression(f, primary_key=schema.primary_key) for f in fields] + ["id"]
-            )
-            ix = "ix_" + name + "__" + "__".join(fields).replace(".", "_")
-            conn.execute(
-                f'CREATE INDEX IF NOT EXISTS "{ix}" ON {info.table} ({exprs}) WHERE deleted = 0'
-            )
-        conn.execute(
-            "INSERT OR REPLACE INTO p2pdb_collections VALUES (?, ?, ?, ?)",
-            (name, schema.version, orjson.dumps(schema.raw).decode(), schema.hash),
-        )
+        create_indexes(conn, info)
+        record_schema(conn, info)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def create_indexes(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+    """Create the ``seq`` index and the schema's indexes of a collection's table (if
+    missing), in the caller's transaction."""
+    name, schema = info.name, info.schema
+    conn.execute(f'CREATE INDEX IF NOT EXISTS "ix_{name}__seq" ON {info.table} (seq)')
+    for fields in schema.indexes:
+        # the primary key ends every index, as in RxDB: it is every sort's tiebreaker
+        exprs = ", ".join(
+            [path_expression(f, primary_key=schema.primary_key) for f in fields] + ["id"]
+        )
+        ix = "ix_" + name + "__" + "__".join(fields).replace(".", "_")
+        conn.execute(
+            f'CREATE INDEX IF NOT EXISTS "{ix}" ON {info.table} ({exprs}) WHERE deleted = 0'
+        )
+
+
+def record_schema(conn: sqlite3.Connection, info: CollectionInfo) -> None:
+    """Store the collection's schema, version and hash in the catalog (caller's
+    transaction)."""
+    schema = info.schema
+    conn.execute(
+        "INSERT OR REPLACE INTO p2pdb_collections VALUES (?, ?, ?, ?)",
+        (info.name, schema.version, orjson.dumps(schema.raw).decode(), schema.hash),
+    )
+
+
+def stored_version(conn: sqlite3.Connection, name: str) -> tuple[int, dict[str, Any]] | None:
+    """The stored ``(version, schema)`` of the collection ``name``, or ``None``."""
+    sql = "SELECT version, schema FROM p2pdb_collections WHERE name = ?"
+    row = conn.execute(sql, (name,)).fetchone()
+    return None if row is None else (int(row[0]), orjson.loads(row[1]))
 
 
 def drop(conn: sqlite3.Connection, name: str) -> bool:

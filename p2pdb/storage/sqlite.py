@@ -24,6 +24,7 @@ from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
 from . import catalog, documents, local_rows, own_writes, queries
+from . import migration_rows as migration_sql
 from .base import BodyCodec, DamagedDocument, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
@@ -309,6 +310,80 @@ class SQLiteStorage:
             return local_rows.delete(conn, parent, doc_id)
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
+
+    # -- schema migration (format: migration_sql.py; the logic: p2pdb/migration.py) -------
+
+    def stored_version(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The stored ``(version, schema)`` of a collection, or ``None``; an inline read."""
+        return catalog.stored_version(self._conns.reader(), name)
+
+    def migration_record(self, name: str) -> dict[str, Any] | None:
+        """The progress record of a migration of ``name`` under way, or ``None``; inline."""
+        return migration_sql.get_record(self._conns.reader(), name)
+
+    async def count_rows(self, name: str) -> int:
+        """How many rows (tombstones included) a stored collection holds."""
+        return await self._conns.read_in_thread(lambda c: migration_sql.count_rows(c, name))
+
+    def migration_source(
+        self, name: str, after: str | None, limit: int
+    ) -> list[migration_sql.MigratedRow]:
+        """Rows of a stored (not opened) collection after the id ``after``, in id order,
+        bodies as stored; an inline read."""
+        return migration_sql.source_batch(self._conns.reader(), name, after, limit)
+
+    async def migration_begin(self, name: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Start or restart a migration: an empty scratch table and its progress record
+        (returned, with the source's mark as ``"source"``)."""
+        return await self._conns.run(lambda conn: migration_sql.begin(conn, name, record))
+
+    async def migration_write(
+        self, name: str, rows: list[migration_sql.MigratedRow], record: dict[str, Any]
+    ) -> None:
+        """Store a batch of migrated rows with the new progress record, in one transaction
+        (after the :attr:`write_checks`, which may abort it)."""
+        check = self.run_write_checks
+        await self._conns.run(
+            lambda conn: migration_sql.write_batch(conn, name, rows, record, check)
+        )
+
+    def run_write_checks(self, conn: sqlite3.Connection) -> None:
+        """In the writer thread, inside a transaction: run the :attr:`write_checks` (the
+        encryption plugin's key check) as :meth:`write` does."""
+        if self.write_checks:
+            txn = SQLiteWriteTxn(conn, self._catalog, self._replication, self._own)
+            for check in self.write_checks:
+                check(txn)
+
+    async def migration_abort(self, name: str) -> None:
+        """Drop a migration's scratch table and progress record."""
+        await self._conns.run(lambda conn: migration_sql.abort(conn, name))
+
+    async def migration_finish(
+        self,
+        name: str,
+        schema: Schema,
+        source: list[int],
+        replications: dict[str, dict[str, Any]],
+    ) -> bool:
+        """Swap the migrated table in, with ``schema`` and its indexes, in one transaction.
+        ``replications`` (by replication id: ``{"up", "down", "assumed"}``, assumed states
+        already encoded) replaces the stored state of the collection's replications. False,
+        changing nothing, if the source table changed since the migration began."""
+        info = catalog.CollectionInfo(name, schema)
+        rows = self._replication
+
+        def restore(conn: sqlite3.Connection) -> None:
+            self.run_write_checks(conn)
+            for replication_id, state in replications.items():
+                rows.forget(conn, name, replication_id)
+                directions: tuple[Direction, ...] = ("up", "down")
+                for direction in directions:
+                    if state.get(direction) is not None:
+                        rows.set_checkpoint(conn, name, replication_id, direction, state[direction])
+                rows.set_assumed(conn, name, replication_id, state["assumed"])
+
+        return await self._conns.run(lambda conn: migration_sql.finish(conn, info, source, restore))
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import TypedDict
 
 from p2pdb.errors import ValidationError
+from p2pdb.replication.limits import PeerLimits
 
 from .election import HashFunction, sha256_hex
 from .peer import Peer
@@ -37,6 +38,9 @@ class WebRTCReplicationOptions:
       ``heartbeat_timeout`` drops it.
     - ``close_timeout``: seconds ``cancel()`` waits for each peer to receive what was
       queued for it (a fork's last answer) before leaving.
+    - ``limits``: what each peer may make this process spend (requests in flight, bytes
+      queued for it, the shared memory budget, nesting depth, checkpoint size, error
+      rate); a peer over them is slowed, then dropped with ``WEBRTC_PEER_OVER_LIMIT``.
     """
 
     is_peer_valid: PeerValidator | None = None
@@ -46,8 +50,15 @@ class WebRTCReplicationOptions:
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 4.0
     close_timeout: float = 2.0
+    limits: PeerLimits = PeerLimits()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.limits, PeerLimits):
+            raise ValidationError(
+                f"limits must be a PeerLimits, got {self.limits!r}.",
+                code="WEBRTC_SETTING_INVALID",
+                setting="limits",
+            )
         if type(self.batch_size) is not int or self.batch_size < 1:
             raise ValidationError(
                 f"batch_size must be a positive integer, got {self.batch_size!r}.",
@@ -79,6 +90,7 @@ class WebRTCOptionKeywords(TypedDict, total=False):
     heartbeat_interval: float
     heartbeat_timeout: float
     close_timeout: float
+    limits: PeerLimits
 
 
 def option_names() -> frozenset[str]:

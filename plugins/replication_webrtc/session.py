@@ -35,6 +35,7 @@ from p2pdb.replication import (
     collection_handler,
     replicate,
 )
+from p2pdb.replication.gate import RequestGate, UnknownMethods
 from p2pdb.replication.master import parse_checkpoint
 from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import (
@@ -110,7 +111,16 @@ class PeerSession:
             codes=WEBRTC_CODES,
             request_timeout=settings.options.request_timeout,
             on_idle=self._changed,  # in_sync() depends on it: wake wait_for_in_sync()
+            budget=settings.options.limits.shared_budget(),
         )
+        # the peer's requests that cost work are served within its limits, the rest at once
+        self.gate = RequestGate(
+            self.channel, settings.options.limits, self._on_request, self._violation
+        )
+        self._unknown = UnknownMethods(
+            self.channel, settings.options.limits, callbacks.report, self._violation
+        )
+        self._dropping = False  # reported and being disconnected: ignore the rest
         self.token: str | None = None
         self.valid: bool | None = None
         self.is_master: bool | None = None
@@ -143,6 +153,7 @@ class PeerSession:
     async def start(self) -> None:
         """Begin: check validity, exchange tokens, elect roles, start replicating."""
         await self.channel.start()
+        await self.gate.start()
         self._spawn(self._setup())
         self._spawn(self._heartbeat())
 
@@ -246,16 +257,36 @@ class PeerSession:
 
     def on_message(self, data: object) -> None:
         """Handle one message from the peer."""
+        if self._dropping:
+            return  # what a dropped peer sent before it was gone costs nothing
         try:
             incoming = self.channel.receive(data)
             if isinstance(incoming, Request):
-                self._spawn(self._on_request(incoming))
+                self._admit(incoming)
             elif isinstance(incoming, StreamEvent):
                 self._on_stream_event(incoming.result)
         except PeerError as exc:
             self._violation(exc)
 
+    def _admit(self, request: Request) -> None:
+        if self.valid is False:
+            return  # an invalid peer gets no answers at all
+        if self.valid and request.method not in MASTER_METHODS:
+            self._answer_at_once(request)  # cheap: not worth a slot (heartbeats never wait)
+        else:
+            self.gate.push(request)  # raises the over_limit PeerError when too many wait
+
+    def _answer_at_once(self, request: Request) -> None:
+        if request.method == "token":
+            # ahead of the queue: a heartbeat must not wait behind a large batch
+            self.channel.answer(request.id, self.settings.token, urgent=True)
+        else:
+            self._unknown.refuse(request)  # reported within the peer's error rate
+
     def _violation(self, error: PeerError) -> None:
+        if self._dropping:
+            return  # reported once
+        self._dropping = True
         error.parameters.setdefault("peer_id", self.peer.peer_id)
         self.callbacks.report(error)
         self._spawn(self.callbacks.disconnect(self.peer))
@@ -267,7 +298,7 @@ class PeerSession:
             )
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
-        item = parse_stream_event(result, WEBRTC_CODES)
+        item = parse_stream_event(result, WEBRTC_CODES, self.settings.options.limits)
         if isinstance(item, ChangesBatch) and item.documents:  # an empty one brings nothing
             with contextlib.suppress(P2PDBError):
                 self.streamed_seq = max(self.streamed_seq, parse_checkpoint(item.checkpoint))
@@ -277,19 +308,8 @@ class PeerSession:
         await self._validity_known.wait()
         if not self.valid:
             return  # an invalid peer gets no answers at all
-        if request.method == "token":
-            # ahead of the queue: a heartbeat must not wait behind a large batch
-            self.channel.answer(request.id, self.settings.token, urgent=True)
-            return
         if request.method not in MASTER_METHODS:
-            unknown = f"Unknown method {request.method!r}."
-            self.channel.answer_error(request.id, self.channel.error("protocol_violation", unknown))
-            self.callbacks.report(
-                self.channel.error(
-                    "protocol_violation",
-                    f"Peer {self.peer.peer_id} called unknown method {request.method!r}.",
-                )
-            )
+            self._answer_at_once(request)
             return
         asked = self.ack_rounds  # the ask_ack rounds this request may answer
         try:
@@ -416,6 +436,7 @@ class PeerSession:
         self.closed = True
         if self._subscription is not None:
             self._subscription.dispose()
+        await self.gate.close()  # requests being served are cancelled
         if self.state is not None:
             await self.state.cancel()
         for task in list(self._tasks):

@@ -213,9 +213,11 @@ class UnknownMethods:
         self._report = report
         self._drop = drop
 
-    def refuse(self, request: Request) -> None:
-        """Answer ``request`` with an error; report it, or drop the peer."""
-        channel = self.channel
+    def refuse(self, request: Request, channel: RpcChannel | None = None) -> None:
+        """Answer ``request`` with an error (on ``channel``, default the one given at
+        construction: a transport may carry several channels for one peer); report it, or
+        drop the peer."""
+        channel = channel if channel is not None else self.channel
         unknown = f"Unknown method {request.method[:100]!r}."
         channel.answer_error(request.id, channel.error("protocol_violation", unknown))
         verdict = self.rate.note(asyncio.get_running_loop().time())

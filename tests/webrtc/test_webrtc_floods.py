@@ -9,10 +9,11 @@ that makes the honest peer the master, and never reads what it gets).
 Measured on this machine (2 cores, shared), honest peer holding 3,000 documents of ~300
 bytes; 400 ``masterChangesSince(null, 10000)`` sent at once, none of the answers read:
 
-- before PeerLimits: RSS grew from ~95 MB to ~1,600 MB (issue #14: 93 -> 1,631 MB), and
-  the attacker stayed connected;
+- before PeerLimits: RSS went from 86 MB to a peak of 798 MB (still 612 MB a minute
+  later), and the attacker stayed connected (issue #14, larger documents: 93 -> 1,631 MB);
 - with the default PeerLimits: the attacker is dropped (``WEBRTC_PEER_OVER_LIMIT``,
-  ``limit="max_queued_requests"``) and RSS grows by about 20-40 MB (bound asserted: 150 MB).
+  ``limit="max_queued_requests"``) and RSS goes from 86 MB to a peak of 107 MB (+21 MB;
+  bound asserted: +150 MB).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from peer_process import ChildPeer
+from peer_process import DOCS_SCHEMA, ChildPeer
 from webrtc_helpers import Events
 
 import p2pdb
@@ -198,8 +199,8 @@ async def test_a_request_flood_is_bounded_and_the_attacker_dropped(
     honest: ChildPeer, attacker: Callable[..., Any]
 ) -> None:
     """400 ``masterChangesSince(null, 10000)`` at once, answers never read: the honest
-    peer's RSS stays within +150 MB (measured +20-40 MB; +1.5 GB before PeerLimits) and the
-    attacker is dropped with ``WEBRTC_PEER_OVER_LIMIT``."""
+    peer's RSS stays within +150 MB (measured 86 -> 107 MB; 86 -> 798 MB before PeerLimits)
+    and the attacker is dropped with ``WEBRTC_PEER_OVER_LIMIT``."""
     evil = await attacker()
     seen = len(honest.events)
     async with PeakRss(honest.pid) as rss:
@@ -238,7 +239,7 @@ async def test_unknown_methods_flood_few_reports_bounded_cpu(
         await evil.dropped(within=30)
     cpu = cpu_seconds(honest.pid) - cpu_before
     reports = errors_of(honest, seen)
-    print(f"unknown-method flood: {len(reports)} reports, {cpu:.2f} s CPU", reports)
+    print(f"unknown-method flood: {len(reports)} reports, {cpu:.2f} s CPU")
     assert [e["code"] for e in reports] == ["WEBRTC_PROTOCOL_VIOLATION"] * 5 + [
         "WEBRTC_PEER_OVER_LIMIT"
     ]
@@ -261,3 +262,38 @@ async def test_a_deeply_nested_frame_drops_the_peer_without_recursion(
     await evil.dropped(within=30)
     assert "RecursionError" not in honest.log_tail(100_000)
     assert len(errors_of(honest, seen)) == 1
+
+
+async def test_a_30_mb_checkpoint_is_refused_and_never_stored(
+    tmp_path: Path, honest: ChildPeer, attacker: Callable[..., Any]
+) -> None:
+    """The honest peer is the fork of a hostile master whose answers carry a 30 MB
+    checkpoint (stored as it was, before): refused with ``WEBRTC_PEER_OVER_LIMIT``; neither
+    the checkpoint nor the batch's document is stored. The same checkpoint in a stream
+    event drops the master."""
+    huge = {"pad": "x" * (30 << 20)}
+    seen = len(honest.events)
+    evil = await attacker(honest_is_master=False)
+    evil.serve = lambda method, params: (
+        {"documents": [{"id": "evil", "text": "t", "_deleted": False}], "checkpoint": huge}
+        if method == "masterChangesSince"
+        else []
+    )
+    error = await honest.expect(
+        "error", lambda e: e["code"] == "WEBRTC_PEER_OVER_LIMIT", within=90, after=seen
+    )
+    assert "checkpoint of 314572" in error["message"]  # 31,457,2xx bytes
+    seen = len(honest.events)
+    await evil.handler.send(
+        evil.peer, {"id": STREAM_ID, "result": {"documents": [], "checkpoint": huge}}
+    )
+    await honest.expect(
+        "error", lambda e: e["code"] == "WEBRTC_PEER_OVER_LIMIT", within=90, after=seen
+    )
+    await evil.dropped(within=30)
+    await honest.quit()
+    async with p2pdb.create_database(str(tmp_path / "honest.db")) as db:
+        replication_id = f"{TOPIC}||{evil.token}"
+        assert db.storage.get_checkpoint("docs", replication_id, "down") is None
+        docs = await db.add_collection("docs", schema=DOCS_SCHEMA)
+        assert await docs.find_one("evil") is None

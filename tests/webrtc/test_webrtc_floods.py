@@ -27,13 +27,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from peer_process import DOCS_SCHEMA, ChildPeer
 from process_stats import PeakRss, cpu_seconds
 from webrtc_helpers import Events
 
 import p2pdb
+from p2pdb.errors import PeerError
 from p2pdb.plugins.replication_webrtc import ConnectionHandler, aiortc_connection_handler, is_master
+from p2pdb.plugins.replication_webrtc.framing import Reassembler
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 from p2pdb.replication.wire import STREAM_ID
 
@@ -274,3 +277,27 @@ async def test_a_huge_checkpoint_is_refused_and_never_stored(
         assert db.storage.get_checkpoint("docs", replication_id, "down") is None
         docs = await db.add_collection("docs", schema=DOCS_SCHEMA)
         assert await docs.find_one("evil") is None
+
+
+def test_the_reassembler_checks_depth_before_parsing() -> None:
+    """Whole frames and joined chunked messages over ``max_depth`` are refused with a typed
+    error (never a RecursionError); chunk frames themselves nest only two levels."""
+    reassembler = Reassembler(max_depth=100)
+    ok = "[" * 100 + "]" * 100
+    assert reassembler.feed(ok) is not None
+    for deep in ("[" * 101 + "]" * 101, "[" * 5000 + "]" * 5000, '["\\ud800",' + "[" * 5000):
+        with pytest.raises(PeerError) as caught:
+            Reassembler(max_depth=100).feed(deep)
+        assert caught.value.code == "WEBRTC_PEER_OVER_LIMIT"
+    text = '{"id":"x","method":"masterWrite","params":' + "[" * 3000 + "]" * 3000 + "}"
+    frames = [
+        orjson.dumps(
+            {"chunk": {"id": "c", "index": i, "total": 3, "data": text[i * 3100 : (i + 1) * 3100]}}
+        ).decode()
+        for i in range(3)
+    ]
+    reassembler = Reassembler(max_depth=100)
+    assert reassembler.feed(frames[0]) is None and reassembler.feed(frames[1]) is None
+    with pytest.raises(PeerError) as caught:
+        reassembler.feed(frames[2])
+    assert caught.value.parameters["limit"] == "max_depth"

@@ -10,7 +10,9 @@ Everything sent goes through one FIFO queue, so the other side receives stream e
 answers in the order they were produced (the replication's stale-state rule relies on it)
 and one large message never interleaves with another. Every request has a timeout; pending
 requests fail at once when the other side goes away (the sink raises :class:`PeerError`)
-or the channel is closed.
+or the channel is closed. The queue's size in bytes (:attr:`RpcChannel.queued_bytes`) is
+charged to a :class:`~p2pdb.replication.limits.MemoryBudget`, which bounds what the peers
+of a process can make it hold (see :mod:`p2pdb.replication.limits`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 
 from ..errors import P2PDBError, PeerError
 from ..tokens import random_token
+from .limits import PROCESS_BUDGET, MemoryBudget, json_size
 
 __all__ = [
     "STREAM_ID",
@@ -40,6 +43,9 @@ log = logging.getLogger("p2pdb.replication.rpc")
 
 #: The ``id`` of unsolicited stream events (RxDB's name).
 STREAM_ID = "masterChangeStream$"
+#: Urgent sends under way at once; past it, urgent messages are queued like any other
+#: (a flood of heartbeats must not become a flood of tasks).
+MAX_URGENT = 16
 
 
 class MessageSink(Protocol):
@@ -65,6 +71,8 @@ class WireErrorCodes:
     bad_answer: str  #: an answer of the wrong shape
     protocol_violation: str  #: a message that breaks the protocol
     invalid_data: str  #: a request whose documents or rows fail validation
+    #: the other side went over one of its :class:`~p2pdb.replication.limits.PeerLimits`
+    over_limit: str = "WIRE_PEER_OVER_LIMIT"
 
 
 #: Codes of transport-less channels (the in-memory pipe of :mod:`p2pdb.replication.testing`).
@@ -75,6 +83,7 @@ WIRE_CODES = WireErrorCodes(
     "WIRE_BAD_ANSWER",
     "WIRE_PROTOCOL_VIOLATION",
     "WIRE_INVALID_DATA",
+    "WIRE_PEER_OVER_LIMIT",
 )
 
 
@@ -101,7 +110,8 @@ class RpcChannel:
     :meth:`receive`. ``label`` names the other side in error messages ("Peer abc", a URL)
     and ``context`` goes into the parameters of every error (``{"peer_id": ...}``);
     ``token`` starts our request ids; ``codes`` are the transport's error codes;
-    ``on_idle`` is called each time the outgoing queue drains.
+    ``on_idle`` is called each time the outgoing queue drains; ``budget`` is charged
+    with the bytes queued (default :data:`~p2pdb.replication.limits.PROCESS_BUDGET`).
     Use ``async with`` or :meth:`start` and :meth:`close`.
     """
 
@@ -115,6 +125,7 @@ class RpcChannel:
         codes: WireErrorCodes = WIRE_CODES,
         request_timeout: float = 20.0,
         on_idle: Callable[[], None] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.sink = sink
         self.label = label
@@ -125,7 +136,12 @@ class RpcChannel:
         self._counter = itertools.count()
         self._issued = 0  # request ids issued so far: "<prefix><n>" with n < this
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[object, int]] = asyncio.Queue()
+        self.budget = budget if budget is not None else PROCESS_BUDGET
+        #: Bytes (JSON) of the messages queued and not yet sent.
+        self.queued_bytes = 0
+        #: Called after each queued message was sent (request gates wait on it).
+        self.sent_listeners: set[Callable[[], None]] = set()
         self._urgent: set[asyncio.Task[None]] = set()
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -164,7 +180,10 @@ class RpcChannel:
         """Queue a message (sent in order, after everything queued before)."""
         if not self._closed:
             self.idle.clear()
-            self._outbox.put_nowait(message)
+            size = json_size(message)
+            self.queued_bytes += size
+            self.budget.charge(size)
+            self._outbox.put_nowait((message, size))
 
     def post_now(self, message: object) -> None:
         """Send a small message at once, ahead of the queue (its frames may interleave
@@ -172,7 +191,7 @@ class RpcChannel:
         replication data (heartbeats), whose order does not matter: behind a large message
         they would wait for all of it and look like a dead peer. Before :meth:`start` it is
         queued like any message."""
-        if self._sender is None:
+        if self._sender is None or len(self._urgent) >= MAX_URGENT:
             self.post(message)
         elif not self._closed:
             task = asyncio.get_running_loop().create_task(self._send_now(message))
@@ -191,16 +210,24 @@ class RpcChannel:
 
     async def _send_in_order(self) -> None:
         while True:
-            message = await self._outbox.get()
+            message, size = await self._outbox.get()
             try:
                 await self.sink.send(message)
             except PeerError as exc:
                 self.fail_pending(exc)
                 return
+            finally:
+                self._uncharge(size)
+            for listener in list(self.sent_listeners):
+                listener()
             if self._outbox.empty():
                 self.idle.set()
                 if self._on_idle is not None:
                     self._on_idle()
+
+    def _uncharge(self, size: int) -> None:
+        self.queued_bytes -= size
+        self.budget.release(size)
 
     async def request(
         self, method: str, params: list[Any], within: float | None = None, *, urgent: bool = False
@@ -328,4 +355,7 @@ class RpcChannel:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        while not self._outbox.empty():  # never sent: give the budget back
+            self._uncharge(self._outbox.get_nowait()[1])
+        self.sent_listeners.clear()
         self.idle.set()

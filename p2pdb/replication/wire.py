@@ -40,6 +40,7 @@ from reactivex import Observable
 from reactivex.abc import DisposableBase, ObserverBase, SchedulerBase
 
 from ..errors import P2PDBError, PeerError, ValidationError
+from .limits import PeerLimits, json_size, value_too_deep
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync, WriteRow
 from .rpc import STREAM_ID, WIRE_CODES, Request, RpcChannel, StreamEvent, WireErrorCodes
 
@@ -52,6 +53,7 @@ __all__ = [
     "StreamEvent",
     "answer_request",
     "changes_to_json",
+    "check_checkpoint",
     "in_arrival_order",
     "parse_changes",
     "parse_stream_event",
@@ -67,8 +69,37 @@ MASTER_METHODS = frozenset({"masterChangesSince", "masterWrite"})
 MAX_BATCH = 10_000
 
 
+#: What a fork accepts from a master unless told otherwise.
+DEFAULT_LIMITS = PeerLimits()
+
+
 def _violation(codes: WireErrorCodes, message: str) -> PeerError:
     return PeerError(message, code=codes.protocol_violation)
+
+
+def check_checkpoint(
+    checkpoint: object, codes: WireErrorCodes = WIRE_CODES, limits: PeerLimits = DEFAULT_LIMITS
+) -> object:
+    """``checkpoint`` from a master, if within ``limits`` (``max_depth``,
+    ``max_checkpoint_bytes``); else the ``over_limit`` PeerError: a fork stores the
+    master's checkpoint as it is, so an outsized one is refused before anything is written.
+    """
+    if value_too_deep(checkpoint, limits.max_depth):
+        raise PeerError(
+            f"The master sent a checkpoint nested deeper than {limits.max_depth}; refused.",
+            code=codes.over_limit,
+            limit="max_depth",
+        )
+    size = json_size(checkpoint)
+    if size > limits.max_checkpoint_bytes:
+        raise PeerError(
+            f"The master sent a checkpoint of {size} bytes (at most "
+            f"{limits.max_checkpoint_bytes}); refused.",
+            code=codes.over_limit,
+            limit="max_checkpoint_bytes",
+            size=size,
+        )
+    return checkpoint
 
 
 # -- conversions between the handler's types and the JSON on the wire ----------------------
@@ -95,23 +126,33 @@ def rows_to_json(rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
     return wire
 
 
-def parse_changes(result: object, codes: WireErrorCodes = WIRE_CODES) -> ChangesBatch:
+def parse_changes(
+    result: object, codes: WireErrorCodes = WIRE_CODES, limits: PeerLimits = DEFAULT_LIMITS
+) -> ChangesBatch:
     """A ``masterChangesSince`` answer as a batch (``bad_answer`` PeerError if it has no
-    documents list; the documents themselves are validated by the fork on write)."""
+    documents list, ``over_limit`` for an outsized checkpoint, see
+    :func:`check_checkpoint`; the documents are validated by the fork on write)."""
     if not isinstance(result, dict) or not isinstance(result.get("documents"), list):
         raise PeerError(
             "The peer answered masterChangesSince without a documents list.",
             code=codes.bad_answer,
         )
-    return ChangesBatch(result["documents"], result.get("checkpoint"))
+    return ChangesBatch(
+        result["documents"], check_checkpoint(result.get("checkpoint"), codes, limits)
+    )
 
 
-def parse_stream_event(result: object, codes: WireErrorCodes = WIRE_CODES) -> ChangesBatch | Resync:
-    """A stream event's ``result`` as a batch or RESYNC (``protocol_violation`` if neither)."""
+def parse_stream_event(
+    result: object, codes: WireErrorCodes = WIRE_CODES, limits: PeerLimits = DEFAULT_LIMITS
+) -> ChangesBatch | Resync:
+    """A stream event's ``result`` as a batch or RESYNC (``protocol_violation`` if neither,
+    ``over_limit`` for an outsized checkpoint, see :func:`check_checkpoint`)."""
     if result == RESYNC:
         return RESYNC
     if isinstance(result, dict) and isinstance(result.get("documents"), list):
-        return ChangesBatch(result["documents"], result.get("checkpoint"))
+        return ChangesBatch(
+            result["documents"], check_checkpoint(result.get("checkpoint"), codes, limits)
+        )
     raise _violation(codes, "A stream event that is neither RESYNC nor a batch.")
 
 
@@ -138,16 +179,23 @@ def parse_write_rows(params: object, codes: WireErrorCodes = WIRE_CODES) -> list
 
 class RemoteMaster:
     """A :class:`~p2pdb.replication.ReplicationHandler` whose calls are requests over
-    ``rpc``; ``stream`` carries the master's stream events (fed by the transport)."""
+    ``rpc``; ``stream`` carries the master's stream events (fed by the transport);
+    ``limits`` bound what the master's answers may hold (its checkpoints)."""
 
-    def __init__(self, rpc: RpcChannel, stream: Observable[ChangesBatch | Resync]) -> None:
+    def __init__(
+        self,
+        rpc: RpcChannel,
+        stream: Observable[ChangesBatch | Resync],
+        limits: PeerLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.rpc = rpc
+        self.limits = limits
         self._stream = stream
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Ask the master for the changes after ``checkpoint``."""
         result = await self.rpc.request("masterChangesSince", [checkpoint, batch_size])
-        return parse_changes(result, self.rpc.codes)
+        return parse_changes(result, self.rpc.codes, self.limits)
 
     async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
         """Push ``rows``; return the master's conflicting states."""

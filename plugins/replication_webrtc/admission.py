@@ -19,6 +19,7 @@ from p2pdb.errors import P2PDBError, PeerError, ReplicationError
 from p2pdb.identity import key_fingerprint, parse_public_key
 from p2pdb.replication import collection_handler
 from p2pdb.replication.access import DocumentAccess, Modifier, apply_modifier, resolve
+from p2pdb.replication.options import ReplicationOptionsChanges
 from p2pdb.replication.protocol import to_wire
 
 from .options import WebRTCReplicationOptions
@@ -28,7 +29,13 @@ if TYPE_CHECKING:
     from p2pdb.collection import Collection
     from p2pdb.replication.master import CollectionHandler
 
-__all__ = ["Admission", "fork_pull_modifier", "fork_push_modifier", "peer_master"]
+__all__ = [
+    "Admission",
+    "fork_options",
+    "fork_pull_modifier",
+    "fork_push_modifier",
+    "peer_master",
+]
 
 
 class Admission:
@@ -159,3 +166,19 @@ def fork_push_modifier(options: WebRTCReplicationOptions, peer: Peer) -> Modifie
         return await apply_modifier(options.push_modifier, doc)
 
     return guarded
+
+
+def fork_options(
+    collection: Collection,
+    options: WebRTCReplicationOptions,
+    peer: Peer,
+    report: Callable[[P2PDBError], None],
+) -> ReplicationOptionsChanges:
+    """The ``replicate()`` options of this side as the fork of ``peer``: the pool's batch
+    size and selector, and the modifiers holding ``peer`` to ``can_read``/``can_write``."""
+    return {
+        "batch_size": options.batch_size,
+        "selector": options.selector,
+        "pull_modifier": fork_pull_modifier(collection, options, peer, report),
+        "push_modifier": fork_push_modifier(options, peer),
+    }

@@ -32,11 +32,13 @@ from typing import Any, Protocol, TypeAlias
 import orjson
 
 from p2pdb.errors import PeerError, ValidationError
+from p2pdb.replication.limits import PeerLimits, text_too_deep
 from p2pdb.tokens import random_token
 
 __all__ = [
     "DEFAULT_HIGH_WATER_MARK",
     "DEFAULT_LOW_WATER_MARK",
+    "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_PARTIAL_MESSAGES",
@@ -59,6 +61,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 """Largest amount of chunk data buffered per peer, in characters."""
 DEFAULT_MAX_PARTIAL_MESSAGES = 32
 """Most chunked messages a peer may have half-sent at once."""
+DEFAULT_MAX_DEPTH = PeerLimits().max_depth
+"""Deepest nesting of objects and arrays a peer's message may have."""
 DEFAULT_HIGH_WATER_MARK = 512 * 1024
 """``send`` waits while the channel holds more than this many bytes."""
 DEFAULT_LOW_WATER_MARK = 128 * 1024
@@ -84,7 +88,10 @@ def parse_json(text: str | bytes) -> Any:
     except orjson.JSONDecodeError:
         if isinstance(text, bytes):
             text = text.decode("utf-8")  # may raise UnicodeDecodeError (a ValueError)
-        return json.loads(text, parse_constant=_reject_constant)
+        try:
+            return json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:  # callers check the depth first; this is the last guard
+            raise ValueError("JSON nested too deep to parse") from None
 
 
 def dump_json(message: object) -> bytes:
@@ -211,6 +218,8 @@ class Reassembler:
     - ``WEBRTC_MESSAGE_TOO_LARGE``: buffered chunk data over ``max_message_size``.
     - ``WEBRTC_TOO_MANY_PARTIAL_MESSAGES``: more than ``max_partial_messages``
       chunked messages in flight.
+    - ``WEBRTC_PEER_OVER_LIMIT`` (``limit="max_depth"``): a message nesting objects and
+      arrays deeper than ``max_depth``, found on its text before it is parsed.
 
     After an error the caller should drop the peer; the state is not reset.
     """
@@ -220,8 +229,10 @@ class Reassembler:
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self._max_message_size = max_message_size
+        self._max_depth = max_depth
         self._max_partial_messages = max_partial_messages
         self._max_chunks = max(1024, max_message_size // _MIN_CHUNK_CHARS)
         self._partials: dict[str, _Partial] = {}
@@ -245,19 +256,31 @@ class Reassembler:
     def feed(self, frame: str | bytes) -> JSONMessage | None:
         """Process one received frame; return a completed message or ``None``."""
         try:
-            value = parse_json(frame)
-        except ValueError as error:
-            raise _frame_error(f"A peer sent a frame that is not JSON: {error}") from error
+            value = orjson.loads(frame)  # no Python recursion; refuses past 1024 levels
+        except orjson.JSONDecodeError:
+            self._check_depth(frame)  # before the recursive fallback of parse_json
+            try:
+                value = parse_json(frame)
+            except ValueError as error:
+                raise _frame_error(f"A peer sent a frame that is not JSON: {error}") from error
         if isinstance(value, dict):
             chunk = value.get("chunk")
             if chunk:  # RxDB's test: a truthy `chunk` field makes a chunk frame
-                return self._feed_chunk(chunk)
-            return value
-        if isinstance(value, list):
+                return self._feed_chunk(chunk)  # its data is checked once joined
+        if isinstance(value, dict | list):
+            self._check_depth(frame)  # a whole message, before anything recursive
             return value
         raise _frame_error(
             f"A peer sent a JSON {type(value).__name__}; messages must be objects or arrays"
         )
+
+    def _check_depth(self, text: str | bytes) -> None:
+        if text_too_deep(text, self._max_depth):
+            raise PeerError(
+                f"A peer sent a message nested deeper than {self._max_depth}",
+                code="WEBRTC_PEER_OVER_LIMIT",
+                limit="max_depth",
+            )
 
     def _feed_chunk(self, chunk: object) -> JSONMessage | None:
         if not isinstance(chunk, dict):
@@ -319,6 +342,7 @@ class Reassembler:
         parts = [partial.parts[i] for i in range(partial.total)]
         try:
             text = join_chunks(parts)
+            self._check_depth(text)
             value = parse_json(text)
         except ValueError as error:  # UnicodeError and JSONDecodeError are ValueErrors
             raise _chunk_error(

@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from p2pdb.errors import ValidationError
 from p2pdb.identity import parse_public_key
 from p2pdb.replication.access import Modifier
+from p2pdb.replication.limits import PeerLimits
 
 from .election import HashFunction, sha256_hex
 from .peer import Peer
@@ -64,6 +65,9 @@ class WebRTCReplicationOptions:
       ``docs/replication.md``), in both roles: as the fork they act as in ``replicate()``;
       as the master, only documents matching ``selector`` are served (and accepted),
       ``push_modifier`` shapes what is served and ``pull_modifier`` what peers push.
+    - ``limits``: what each peer may make this process spend (requests in flight, bytes
+      queued for it, the shared memory budget, nesting depth, checkpoint size, error
+      rate); a peer over them is slowed, then dropped with ``WEBRTC_PEER_OVER_LIMIT``.
     """
 
     is_peer_valid: PeerValidator | None = None
@@ -81,9 +85,16 @@ class WebRTCReplicationOptions:
     selector: Mapping[str, Any] | None = None
     pull_modifier: Modifier | None = None
     push_modifier: Modifier | None = None
+    limits: PeerLimits = PeerLimits()
 
     def __post_init__(self) -> None:
         self._check_trust()
+        if not isinstance(self.limits, PeerLimits):
+            raise ValidationError(
+                f"limits must be a PeerLimits, got {self.limits!r}.",
+                code="WEBRTC_SETTING_INVALID",
+                setting="limits",
+            )
         if type(self.batch_size) is not int or self.batch_size < 1:
             raise ValidationError(
                 f"batch_size must be a positive integer, got {self.batch_size!r}.",
@@ -141,6 +152,7 @@ class WebRTCOptionKeywords(TypedDict, total=False):
     selector: Mapping[str, Any] | None
     pull_modifier: Modifier | None
     push_modifier: Modifier | None
+    limits: PeerLimits
 
 
 def option_names() -> frozenset[str]:

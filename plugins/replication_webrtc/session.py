@@ -35,6 +35,7 @@ from p2pdb.replication import (
     collection_handler,
     replicate,
 )
+from p2pdb.replication.gate import RequestGate, UnknownMethods
 from p2pdb.replication.master import parse_checkpoint
 from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import (
@@ -45,9 +46,10 @@ from p2pdb.replication.wire import (
     stream_event_json,
 )
 
-from .admission import fork_pull_modifier, fork_push_modifier, peer_master
+from .admission import fork_options, peer_master
 from .election import is_master
 from .handshake import PeerHandshake
+from .heartbeat import keep_alive
 from .options import WebRTCReplicationOptions
 from .peer import Peer
 from .rpc import WEBRTC_CODES
@@ -114,7 +116,16 @@ class PeerSession:
             codes=WEBRTC_CODES,
             request_timeout=settings.options.request_timeout,
             on_idle=self._changed,  # in_sync() depends on it: wake wait_for_in_sync()
+            budget=settings.options.limits.shared_budget(),
         )
+        # the peer's requests that cost work are served within its limits, the rest at once
+        self.gate = RequestGate(
+            self.channel, settings.options.limits, self._on_request, self._violation
+        )
+        self._unknown = UnknownMethods(
+            self.channel, settings.options.limits, callbacks.report, self._violation
+        )
+        self._dropping = False  # reported and being disconnected: ignore the rest
         self.token: str | None = None
         self.valid: bool | None = None
         self.is_master: bool | None = None
@@ -147,8 +158,9 @@ class PeerSession:
     async def start(self) -> None:
         """Begin: check validity, exchange tokens, elect roles, start replicating."""
         await self.channel.start()
+        await self.gate.start()
         self._spawn(self._setup())
-        self._spawn(self._heartbeat())
+        self._spawn(keep_alive(self.channel, self.settings.options, self._is_valid, self._silent))
 
     async def __aenter__(self) -> PeerSession:
         await self.start()
@@ -191,14 +203,11 @@ class PeerSession:
             else:
                 self.state = replicate(
                     settings.collection,
-                    RemoteMaster(self.channel, self._stream),
+                    RemoteMaster(self.channel, self._stream, settings.options.limits),
                     f"{settings.topic}||{self.handshake.key_prefix}{token}",
-                    batch_size=settings.options.batch_size,
-                    selector=settings.options.selector,
-                    pull_modifier=fork_pull_modifier(
+                    **fork_options(
                         settings.collection, settings.options, self.peer, self.callbacks.report
                     ),
-                    push_modifier=fork_push_modifier(settings.options, self.peer),
                 )
                 self._error_subscription = self.state.errors.subscribe(
                     self.callbacks.replication_error
@@ -206,8 +215,8 @@ class PeerSession:
                 self.state.active.subscribe(lambda _active: self._changed())
             self._changed()
         except P2PDBError as exc:
-            if self.closed:
-                return  # the peer went away during the handshake: nothing to report
+            if self.closed or self._dropping:
+                return  # the peer went away or was dropped during the handshake
             self.callbacks.report(exc)
             await self.callbacks.disconnect(self.peer)
 
@@ -231,44 +240,53 @@ class PeerSession:
         self._subscription = self._master.stream(skip_own=True).subscribe(on_next=forward)
         self.channel.post_event(RESYNC)
 
-    async def _heartbeat(self) -> None:
-        """Detect a dead peer in seconds (aiortc alone takes ~30 s): ask for its token
-        (a request RxDB answers) whenever it has been quiet."""
-        options = self.settings.options
-        interval, timeout = options.heartbeat_interval, options.heartbeat_timeout
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            if loop.time() - self.channel.last_heard < interval or not self.valid:
-                continue
-            try:
-                await self.channel.request("token", [], within=timeout, urgent=True)
-            except PeerError as exc:
-                if exc.code == WEBRTC_CODES.request_timeout:
-                    self.callbacks.report(
-                        PeerError(
-                            f"Peer {self.peer.peer_id} stopped answering; disconnecting.",
-                            code="WEBRTC_PEER_TIMEOUT",
-                            peer_id=self.peer.peer_id,
-                        )
-                    )
-                    await self.callbacks.disconnect(self.peer)
-                return
+    def _is_valid(self) -> bool:
+        return bool(self.valid)
+
+    async def _silent(self) -> None:
+        self.callbacks.report(
+            PeerError(
+                f"Peer {self.peer.peer_id} stopped answering; disconnecting.",
+                code="WEBRTC_PEER_TIMEOUT",
+                peer_id=self.peer.peer_id,
+            )
+        )
+        await self.callbacks.disconnect(self.peer)
 
     # -- incoming --------------------------------------------------------------------------
 
     def on_message(self, data: object) -> None:
         """Handle one message from the peer."""
+        if self._dropping:
+            return  # what a dropped peer sent before it was gone costs nothing
         try:
             incoming = self.channel.receive(data)
             if isinstance(incoming, Request):
-                self._spawn(self._on_request(incoming))
+                self._admit(incoming)
             elif isinstance(incoming, StreamEvent):
                 self._on_stream_event(incoming.result)
         except PeerError as exc:
             self._violation(exc)
 
+    def _admit(self, request: Request) -> None:
+        if self.valid is False:
+            return  # an invalid peer gets no answers at all
+        if self.valid and request.method not in MASTER_METHODS:
+            self._answer_at_once(request)  # cheap: not worth a slot (heartbeats never wait)
+        else:
+            self.gate.push(request)  # raises the over_limit PeerError when too many wait
+
+    def _answer_at_once(self, request: Request) -> None:
+        if request.method == "token":
+            # ahead of the queue: a heartbeat must not wait behind a large batch
+            self.channel.answer(request.id, self.settings.token, urgent=True)
+        else:
+            self._unknown.refuse(request)  # reported within the peer's error rate
+
     def _violation(self, error: PeerError) -> None:
+        if self._dropping:
+            return  # reported once
+        self._dropping = True
         error.parameters.setdefault("peer_id", self.peer.peer_id)
         self.callbacks.report(error)
         self._spawn(self.callbacks.disconnect(self.peer))
@@ -280,7 +298,7 @@ class PeerSession:
             )
         if self.is_master is None:
             return  # roles not settled yet (a benign race): the fork starts with a RESYNC
-        item = parse_stream_event(result, WEBRTC_CODES)
+        item = parse_stream_event(result, WEBRTC_CODES, self.settings.options.limits)
         if isinstance(item, ChangesBatch) and item.documents:  # an empty one brings nothing
             with contextlib.suppress(P2PDBError):
                 self.streamed_seq = max(self.streamed_seq, parse_checkpoint(item.checkpoint))
@@ -292,19 +310,8 @@ class PeerSession:
         await self._validity_known.wait()
         if not self.valid:
             return  # an invalid peer gets no answers at all
-        if request.method == "token":
-            # ahead of the queue: a heartbeat must not wait behind a large batch
-            self.channel.answer(request.id, self.settings.token, urgent=True)
-            return
         if request.method not in MASTER_METHODS:
-            unknown = f"Unknown method {request.method!r}."
-            self.channel.answer_error(request.id, self.channel.error("protocol_violation", unknown))
-            self.callbacks.report(
-                self.channel.error(
-                    "protocol_violation",
-                    f"Peer {self.peer.peer_id} called unknown method {request.method!r}.",
-                )
-            )
+            self._answer_at_once(request)
             return
         asked = self.ack_rounds  # the ask_ack rounds this request may answer
         try:
@@ -431,6 +438,7 @@ class PeerSession:
         self.closed = True
         if self._subscription is not None:
             self._subscription.dispose()
+        await self.gate.close()  # requests being served are cancelled
         if self.state is not None:
             await self.state.cancel()
         for task in list(self._tasks):

@@ -180,13 +180,14 @@ class WebSocketMaster:
             context={"url": self.url},
             codes=CODES,
             request_timeout=self.options.request_timeout,
+            budget=self.options.limits.shared_budget(),
         )
         await channel.start()
         if self.options.headers:  # first, as RxDB's client does: a server may require them
             headers = dict(self.options.headers)
             channel.post({"id": random_token(10), "method": AUTH, "params": [headers]})
         channel.post({"id": WS_STREAM_ID, "method": SUBSCRIBE, "params": []})
-        self._remote = RemoteMaster(channel, self._events)
+        self._remote = RemoteMaster(channel, self._events, self.options.limits)
         self.connections += 1
         self.connected.set()
         self._events.on_next(RESYNC)  # events may have been missed while disconnected
@@ -212,12 +213,14 @@ class WebSocketMaster:
             await socket.close()
 
     def _on_frame(self, channel: RpcChannel, frame: str | bytes) -> None:
-        name, message = decode(frame)
+        name, message = decode(frame, self.options.limits.max_depth)
         if name != self.collection:
             raise violation(f"The server sent a message for collection {name!r}.")
         incoming = channel.receive(message)  # resolves answers; raises on violations
         if isinstance(incoming, StreamEvent):
-            self._events.on_next(parse_stream_event(incoming.result, CODES))
+            self._events.on_next(
+                parse_stream_event(incoming.result, CODES, self.options.limits)
+            )
         elif incoming is not None:
             raise violation(f"The server sent a request ({incoming.method!r}).")
 

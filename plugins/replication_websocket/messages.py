@@ -21,12 +21,14 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from p2pdb.errors import PeerError
+from p2pdb.replication.limits import PeerLimits, text_too_deep
 from p2pdb.replication.rpc import STREAM_ID, WireErrorCodes
 
 __all__ = [
     "AUTH",
     "CODES",
     "MAX_COLLECTION_NAME",
+    "MAX_DEPTH",
     "SUBSCRIBE",
     "SocketSink",
     "WS_STREAM_ID",
@@ -41,6 +43,8 @@ SUBSCRIBE: Final = "masterChangeStream$"
 #: The request carrying a client's headers (RxDB's ``headers`` option).
 AUTH: Final = "auth"
 MAX_COLLECTION_NAME = 200
+#: The deepest nesting a frame may have unless the server's limits say otherwise.
+MAX_DEPTH = PeerLimits().max_depth
 
 #: The error codes of websocket channels (see docs/errors.md).
 CODES = WireErrorCodes(
@@ -50,6 +54,7 @@ CODES = WireErrorCodes(
     "WEBSOCKET_BAD_ANSWER",
     "WEBSOCKET_PROTOCOL_VIOLATION",
     "WEBSOCKET_INVALID_DATA",
+    "WEBSOCKET_PEER_OVER_LIMIT",
 )
 
 
@@ -70,12 +75,17 @@ def encode(message: object, collection: str) -> str:
     return orjson.dumps(out).decode()
 
 
-def decode(frame: str | bytes) -> tuple[str, dict[str, Any]]:
+def decode(frame: str | bytes, max_depth: int = MAX_DEPTH) -> tuple[str, dict[str, Any]]:
     """An untrusted frame as ``(collection, wire message)``.
 
     Raises the ``WEBSOCKET_PROTOCOL_VIOLATION`` :class:`PeerError` for anything that is not
-    a JSON object with a collection name (a short string).
+    a JSON object with a collection name (a short string), and ``WEBSOCKET_PEER_OVER_LIMIT``
+    for a frame nesting deeper than ``max_depth`` (found on the text, before parsing).
     """
+    if text_too_deep(frame, max_depth):
+        raise PeerError(
+            f"A frame nested deeper than {max_depth}.", code=CODES.over_limit, limit="max_depth"
+        )
     try:
         message = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:

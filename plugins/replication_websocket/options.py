@@ -8,6 +8,7 @@ from typing import Any
 
 from p2pdb.errors import ValidationError
 from p2pdb.replication import ReplicationOptions
+from p2pdb.replication.limits import PeerLimits
 
 __all__ = ["Authenticate", "ClientOptions", "ServerOptions"]
 
@@ -56,9 +57,21 @@ class ServerOptions:
     #: Seconds between keepalive pings, and to wait for the pong (``None``: no pings).
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
+    #: What each connection may make the server spend beyond the limits above: bytes of
+    #: answers queued per collection (the server reads no further frames while they wait,
+    #: and drops a client that reads nothing for ``drain_timeout``), the memory budget
+    #: shared by every connection, nesting depth of a frame, unknown-method error rate.
+    #: Its ``max_requests_in_flight`` is per collection; the one above is per connection.
+    limits: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
         _check_positive(self)
+        if not isinstance(self.limits, PeerLimits):
+            raise ValidationError(
+                f"ServerOptions.limits must be a PeerLimits, got {self.limits!r}.",
+                code="WEBSOCKET_OPTION_INVALID",
+                option="limits",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,9 @@ class ClientOptions:
     max_message_size: int = 64 * MiB
     #: How the replication itself runs (batch size, directions, live, retry delays).
     replication: ReplicationOptions = field(default_factory=ReplicationOptions)
+    #: What the server may make this client spend: nesting depth, checkpoint size, the
+    #: shared memory budget of queued sends (:class:`~p2pdb.replication.limits.PeerLimits`).
+    limits: PeerLimits = field(default_factory=PeerLimits)
 
     def __post_init__(self) -> None:
         _check_positive(self)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from reactivex.abc import DisposableBase
@@ -23,6 +23,7 @@ from websockets.frames import CloseCode
 
 from p2pdb.errors import NotFoundError, P2PDBError, PeerError, ReplicationError
 from p2pdb.replication import RESYNC, ChangesBatch, Resync, collection_handler
+from p2pdb.replication.gate import RequestGate, UnknownMethods
 from p2pdb.replication.rpc import Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import MASTER_METHODS, answer_request, stream_event_json
 from p2pdb.tokens import random_token
@@ -59,6 +60,11 @@ class _ServedCollection:
             context={"client": session.label, "collection": collection.name},
             codes=CODES,
             on_idle=self._drained,
+            budget=session.options.limits.shared_budget(),
+        )
+        # its master requests, within the limits (a failing gate raises in the session)
+        self.gate = RequestGate(
+            self.channel, session.options.limits, session.serve_in(self), lambda _error: None
         )
         self._subscription: DisposableBase | None = None
         self._events_posted = 0
@@ -95,6 +101,7 @@ class _ServedCollection:
         """Stop the stream and the channel."""
         if self._subscription is not None:
             self._subscription.dispose()
+        await self.gate.close()
         await self.channel.close()
 
 
@@ -116,7 +123,7 @@ class ClientSession:
         self.authenticated = options.authenticate is None
         self._served: dict[str, _ServedCollection] = {}
         self._slots = asyncio.Semaphore(options.max_requests_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._unknown: UnknownMethods | None = None  # one per connection, made on first use
 
     # -- the connection's life -------------------------------------------------------------
 
@@ -149,12 +156,6 @@ class ClientSession:
             await self._release()
 
     async def _release(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         for served in self._served.values():
             await served.close()
         self._served.clear()
@@ -178,7 +179,7 @@ class ClientSession:
     # -- incoming --------------------------------------------------------------------------
 
     async def _on_frame(self, frame: str | bytes) -> None:
-        name, message = decode(frame)
+        name, message = decode(frame, self.options.limits.max_depth)
         served = self._served.get(name)
         if served is None:
             collection = self.db.collections.get(name)
@@ -187,6 +188,7 @@ class ClientSession:
                 return
             served = self._served[name] = _ServedCollection(self, collection)
             await served.channel.start()
+            await served.gate.start()
         incoming = served.channel.receive(message)  # raises on a protocol violation
         if isinstance(incoming, StreamEvent):
             raise violation("A client sent a stream event.")
@@ -202,17 +204,32 @@ class ClientSession:
             served.subscribe()  # never answered: the client reads stream events instead
         elif incoming.method in MASTER_METHODS:
             await self._slots.acquire()  # back-pressure: stop reading while too many run
-            task = asyncio.get_running_loop().create_task(self._serve(served, incoming))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished)
+            try:
+                served.gate.push(incoming)
+            except PeerError:
+                self._slots.release()
+                raise
+            # ... and while the request waits for the client to read its answers (a client
+            # reading nothing for drain_timeout makes this raise: it is disconnected)
+            await served.gate.wait_for_queue()
         else:
-            error = violation(f"Unknown method {incoming.method!r}.", client=self.label)
-            served.channel.answer_error(incoming.id, error)
-            self._reported(error)
+            if self._unknown is None:
+                self._unknown = UnknownMethods(
+                    served.channel, self.options.limits, self._reported, _raise
+                )
+            # answered on its collection's channel; raises once over the error rate
+            self._unknown.refuse(incoming, served.channel)
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
+    def serve_in(self, served: _ServedCollection) -> Callable[[Request], Awaitable[None]]:
+        """How ``served``'s gate serves a request (and gives the connection's slot back)."""
+
+        async def serve(request: Request) -> None:
+            try:
+                await self._serve(served, request)
+            finally:
+                self._slots.release()
+
+        return serve
 
     async def _serve(self, served: _ServedCollection, request: Request) -> None:
         pull = request.method == "masterChangesSince"
@@ -276,3 +293,8 @@ class ClientSession:
             "headers); disconnected.",
             code="WEBSOCKET_UNAUTHORIZED",
         )
+
+
+def _raise(error: PeerError) -> None:
+    """Drop the client: the session's ``run`` reports the error and closes (1008)."""
+    raise error

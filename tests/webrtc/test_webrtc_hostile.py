@@ -660,7 +660,9 @@ async def test_a_refused_peer_gets_no_answers_and_no_documents(
     for request_id in ("hostile|0", "hostile|1", "hostile|2"):
         with pytest.raises(TimeoutError):
             await hostile.reply(request_id, within=1.0)
-    assert hostile.inbox.empty() and hostile.requests.empty()  # not even a token request
+    assert hostile.inbox.empty()
+    asked = [hostile.requests.get_nowait()["method"] for _ in range(hostile.requests.qsize())]
+    assert asked == ["token"]  # our handshake's token request; nothing else
     assert await victim.docs.find_one("sneaky") is None
     peer = hostile.seen_by(victim)
     assert peer is not None and victim.pool.sessions[peer].valid is False  # connected, ignored

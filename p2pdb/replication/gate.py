@@ -1,0 +1,242 @@
+"""Admitting one peer's requests within its :class:`~p2pdb.replication.limits.PeerLimits`.
+
+A transport hands every request that costs work (``masterChangesSince``, ``masterWrite``)
+to :meth:`RequestGate.push` instead of serving it at once. The gate serves at most
+``max_requests_in_flight`` at a time, and starts one only while the peer's outbox holds
+less than ``max_outbox_bytes`` and the shared memory budget has room (a peer with an
+empty outbox may always start one, so a busy neighbour cannot starve it). Requests
+waiting beyond ``max_queued_requests``, or waiting on an outbox from which nothing was
+sent for ``drain_timeout`` seconds (the peer does not read), make the gate fail with the
+transport's ``over_limit`` :class:`~p2pdb.errors.PeerError`: the transport drops the peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from ..errors import PeerError
+from .limits import ErrorRate, PeerLimits
+from .rpc import Request, RpcChannel
+
+__all__ = ["RequestGate", "UnknownMethods"]
+
+
+class RequestGate:
+    """Serves one peer's requests with ``serve(request)``, within ``limits``.
+
+    ``on_over_limit(error)`` is called once if the peer's outbox does not drain in time
+    (:meth:`push` raises the error itself when the queue is full). The gate owns the
+    tasks serving requests: :meth:`close` cancels and awaits them. Use :meth:`start` (or
+    ``async with``) and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        channel: RpcChannel,
+        limits: PeerLimits,
+        serve: Callable[[Request], Awaitable[object]],
+        on_over_limit: Callable[[PeerError], None],
+    ) -> None:
+        self.channel = channel
+        self.limits = limits
+        self.budget = limits.shared_budget()
+        self._serve = serve
+        self._on_over_limit = on_over_limit
+        self._waiting: deque[Request] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._watching = False
+        self._room = asyncio.Event()  # set while no request waits (for wait_for_queue)
+        self._room.set()
+        self._started = False
+        #: The error the gate failed with (then it takes no more requests).
+        self.failed: PeerError | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served now."""
+        return len(self._tasks)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot or for the outbox to drain."""
+        return len(self._waiting)
+
+    async def start(self) -> None:
+        """Start serving (requests pushed before wait until then)."""
+        if not self._started:
+            self._started = True
+            self.channel.sent_listeners.add(self._sent)
+            self._pump()
+
+    async def __aenter__(self) -> RequestGate:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def push(self, request: Request) -> None:
+        """Serve ``request`` when the limits allow. Raises the ``over_limit`` PeerError if
+        more than ``max_queued_requests`` wait (or the gate failed before)."""
+        if self.failed is not None:
+            raise self.failed
+        if len(self._waiting) >= self.limits.max_queued_requests:
+            raise self._fail(
+                f"{self.channel.label} has more than {self.limits.max_queued_requests} "
+                "requests waiting; disconnected.",
+                "max_queued_requests",
+            )
+        self._waiting.append(request)
+        self._room.clear()
+        self._pump()
+
+    async def wait_for_queue(self) -> None:
+        """Wait until no request waits (a transport that can stop reading slows the peer
+        down this way); raises the gate's error if it failed meanwhile."""
+        await self._room.wait()
+        if self.failed is not None:
+            raise self.failed
+
+    def _has_room(self) -> bool:
+        queued = self.channel.queued_bytes
+        if queued >= self.limits.max_outbox_bytes:
+            return False
+        return queued == 0 or self.budget.has_room()
+
+    def _sent(self) -> None:
+        """A message went out: progress, so the drain timer starts again."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start what the limits allow; arm or disarm the drain timer."""
+        if not self._started or self.failed is not None:
+            return
+        while self._waiting and len(self._tasks) < self.limits.max_requests_in_flight:
+            if not self._has_room():
+                break
+            request = self._waiting.popleft()
+            task = asyncio.get_running_loop().create_task(self._run(request))
+            self._tasks.add(task)
+        if not self._waiting:
+            self._room.set()
+        blocked = bool(self._waiting) and len(self._tasks) < self.limits.max_requests_in_flight
+        if blocked and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(
+                self.limits.drain_timeout, self._drain_expired
+            )
+            self._watch(True)
+        elif not blocked:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._watch(False)
+
+    def _watch(self, on: bool) -> None:
+        """Hear about the shared budget only while waiting on it (no reference is kept
+        from the process-wide budget to an idle or closed gate)."""
+        if on and not self._watching:
+            self.budget.watch(self._pump)
+        elif not on and self._watching:
+            self.budget.unwatch(self._pump)
+        self._watching = on
+
+    async def _run(self, request: Request) -> None:
+        try:
+            await self._serve(request)
+        finally:
+            self._tasks.discard(asyncio.current_task())
+            self._pump()
+
+    def _drain_expired(self) -> None:
+        self._timer = None
+        self._watch(False)
+        error = self._fail(
+            f"{self.channel.label} read nothing for {self.limits.drain_timeout} s while its "
+            f"requests waited ({self.channel.queued_bytes} bytes queued); "
+            "disconnected.",
+            "drain_timeout",
+        )
+        self._on_over_limit(error)
+
+    def _fail(self, message: str, limit: str) -> PeerError:
+        error = self.channel.error("over_limit", message, limit=limit)
+        self.failed = error
+        self._waiting.clear()
+        self._room.set()
+        return error
+
+    async def close(self) -> None:
+        """Stop: nothing waiting is served, requests being served are cancelled."""
+        if self.failed is None:
+            self.failed = self.channel.error("peer_gone", f"{self.channel.label} is gone.")
+        self._waiting.clear()
+        self._room.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._watch(False)
+        self.channel.sent_listeners.discard(self._sent)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class UnknownMethods:
+    """Refuses one peer's requests for methods nobody serves, within its error rate.
+
+    Each gets a ``protocol_violation`` error answer (RxDB peers may probe, so one is no
+    reason to drop a peer). The first ``logged_errors`` of a window are passed to
+    ``report``; past ``max_errors`` within ``error_window`` seconds the ``over_limit``
+    PeerError goes to ``drop``: a flood of them costs a few log lines, not thousands.
+    """
+
+    def __init__(
+        self,
+        channel: RpcChannel,
+        limits: PeerLimits,
+        report: Callable[[PeerError], None],
+        drop: Callable[[PeerError], None],
+    ) -> None:
+        self.channel = channel
+        self.limits = limits
+        self.rate = ErrorRate(limits)
+        self._report = report
+        self._drop = drop
+
+    def refuse(self, request: Request, channel: RpcChannel | None = None) -> None:
+        """Answer ``request`` with an error (on ``channel``, default the one given at
+        construction: a transport may carry several channels for one peer); report it, or
+        drop the peer."""
+        channel = channel if channel is not None else self.channel
+        unknown = f"Unknown method {request.method[:100]!r}."
+        channel.answer_error(request.id, channel.error("protocol_violation", unknown))
+        verdict = self.rate.note(asyncio.get_running_loop().time())
+        if verdict == "drop":
+            self._drop(
+                channel.error(
+                    "over_limit",
+                    f"{channel.label} sent more than {self.limits.max_errors} bad requests "
+                    f"within {self.limits.error_window} s; disconnected.",
+                    limit="max_errors",
+                    not_reported=self.rate.take_suppressed(),
+                )
+            )
+        elif verdict == "report":
+            skipped = self.rate.take_suppressed()
+            more = f" ({skipped} more not reported)" if skipped else ""
+            self._report(
+                channel.error(
+                    "protocol_violation",
+                    f"{channel.label} called unknown method {request.method[:100]!r}{more}.",
+                )
+            )

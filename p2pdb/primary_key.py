@@ -151,24 +151,33 @@ def parse_composite_key(raw: Mapping[str, Any], schema: Mapping[str, Any]) -> Co
     (The key field's own rules, a string with a ``maxLength``, are checked by the schema.)"""
     unknown = sorted(set(raw) - {"key", "fields", "separator"})
     if unknown:
-        _refuse(f'"primaryKey" has unknown keys {unknown}; a composite key has "key", '
-                '"fields" and "separator".')
+        _refuse(
+            f'"primaryKey" has unknown keys {unknown}; a composite key has "key", '
+            '"fields" and "separator".'
+        )
     key, fields, separator = raw.get("key"), raw.get("fields"), raw.get("separator")
     if not isinstance(key, str) or not key:
-        _refuse('A composite "primaryKey" needs "key": the name of the top-level string '
-                "property that holds the key.")
+        _refuse(
+            'A composite "primaryKey" needs "key": the name of the top-level string '
+            "property that holds the key."
+        )
     if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
         _refuse('A composite "primaryKey" needs "fields": a non-empty list of field paths.')
     if not isinstance(separator, str) or not separator:
-        _refuse('A composite "primaryKey" needs "separator": a non-empty string (an empty '
-                "one would let two documents share a key).")
+        _refuse(
+            'A composite "primaryKey" needs "separator": a non-empty string (an empty '
+            "one would let two documents share a key)."
+        )
     for path in fields:
         if path == key:
             _refuse(f"The key {key!r} cannot be one of its own fields.", path)
         declared = _declared(schema, path)
         if declared is None or declared.get("type") not in _PART_TYPES:
-            _refuse(f"primaryKey: the field {path!r} must be a declared property with "
-                    '"type": "string", "integer" or "number" (as in RxDB).', path)
+            _refuse(
+                f"primaryKey: the field {path!r} must be a declared property with "
+                '"type": "string", "integer" or "number" (as in RxDB).',
+                path,
+            )
     return CompositeKey(key, tuple(fields), separator)
 
 

@@ -168,7 +168,7 @@ class Collection(LocalDocumentMethods):
                     code="DOCUMENT_RESERVED_FIELD",
                     field=key,
                 )
-        self.schema.primary_value(doc)
+        self.schema.fill_primary_key(doc)  # a composite key is filled in here
         self.schema.validate(doc)
         return doc
 
@@ -302,6 +302,7 @@ class Collection(LocalDocumentMethods):
             new = fn(current.to_dict())
             if inspect.isawaitable(new):
                 new = await new
+            self.schema.check_key_kept(new, doc_id)
             data = self.prepare(new)
             if data[self.schema.primary_key] != doc_id:
                 raise ValidationError(
@@ -321,6 +322,7 @@ class Collection(LocalDocumentMethods):
         """Write ``data`` as the next state of exactly ``doc``'s revision (what
         ``Document.replace()`` does): raises :class:`~p2pdb.errors.ConflictError` if the
         document changed since ``doc`` was read."""
+        self.schema.check_key_kept(data, doc.id)
         prepared = self.prepare(data)
         if prepared[self.schema.primary_key] != doc.id:
             raise ValidationError(

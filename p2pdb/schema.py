@@ -19,6 +19,7 @@ import jsonschema
 import orjson
 
 from .errors import SchemaError, ValidationError
+from .primary_key import CompositeKey, parse_composite_key
 from .values import check_json_values
 
 __all__ = ["RESERVED_FIELDS", "Schema"]
@@ -39,6 +40,9 @@ class Schema:
     ``Schema(raw)`` raises :class:`~p2pdb.errors.SchemaError` when the schema is unusable:
     not a JSON Schema object, no string primary key with a ``maxLength``, indexes or
     encrypted fields naming unknown properties, properties starting with an underscore.
+    ``primaryKey`` may also be a composite key, ``{"key", "fields", "separator"}`` (see
+    :mod:`p2pdb.primary_key`): :attr:`primary_key` is then the key field and
+    :attr:`composite` the rest.
     """
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
@@ -54,6 +58,8 @@ class Schema:
             ) from exc
         self.raw: dict[str, Any] = orjson.loads(orjson.dumps(raw))
         self.version: int = self._check_version()
+        #: The composite primary key, or ``None`` when ``primaryKey`` names one field.
+        self.composite: CompositeKey | None = None
         self.primary_key: str = self._check_primary_key()
         self.indexes: tuple[tuple[str, ...], ...] = self._check_indexes()
         self.encrypted: tuple[str, ...] = self._check_encrypted()
@@ -99,10 +105,13 @@ class Schema:
 
     def _check_primary_key(self) -> str:
         key = self.raw.get("primaryKey")
+        if isinstance(key, dict):
+            self.composite = parse_composite_key(key, self.raw)
+            key = self.composite.key
         if not isinstance(key, str):
             raise SchemaError(
-                '"primaryKey" must name a top-level string property (composite keys are not '
-                "supported yet).",
+                '"primaryKey" must name a top-level string property, or be a composite key '
+                '{"key": ..., "fields": [...], "separator": ...}.',
                 code="SCHEMA_PRIMARY_KEY",
             )
         prop = self.raw["properties"].get(key)
@@ -148,6 +157,7 @@ class Schema:
             raise SchemaError(
                 '"encrypted" must be a list of field paths.', code="SCHEMA_BAD_ENCRYPTED"
             )
+        key_fields = self.composite.fields if self.composite is not None else ()
         for path in raw:
             self._check_path(path, "SCHEMA_BAD_ENCRYPTED", "encrypted")
             if path.split(".")[0] == self.primary_key:
@@ -157,6 +167,14 @@ class Schema:
                     code="SCHEMA_ENCRYPTED_PRIMARY_KEY",
                     field=path,
                 )
+            for field in key_fields:
+                if _overlaps(field, path):
+                    raise SchemaError(
+                        f"The field {field!r} of the composite primary key cannot be "
+                        f"encrypted ({path!r} is): the key, stored in clear, is made of it.",
+                        code="SCHEMA_ENCRYPTED_PRIMARY_KEY",
+                        field=path,
+                    )
         for i, path in enumerate(raw):
             for j, other in enumerate(raw):
                 if i != j and (other == path or other.startswith(path + ".")):
@@ -233,6 +251,21 @@ class Schema:
             rule = rule[: _RULE_CHARS - 3] + "..."
         path = ".".join(inside or parts) or "(document)"
         return path, f"<encrypted value> breaks the rule {error.validator!r}: {rule}"
+
+    def fill_primary_key(self, doc: dict[str, Any]) -> str:
+        """The primary key value of ``doc`` (a copy the caller owns): with a composite key,
+        composed from its fields and set in ``doc`` (a key already given must equal it);
+        either way checked to be a non-empty string. Raises ValidationError."""
+        if self.composite is not None:
+            self.composite.fill(doc)
+        return self.primary_value(doc)
+
+    def check_key_kept(self, data: object, doc_id: str) -> None:
+        """With a composite key, raise ``DOCUMENT_PRIMARY_KEY_CHANGED`` if ``data``, the next
+        state of ``doc_id``, changes a field of the key (a plain key is compared by the
+        caller after validation)."""
+        if self.composite is not None:
+            self.composite.check_kept(data, doc_id)
 
     def primary_value(self, doc: Mapping[str, Any]) -> str:
         """The document's primary key value, checked to be a non-empty string."""

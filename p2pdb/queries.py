@@ -238,6 +238,7 @@ async def _next_write(c: QueryCollection, state: dict[str, Any], fn: Modifier | 
     new = fn(data)
     if inspect.isawaitable(new):
         new = await new
+    c.schema.check_key_kept(new, state[pk])  # a composite key's fields stay too
     prepared = c.prepare(new)
     if prepared[pk] != state[pk]:
         raise ValidationError(

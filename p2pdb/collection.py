@@ -13,6 +13,7 @@ from .changes import LOCAL, ChangeEvent
 from .conflicts import ConflictHandler, as_conflict_handler
 from .document import Document, Modifier
 from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
+from .identity import DeviceIdentity
 from .local import LocalDocumentMethods, LocalDocuments
 from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
@@ -73,6 +74,11 @@ class CollectionDatabase(Protocol):
 
     def local_documents(self, collection: str | None = None) -> LocalDocuments:
         """The local documents of the database (``None``) or of one collection."""
+        ...
+
+    @property
+    def identity(self) -> DeviceIdentity:
+        """The database's device key pair (what the WebRTC handshake proves)."""
         ...
 
 

@@ -90,6 +90,11 @@ class Database(LocalDocumentMethods):
         """Start noticing other processes' writes (the tailer); returns the database.
         Calling it again does nothing."""
         self.check_open()
+        if self._identity is None:
+            try:
+                self._identity = await load_identity(self.storage, self.encryption)
+            except EncryptionError as exc:  # IDENTITY_LOCKED: raised when it is asked for
+                self._identity = exc
         await self._tailer.start()
         return self
 
@@ -106,17 +111,22 @@ class Database(LocalDocumentMethods):
         """
         return self.storage.token
 
-    _identity: DeviceIdentity | None = None  # loaded by identity()
+    # loaded by start(); the error instead when the key is sealed and no password was given
+    _identity: DeviceIdentity | EncryptionError | None = None
 
-    async def identity(self) -> DeviceIdentity:
-        """This database's device identity (``identity.public_key``, ``.public_key_text``,
-        ``.fingerprint``): an Ed25519 key pair created on first use and kept in the file
-        (sealed under the password when there is one). Awaited because the first call
-        writes the new key; later calls return the same object at once."""
+    @property
+    def identity(self) -> DeviceIdentity:
+        """This database's device identity (``public_key``, ``public_key_text``,
+        ``fingerprint``): an Ed25519 key pair created with the file and kept in it (sealed
+        under the password when there is one). ``IDENTITY_LOCKED`` when the key is sealed
+        and the database was opened without its password."""
         self.check_open()
-        if self._identity is None:
-            self._identity = await load_identity(self.storage, self.encryption)
-        return self._identity
+        identity = self._identity
+        if isinstance(identity, EncryptionError):
+            raise identity
+        if identity is None:
+            raise ClosedError("The database was not started.", code="DATABASE_CLOSED")
+        return identity
 
     async def rotate_identity(self) -> DeviceIdentity:
         """Replace the device key pair with a new one and return it (the old key is gone).

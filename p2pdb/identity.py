@@ -1,7 +1,7 @@
 """A database's device identity: one long-term Ed25519 key pair, kept in the file.
 
-``identity = await db.identity()`` loads it, creating it on first use (in one transaction:
-two processes opening a new file agree on one key). The record (info key ``identity``)
+``Database.start()`` (``create_database``) loads it into ``db.identity``, creating it when
+the file has none (in one transaction: two processes opening a new file agree on one key). The record (info key ``identity``)
 holds the public key and the private key; when the database has a password, the private key
 is sealed with AES-256-GCM under the database's key (through the encryption plugin's
 codec), and ``db.change_password`` re-seals it. Peers prove the key in the WebRTC
@@ -148,7 +148,7 @@ class DeviceIdentity:
 
 
 async def load_identity(storage: Storage, sealer: IdentitySealer | None) -> DeviceIdentity:
-    """The identity stored in the file, created on first use.
+    """The identity stored in the file, created when there is none.
 
     With a ``sealer`` the private key is stored sealed (one stored in clear by an older
     version is sealed now). A sealed key without a ``sealer`` raises ``IDENTITY_LOCKED``."""

@@ -29,12 +29,12 @@ SECRET_SCHEMA = {
 }
 
 
-async def test_created_on_first_use_and_kept_in_the_file(tmp_path: Path) -> None:
+async def test_created_with_the_file_and_kept_in_it(tmp_path: Path) -> None:
     path = tmp_path / "a.db"
     async with p2pdb.create_database(path) as db:
-        assert db.storage.get_info(IDENTITY_INFO_KEY) is None  # nothing before first use
-        identity = await db.identity()
-        assert await db.identity() is identity
+        assert db.storage.get_info(IDENTITY_INFO_KEY) is not None  # made when it opened
+        identity = db.identity
+        assert db.identity is identity
         assert len(identity.public_key) == 32
         assert parse_public_key(identity.public_key_text) == identity.public_key
         assert parse_public_key(identity.public_key.hex()) == identity.public_key
@@ -44,16 +44,16 @@ async def test_created_on_first_use_and_kept_in_the_file(tmp_path: Path) -> None
         assert verify_signature(identity.public_key, signature, b"hello")
         assert not verify_signature(identity.public_key, signature, b"hellO")
     async with p2pdb.create_database(path) as db:
-        assert (await db.identity()).public_key == identity.public_key
+        assert db.identity.public_key == identity.public_key
     async with p2pdb.create_database(tmp_path / "b.db") as other:
-        assert (await other.identity()).public_key != identity.public_key
+        assert other.identity.public_key != identity.public_key
 
 
 async def test_sealed_under_the_password_and_resealed_on_change(tmp_path: Path) -> None:
     path = tmp_path / "secret.db"
     async with p2pdb.create_database(path, password=PASSWORD) as db:
         await db.add_collection("notes", schema=SECRET_SCHEMA)
-        identity = await db.identity()
+        identity = db.identity
         record = db.storage.get_info(IDENTITY_INFO_KEY)
         assert record is not None and json.loads(record)["sealed"] is True
         assert json.loads(record)["private_key"].startswith(PREFIX)  # not the raw key
@@ -61,7 +61,7 @@ async def test_sealed_under_the_password_and_resealed_on_change(tmp_path: Path) 
         resealed = db.storage.get_info(IDENTITY_INFO_KEY)
         assert resealed is not None and resealed != record
     async with p2pdb.create_database(path, password="another long password") as db:
-        assert (await db.identity()).public_key == identity.public_key
+        assert db.identity.public_key == identity.public_key
     with pytest.raises(EncryptionError) as caught:
         async with p2pdb.create_database(path, password=PASSWORD):
             pass
@@ -71,10 +71,10 @@ async def test_sealed_under_the_password_and_resealed_on_change(tmp_path: Path) 
 async def test_a_sealed_key_needs_the_password(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     async with p2pdb.create_database(path, password=PASSWORD) as db:
-        await db.identity()
+        assert db.identity.fingerprint
     async with p2pdb.create_database(path) as db:  # no encrypted collection: it opens
         with pytest.raises(EncryptionError) as caught:
-            await db.identity()
+            _ = db.identity
     assert caught.value.code == "IDENTITY_LOCKED"
 
 
@@ -94,8 +94,8 @@ def test_import_p2pdb_does_not_load_cryptography() -> None:
 async def test_rotation_replaces_the_key(tmp_path: Path) -> None:
     path = tmp_path / "rotate.db"
     async with p2pdb.create_database(path, password=PASSWORD) as db:
-        old = await db.identity()
+        old = db.identity
         new = await db.rotate_identity()
-        assert new.public_key != old.public_key and await db.identity() is new
+        assert new.public_key != old.public_key and db.identity is new
     async with p2pdb.create_database(path, password=PASSWORD) as db:
-        assert (await db.identity()).public_key == new.public_key
+        assert db.identity.public_key == new.public_key

@@ -29,7 +29,7 @@ import binascii
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import orjson
 
@@ -46,7 +46,7 @@ from p2pdb.replication.rpc import Request, RpcChannel
 from .admission import Admission
 from .peer import Peer
 
-__all__ = ["PROOF_METHOD", "Fingerprints", "IdentityHolder", "PeerHandshake", "TrustContext"]
+__all__ = ["PROOF_METHOD", "Fingerprints", "PeerHandshake", "TrustContext"]
 
 #: The request that carries a peer's signed transcript.
 PROOF_METHOD = "p2pdbProof"
@@ -55,15 +55,6 @@ _NONCE_BYTES = 16
 
 #: ``(local, remote)`` DTLS fingerprints of one connection, as one side sees them.
 Fingerprints = tuple[str, str]
-
-
-@runtime_checkable
-class IdentityHolder(Protocol):
-    """A database with a device identity (:class:`p2pdb.Database`)."""
-
-    async def identity(self) -> DeviceIdentity:
-        """The database's key pair, created on first use."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class WebRTCReplicationOptions:
       ``heartbeat_timeout`` drops it.
     - ``close_timeout``: seconds ``cancel()`` waits for each peer to receive what was
       queued for it (a fork's last answer) before leaving.
-    - ``authenticate``: prove this database's identity (``await db.identity()``) to p2pdb
+    - ``authenticate``: prove this database's identity (``db.identity``) to p2pdb
       peers with the handshake bound to each connection, and check theirs (default).
     - ``trusted_peers``: the public keys (raw, base64 or hex) of the only peers admitted;
       implies ``require_authenticated``. ``None``: any key.

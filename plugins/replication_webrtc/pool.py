@@ -20,7 +20,7 @@ from p2pdb.streams import EventStream
 from .admission import Admission
 from .connection import ConnectionHandler
 from .handler_factory import ConnectionHandlerFactory
-from .handshake import IdentityHolder, TrustContext
+from .handshake import TrustContext
 from .options import WebRTCOptionKeywords, WebRTCReplicationOptions
 from .peer import Peer, PeerMessage
 from .rpc import PeerSink
@@ -86,16 +86,7 @@ class ReplicationPool:
             return
         self.collection.database.check_open()
         self._started = True
-        database = self.collection.database
-        identity = None
-        if self.options.authenticate:
-            if not isinstance(database, IdentityHolder):
-                raise ValidationError(
-                    "authenticate=True needs a database with an identity (a p2pdb Database).",
-                    code="WEBRTC_SETTING_INVALID",
-                    setting="authenticate",
-                )
-            identity = await database.identity()
+        identity = self.collection.database.identity if self.options.authenticate else None
         self._trust = TrustContext(
             self.topic, self.token, identity, self.admission, self.options.request_timeout
         )

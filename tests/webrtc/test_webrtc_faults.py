@@ -176,7 +176,7 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
             stored = await killed_docs.count()
             storage = killed_db.storage
             for node in (b, c):
-                key = (await node.db.identity()).public_key_text  # peers proved their keys
+                key = node.db.identity.public_key_text  # peers proved their keys
                 replication_id = f"{TOPIC}||{key}||{node.db.token}"
                 down = storage.get_checkpoint("docs", replication_id, "down") or {"seq": 0}
                 master_storage = node.db.storage

@@ -44,7 +44,7 @@ class Node:
     async def open(self, **options: Any) -> Node:
         self.db = await p2pdb.create_database(self.path)
         self.docs = await self.db.add_collection("docs", schema=SCHEMA)
-        self.identity = await self.db.identity()
+        self.identity = self.db.identity
         return self
 
     async def join(self, **options: Any) -> ReplicationPool:

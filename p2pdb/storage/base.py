@@ -16,6 +16,7 @@ from ..changes import LOCAL, ChangeEvent
 from ..errors import ConflictError
 from ..query import CompiledQuery
 from ..schema import Schema
+from .purge import PurgeBatch
 
 __all__ = [
     "ABSENT",
@@ -315,4 +316,23 @@ class Storage(Protocol):
 
     async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
         """Delete a local document; what it was, or ``None``."""
+        ...
+
+    def up_checkpoints(self, collection: str) -> dict[str, int | None]:
+        """Each stored replication of ``collection``, by replication id: its up-checkpoint
+        (``None``: it never stored one). The tombstone cleanup reads it."""
+        ...
+
+    async def purge_tombstones(
+        self,
+        collection: str,
+        *,
+        after_seq: int,
+        upto_seq: int,
+        older_than_lwt: float,
+        scan: int,
+    ) -> PurgeBatch:
+        """Delete for good one batch of tombstones with ``after_seq < seq <= upto_seq``
+        written before ``older_than_lwt`` (ms), looking at ``scan`` rows at most, in one
+        short transaction; no change events (``p2pdb/cleanup.py`` decides the bounds)."""
         ...

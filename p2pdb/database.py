@@ -13,6 +13,7 @@ from reactivex import Observable
 
 from .backup import ExportOptions, ImportOptions, ImportReport, export_json, import_json
 from .changes import ChangeEvent
+from .cleanup import BackgroundCleanup, CleanupPolicy
 from .collection import Collection
 from .errors import ClosedError, EncryptionError, NotFoundError, SchemaError
 from .local import LocalDocument, LocalDocuments
@@ -233,6 +234,11 @@ class Database:
         self._events.on_completed()
         for local in self._local.values():
             local.complete()
+
+    async def start_cleanup(self, policy: CleanupPolicy | None = None) -> BackgroundCleanup:
+        """Start the background tombstone cleanup (``docs/cleanup.md``); it stops with
+        :meth:`close`. Off unless started: purging is never implicit."""
+        return await BackgroundCleanup(self, policy).start()
 
     async def __aenter__(self) -> Database:
         return await self.start()

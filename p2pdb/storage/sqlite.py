@@ -24,11 +24,12 @@ from ..changes import ChangeEvent
 from ..query import CompiledQuery
 from ..schema import Schema
 from . import catalog, documents, local_rows, own_writes, queries
-from . import purge, replication_rows
+from . import replication_rows as replication_state
 from .base import BodyCodec, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
+from .purge import PurgeBatch, purge_batch
 from .replication_rows import ReplicationRows
 from .txn import SQLiteWriteTxn
 
@@ -289,13 +290,12 @@ class SQLiteStorage:
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
 
-
     # -- tombstone cleanup (purge.py; policy: p2pdb/cleanup.py) -------------------------
 
     def up_checkpoints(self, collection: str) -> dict[str, int | None]:
         """Each stored replication of ``collection``: its up-checkpoint (``None``: never
         stored one); an inline read (see ``replication_rows.up_checkpoints``)."""
-        return replication_rows.up_checkpoints(self._conns.reader(), collection)
+        return replication_state.up_checkpoints(self._conns.reader(), collection)
 
     async def purge_tombstones(
         self,
@@ -305,14 +305,14 @@ class SQLiteStorage:
         upto_seq: int,
         older_than_lwt: float,
         scan: int,
-    ) -> purge.PurgeBatch:
+    ) -> PurgeBatch:
         """Delete for good, in one short transaction on the writer thread, the tombstones
         with ``after_seq < seq <= upto_seq`` and ``lwt < older_than_lwt``, looking at
         ``scan`` rows at most; no change events. Call it again from ``scanned_to``."""
         table = self._catalog.get(collection).table
 
-        def run(conn: sqlite3.Connection) -> purge.PurgeBatch:
-            return purge.purge_batch(
+        def run(conn: sqlite3.Connection) -> PurgeBatch:
+            return purge_batch(
                 conn,
                 table,
                 after_seq=after_seq,
@@ -322,6 +322,7 @@ class SQLiteStorage:
             )
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, run))
+
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols
 

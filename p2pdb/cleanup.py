@@ -166,11 +166,18 @@ async def purge_tombstones(
     collection.check_open()
     storage, name = collection.storage, collection.name
     older_than_lwt = (time.time() - age) * 1000  # lwt is in ms, as RxDB
-    upto = purge_bound(storage, name, frozenset(ignore_replications))
+    ignore = frozenset(ignore_replications)
+    upto = purge_bound(storage, name, ignore)
+    replications = [r for r in storage.up_checkpoints(name) if r not in ignore]
     purged, after = 0, 0
     while after < upto:
         batch = await storage.purge_tombstones(
-            name, after_seq=after, upto_seq=upto, older_than_lwt=older_than_lwt, scan=batch_size
+            name,
+            after_seq=after,
+            upto_seq=upto,
+            older_than_lwt=older_than_lwt,
+            scan=batch_size,
+            replications=replications,
         )
         purged += batch.purged
         if batch.done:

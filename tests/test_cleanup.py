@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -137,8 +137,34 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[p2pdb.Collection, p2pdb.Co
     integrity(str(tmp_path / "fork.db"))
 
 
+async def until(collection: p2pdb.Collection, condition: Callable[[], bool]) -> None:
+    """Wait (10 s at most) until ``condition()`` holds, checked after each commit."""
+    changed = asyncio.Event()
+    subscription = collection.changes.subscribe(lambda _event: changed.set())
+    try:
+        async with asyncio.timeout(10):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    finally:
+        subscription.dispose()
+
+
+def removed(collection: p2pdb.Collection, doc_id: str) -> Callable[[], bool]:
+    """True once ``doc_id`` is stored as a tombstone."""
+    return lambda: (collection.stored_state(doc_id) or {}).get("_deleted") is True
+
+
 async def synced(state: ReplicationState) -> None:
+    """Wait until nothing is left to pull or push right now."""
     await asyncio.wait_for(state.wait_for_in_sync(), 20)
+
+
+async def caught_up(state: ReplicationState) -> None:
+    """Wait until the fork pulled everything the master holds now (a master's write may
+    still be on its way through the pipe, so pull from the checkpoint first)."""
+    await state.re_sync()
+    await synced(state)
 
 
 async def removed_while_paused(
@@ -147,7 +173,7 @@ async def removed_while_paused(
     """Both hold "a"; the fork removes it while its replication is paused (not pushed)."""
     state = replicate(fork, pipe.handler, "main", retry_delay=0.05)
     await master.insert({"id": "a", "text": "shared"})
-    await synced(state)
+    await caught_up(state)
     assert (await fork.find_one("a")) is not None
     await state.pause()
     await fork.remove_document("a")
@@ -168,8 +194,7 @@ async def test_tombstone_not_pushed_is_kept_until_pushed(
         assert await fork.cleanup(min_age=0) == 1  # pushed: now it may go
         assert fork.stored_state("a") is None
         # the master edits nothing, and nothing comes back, even after a resync
-        await state.re_sync()
-        await synced(state)
+        await caught_up(state)
         assert fork.stored_state("a") is None
         # a purged id inserted again replicates as a new document
         await fork.insert({"id": "a", "text": "again"})
@@ -192,7 +217,7 @@ async def test_ignoring_a_replication_resurrects(
         assert (await master.find_one("a")) is not None  # the deletion never reached it
         doc = await master.find_one("a")
         await doc.patch({"text": "edited on the master"})  # type: ignore[union-attr]
-        await synced(state)
+        await caught_up(state)
         back = await fork.find_one("a")
         assert back is not None and back["text"] == "edited on the master"  # resurrected
         await state.cancel()
@@ -213,8 +238,7 @@ async def test_with_the_rule_the_deletion_wins(
         assert await master.find_one("a") is None  # removed on the master too
         with pytest.raises(p2pdb.NotFoundError):
             await master.remove_document("a")
-        await state.re_sync()
-        await synced(state)
+        await caught_up(state)
         assert fork.stored_state("a") is None and await fork.find_one("a") is None
         await state.cancel()
 
@@ -228,17 +252,17 @@ async def test_a_pulled_tombstone_waits_for_every_other_replication(tmp_path: Pa
         one = replicate(hub, p1.handler, "one", retry_delay=0.05)
         two = replicate(hub, p2.handler, "two", retry_delay=0.05)
         await m1.insert({"id": "x", "text": "everywhere"})
-        for state in (one, two):
-            await synced(state)
+        await caught_up(one)
+        await synced(two)
         assert await m2.find_one("x") is not None  # forwarded by the hub
         await two.pause()
         await m1.remove_document("x")
+        await until(hub, removed(hub, "x"))
         await synced(one)
-        assert hub.stored_state("x")["_deleted"] is True  # type: ignore[index]
         assert await hub.cleanup(min_age=0) == 0  # "two" has not forwarded it
         await two.start()
+        await until(m2, removed(m2, "x"))
         await synced(two)
-        assert m2.stored_state("x")["_deleted"] is True  # type: ignore[index]
         assert await hub.cleanup(min_age=0) == 1
         await one.cancel()
         await two.cancel()
@@ -256,7 +280,7 @@ async def test_a_replication_that_never_pushed_holds_cleanup_back(
     async with WirePipe(collection_handler(master)) as pipe:
         state = replicate(fork, pipe.handler, "pull-only", push=False, retry_delay=0.05)
         await master.insert({"id": "a", "text": "x"})
-        await synced(state)
+        await caught_up(state)
         await fork.insert({"id": "b", "text": "local"})
         await fork.remove_document("b")
         assert fork.storage.up_checkpoints("todos") == {"pull-only": None}
@@ -264,4 +288,36 @@ async def test_a_replication_that_never_pushed_holds_cleanup_back(
         policy = CleanupPolicy(min_age=0, ignore_replications=frozenset({"pull-only"}))
         report = await BackgroundCleanup(fork.database, policy).run_once()  # type: ignore[arg-type]
         assert report.purged == {"todos": 1}
+        await state.cancel()
+
+
+async def test_a_deletion_the_master_never_got_is_kept_even_past_the_checkpoint(
+    pair: tuple[p2pdb.Collection, p2pdb.Collection],
+) -> None:
+    """``push_modifier`` returning ``None`` leaves a deletion unsent while the up-checkpoint
+    moves past it: the master keeps the live document (its assumed state here), so the
+    tombstone must stay, or the master's next edit would bring the document back."""
+    master, fork = pair
+
+    def keep_deletions_local(doc: dict[str, object]) -> dict[str, object] | None:
+        return None if doc["_deleted"] else doc
+
+    async with WirePipe(collection_handler(master)) as pipe:
+        state = replicate(
+            fork, pipe.handler, "main", retry_delay=0.05, push_modifier=keep_deletions_local
+        )
+        await master.insert({"id": "a", "text": "shared"})
+        await caught_up(state)
+        await fork.remove_document("a")
+        await fork.insert({"id": "b", "text": "later"})  # the checkpoint moves past "a"
+        await synced(state)
+        assert await master.find_one("b") is not None
+        assert await master.find_one("a") is not None  # the deletion was not sent
+        tombstone_seq = fork.storage.changes_since("todos", 0, 100)[0][-2][0]
+        assert fork.storage.up_checkpoints("todos")["main"] >= tombstone_seq  # type: ignore[operator]
+        assert await fork.cleanup(min_age=0) == 0  # the assumed master state is live
+        doc = await master.find_one("a")
+        await doc.patch({"text": "edited on the master"})  # type: ignore[union-attr]
+        await caught_up(state)
+        assert await fork.find_one("a") is None  # still removed here: nothing came back
         await state.cancel()

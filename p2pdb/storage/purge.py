@@ -9,6 +9,7 @@ in between batches (see ``p2pdb/cleanup.py`` for the policy deciding what may go
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["PurgeBatch", "purge_batch"]
@@ -32,20 +33,23 @@ def purge_batch(
     upto_seq: int,
     older_than_lwt: float,
     scan: int,
+    keep: Callable[[list[str]], set[str]] | None = None,
 ) -> PurgeBatch:
     """Delete from the collection table ``table``, inside the caller's transaction, the
     tombstones with ``after_seq < seq <= upto_seq`` written before ``older_than_lwt`` (ms,
     the rows' ``lwt``), looking at ``scan`` rows at most (in sequence order, by the ``seq``
-    index)."""
+    index). ``keep(ids)``, given the candidates' ids, names those that must stay."""
     rows = conn.execute(
-        f"SELECT seq, deleted, lwt FROM {table} WHERE seq > ? AND seq <= ? "
+        f"SELECT seq, id, deleted, lwt FROM {table} WHERE seq > ? AND seq <= ? "
         "ORDER BY seq LIMIT ?",
         (after_seq, upto_seq, scan),
     ).fetchall()
     if not rows:
         return PurgeBatch(0, upto_seq, True)
     # not relying on lwt growing with seq: rows may carry an imported or a foreign clock
-    gone = [(seq,) for seq, deleted, lwt in rows if deleted and lwt < older_than_lwt]
+    candidates = [(seq, i) for seq, i, deleted, lwt in rows if deleted and lwt < older_than_lwt]
+    kept = keep([i for _, i in candidates]) if keep is not None and candidates else set()
+    gone = [(seq,) for seq, i in candidates if i not in kept]
     done = len(rows) < scan
     conn.executemany(f"DELETE FROM {table} WHERE seq = ? AND deleted = 1", gone)
     return PurgeBatch(len(gone), upto_seq if done else rows[-1][0], done)

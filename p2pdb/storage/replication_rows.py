@@ -230,3 +230,29 @@ def up_checkpoints(conn: sqlite3.Connection, collection: str) -> dict[str, int |
         up = None if value is None else orjson.loads(value[0])
         out[key[len(collection) + 1 :]] = up if type(up) is int else None
     return out
+
+
+def live_assumed(
+    conn: sqlite3.Connection,
+    collection: str,
+    replication_ids: Iterable[str],
+    doc_ids: Sequence[str],
+) -> set[str]:
+    """Those of ``doc_ids`` whose assumed master state in one of the replications is a live
+    document (not a tombstone): that master is not known to have the deletion. The tombstone
+    cleanup keeps them. ``_deleted`` is never encoded by a codec, so no decoding is needed."""
+    live: set[str] = set()
+    for replication_id in replication_ids:
+        key = replication_origin(collection, replication_id)
+        for start in range(0, len(doc_ids), _ID_CHUNK):
+            chunk = [_DOC + i for i in doc_ids[start : start + _ID_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            for item, value in conn.execute(
+                "SELECT item, value FROM p2pdb_replication "
+                f"WHERE replication_id = ? AND item IN ({marks})",
+                (key, *chunk),
+            ):
+                state = orjson.loads(value)
+                if not (isinstance(state, dict) and state.get("_deleted") is True):
+                    live.add(item[len(_DOC) :])
+    return live

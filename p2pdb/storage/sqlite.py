@@ -305,11 +305,16 @@ class SQLiteStorage:
         upto_seq: int,
         older_than_lwt: float,
         scan: int,
+        replications: Sequence[str] = (),
     ) -> PurgeBatch:
         """Delete for good, in one short transaction on the writer thread, the tombstones
         with ``after_seq < seq <= upto_seq`` and ``lwt < older_than_lwt``, looking at
-        ``scan`` rows at most; no change events. Call it again from ``scanned_to``."""
+        ``scan`` rows at most; no change events. Call it again from ``scanned_to``. A
+        tombstone whose assumed master state in one of ``replications`` is live stays."""
         table = self._catalog.get(collection).table
+
+        def keep(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+            return replication_state.live_assumed(conn, collection, replications, ids)
 
         def run(conn: sqlite3.Connection) -> PurgeBatch:
             return purge_batch(
@@ -319,6 +324,7 @@ class SQLiteStorage:
                 upto_seq=upto_seq,
                 older_than_lwt=older_than_lwt,
                 scan=scan,
+                keep=lambda ids: keep(conn, ids),
             )
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, run))

@@ -1,9 +1,9 @@
 """Tombstone cleanup: time to purge N tombstones, and whether writes stall meanwhile.
 
-    python benchmarks/bench_cleanup.py [--n 20000] [--full] [--rounds 1] [--batch 500]
+    python benchmarks/bench_cleanup.py [--n 20000] [--full] [--rounds 1] [--batch 100]
 
 ``--full`` purges 100,000 tombstones (the issue's figure). Per round, for each batch size
-(the policy's default 500, and one single transaction of all N for comparison):
+(the default 100, and one single transaction of all N for comparison):
 
 * a fresh file gets N ~1 KB documents (``bulk_insert``), all removed (N tombstones);
 * baseline: single ``insert()`` calls one after the other, 300 of them, latency each;
@@ -32,7 +32,7 @@ from _common import (
 )
 
 import p2pdb
-from p2pdb.cleanup import purge_tombstones
+from p2pdb.cleanup import DEFAULT_BATCH_SIZE, purge_tombstones
 from p2pdb.storage import Write
 
 
@@ -102,7 +102,7 @@ async def one_round(folder: str, n: int, batch: int, rows: dict[str, Row]) -> No
 
 async def main() -> None:
     n = 100_000 if "--full" in sys.argv else arg("--n", 20_000)
-    batch = arg("--batch", 500)
+    batch = arg("--batch", DEFAULT_BATCH_SIZE)
     rounds = rounds_from_argv(1)
     rows: dict[str, Row] = {}
     with temp_dir() as folder:

@@ -31,6 +31,7 @@ from .storage import Storage
 from .streams import EventStream
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_MIN_AGE",
     "BackgroundCleanup",
     "CleanupCollection",
@@ -46,6 +47,12 @@ log = logging.getLogger("p2pdb.cleanup")
 DEFAULT_MIN_AGE = timedelta(days=31)
 
 Duration = float | timedelta
+
+#: Tombstones deleted per transaction by default: each delete touches the table and its
+#: indexes, so a short transaction keeps other writes flowing (``bench_cleanup.py``).
+DEFAULT_BATCH_SIZE = 100
+#: Rows looked at per transaction, per tombstone it may delete (looking is cheap).
+SCAN_FACTOR = 10
 
 
 def seconds(value: object, name: str) -> float:
@@ -74,7 +81,7 @@ class CleanupPolicy:
     - ``interval``: time between passes (RxDB ``runEach``);
     - ``first_run_after``: wait before the first pass, so opening stays fast (RxDB
       ``minimumCollectionAge``);
-    - ``batch_size``: rows looked at per transaction (writes get in between batches);
+    - ``batch_size``: tombstones deleted per transaction (writes get in between);
     - ``collections``: names to clean (``None``: every added collection);
     - ``ignore_replications``: replication ids whose stored checkpoints must not hold the
       cleanup back (pull-only or retired replications). Ignoring one that still pushes can
@@ -86,7 +93,7 @@ class CleanupPolicy:
     min_age: Duration = DEFAULT_MIN_AGE
     interval: Duration = timedelta(minutes=5)
     first_run_after: Duration = timedelta(seconds=60)
-    batch_size: int = 500
+    batch_size: int = DEFAULT_BATCH_SIZE
     collections: tuple[str, ...] | None = None
     ignore_replications: frozenset[str] = field(default_factory=frozenset)
 
@@ -152,14 +159,15 @@ async def purge_tombstones(
     collection: CleanupCollection,
     min_age: Duration = DEFAULT_MIN_AGE,
     *,
-    batch_size: int = 500,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     ignore_replications: Collection[str] = (),
 ) -> int:
     """Purge the tombstones of ``collection`` older than ``min_age`` that every replication
     of it has pushed past (see the module docstring); returns how many were purged.
 
-    Runs as short transactions of ``batch_size`` rows each on the writer thread, so other
-    writes are not held up. What ``collection.cleanup()`` calls.
+    Runs as short transactions on the writer thread, each deleting ``batch_size``
+    tombstones at most (and looking at ``SCAN_FACTOR`` times as many rows), so other writes
+    are not held up. What ``collection.cleanup()`` calls.
     """
     age = seconds(min_age, "min_age")
     check_batch_size(batch_size)
@@ -176,7 +184,8 @@ async def purge_tombstones(
             after_seq=after,
             upto_seq=upto,
             older_than_lwt=older_than_lwt,
-            scan=batch_size,
+            scan=batch_size * SCAN_FACTOR,
+            limit=batch_size,
             replications=replications,
         )
         purged += batch.purged

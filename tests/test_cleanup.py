@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,14 @@ def integrity(path: str) -> None:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+async def past_last_write(collection: p2pdb.Collection) -> None:
+    """Sleep until the clock passes the newest write time: a transaction of many writes
+    stamps them 10 us apart, which can run ahead of the clock (documents.SeqClock)."""
+    rows, _ = collection.storage.changes_since(collection.name, 0, 1_000_000)
+    newest = max(state["_meta"]["lwt"] for _, state in rows) / 1000
+    await asyncio.sleep(max(0.0, newest - time.time()) + 0.001)
+
+
 async def stored_rows(collection: p2pdb.Collection) -> int:
     """Rows in the collection's table, tombstones included."""
     return len(collection.storage.changes_since(collection.name, 0, 1_000_000)[0])
@@ -43,6 +52,7 @@ async def test_min_age_is_respected(todos: p2pdb.Collection) -> None:
     assert await todos.cleanup(min_age=3600) == 0
     assert await todos.cleanup(min_age=timedelta(hours=1)) == 0
     assert await stored_rows(todos) == 5
+    await past_last_write(todos)
     assert await todos.cleanup(min_age=0) == 3
     assert await stored_rows(todos) == 2  # the live documents stay
     assert todos.stored_state("d0") is None
@@ -66,6 +76,7 @@ async def test_bad_min_age_and_policy_are_refused(todos: p2pdb.Collection) -> No
 async def test_small_batches_purge_everything_and_keep_the_rest(todos: p2pdb.Collection) -> None:
     await todos.bulk_insert([{"id": f"d{i:03}", "text": "x"} for i in range(100)])
     await todos.remove({"id": {"$lt": "d050"}})
+    await past_last_write(todos)
     purged = await purge_tombstones(todos, 0, batch_size=7)
     assert purged == 50
     assert await todos.count() == 50
@@ -96,6 +107,7 @@ async def test_background_cleanup_runs_and_stops_on_close(db_path: str) -> None:
     todos = await db.add_collection("todos", schema=TODO_SCHEMA)
     await todos.bulk_insert([{"id": f"d{i}", "text": "x"} for i in range(10)])
     await todos.remove({"id": {"$in": ["d1", "d2"]}})
+    await past_last_write(todos)
     policy = CleanupPolicy(min_age=0, interval=0.01, first_run_after=0, batch_size=3)
     cleanup = await db.start_cleanup(policy)
     assert isinstance(cleanup, BackgroundCleanup)

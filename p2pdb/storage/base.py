@@ -331,10 +331,12 @@ class Storage(Protocol):
         upto_seq: int,
         older_than_lwt: float,
         scan: int,
+        limit: int,
         replications: Sequence[str] = (),
     ) -> PurgeBatch:
         """Delete for good one batch of tombstones with ``after_seq < seq <= upto_seq``
-        written before ``older_than_lwt`` (ms), looking at ``scan`` rows at most, in one
-        short transaction; no change events (``p2pdb/cleanup.py`` decides the bounds). A
-        tombstone whose assumed master state in one of ``replications`` is live stays."""
+        written before ``older_than_lwt`` (ms), looking at ``scan`` rows and deleting
+        ``limit`` at most, in one short transaction; no change events (``p2pdb/cleanup.py``
+        decides the bounds). A tombstone whose assumed master state in one of
+        ``replications`` is live stays."""
         ...

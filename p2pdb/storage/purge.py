@@ -33,12 +33,14 @@ def purge_batch(
     upto_seq: int,
     older_than_lwt: float,
     scan: int,
+    limit: int,
     keep: Callable[[list[str]], set[str]] | None = None,
 ) -> PurgeBatch:
     """Delete from the collection table ``table``, inside the caller's transaction, the
     tombstones with ``after_seq < seq <= upto_seq`` written before ``older_than_lwt`` (ms,
     the rows' ``lwt``), looking at ``scan`` rows at most (in sequence order, by the ``seq``
-    index). ``keep(ids)``, given the candidates' ids, names those that must stay."""
+    index) and deleting ``limit`` at most. ``keep(ids)``, given the candidates' ids, names
+    those that must stay."""
     rows = conn.execute(
         f"SELECT seq, id, deleted, lwt FROM {table} WHERE seq > ? AND seq <= ? "
         "ORDER BY seq LIMIT ?",
@@ -47,9 +49,15 @@ def purge_batch(
     if not rows:
         return PurgeBatch(0, upto_seq, True)
     # not relying on lwt growing with seq: rows may carry an imported or a foreign clock
-    candidates = [(seq, i) for seq, i, deleted, lwt in rows if deleted and lwt < older_than_lwt]
+    candidates: list[tuple[int, str]] = []
+    done, last = len(rows) < scan, rows[-1][0]
+    for seq, doc_id, deleted, lwt in rows:
+        if deleted and lwt < older_than_lwt:
+            candidates.append((seq, doc_id))
+            if len(candidates) == limit:  # deleting costs far more than looking
+                done, last = False, seq
+                break
     kept = keep([i for _, i in candidates]) if keep is not None and candidates else set()
     gone = [(seq,) for seq, i in candidates if i not in kept]
-    done = len(rows) < scan
     conn.executemany(f"DELETE FROM {table} WHERE seq = ? AND deleted = 1", gone)
-    return PurgeBatch(len(gone), upto_seq if done else rows[-1][0], done)
+    return PurgeBatch(len(gone), upto_seq if done else last, done)

@@ -305,12 +305,14 @@ class SQLiteStorage:
         upto_seq: int,
         older_than_lwt: float,
         scan: int,
+        limit: int,
         replications: Sequence[str] = (),
     ) -> PurgeBatch:
         """Delete for good, in one short transaction on the writer thread, the tombstones
         with ``after_seq < seq <= upto_seq`` and ``lwt < older_than_lwt``, looking at
-        ``scan`` rows at most; no change events. Call it again from ``scanned_to``. A
-        tombstone whose assumed master state in one of ``replications`` is live stays."""
+        ``scan`` rows and deleting ``limit`` at most; no change events. Call it again from
+        ``scanned_to``. A tombstone whose assumed master state in one of ``replications``
+        is live stays."""
         table = self._catalog.get(collection).table
 
         def keep(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
@@ -324,6 +326,7 @@ class SQLiteStorage:
                 upto_seq=upto_seq,
                 older_than_lwt=older_than_lwt,
                 scan=scan,
+                limit=limit,
                 keep=lambda ids: keep(conn, ids),
             )
 

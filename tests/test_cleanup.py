@@ -333,3 +333,28 @@ async def test_a_deletion_the_master_never_got_is_kept_even_past_the_checkpoint(
         await caught_up(state)
         assert await fork.find_one("a") is None  # still removed here: nothing came back
         await state.cancel()
+
+
+async def test_encrypted_collection_with_a_replication(tmp_path: Path) -> None:
+    """Assumed master states are stored encoded by the collection's codec; ``_deleted``
+    stays readable, so the rule works on encrypted collections too."""
+    schema = {**TODO_SCHEMA, "encrypted": ["text"]}
+    fork_db = await p2pdb.create_database(str(tmp_path / "fork.db"), password="correct horse")
+    master_db = await p2pdb.create_database(str(tmp_path / "master.db"), password="battery staple")
+    fork = await fork_db.add_collection("todos", schema=schema)
+    master = await master_db.add_collection("todos", schema=schema)
+    async with WirePipe(collection_handler(master)) as pipe:
+        state = replicate(fork, pipe.handler, "main", retry_delay=0.05)
+        await fork.insert({"id": "s", "text": "secret"})
+        await synced(state)
+        await state.pause()
+        await fork.remove_document("s")
+        assert await fork.cleanup(min_age=0) == 0
+        await state.start()
+        await synced(state)
+        assert master.stored_state("s")["_deleted"] is True  # type: ignore[index]
+        assert await fork.cleanup(min_age=0) == 1
+        await state.cancel()
+    for db in (fork_db, master_db):
+        await db.close()
+        integrity(db.path)

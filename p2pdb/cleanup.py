@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol, Self
 
-from .errors import P2PDBError, ValidationError
+from .errors import P2PDBError, StorageError, ValidationError
 from .storage import Storage
 from .streams import EventStream
 
@@ -195,6 +195,20 @@ async def purge_tombstones(
     return purged
 
 
+def failure(collection: str, exc: Exception) -> P2PDBError:
+    """What a failed pass reports: a :class:`~p2pdb.errors.P2PDBError` as it is, anything
+    else as ``StorageError`` ``CLEANUP_FAILED`` with it as ``__cause__``."""
+    if isinstance(exc, P2PDBError):
+        return exc
+    error = StorageError(
+        f"Cleaning up {collection!r} failed: {exc!r}. The next pass tries again.",
+        code="CLEANUP_FAILED",
+        collection=collection,
+    )
+    error.__cause__ = exc
+    return error
+
+
 @dataclass(frozen=True, slots=True)
 class CleanupReport:
     """One pass of the background cleanup: tombstones purged per collection."""
@@ -266,7 +280,8 @@ class BackgroundCleanup:
                     batch_size=policy.batch_size,
                     ignore_replications=policy.ignore_replications,
                 )
-            except P2PDBError as error:
+            except Exception as exc:  # reported; the other collections and passes go on
+                error = failure(name, exc)
                 log.warning("cleanup of %r failed: %s", name, error)
                 self.errors.on_next(error)
         report = CleanupReport(purged)

@@ -358,3 +358,33 @@ async def test_encrypted_collection_with_a_replication(tmp_path: Path) -> None:
     for db in (fork_db, master_db):
         await db.close()
         integrity(db.path)
+
+
+async def test_a_failing_collection_is_reported_and_the_others_are_cleaned(
+    db: p2pdb.Database, todos: p2pdb.Collection
+) -> None:
+    class Broken:
+        name = "broken"
+
+        @property
+        def storage(self) -> p2pdb.storage.Storage:
+            raise RuntimeError("disk on fire")
+
+        def check_open(self) -> None:
+            pass
+
+    class Both:
+        collections = {"broken": Broken(), "todos": todos}
+
+        def close_with(self, closer: object) -> object:
+            return db.close_with(closer)  # type: ignore[arg-type]
+
+    await todos.insert({"id": "a", "text": "x"})
+    await todos.remove_document("a")
+    cleanup = BackgroundCleanup(Both(), CleanupPolicy(min_age=0))  # type: ignore[arg-type]
+    errors: list[p2pdb.P2PDBError] = []
+    cleanup.errors.subscribe(errors.append)
+    report = await cleanup.run_once()
+    assert report.purged == {"todos": 1}
+    assert [e.code for e in errors] == ["CLEANUP_FAILED"]
+    assert isinstance(errors[0].__cause__, RuntimeError)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from reactivex import Observable
 
 from .changes import LOCAL, ChangeEvent
+from .cleanup import DEFAULT_MIN_AGE, purge_tombstones
 from .conflicts import ConflictHandler, as_conflict_handler
 from .document import Document, Modifier
 from .errors import ConflictError, NotFoundError, P2PDBError, ValidationError
@@ -428,3 +430,9 @@ class Collection(LocalDocumentMethods):
         name = self.name
         await self.storage.write(lambda txn: txn.drop_damaged(name, doc_id))
         return None
+    async def cleanup(self, min_age: float | timedelta = DEFAULT_MIN_AGE) -> int:
+        """Purge for good the tombstones older than ``min_age`` (seconds or a timedelta;
+        default 31 days, as RxDB) that every replication of this collection has pushed past;
+        returns how many were purged. A purged id can be inserted again, as a new document.
+        See ``docs/cleanup.md`` (what keeps a peer from resurrecting a purged document)."""
+        return await purge_tombstones(self, min_age)

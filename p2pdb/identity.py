@@ -1,11 +1,12 @@
 """A database's device identity: one long-term Ed25519 key pair, kept in the file.
 
 ``Database.start()`` (``create_database``) loads it into ``db.identity``, creating it when
-the file has none (in one transaction: two processes opening a new file agree on one key). The record (info key ``identity``)
-holds the public key and the private key; when the database has a password, the private key
-is sealed with AES-256-GCM under the database's key (through the encryption plugin's
-codec), and ``db.change_password`` re-seals it. Peers prove the key in the WebRTC
-handshake; users compare :attr:`DeviceIdentity.fingerprint` out of band.
+the file has none (in one transaction: two processes opening a new file agree on one key).
+The record (info key ``identity``) holds the public key and the private key; when the
+database has a password, the private key is sealed with AES-256-GCM under the database's
+key (through the encryption plugin's codec), and ``db.change_password`` re-seals it. Peers
+prove the key in the WebRTC handshake; users compare :attr:`DeviceIdentity.fingerprint`
+out of band.
 
 ``cryptography`` is imported only when a key is made, loaded, used or checked, so
 ``import p2pdb`` never loads it.

@@ -16,6 +16,7 @@ from ..changes import LOCAL, ChangeEvent
 from ..errors import ConflictError, EncryptionError
 from ..query import CompiledQuery
 from ..schema import Schema
+from .purge import PurgeBatch
 
 __all__ = [
     "ABSENT",
@@ -355,4 +356,27 @@ class Storage(Protocol):
     async def damaged(self, collection: str) -> list[DamagedDocument]:
         """Every stored document (tombstones too) of ``collection`` whose body fails
         authentication, by id; reads the whole collection."""
+        ...
+
+    def up_checkpoints(self, collection: str) -> dict[str, int | None]:
+        """Each stored replication of ``collection``, by replication id: its up-checkpoint
+        (``None``: it never stored one). The tombstone cleanup reads it."""
+        ...
+
+    async def purge_tombstones(
+        self,
+        collection: str,
+        *,
+        after_seq: int,
+        upto_seq: int,
+        older_than_lwt: float,
+        scan: int,
+        limit: int,
+        replications: Sequence[str] = (),
+    ) -> PurgeBatch:
+        """Delete for good one batch of tombstones with ``after_seq < seq <= upto_seq``
+        written before ``older_than_lwt`` (ms), looking at ``scan`` rows and deleting
+        ``limit`` at most, in one short transaction; no change events (``p2pdb/cleanup.py``
+        decides the bounds). A tombstone whose assumed master state in one of
+        ``replications`` is live stays."""
         ...

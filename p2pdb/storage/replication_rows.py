@@ -208,3 +208,51 @@ class ReplicationRows:
                 decoded = codec.decode(collection, doc_id, decoded)
             out["assumed"][doc_id] = decoded
         return out
+
+
+def up_checkpoints(conn: sqlite3.Connection, collection: str) -> dict[str, int | None]:
+    """Every replication of ``collection`` with stored state, by replication id: its
+    up-checkpoint (the collection's change sequence up to which it pushed), ``None`` when
+    it never stored one (it never pushed, or it is pull-only). The tombstone cleanup reads
+    this: a tombstone is passed by a replication once its up-checkpoint reaches the seq."""
+    out: dict[str, int | None] = {}
+    key = collection + ":"  # every key "<collection>:..." sorts below "<collection>;"
+    while row := conn.execute(
+        "SELECT replication_id FROM p2pdb_replication WHERE replication_id > ? "
+        "AND replication_id < ? ORDER BY replication_id LIMIT 1",
+        (key, collection + ";"),
+    ).fetchone():
+        key = row[0]  # one index probe per replication, however many assumed states it has
+        value = conn.execute(
+            "SELECT value FROM p2pdb_replication WHERE replication_id = ? AND item = ?",
+            (key, _checkpoint_item("up")),
+        ).fetchone()
+        up = None if value is None else orjson.loads(value[0])
+        out[key[len(collection) + 1 :]] = up if type(up) is int else None
+    return out
+
+
+def live_assumed(
+    conn: sqlite3.Connection,
+    collection: str,
+    replication_ids: Iterable[str],
+    doc_ids: Sequence[str],
+) -> set[str]:
+    """Those of ``doc_ids`` whose assumed master state in one of the replications is a live
+    document (not a tombstone): that master is not known to have the deletion. The tombstone
+    cleanup keeps them. ``_deleted`` is never encoded by a codec, so no decoding is needed."""
+    live: set[str] = set()
+    for replication_id in replication_ids:
+        key = replication_origin(collection, replication_id)
+        for start in range(0, len(doc_ids), _ID_CHUNK):
+            chunk = [_DOC + i for i in doc_ids[start : start + _ID_CHUNK]]
+            marks = ",".join("?" * len(chunk))
+            for item, value in conn.execute(
+                "SELECT item, value FROM p2pdb_replication "
+                f"WHERE replication_id = ? AND item IN ({marks})",
+                (key, *chunk),
+            ):
+                state = orjson.loads(value)
+                if not (isinstance(state, dict) and state.get("_deleted") is True):
+                    live.add(item[len(_DOC) :])
+    return live

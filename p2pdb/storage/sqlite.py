@@ -25,10 +25,12 @@ from ..query import CompiledQuery
 from ..schema import Schema
 from . import catalog, documents, local_rows, own_writes, queries
 from . import migration_rows as migration_sql
+from . import replication_rows as replication_state
 from .base import BodyCodec, DamagedDocument, Direction, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
+from .purge import PurgeBatch, purge_batch
 from .replication_rows import ReplicationRows
 from .txn import SQLiteWriteTxn
 
@@ -384,6 +386,49 @@ class SQLiteStorage:
                 rows.set_assumed(conn, name, replication_id, state["assumed"])
 
         return await self._conns.run(lambda conn: migration_sql.finish(conn, info, source, restore))
+
+    # -- tombstone cleanup (purge.py; policy: p2pdb/cleanup.py) -------------------------
+
+    def up_checkpoints(self, collection: str) -> dict[str, int | None]:
+        """Each stored replication of ``collection``: its up-checkpoint (``None``: never
+        stored one); an inline read (see ``replication_rows.up_checkpoints``)."""
+        return replication_state.up_checkpoints(self._conns.reader(), collection)
+
+    async def purge_tombstones(
+        self,
+        collection: str,
+        *,
+        after_seq: int,
+        upto_seq: int,
+        older_than_lwt: float,
+        scan: int,
+        limit: int,
+        replications: Sequence[str] = (),
+    ) -> PurgeBatch:
+        """Delete for good, in one short transaction on the writer thread, the tombstones
+        with ``after_seq < seq <= upto_seq`` and ``lwt < older_than_lwt``, looking at
+        ``scan`` rows and deleting ``limit`` at most; no change events. Call it again from
+        ``scanned_to``. A tombstone whose assumed master state in one of ``replications``
+        is live stays."""
+        table = self._catalog.get(collection).table
+
+        def keep(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+            return replication_state.live_assumed(conn, collection, replications, ids)
+
+        def run(conn: sqlite3.Connection) -> PurgeBatch:
+            return purge_batch(
+                conn,
+                table,
+                after_seq=after_seq,
+                upto_seq=upto_seq,
+                older_than_lwt=older_than_lwt,
+                scan=scan,
+                limit=limit,
+                keep=lambda ids: keep(conn, ids),
+            )
+
+        return await self._conns.run(lambda conn: local_rows.transaction(conn, run))
+
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

@@ -177,8 +177,19 @@ def _variant(rng: random.Random, state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The table as files made before markers have it (a WITHOUT ROWID table).
+OLD_TABLE = """CREATE TABLE p2pdb_replication (
+    replication_id TEXT NOT NULL, item TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (replication_id, item)) WITHOUT ROWID"""
+
+
+@pytest.mark.parametrize("old_table", [False, True], ids=["new-file", "old-file"])
 @pytest.mark.parametrize("codec", [None, Shouting()], ids=["plain", "codec"])
-async def test_random_operations_read_like_full_copies(db_path: str, codec: Any) -> None:
+async def test_random_operations_read_like_full_copies(
+    db_path: str, codec: Any, old_table: bool
+) -> None:
+    if old_table:
+        raw(db_path, OLD_TABLE)
     seed = SEED or random.randrange(1 << 30)
     rng = random.Random(seed)
     ids = [f"d{i}" for i in range(8)]
@@ -242,6 +253,8 @@ async def test_random_operations_read_like_full_copies(db_path: str, codec: Any)
     finally:
         await storage.close()
     assert forms["marker"] > 100 and forms["copy"] > 100, forms  # both forms were exercised
+    (ddl,) = raw(db_path, "SELECT sql FROM sqlite_master WHERE name = 'p2pdb_replication'")[0]
+    assert ddl.endswith("WITHOUT ROWID") is old_table
 
 
 # -- randomized replications, every read checked against a shadow of full copies -------------

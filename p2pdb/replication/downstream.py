@@ -137,15 +137,16 @@ class Downstream(DirectionTask):
                 exc.parameters.setdefault("document_id", doc_id)
                 self.context.report("down", exc)  # not stored; the others go on
                 continue
+            # the wire form (prepare refuses "_" fields, so nothing to strip)
+            wire = {**prepared, "_deleted": deleted}
             if self.context.arrivals.pushed_after(prepared[pk], arrival):
                 # sent before our push of it was answered (see Arrivals): the echo of that
                 # push (RxDB masters echo every push) is harmless; anything else is doubtful
-                wire = to_wire({**prepared, "_deleted": deleted})
                 pushed = self.context.arrivals.last_pushed(prepared[pk])
                 if pushed is None or not is_equal(pushed, wire):
                     complete = False
                 continue
-            incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
+            incoming[prepared[pk]] = (prepared, deleted, wire)
         return incoming, complete
 
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:

@@ -327,11 +327,10 @@ def _same_as_rows(
     codec = info.codec
     out: dict[str, str] = {}
     for doc_id, (rev, deleted, body) in _rows(conn, info, list(states)).items():
-        state = states[doc_id]
-        flag = state.get("_deleted")
+        user = dict(states[doc_id])
+        flag = user.pop("_deleted", None)
         if type(flag) is not bool or flag is not bool(deleted):
             continue
-        user = {k: v for k, v in state.items() if k != "_deleted"}
         if codec is None:
             same = orjson.dumps(user) == body.encode()
         else:

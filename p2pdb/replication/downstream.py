@@ -84,23 +84,42 @@ class Downstream(DirectionTask):
                 return
 
     async def _pull_all(self) -> None:
+        """Pull batches from the stored checkpoint until a short one. The next batch is
+        asked for while the current one is persisted (the master's read and the fork's
+        write overlap); it is dropped if the current one was doubtful."""
         self.set_busy(True)
-        handler, batch_size = self.context.handler, self.context.options.batch_size
+        batch_size = self.context.options.batch_size
         checkpoint = self.context.checkpoints.down()
-        while True:
-            answer = await handler.changes_since(checkpoint, batch_size)
-            arrival = self.context.arrivals.pull_answered()
-            batch = as_changes_batch(answer)
-            complete = await self._persist(batch.documents, batch.checkpoint, arrival)
-            self.succeeded()
-            if not complete:
-                continue  # pull the same batch again, after the push that made it doubtful
-            checkpoint = batch.checkpoint
-            if len(batch.documents) < batch_size:
-                break
+        ahead = asyncio.ensure_future(self._fetch(checkpoint))
+        try:
+            while True:
+                batch, arrival = await ahead
+                full = len(batch.documents) >= batch_size
+                if full:  # its checkpoint is known: ask for the next batch now
+                    ahead = asyncio.ensure_future(self._fetch(batch.checkpoint))
+                complete = await self._persist(batch.documents, batch.checkpoint, arrival)
+                self.succeeded()
+                if not complete:
+                    # pull the same batch again, after the push that made it doubtful
+                    if full:
+                        await _drop(ahead)
+                    ahead = asyncio.ensure_future(self._fetch(checkpoint))
+                    continue
+                checkpoint = batch.checkpoint
+                if not full:
+                    break
+        finally:
+            await _drop(ahead)
         self._caught_up = True
         self.first_done = True
         self.set_busy(False)
+
+    async def _fetch(self, checkpoint: Any) -> tuple[ChangesBatch, int]:
+        """One batch after ``checkpoint`` and its arrival number (taken as it arrives)."""
+        answer = await self.context.handler.changes_since(
+            checkpoint, self.context.options.batch_size
+        )
+        return as_changes_batch(answer), self.context.arrivals.pull_answered()
 
     async def _persist(self, documents: Sequence[object], checkpoint: Any, arrival: int) -> bool:
         """Apply master states; False if some were doubtful and the checkpoint was kept."""
@@ -198,3 +217,16 @@ class Downstream(DirectionTask):
 
         for state in await c.database.storage.write(persist):
             self.received.on_next(state)
+
+
+async def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel a fetch ahead that is no longer wanted and wait for it to end."""
+    task.cancel()  # nothing if it is done
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are cancelled ourselves, not just the fetch
+    except Exception:  # noqa: S110 - its outcome (a result or an error) is not wanted
+        pass

@@ -90,10 +90,14 @@ class Downstream(DirectionTask):
         self.set_busy(True)
         batch_size = self.context.options.batch_size
         checkpoint = self.context.checkpoints.down()
-        ahead = asyncio.ensure_future(self._fetch(checkpoint))
+        ahead: asyncio.Future[tuple[ChangesBatch, int]] | None = None
         try:
             while True:
-                batch, arrival = await ahead
+                if ahead is None:
+                    batch, arrival = await self._fetch(checkpoint)
+                else:
+                    batch, arrival = await ahead
+                    ahead = None
                 full = len(batch.documents) >= batch_size
                 if full:  # its checkpoint is known: ask for the next batch now
                     ahead = asyncio.ensure_future(self._fetch(batch.checkpoint))
@@ -101,15 +105,16 @@ class Downstream(DirectionTask):
                 self.succeeded()
                 if not complete:
                     # pull the same batch again, after the push that made it doubtful
-                    if full:
+                    if ahead is not None:
                         await _drop(ahead)
-                    ahead = asyncio.ensure_future(self._fetch(checkpoint))
+                        ahead = None
                     continue
                 checkpoint = batch.checkpoint
                 if not full:
                     break
         finally:
-            await _drop(ahead)
+            if ahead is not None:
+                await _drop(ahead)
         self._caught_up = True
         self.first_done = True
         self.set_busy(False)

@@ -211,11 +211,6 @@ async def test_a_fork_pushing_the_document_repairs_the_master(open_notes: Open) 
     assert doc is not None and doc.get("body") == "edited on the fork"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the lead's change to p2pdb/replication/downstream.py (_decide reads "
-    "storage.get_or_damaged and overwrites a DamagedDocument with the master's state)",
-)
 async def test_a_pull_of_the_document_repairs_the_fork(open_notes: Open) -> None:
     peer = await open_notes("peer")
     await peer.bulk_insert(DOCS)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from ..errors import ConflictError, ValidationError
 from ..storage import ABSENT, Write, WriteTxn
+from ..storage.base import DamagedDocument
 from ..streams import EventStream
 from .access import apply_modifier
 from .checkpoints import Direction, StateUpdate
@@ -84,23 +85,47 @@ class Downstream(DirectionTask):
                 return
 
     async def _pull_all(self) -> None:
+        """Pull batches from the stored checkpoint until a short one. The next batch is
+        asked for while the current one is persisted (the master's read and the fork's
+        write overlap); it is dropped if the current one was doubtful."""
         self.set_busy(True)
-        handler, batch_size = self.context.handler, self.context.options.batch_size
+        batch_size = self.context.options.batch_size
         checkpoint = self.context.checkpoints.down()
-        while True:
-            answer = await handler.changes_since(checkpoint, batch_size)
-            arrival = self.context.arrivals.pull_answered()
-            batch = as_changes_batch(answer)
-            complete = await self._persist(batch.documents, batch.checkpoint, arrival)
-            self.succeeded()
-            if not complete:
-                continue  # pull the same batch again, after the push that made it doubtful
-            checkpoint = batch.checkpoint
-            if len(batch.documents) < batch_size:
-                break
+        ahead: asyncio.Future[tuple[ChangesBatch, int]] | None = None
+        try:
+            while True:
+                if ahead is None:
+                    batch, arrival = await self._fetch(checkpoint)
+                else:
+                    batch, arrival = await ahead
+                    ahead = None
+                full = len(batch.documents) >= batch_size
+                if full:  # its checkpoint is known: ask for the next batch now
+                    ahead = asyncio.ensure_future(self._fetch(batch.checkpoint))
+                complete = await self._persist(batch.documents, batch.checkpoint, arrival)
+                self.succeeded()
+                if not complete:
+                    # pull the same batch again, after the push that made it doubtful
+                    if ahead is not None:
+                        await _drop(ahead)
+                        ahead = None
+                    continue
+                checkpoint = batch.checkpoint
+                if not full:
+                    break
+        finally:
+            if ahead is not None:
+                await _drop(ahead)
         self._caught_up = True
         self.first_done = True
         self.set_busy(False)
+
+    async def _fetch(self, checkpoint: Any) -> tuple[ChangesBatch, int]:
+        """One batch after ``checkpoint`` and its arrival number (taken as it arrives)."""
+        answer = await self.context.handler.changes_since(
+            checkpoint, self.context.options.batch_size
+        )
+        return as_changes_batch(answer), self.context.arrivals.pull_answered()
 
     async def _persist(self, documents: Sequence[object], checkpoint: Any, arrival: int) -> bool:
         """Apply master states; False if some were doubtful and the checkpoint was kept."""
@@ -137,15 +162,16 @@ class Downstream(DirectionTask):
                 exc.parameters.setdefault("document_id", doc_id)
                 self.context.report("down", exc)  # not stored; the others go on
                 continue
+            # the wire form (prepare refuses "_" fields, so nothing to strip)
+            wire = {**prepared, "_deleted": deleted}
             if self.context.arrivals.pushed_after(prepared[pk], arrival):
                 # sent before our push of it was answered (see Arrivals): the echo of that
                 # push (RxDB masters echo every push) is harmless; anything else is doubtful
-                wire = to_wire({**prepared, "_deleted": deleted})
                 pushed = self.context.arrivals.last_pushed(prepared[pk])
                 if pushed is None or not is_equal(pushed, wire):
                     complete = False
                 continue
-            incoming[prepared[pk]] = (prepared, deleted, to_wire({**prepared, "_deleted": deleted}))
+            incoming[prepared[pk]] = (prepared, deleted, wire)
         return incoming, complete
 
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
@@ -158,12 +184,16 @@ class Downstream(DirectionTask):
         c = self.context.collection
         selected = self.context.filter.matches
         is_equal = c.conflict_handler.is_equal
-        forks = c.database.storage.get(c.name, list(incoming))
+        forks = c.database.storage.get_or_damaged(c.name, list(incoming))
         assumed = self.context.checkpoints.assumed(incoming)
         writes: list[Write] = []
         update = self.context.checkpoints.update()
         for doc_id, (user, deleted, master) in incoming.items():
             fork = forks.get(doc_id)
+            if isinstance(fork, DamagedDocument):  # unreadable here: the master's copy repairs it
+                writes.append(Write(user, deleted, expected=fork.revision))
+                update.set_assumed(doc_id, master)
+                continue
             fork_wire = to_wire(fork) if fork is not None else None
             known = assumed.get(doc_id)
             if fork is None and known is None and not selected(master):
@@ -197,3 +227,16 @@ class Downstream(DirectionTask):
 
         for state in await c.database.storage.write(persist):
             self.received.on_next(state)
+
+
+async def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel a fetch ahead that is no longer wanted and wait for it to end."""
+    task.cancel()  # nothing if it is done
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are cancelled ourselves, not just the fetch
+    except Exception:  # noqa: S110 - its outcome (a result or an error) is not wanted
+        pass

@@ -96,27 +96,24 @@ class Upstream(DirectionTask):
     async def _push_all(self) -> None:
         c = self.context.collection
         while True:
-            checkpoint = self.context.checkpoints.up()
-            pairs, last = c.database.storage.changes_since(
-                c.name, checkpoint, self.context.options.batch_size
-            )
-            if not pairs:
-                return
-            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
+            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock);
+            # read under the lock, the listed states are current: no pull writes meanwhile
             async with self.context.arrivals.persist_lock:
+                pairs, last = c.database.storage.changes_since(
+                    c.name, self.context.checkpoints.up(), self.context.options.batch_size
+                )
+                if not pairs:
+                    return
                 await self._push([state for _, state in pairs], last)
             self.succeeded()
 
-    async def _push(self, changed: list[Doc], checkpoint: int) -> None:
+    async def _push(self, states: list[Doc], checkpoint: int) -> None:
         """Push the changed documents, resolve conflicts, store the outcome (lock held)."""
-        c = self.context.collection
-        pk = c.schema.primary_key
-        # the current states, not the ones listed: a pull may have written since
-        states = list(c.database.storage.get(c.name, [s[pk] for s in changed]).values())
+        pk = self.context.collection.schema.primary_key
+        revisions = {s[pk]: s["_rev"] for s in states}
         rows = self._rows(states)
         real, unsent = await self._send(rows)
         rows = [row for row in rows if row.new_document_state[pk] not in unsent]
-        revisions = {s[pk]: s["_rev"] for s in states}
         outcome = await self._decide(rows, real, revisions, checkpoint)
         await self._write(outcome)
         for row in rows:
@@ -139,7 +136,11 @@ class Upstream(DirectionTask):
         assumed = self.context.checkpoints.assumed(s[pk] for s in states)
         rows: list[WriteRow] = []
         for state in states:
-            wire = to_wire(state)
+            # in place (the states are this pass's own copies): the wire form, as to_wire
+            state.pop("_rev", None)
+            state.pop("_meta", None)
+            state.pop("_attachments", None)
+            wire = state
             known = assumed.get(state[pk])
             if known is None and not selected(wire):
                 continue

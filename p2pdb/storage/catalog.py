@@ -44,8 +44,11 @@ CREATE TABLE IF NOT EXISTS p2pdb_collections (
     name TEXT PRIMARY KEY, version INTEGER NOT NULL, schema TEXT NOT NULL, hash TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS p2pdb_replication (
     replication_id TEXT NOT NULL, item TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (replication_id, item)) WITHOUT ROWID;
+    PRIMARY KEY (replication_id, item));
 """
+# p2pdb_replication is a rowid table since assumed master states became markers (files
+# made before keep their WITHOUT ROWID table; both read the same): a WITHOUT ROWID b-tree
+# stores ~1 KB full copies 2.8x less densely (measured: 27 vs 10 MB for 6,000 copies).
 
 
 def table_name(collection: str) -> str:

@@ -3,8 +3,39 @@
 A replication of a collection keeps, in ``p2pdb_replication``, rows keyed
 ``"<collection>:<replication_id>"`` (the same string is the origin of its writes) with the
 items ``"up"`` and ``"down"`` (its checkpoints) and ``"doc:<id>"`` (the assumed master state
-of a document, in wire form, encoded by the collection's codec). Values are JSON. The
-format is that of every file written so far, so checkpoints resume across versions.
+of a document). Values are JSON. The format is that of every file written so far, so
+checkpoints resume across versions.
+
+An assumed master state is stored in one of two forms:
+
+- a **full copy**: the state in wire form (user fields plus ``_deleted``), encoded by the
+  collection's codec: a JSON object. Every file written before markers existed holds these,
+  and they are still written whenever the state differs from the fork's own row;
+- a **marker**: a JSON string, the revision of the fork's own row of that document, meaning
+  "exactly the user fields and deleted flag of the row at this revision". About 20 bytes
+  instead of a copy of the document: after a pull or an accepted push (the common case)
+  the master holds exactly what the fork holds.
+
+Why a marker always means what it meant when written (the invariant: a marker's revision
+is the revision of its document's current row, whose content is the assumed state):
+
+1. :meth:`ReplicationRows.set_assumed` writes a marker only after comparing, in the writing
+   transaction, the state with the current row: same deleted flag and the same JSON bytes
+   of the user fields (orjson; so ``1``, ``1.0`` and ``true`` stay apart), decoded through
+   the codec if there is one. Otherwise it writes a full copy.
+2. A row changes only through ``WriteTxn.put``, which first calls
+   :meth:`ReplicationRows.preserve_assumed`: in the same transaction, every marker of every
+   replication of the collection that names a written document's current revision becomes
+   the full copy of that row. After the write, no marker names the old revision. Revisions
+   only grow in height, so a new row never takes an old marker's revision. (Re-encoding
+   bodies keeps revisions and decoded content, so markers stay true.)
+3. Reads resolve markers in one SQL statement (one snapshot) joining the document rows.
+
+A marker whose revision is not that of the current row can only come from a writer that
+does not know markers (an older p2pdb in another process). It is read as "no assumed state":
+the fork then treats the document as never seen on the master and pushes it without an
+assumed state, which the master answers with a conflict that is resolved. An older p2pdb
+reading a marker would misread it: files written by this version are not for older ones.
 """
 
 from __future__ import annotations
@@ -16,8 +47,9 @@ from typing import Any
 
 import orjson
 
+from ..errors import EncryptionError
 from .base import BodyCodec, Direction
-from .catalog import Catalog
+from .catalog import Catalog, CollectionInfo, is_stored, table_name
 
 __all__ = ["ReplicationRows", "replication_origin"]
 
@@ -25,6 +57,18 @@ _ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable lim
 _CONTACT = "contact"  # item: Unix time of the last stored checkpoint
 _DOC = "doc:"  # item prefix of an assumed master state
 _BATCH = 500  # rows re-encoded per statement by recode_assumed
+# The keys of one collection's replications: "<collection>:" <= key < "<collection>;",
+# found with one index seek each (a skip scan), however many rows each key has.
+_KEYS_SQL = """
+WITH RECURSIVE k(key) AS (
+    SELECT (SELECT min(replication_id) FROM p2pdb_replication
+            WHERE replication_id >= ?1 AND replication_id < ?2)
+    UNION ALL
+    SELECT (SELECT min(replication_id) FROM p2pdb_replication
+            WHERE replication_id > k.key AND replication_id < ?2)
+    FROM k WHERE k.key IS NOT NULL)
+SELECT key FROM k WHERE key IS NOT NULL
+"""
 
 
 def replication_origin(collection: str, replication_id: str) -> str:
@@ -84,16 +128,42 @@ class ReplicationRows:
         replication_id: str,
         ids: Sequence[str],
     ) -> dict[str, dict[str, Any]]:
-        """Assumed master states by document id, decoded."""
+        """Assumed master states by document id, decoded; markers are resolved against the
+        document rows in the same statement (see the module docstring)."""
         key = replication_origin(collection, replication_id)
-        found = self._read(conn, key, [_DOC + i for i in ids])
-        codec = self._codec(collection)
+        info = self._catalog.find(collection)
+        codec = None if info is None else info.codec
+        if info is not None or is_stored(conn, collection):
+            # a marker's row, read in the same statement (one snapshot) as the marker
+            source = (
+                f"p2pdb_replication AS r LEFT JOIN {table_name(collection)} AS d "
+                "ON substr(r.value, 1, 1) = '\"' AND d.id = substr(r.item, 5)"
+            )
+            columns = "r.item, r.value, d.rev, d.deleted, d.body"
+        else:
+            source, columns = "p2pdb_replication AS r", "r.item, r.value, NULL, NULL, NULL"
         out: dict[str, dict[str, Any]] = {}
-        for item, value in found.items():
-            doc_id = item[len(_DOC) :]
-            if codec is not None and isinstance(value, dict):
-                value = codec.decode(collection, doc_id, value)
-            out[doc_id] = value
+        items = [_DOC + i for i in ids]
+        for start in range(0, len(items), _ID_CHUNK):
+            chunk = items[start : start + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for item, value, rev, deleted, body in conn.execute(
+                f"SELECT {columns} FROM {source} "
+                f"WHERE r.replication_id = ? AND r.item IN ({marks})",
+                (key, *chunk),
+            ):
+                doc_id = item[len(_DOC) :]
+                state = orjson.loads(value)
+                if isinstance(state, str):  # a marker
+                    if rev != state:
+                        continue  # stale (written over by a writer unaware of markers)
+                    state = orjson.loads(body)
+                    if codec is not None:
+                        state = codec.decode(collection, doc_id, state)
+                    state["_deleted"] = bool(deleted)
+                elif codec is not None and isinstance(state, dict):
+                    state = codec.decode(collection, doc_id, state)
+                out[doc_id] = state
         return out
 
     def set_checkpoint(
@@ -124,13 +194,68 @@ class ReplicationRows:
         replication_id: str,
         states: Mapping[str, dict[str, Any]],
     ) -> None:
-        """Store assumed master states by document id, encoded."""
-        codec = self._codec(collection)
-        if codec is None:
-            values = [(_DOC + i, s) for i, s in states.items()]
-        else:
-            values = [(_DOC + i, codec.encode(collection, i, s)) for i, s in states.items()]
+        """Store assumed master states by document id: a marker for each state that is
+        exactly the document's current row, an encoded full copy for the others."""
+        info = self._catalog.find(collection)
+        codec = None if info is None else info.codec
+        same = {} if info is None else _same_as_rows(conn, info, states)
+        values: list[tuple[str, Any]] = []
+        for doc_id, state in states.items():
+            rev = same.get(doc_id)
+            if rev is not None:
+                values.append((_DOC + doc_id, rev))
+            elif codec is not None:
+                values.append((_DOC + doc_id, codec.encode(collection, doc_id, state)))
+            else:
+                values.append((_DOC + doc_id, state))
         self._write(conn, replication_origin(collection, replication_id), values)
+
+    def preserve_assumed(
+        self, conn: sqlite3.Connection, info: CollectionInfo, ids: Iterable[str]
+    ) -> None:
+        """Called by ``WriteTxn.put`` before it writes the rows of ``ids``, in the same
+        transaction: every marker (of any replication of the collection) naming the
+        current revision of one of them becomes the full copy of that row, so that it keeps
+        meaning the state it meant."""
+        collection = info.name
+        keys = [k for (k,) in conn.execute(_KEYS_SQL, (collection + ":", collection + ";"))]
+        if not keys:
+            return
+        items = [_DOC + i for i in dict.fromkeys(ids)]
+        marked: list[tuple[str, str, str]] = []  # (key, doc id, revision)
+        for key in keys:
+            for start in range(0, len(items), _ID_CHUNK):
+                chunk = items[start : start + _ID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for item, value in conn.execute(
+                    "SELECT item, value FROM p2pdb_replication WHERE replication_id = ? "
+                    f"AND item IN ({marks}) AND substr(value, 1, 1) = '\"'",
+                    (key, *chunk),
+                ):
+                    marked.append((key, item[len(_DOC) :], orjson.loads(value)))
+        if not marked:
+            return
+        rows = _rows(conn, info, list({doc_id for _, doc_id, _ in marked}))
+        updates = []
+        for key, doc_id, rev in marked:
+            row = rows.get(doc_id)
+            if row is None or row[0] != rev:
+                continue  # already stale: read as "no assumed state" anyway
+            _, deleted, body = row
+            state = orjson.loads(body)
+            if info.codec is not None:
+                try:
+                    state = info.codec.decode(collection, doc_id, state)
+                except EncryptionError:
+                    continue  # a damaged row: its marker goes stale, read as unknown
+            state["_deleted"] = bool(deleted)
+            if info.codec is not None:
+                state = info.codec.encode(collection, doc_id, state)
+            updates.append((orjson.dumps(state).decode(), key, _DOC + doc_id))
+        conn.executemany(
+            "UPDATE p2pdb_replication SET value = ? WHERE replication_id = ? AND item = ?",
+            updates,
+        )
 
     @staticmethod
     def list_replications(conn: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -194,6 +319,7 @@ class ReplicationRows:
         {id: state}}`` (a backup of it)."""
         key = replication_origin(collection, replication_id)
         out: dict[str, Any] = {"up": None, "down": None, "contact": None, "assumed": {}}
+        markers: list[str] = []
         codec = self._codec(collection)
         for item, value in conn.execute(
             "SELECT item, value FROM p2pdb_replication WHERE replication_id = ? ORDER BY item",
@@ -204,9 +330,14 @@ class ReplicationRows:
                 out[item] = decoded
                 continue
             doc_id = item[len(_DOC) :]
+            if isinstance(decoded, str):
+                markers.append(doc_id)  # resolved below, against the document rows
+                continue
             if codec is not None and isinstance(decoded, dict):
                 decoded = codec.decode(collection, doc_id, decoded)
             out["assumed"][doc_id] = decoded
+        # a marker's full state (a stale marker means no assumed state, as in get_assumed)
+        out["assumed"].update(self.get_assumed(conn, collection, replication_id, markers))
         return out
 
 
@@ -253,6 +384,51 @@ def live_assumed(
                 (key, *chunk),
             ):
                 state = orjson.loads(value)
+                if isinstance(state, str):
+                    # a marker: the assumed state is the row itself (these are tombstones)
+                    # or, when stale, none at all; either way not a live document
+                    continue
                 if not (isinstance(state, dict) and state.get("_deleted") is True):
                     live.add(item[len(_DOC) :])
     return live
+
+def _rows(
+    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str]
+) -> dict[str, tuple[str, int, str]]:
+    """``(rev, deleted, body)`` of the rows of those ``ids`` that exist."""
+    out: dict[str, tuple[str, int, str]] = {}
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for doc_id, rev, deleted, body in conn.execute(
+            f"SELECT id, rev, deleted, body FROM {info.table} WHERE id IN ({marks})", chunk
+        ):
+            out[doc_id] = (rev, deleted, body)
+    return out
+
+
+def _same_as_rows(
+    conn: sqlite3.Connection, info: CollectionInfo, states: Mapping[str, dict[str, Any]]
+) -> dict[str, str]:
+    """The revision of each document whose current row is exactly ``states[id]``: the same
+    ``_deleted`` (a bool in the state) and the same JSON bytes of the other fields."""
+    codec = info.codec
+    out: dict[str, str] = {}
+    for doc_id, (rev, deleted, body) in _rows(conn, info, list(states)).items():
+        user = dict(states[doc_id])
+        flag = user.pop("_deleted", None)
+        if type(flag) is not bool or flag is not bool(deleted):
+            continue
+        if codec is None:
+            same = orjson.dumps(user) == body.encode()
+        else:
+            try:
+                stored = codec.decode(info.name, doc_id, orjson.loads(body))
+            except EncryptionError:
+                continue
+            same = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+                user, option=orjson.OPT_SORT_KEYS
+            )
+        if same:
+            out[doc_id] = rev
+    return out

@@ -52,6 +52,9 @@ class SQLiteWriteTxn:
         Writes of the same id in one call apply in order. Conflicting writes change nothing.
         """
         info = self._catalog.get(collection)
+        # assumed master states stored as markers of these rows become full copies first
+        pk = info.schema.primary_key
+        self._replication.preserve_assumed(self._sqlite, info, [w.document[pk] for w in writes])
         return documents.put(self._sqlite, info, writes, origin, self._clock, self.events)
 
     # -- replication state -----------------------------------------------------------------

@@ -221,8 +221,12 @@ async def test_a_pull_of_the_document_repairs_the_fork(open_notes: Open) -> None
             tamper(notes.storage.path, DAMAGED)
             newer = await peer.find_one(DAMAGED)
             assert newer is not None
+            arrived = asyncio.Event()
+            sub = notes.changes.subscribe(lambda e: e.id == DAMAGED and arrived.set())
             await newer.patch({"body": "edited on the master"})
-            async with asyncio.timeout(20):
-                await state.wait_for_in_sync()
+            async with asyncio.timeout(20):  # the pull writes over the damaged row
+                await arrived.wait()
+            sub.dispose()
+            assert pipe.errors == [] and await notes.damaged() == []
     doc = await notes.find_one(DAMAGED)
     assert doc is not None and doc.get("body") == "edited on the master"

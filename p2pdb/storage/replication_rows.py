@@ -159,7 +159,10 @@ class ReplicationRows:
                         continue  # stale (written over by a writer unaware of markers)
                     state = orjson.loads(body)
                     if codec is not None:
-                        state = codec.decode(collection, doc_id, state)
+                        try:
+                            state = codec.decode(collection, doc_id, state)
+                        except EncryptionError:
+                            continue  # its row is damaged: unknown, the master's copy repairs it
                     state["_deleted"] = bool(deleted)
                 elif codec is not None and isinstance(state, dict):
                     state = codec.decode(collection, doc_id, state)

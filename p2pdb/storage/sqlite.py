@@ -410,10 +410,15 @@ class SQLiteStorage:
         ``scan`` rows and deleting ``limit`` at most; no change events. Call it again from
         ``scanned_to``. A tombstone whose assumed master state in one of ``replications``
         is live stays."""
-        table = self._catalog.get(collection).table
+        info = self._catalog.get(collection)
+        table = info.table
 
         def keep(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
-            return replication_state.live_assumed(conn, collection, replications, ids)
+            kept = replication_state.live_assumed(conn, collection, replications, ids)
+            # assumed states stored as markers of rows about to go become full copies (a
+            # purged id written again is then pushed against the deletion the master holds)
+            self._replication.preserve_assumed(conn, info, [i for i in ids if i not in kept])
+            return kept
 
         def run(conn: sqlite3.Connection) -> PurgeBatch:
             return purge_batch(

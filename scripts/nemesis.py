@@ -28,6 +28,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "nemesis"))
 
+from nemesis_peer import CONFLICTS  # noqa: E402
 from nemesis_run import (  # noqa: E402
     KINDS,
     RoundResult,
@@ -47,6 +48,7 @@ def summary(results: list[RoundResult]) -> dict[str, Any]:
     times = [r.convergence for r in results if r.converged]
     checks = [r.check for r in results]
     return {
+        "conflicts": results[0].conflicts if results else None,
         "rounds": len(results),
         "faults": sum(faults.values()),
         "faults_by_kind": {k: faults[k] for k in KINDS},
@@ -70,7 +72,9 @@ async def run(args: argparse.Namespace, folder: Path) -> list[RoundResult]:
     results = []
     for index in range(args.rounds):
         seed = args.seed + index
-        result = await run_round(seed, args.seconds, args.peers, folder / f"round-{seed}")
+        result = await run_round(
+            seed, args.seconds, args.peers, folder / f"round-{seed}", conflicts=args.conflicts
+        )
         results.append(result)
         print(f"round {index + 1}/{args.rounds} {result.line()}", flush=True)
         for example in result.check.examples:
@@ -84,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=45.0, help="of faults per round")
     parser.add_argument("--peers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1, help="of the first round (+1 each)")
+    parser.add_argument(
+        "--conflicts",
+        choices=CONFLICTS,
+        default="master_wins",
+        help="conflict handler: p2pdb's default, or last_write_wins on each writer's counter",
+    )
     parser.add_argument("--dir", help="keep the rounds' files here (default: a temp dir)")
     parser.add_argument("--json", help="write the summary to this file as JSON")
     raw = sys.argv[1:] if argv is None else argv

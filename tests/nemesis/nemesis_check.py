@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from nemesis_peer import SCHEMA, read_log
+from nemesis_peer import SCHEMA, handler, read_log
 
 import p2pdb
 
@@ -122,14 +122,16 @@ def integrity(path: Path) -> str:
         connection.close()
 
 
-async def final_states(path: Path) -> dict[str, bytes]:
+async def final_states(path: Path, conflicts: str) -> dict[str, bytes]:
     """Every live document of a peer's file, through the public API."""
     async with p2pdb.create_database(str(path)) as db:
-        docs = await db.add_collection("docs", schema=SCHEMA)
+        docs = await db.add_collection("docs", schema=SCHEMA, conflict_handler=handler(conflicts))
         return {d.id: canonical(d.to_dict()) for d in await docs.find()}
 
 
-async def check(dbs: dict[str, Path], logs: dict[str, Path]) -> CheckResult:
+async def check(
+    dbs: dict[str, Path], logs: dict[str, Path], conflicts: str = "master_wins"
+) -> CheckResult:
     """Check every peer's file against every peer's write log (see the module doc)."""
     result = CheckResult()
     expected = expectations(logs, result)
@@ -139,7 +141,7 @@ async def check(dbs: dict[str, Path], logs: dict[str, Path]) -> CheckResult:
         if verdict != "ok":
             result.corrupt += 1
             result.note(f"{name}: integrity_check: {verdict[:200]}")
-        states[name] = await final_states(path)
+        states[name] = await final_states(path, conflicts)
     ids = set(expected).union(*(s.keys() for s in states.values()))
     result.documents = len(ids)
     for doc_id in sorted(ids):

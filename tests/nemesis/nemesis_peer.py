@@ -59,6 +59,7 @@ SCHEMA: dict[str, Any] = {
     "required": ["id", "owner", "w", "text"],
 }
 TOPIC = "p2pdb-nemesis-room"
+CONFLICTS = ("master_wins", "lww")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -96,6 +97,14 @@ class WriteLog:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def handler(conflicts: str) -> Any:
+    """The conflict handler: p2pdb's default, or last-write-wins on ``w`` (each writer's
+    logical clock; a tombstone keeps the ``w`` of the state it removed and beats it)."""
+    import p2pdb
+
+    return p2pdb.last_write_wins("w") if conflicts == "lww" else p2pdb.master_wins
 
 
 def document(name: str, doc_id: str, w: int) -> dict[str, Any]:
@@ -179,7 +188,7 @@ async def main_async(args: argparse.Namespace) -> None:
     log = WriteLog(Path(args.log))
     rng = random.Random(f"{args.seed}/{args.name}/{log.restarts}")
     db = await p2pdb.create_database(args.db)
-    docs = await db.add_collection("docs", schema=SCHEMA)
+    docs = await db.add_collection("docs", schema=SCHEMA, conflict_handler=handler(args.conflicts))
     emit("ready", token=db.token, w=log.w)
     loop = asyncio.get_running_loop()
     pool: Any = None
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", default="0")
     parser.add_argument("--shared", type=int, default=5)
     parser.add_argument("--pause", type=float, default=0.02)
+    parser.add_argument("--conflicts", choices=CONFLICTS, default="master_wins")
     asyncio.run(main_async(parser.parse_args(argv)))
 
 

@@ -148,8 +148,11 @@ class Child:
 class Peer:
     """One peer slot: its files, and the process currently running it (restartable)."""
 
-    def __init__(self, name: str, folder: Path, signaling_url: str, seed: int) -> None:
+    def __init__(
+        self, name: str, folder: Path, signaling_url: str, seed: int, conflicts: str
+    ) -> None:
         self.name = name
+        self.conflicts = conflicts
         self.db = folder / f"{name}.db"
         self.log = folder / f"{name}.writes"
         self.stderr = folder / f"{name}.stderr"
@@ -172,6 +175,8 @@ class Peer:
             self.name,
             "--seed",
             str(self.seed),
+            "--conflicts",
+            self.conflicts,
         ]
         self.child = await Child.spawn(argv, self.stderr)
         await self.child.expect("ready", within=60)

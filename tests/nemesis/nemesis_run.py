@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemesis_check import CheckResult, check
-from nemesis_procs import Peer, Signaling
+from nemesis_procs import Child, Peer, Signaling
 
 NETNS_ENV = "P2PDB_NEMESIS_NETNS"
 KINDS = ("peer_kill", "peer_stop", "signaling_kill", "signaling_stop", "loopback_down")
@@ -47,6 +47,7 @@ class RoundResult:
     """What one round did and found."""
 
     seed: int
+    conflicts: str = "master_wins"
     faults: Counter[str] = field(default_factory=Counter)
     check: CheckResult = field(default_factory=CheckResult)
     converged: bool = False
@@ -114,6 +115,9 @@ class Nemesis:
         self.faults: Counter[str] = Counter()
         self.busy: set[str] = set()  # targets under a fault: peer names, "signaling", "lo"
         self.healing = asyncio.Event()
+        # every kind once first (in a seeded order), so even a short round tries them all
+        self.first = list(KINDS)
+        random.Random(f"{seed}/nemesis/order").shuffle(self.first)
 
     async def hold(self, rng: random.Random, low: float, high: float) -> None:
         """Keep a fault for a random time, or until healing starts."""
@@ -127,7 +131,7 @@ class Nemesis:
             await self.hold(rng, 0.0, 1.0)
             if self.healing.is_set():
                 return
-            kind = rng.choice(KINDS)
+            kind = self.first[0] if self.first else rng.choice(KINDS)
             if kind.startswith("peer"):
                 free = [p for p in self.peers if p.name not in self.busy]
                 if not free:
@@ -138,12 +142,22 @@ class Nemesis:
                 name = "lo" if kind == "loopback_down" else "signaling"
                 if name in self.busy:
                     continue
+            if kind in self.first:
+                self.first.remove(kind)
             self.busy.add(name)
             self.faults[kind] += 1
             try:
                 await self.inject(rng, kind, target if kind.startswith("peer") else None)
             finally:
                 self.busy.discard(name)
+
+    async def pause(self, child: Child, rng: random.Random) -> None:
+        """SIGSTOP ``child`` for 0.5-8 s (or until healing), then SIGCONT."""
+        child.signal(signal.SIGSTOP)
+        try:
+            await self.hold(rng, 0.5, 8.0)
+        finally:
+            child.signal(signal.SIGCONT)
 
     async def inject(self, rng: random.Random, kind: str, peer: Peer | None) -> None:
         if kind == "peer_kill":
@@ -153,25 +167,15 @@ class Nemesis:
             await peer.start(write=True)
         elif kind == "peer_stop":
             assert peer is not None
-            child = peer.running
-            child.signal(signal.SIGSTOP)
-            try:
-                await self.hold(rng, 0.5, 8.0)
-            finally:
-                child.signal(signal.SIGCONT)
+            await self.pause(peer.running, rng)
         elif kind == "signaling_kill":
             assert self.signaling.child is not None
             await self.signaling.child.kill()
             await self.hold(rng, 0.5, 5.0)
             await self.signaling.start()
         elif kind == "signaling_stop":
-            child = self.signaling.child
-            assert child is not None
-            child.signal(signal.SIGSTOP)
-            try:
-                await self.hold(rng, 0.5, 8.0)
-            finally:
-                child.signal(signal.SIGCONT)
+            assert self.signaling.child is not None
+            await self.pause(self.signaling.child, rng)
         else:
             loopback(False)
             try:
@@ -193,15 +197,21 @@ async def converge(peers: list[Peer], within: float) -> float | None:
 
 
 async def run_round(
-    seed: int, seconds: float, peers: int, folder: Path, converge_within: float = 120.0
+    seed: int,
+    seconds: float,
+    peers: int,
+    folder: Path,
+    *,
+    conflicts: str = "master_wins",
+    converge_within: float = 120.0,
 ) -> RoundResult:
     """One seeded round in ``folder`` (must run inside a private network namespace)."""
     assert in_private_namespace(), "run_round needs a private network namespace"
     began = time.monotonic()
-    result = RoundResult(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    result = RoundResult(seed, conflicts)
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     signaling = Signaling(SIGNALING_PORT, folder)
-    nodes = [Peer(f"p{i}", folder, signaling.url, seed) for i in range(peers)]
+    nodes = [Peer(f"p{i}", folder, signaling.url, seed, conflicts) for i in range(peers)]
     try:
         await signaling.start()
         await asyncio.gather(*(p.start(write=True) for p in nodes))
@@ -227,8 +237,7 @@ async def run_round(
         if signaling.child is not None:
             await signaling.child.kill()  # it keeps nothing worth a graceful stop
         loopback(True)
-    result.check = await check(
-        {p.name: p.db for p in nodes}, {p.name: p.log for p in nodes}
-    )
+    dbs = {p.name: p.db for p in nodes}
+    result.check = await check(dbs, {p.name: p.log for p in nodes}, conflicts)
     result.wall = time.monotonic() - began
     return result

@@ -38,6 +38,15 @@ from nemesis_run import (  # noqa: E402
 )
 
 
+def fault_kinds(text: str) -> tuple[str, ...]:
+    """``--faults``: a comma-separated subset of the fault kinds, or ``none``."""
+    kinds = tuple(k for k in text.split(",") if k and k != "none")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown fault kinds {sorted(unknown)}; use {KINDS}")
+    return kinds
+
+
 def summary(results: list[RoundResult]) -> dict[str, Any]:
     """The totals over every round."""
     faults: Counter[str] = Counter()
@@ -73,7 +82,12 @@ async def run(args: argparse.Namespace, folder: Path) -> list[RoundResult]:
     for index in range(args.rounds):
         seed = args.seed + index
         result = await run_round(
-            seed, args.seconds, args.peers, folder / f"round-{seed}", conflicts=args.conflicts
+            seed,
+            args.seconds,
+            args.peers,
+            folder / f"round-{seed}",
+            conflicts=args.conflicts,
+            kinds=args.faults,
         )
         results.append(result)
         print(f"round {index + 1}/{args.rounds} {result.line()}", flush=True)
@@ -93,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=CONFLICTS,
         default="master_wins",
         help="conflict handler: p2pdb's default, or last_write_wins on each writer's counter",
+    )
+    parser.add_argument(
+        "--faults",
+        type=fault_kinds,
+        default=KINDS,
+        help="comma-separated fault kinds (default: all; 'none' for a healthy network)",
     )
     parser.add_argument("--dir", help="keep the rounds' files here (default: a temp dir)")
     parser.add_argument("--json", help="write the summary to this file as JSON")

@@ -108,15 +108,18 @@ def reexec_in_namespace(argv: list[str]) -> int:
 class Nemesis:
     """Seeded fault workers over a round's processes."""
 
-    def __init__(self, seed: int, peers: list[Peer], signaling: Signaling) -> None:
+    def __init__(
+        self, seed: int, peers: list[Peer], signaling: Signaling, kinds: tuple[str, ...] = KINDS
+    ) -> None:
         self.seed = seed
+        self.kinds = kinds
         self.peers = peers
         self.signaling = signaling
         self.faults: Counter[str] = Counter()
         self.busy: set[str] = set()  # targets under a fault: peer names, "signaling", "lo"
         self.healing = asyncio.Event()
         # every kind once first (in a seeded order), so even a short round tries them all
-        self.first = list(KINDS)
+        self.first = list(kinds)
         random.Random(f"{seed}/nemesis/order").shuffle(self.first)
 
     async def hold(self, rng: random.Random, low: float, high: float) -> None:
@@ -127,11 +130,11 @@ class Nemesis:
     async def worker(self, index: int) -> None:
         """Inject faults one after another until healing starts (own seeded schedule)."""
         rng = random.Random(f"{self.seed}/nemesis/{index}")
-        while not self.healing.is_set():
+        while self.kinds and not self.healing.is_set():
             await self.hold(rng, 0.0, 1.0)
             if self.healing.is_set():
                 return
-            kind = self.first[0] if self.first else rng.choice(KINDS)
+            kind = self.first[0] if self.first else rng.choice(self.kinds)
             if kind.startswith("peer"):
                 free = [p for p in self.peers if p.name not in self.busy]
                 if not free:
@@ -203,6 +206,7 @@ async def run_round(
     folder: Path,
     *,
     conflicts: str = "master_wins",
+    kinds: tuple[str, ...] = KINDS,
     converge_within: float = 120.0,
 ) -> RoundResult:
     """One seeded round in ``folder`` (must run inside a private network namespace)."""
@@ -215,10 +219,11 @@ async def run_round(
     try:
         await signaling.start()
         await asyncio.gather(*(p.start(write=True) for p in nodes))
-        nemesis = Nemesis(seed, nodes, signaling)
+        nemesis = Nemesis(seed, nodes, signaling, kinds)
         workers = [asyncio.create_task(nemesis.worker(i)) for i in range(2)]
+        # the writers write for ``seconds`` (with no fault kinds: on a healthy network)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*workers)), seconds)
+            await asyncio.wait_for(nemesis.healing.wait(), seconds)
         nemesis.healing.set()  # every held fault ends now, and dead processes restart
         await asyncio.gather(*workers)
         result.faults = nemesis.faults

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from system_packages import find_or_install
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "nemesis.py"
@@ -31,6 +32,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(240)
 def test_a_short_nemesis_round_loses_nothing_and_converges(tmp_path: Path) -> None:
+    ip, why = find_or_install("ip", "iproute2", "the nemesis needs `ip` (apt-get install iproute2)")
+    if ip is None:
+        pytest.fail(why, pytrace=False)
     summary_path = tmp_path / "summary.json"
     argv = [sys.executable, str(SCRIPT), "--rounds", "1", "--seconds", "20", "--peers", "4"]
     argv += ["--seed", "7", "--conflicts", "lww", "--dir", str(tmp_path / "rounds")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -16,6 +17,13 @@ import orjson
 
 PEER_SCRIPT = Path(__file__).resolve().with_name("nemesis_peer.py")
 Event = dict[str, Any]
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL me when the harness dies (a killed run leaves no
+    signaling server or peer behind in its namespace)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Child:
@@ -40,6 +48,7 @@ class Child:
                 stderr=log,
                 env=env,
                 limit=2**20,
+                preexec_fn=die_with_parent,
             )
         return cls(process, log_path)
 

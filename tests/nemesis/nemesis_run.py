@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemesis_check import CheckResult, check
-from nemesis_procs import Child, Peer, Signaling
+from nemesis_procs import Child, Peer, Signaling, die_with_parent
 
 NETNS_ENV = "P2PDB_NEMESIS_NETNS"
 KINDS = ("peer_kill", "peer_stop", "signaling_kill", "signaling_stop", "loopback_down")
@@ -102,7 +102,9 @@ def reexec_in_namespace(argv: list[str]) -> int:
         return 3
     command = [unshare, "-n", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
     env = {**os.environ, NETNS_ENV: "1"}
-    return subprocess.run([*command, sys.executable, *argv], env=env).returncode
+    # the round dies with this process (and its peers with it): a killed run leaves nothing
+    run = subprocess.run([*command, sys.executable, *argv], env=env, preexec_fn=die_with_parent)
+    return run.returncode
 
 
 class Nemesis:

@@ -47,8 +47,9 @@ async def value(collection: p2pdb.Collection) -> Any:
     "spurious conflict and pushes it over the newer one to another master (issue #14, "
     "nemesis seed 1)",
 )
-async def test_a_single_writer_update_is_not_rolled_back_through_a_third_peer(
-    tmp_path: Path,
+@pytest.mark.parametrize("last_write", ["update", "remove"])
+async def test_a_single_writers_last_write_is_not_undone_through_a_third_peer(
+    tmp_path: Path, last_write: str
 ) -> None:
     dbs = [await p2pdb.create_database(str(tmp_path / f"{n}.db")) for n in "abc"]
     try:
@@ -61,16 +62,19 @@ async def test_a_single_writer_update_is_not_rolled_back_through_a_third_peer(
 
         await (await a.find_one("x")).patch({"v": 2})  # type: ignore[union-attr]
         await one_pass(b, a, "b-a")  # b has v2 (c's link to b is down meanwhile)
-        await (await a.find_one("x")).patch({"v": 3})  # type: ignore[union-attr]
-        await one_pass(c, a, "c-a")  # c has v3 straight from the writer (b's link is down)
-        assert [await value(col) for col in (a, b, c)] == [3, 2, 3]
+        x = await a.find_one("x")
+        assert x is not None
+        await (x.patch({"v": 3}) if last_write == "update" else x.remove())
+        expected = 3 if last_write == "update" else None
+        await one_pass(c, a, "c-a")  # c has it straight from the writer (b's link is down)
+        assert [await value(col) for col in (a, b, c)] == [expected, 2, expected]
 
-        await one_pass(c, b, "c-b")  # c pushes v3 assuming v1; b holds v2: "conflict"
+        await one_pass(c, b, "c-b")  # c pushes it assuming v1; b holds v2: "conflict"
         await one_pass(c, a, "c-a")  # c pushes what it now holds to a
         await one_pass(b, a, "b-a")
         await one_pass(c, b, "c-b")
-        # a's last acknowledged write is v3, and nobody else ever wrote "x"
-        assert [await value(col) for col in (a, b, c)] == [3, 3, 3]
+        # a's last acknowledged write stands, and nobody else ever wrote "x"
+        assert [await value(col) for col in (a, b, c)] == [expected] * 3
     finally:
         for db in dbs:
             await db.close()

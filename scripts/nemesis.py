@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,6 +94,10 @@ async def run(args: argparse.Namespace, folder: Path) -> list[RoundResult]:
         print(f"round {index + 1}/{args.rounds} {result.line()}", flush=True)
         for example in result.check.examples:
             print(f"    {example}", flush=True)
+        if not result.ok and not args.dir:  # keep the evidence of a failed round
+            kept = Path(tempfile.gettempdir()) / f"p2pdb-nemesis-failed-{seed}"
+            shutil.copytree(folder / f"round-{seed}", kept, dirs_exist_ok=True)
+            print(f"    files kept in {kept}", flush=True)
     return results
 
 

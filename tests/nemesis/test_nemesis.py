@@ -9,8 +9,8 @@ script with ``--rounds`` (docs/reliability.md).
 The round uses ``--conflicts lww`` (last-write-wins on each writer's counter): with the
 default ``master_wins`` a full mesh can roll back a single writer's acknowledged write
 (reduced to ``test_mesh_rollback.py``, an expected failure until it is fixed), which a short
-round hits some of the time, not always. With ``lww`` one 45 s round of 42 in the long run
-still rolled back a few documents (seed 123, not reproduced since; docs/reliability.md): if
+round hits some of the time, not always. With ``lww`` 3 of 58 45-second rounds in the long run
+still rolled back a few documents (seeds 123, 410, 411; docs/reliability.md): if
 this test fails that way, keep the round's files (``--dir``) and reduce it.
 """
 

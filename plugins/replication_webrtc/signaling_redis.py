@@ -32,6 +32,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from p2pdb.backoff import Backoff
 from p2pdb.errors import ReplicationError, ValidationError
@@ -39,7 +40,7 @@ from p2pdb.tokens import random_token
 
 from .signaling_rooms import Relay, RoomHost, joined_frame
 
-__all__ = ["RedisOptions", "RedisRooms"]
+__all__ = ["RedisOptions", "RedisRooms", "redacted", "unavailable"]
 
 logger = logging.getLogger("p2pdb.webrtc.signaling_redis")
 
@@ -113,7 +114,8 @@ class RedisOptions:
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
             raise ValidationError(
-                f"The Redis URL must start with redis://, rediss:// or unix://, got {self.url!r}",
+                "The Redis URL must start with redis://, rediss:// or unix://, "
+                f"got {redacted(self.url)!r}",
                 code="WEBRTC_SETTING_INVALID",
                 setting="redis_url",
             )
@@ -130,12 +132,19 @@ class RedisOptions:
             )
 
 
+def redacted(url: str) -> str:
+    """``url`` without its user and password (for messages and logs)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+
+
 def unavailable(url: str, why: object) -> ReplicationError:
     """The typed error of Redis out of reach."""
+    shown = redacted(url)
     return ReplicationError(
-        f"Redis at {url} is out of reach: {why}",
-        code="SIGNALING_REDIS_UNAVAILABLE",
-        url=url,
+        f"Redis at {shown} is out of reach: {why}", code="SIGNALING_REDIS_UNAVAILABLE", url=shown
     )
 
 
@@ -190,6 +199,13 @@ class RedisRooms:
         )
         for name, source in (("join", _JOIN), ("leave", _LEAVE), ("reap", _REAP)):
             self._scripts[name] = self._client.register_script(source)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._client.ping()
+        except (*self._errors, TimeoutError) as error:
+            with contextlib.suppress(*self._errors):
+                await self._client.aclose()
+            raise unavailable(self.options.url, error) from None
         runner = asyncio.get_running_loop().create_task(self._run())
         self._tasks.append(runner)
         try:
@@ -322,7 +338,7 @@ class RedisRooms:
                 await self._session(backoff)
             except self._errors as error:
                 if self.available:
-                    logger.warning("lost Redis at %s: %r", self.options.url, error)
+                    logger.warning("lost Redis at %s: %r", redacted(self.options.url), error)
                 self.available = False
             await asyncio.sleep(backoff.next_delay())
 
@@ -335,7 +351,7 @@ class RedisRooms:
             backoff.reset()
             if self._ready.is_set():
                 self.recoveries += 1
-                logger.info("Redis at %s is back; memberships registered", self.options.url)
+                logger.info("Redis at %s is back; members registered", redacted(self.options.url))
             self._ready.set()
             listener = asyncio.get_running_loop().create_task(self._listen(pubsub))
             beater = asyncio.get_running_loop().create_task(self._heartbeat())

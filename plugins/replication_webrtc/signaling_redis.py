@@ -169,9 +169,10 @@ class RedisRooms:
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._scripts: dict[str, Any] = {}
         self._local: dict[str, set[str]] = {}  # our member -> its rooms
-        self._leaves: asyncio.Queue[list[str]] = asyncio.Queue()
+        self._leaves: asyncio.Queue[list[str] | None] = asyncio.Queue()  # None: stop
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
+        self._closing = False
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.options.prefix, *parts))
@@ -219,6 +220,10 @@ class RedisRooms:
     async def close(self) -> None:
         """Take this node's members out of their rooms (the other nodes' members are told),
         leave the node list and disconnect."""
+        # redis-py may turn a cancellation inside a command into a ConnectionError: the loops
+        # also stop on this flag, and the leave worker on its sentinel.
+        self._closing = True
+        self._leaves.put_nowait(None)
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -333,7 +338,7 @@ class RedisRooms:
     async def _run(self) -> None:
         """Stay connected: one session at a time, reconnecting with backoff."""
         backoff = Backoff(0.1, 5.0)
-        while True:
+        while not self._closing:
             try:
                 await self._session(backoff)
             except self._errors as error:
@@ -364,7 +369,8 @@ class RedisRooms:
             finally:
                 for task in (listener, beater):
                     task.cancel()
-                await asyncio.wait([listener, beater])
+                # bounded: a cancellation redis-py swallowed ends when pubsub closes below
+                await asyncio.wait([listener, beater], timeout=self.options.connect_timeout)
         finally:
             self.available = False
             with contextlib.suppress(*self._errors):
@@ -380,7 +386,7 @@ class RedisRooms:
                 self._host.deliver(peer, text)
 
     async def _heartbeat(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.options.heartbeat_interval)
             await self._beat()
 
@@ -410,8 +416,7 @@ class RedisRooms:
             await self._announce([[room, *result]])
 
     async def _leave_worker(self) -> None:
-        while True:
-            entries = await self._leaves.get()
+        while (entries := await self._leaves.get()) is not None and not self._closing:
             try:
                 await self._leave_entries(entries)
             except self._errors as error:  # the next registration removes them

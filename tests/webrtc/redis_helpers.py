@@ -9,12 +9,16 @@ otherwise every test that needs it fails (never skips) with one line saying how 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +102,60 @@ def running_redis(folder: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class SignalingNode:
+    """``python -m p2pdb signaling --redis URL --port 0`` in a child process: ``url`` is read
+    from its banner; :meth:`kill` sends SIGKILL by PID."""
+
+    def __init__(self, redis_url: str, heartbeat: float = 0.3) -> None:
+        self.redis_url = redis_url
+        self.heartbeat = heartbeat
+        self.url = ""
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> SignalingNode:
+        command = ["-m", "p2pdb", "signaling", "--port", "0", "--redis", self.redis_url]
+        command += ["--redis-heartbeat", str(self.heartbeat)]
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        async with asyncio.timeout(30):
+            banner = (await self.process.stdout.readline()).decode()
+        found = re.search(r"listening on (ws://\S+?),? ", banner)
+        if found is None:
+            error = (await self.process.stderr.read()).decode()[-1500:]
+            pytest.fail(f"the signaling node printed {banner!r}:\n{error}")
+        self.url = found.group(1)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                async with asyncio.timeout(10):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+        await self.process.wait()
+
+
+async def wait_until(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0) -> None:
+    """Poll ``check`` (sync or async) every 20 ms until it is true; fail after ``within`` s."""
+    async with asyncio.timeout(within):
+        while True:
+            verdict = check()
+            if verdict if isinstance(verdict, bool) else await verdict:
+                return
+            await asyncio.sleep(0.02)

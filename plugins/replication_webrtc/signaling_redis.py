@@ -79,6 +79,14 @@ local nodes = {}
 for i, id in ipairs(ids) do nodes[i] = redis.call('HGET', KEYS[3], id) end
 return {ids, nodes}
 """
+# KEYS: room, peers; ARGV: receiver, channel prefix, frame -> 0 gone, 1 outside, 2 delivered.
+_RELAY = """
+local node = redis.call('HGET', KEYS[2], ARGV[1])
+if not node then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+redis.call('PUBLISH', ARGV[2] .. node, ARGV[1] .. '\\n' .. ARGV[3])
+return 2
+"""
 # KEYS: peers, node-members; ARGV: prefix, entries...
 _LEAVE = _REMOVE + "return remove(ARGV[1], KEYS[1], KEYS[2], {unpack(ARGV, 2)})"
 # KEYS: nodes, node key, peers, node-members; ARGV: prefix, node, force ("1": our own close).
@@ -110,6 +118,8 @@ class RedisOptions:
     """Prefix of every key and channel (several deployments may share one Redis)."""
     connect_timeout: float = 5.0
     """Seconds to reach Redis at start (and for each command's connection)."""
+    pool_size: int = 32
+    """Connections to Redis per node; a command waits (up to ``connect_timeout``) for one."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -119,7 +129,7 @@ class RedisOptions:
                 code="WEBRTC_SETTING_INVALID",
                 setting="redis_url",
             )
-        for name in ("heartbeat_interval", "heartbeat_timeout", "connect_timeout"):
+        for name in ("heartbeat_interval", "heartbeat_timeout", "connect_timeout", "pool_size"):
             if not getattr(self, name) > 0:
                 raise ValidationError(
                     f"{name} must be positive", code="WEBRTC_SETTING_INVALID", setting=name
@@ -192,20 +202,24 @@ class RedisRooms:
         self._host = host
         self._errors = (RedisError, OSError)
         timeout = self.options.connect_timeout
-        self._client = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             self.options.url,
+            max_connections=self.options.pool_size,
+            timeout=timeout,
             decode_responses=True,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),  # our own loop retries, with Backoff
         )
-        for name, source in (("join", _JOIN), ("leave", _LEAVE), ("reap", _REAP)):
+        self._client = aioredis.Redis(connection_pool=pool)
+        scripts = (("join", _JOIN), ("leave", _LEAVE), ("reap", _REAP), ("relay", _RELAY))
+        for name, source in scripts:
             self._scripts[name] = self._client.register_script(source)
         try:
             async with asyncio.timeout(timeout):
                 await self._client.ping()
         except (*self._errors, TimeoutError) as error:
             with contextlib.suppress(*self._errors):
-                await self._client.aclose()
+                await self._client.connection_pool.disconnect()
             raise unavailable(self.options.url, error) from None
         runner = asyncio.get_running_loop().create_task(self._run())
         self._tasks.append(runner)
@@ -238,6 +252,7 @@ class RedisRooms:
         self.available = False
         with contextlib.suppress(*self._errors):
             await self._client.aclose()
+            await self._client.connection_pool.disconnect()
 
     async def join(self, room: str, peer_id: str, max_peers: int) -> bool:
         """Join in Redis (counting the room's members there), then announce."""
@@ -263,21 +278,16 @@ class RedisRooms:
             self._leaves.put_nowait(entries)
 
     async def relay(self, room: str, receiver_id: str, text: str) -> Relay:
-        """Publish to the receiver's node, if it is a member of ``room``."""
+        """Publish to the receiver's node, if it is a member of ``room`` (one round trip)."""
         self._check_available()
+        keys = [self._key("room", room), self._key("peers")]
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zscore(self._key("room", room), receiver_id)
-                pipe.hget(self._key("peers"), receiver_id)
-                score, node = await pipe.execute()
-            if node is None:
-                return Relay.GONE
-            if score is None:
-                return Relay.OUTSIDE
-            await self._client.publish(self._key("deliver", node), f"{receiver_id}\n{text}")
+            outcome = await self._scripts["relay"](
+                keys=keys, args=[receiver_id, self._key("deliver", ""), text]
+            )
         except self._errors as error:
             raise unavailable(self.options.url, error) from None
-        return Relay.DELIVERED
+        return (Relay.GONE, Relay.OUTSIDE, Relay.DELIVERED)[int(outcome)]
 
     def rooms(self) -> dict[str, list[str]]:
         """The rooms of this node's members, with those members (other nodes' left out)."""

@@ -126,7 +126,7 @@ async def test_a_room_spans_nodes_with_rxdb_frames(nodes: NodeMaker) -> None:
         await a.recv()
     assert info.value.rcvd is not None
     assert info.value.rcvd.reason.startswith("SIGNALING_PROTOCOL_VIOLATION")
-    for client in (c, d):
+    for client in (a, b, c, d):
         await client.socket.close()
 
 
@@ -142,7 +142,7 @@ async def test_peers_per_room_are_counted_across_nodes(nodes: NodeMaker) -> None
     assert info.value.rcvd is not None and info.value.rcvd.code == CloseReason.ROOM_FULL.close_code
     assert info.value.rcvd.reason.startswith("SIGNALING_ROOM_FULL: ")
     assert limited[2].closes == {"SIGNALING_ROOM_FULL": 1}
-    for client in (a, b):
+    for client in (a, b, c):
         await client.socket.close()
 
 
@@ -196,7 +196,7 @@ async def test_redis_restarted_under_running_nodes(
     while message["type"] != "signal":  # joined updates come first
         message = await a.recv()
     assert message["data"] == {"after": "restart"}
-    for client in (a, c):
+    for client in (a, b, c):
         await client.socket.close()
 
 

@@ -100,6 +100,7 @@ redis.call('DEL', KEYS[4], KEYS[2])
 return out
 """
 )
+_RESERVED_CONNECTIONS = 4  # pub/sub, heartbeat (with reaping), the leave worker, spare
 _NO_LIMIT = 1 << 40  # members re-registered after an outage were admitted already
 
 
@@ -119,7 +120,8 @@ class RedisOptions:
     connect_timeout: float = 5.0
     """Seconds to reach Redis at start (and for each command's connection)."""
     pool_size: int = 32
-    """Connections to Redis per node; a command waits (up to ``connect_timeout``) for one."""
+    """Joins and signals in flight to Redis per node (each on its own connection); more wait
+    their turn, in order. A few more connections serve the heartbeat and the subscription."""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -183,6 +185,8 @@ class RedisRooms:
         self._tasks: list[asyncio.Task[None]] = []
         self._ready = asyncio.Event()
         self._closing = False
+        # FIFO and O(1) per wake-up, unlike waiting inside redis-py's blocking pool
+        self._slots = asyncio.Semaphore(self.options.pool_size)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.options.prefix, *parts))
@@ -204,7 +208,7 @@ class RedisRooms:
         timeout = self.options.connect_timeout
         pool = aioredis.BlockingConnectionPool.from_url(
             self.options.url,
-            max_connections=self.options.pool_size,
+            max_connections=self.options.pool_size + _RESERVED_CONNECTIONS,
             timeout=timeout,
             decode_responses=True,
             socket_connect_timeout=timeout,
@@ -258,11 +262,12 @@ class RedisRooms:
         """Join in Redis (counting the room's members there), then announce."""
         self._check_available()
         try:
-            result = await self._join_script(room, peer_id, max_peers)
-            if result is None:
-                return False
-            self._local.setdefault(peer_id, set()).add(room)
-            await self._announce([[room, *result]])
+            async with self._slots:
+                result = await self._join_script(room, peer_id, max_peers)
+                if result is None:
+                    return False
+                self._local.setdefault(peer_id, set()).add(room)
+                await self._announce([[room, *result]])
         except self._errors as error:
             raise unavailable(self.options.url, error) from None
         return True
@@ -282,9 +287,10 @@ class RedisRooms:
         self._check_available()
         keys = [self._key("room", room), self._key("peers")]
         try:
-            outcome = await self._scripts["relay"](
-                keys=keys, args=[receiver_id, self._key("deliver", ""), text]
-            )
+            async with self._slots:
+                outcome = await self._scripts["relay"](
+                    keys=keys, args=[receiver_id, self._key("deliver", ""), text]
+                )
         except self._errors as error:
             raise unavailable(self.options.url, error) from None
         return (Relay.GONE, Relay.OUTSIDE, Relay.DELIVERED)[int(outcome)]

@@ -97,7 +97,7 @@ class SignalingServer:
     Built by hand it listens only once ``await server.start()`` (or ``async with``).
     Stop it with :meth:`close`. ``port`` is the bound port (useful with port 0) and ``url``
     the ``ws://host:port`` (``wss://`` with TLS) address clients connect to. ``options``
-    holds every limit.
+    holds every limit; ``rooms`` where the rooms live (in memory by default).
     """
 
     def __init__(
@@ -437,6 +437,8 @@ async def start_signaling_server(
     if redis_url is not None:
         from .signaling_redis import RedisRooms  # redis is an optional dependency
 
+        if rooms is not None:
+            raise ValidationError("redis_url or rooms, not both", code="WEBRTC_SETTING_INVALID")
         rooms = RedisRooms(redis_url)
     signaling = SignalingServer(
         host=host, port=port, options=limits, ssl=ssl, authenticate=authenticate, rooms=rooms

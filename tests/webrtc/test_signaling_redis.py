@@ -30,6 +30,7 @@ from p2pdb.plugins.replication_webrtc import (
     replicate_webrtc,
     start_signaling_server,
 )
+from p2pdb.plugins.replication_webrtc.signaling_client import SignalingClient
 from p2pdb.plugins.replication_webrtc.signaling_limits import CloseReason, SignalingServerOptions
 from p2pdb.plugins.replication_webrtc.signaling_redis import RedisOptions, RedisRooms
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
@@ -317,3 +318,56 @@ async def test_replication_recovers_after_a_redis_restart(
             if pool is not None:
                 await pool.cancel()
                 await pool.collection.database.close()
+
+
+async def test_a_client_moves_to_the_next_url_when_its_server_goes() -> None:
+    dead = f"ws://127.0.0.1:{free_tcp_port()}"  # nothing listens there
+    async with await start_signaling_server(port=0) as first:
+        async with await start_signaling_server(port=0) as second:
+            ids: asyncio.Queue[str] = asyncio.Queue()
+            client = SignalingClient(
+                [dead, first.url, second.url],
+                ROOM,
+                on_ready=ids.put_nowait,
+                reconnect_delay_min=0.05,
+            )
+            client.start()
+            try:
+                async with asyncio.timeout(WAIT):
+                    await client.wait_joined()  # the dead URL was skipped
+                assert client.url == first.url and list(first.rooms()) == [ROOM]
+                old = await ids.get()
+                await first.close()  # its server goes: the client joins through the next
+                async with asyncio.timeout(WAIT):
+                    assert await ids.get() != old
+                    await client.wait_joined()
+                assert client.url == second.url and list(second.rooms()) == [ROOM]
+            finally:
+                await client.close()
+
+
+async def test_redis_url_and_rooms_do_not_go_together() -> None:
+    with pytest.raises(ValidationError):
+        await start_signaling_server(
+            port=0, redis_url="redis://127.0.0.1:1", rooms=RedisRooms("redis://127.0.0.1:1")
+        )
+
+
+async def test_the_command_line_node_reports_redis_out_of_reach() -> None:
+    port = free_tcp_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "p2pdb",
+        "signaling",
+        "--port",
+        "0",
+        "--redis",
+        f"redis://127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert b"[SIGNALING_REDIS_UNAVAILABLE]" in err and len(err.strip().splitlines()) == 1

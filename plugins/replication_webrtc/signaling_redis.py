@@ -274,9 +274,9 @@ class RedisRooms:
 
     def leave(self, peer_id: str, rooms: Iterable[str]) -> None:
         """Queued for the leave worker (in order); a failure is repaired on reconnect."""
-        held = self._local.get(peer_id, set())
-        entries = [f"{peer_id} {room}" for room in sorted(rooms) if room in held]
-        held.difference_update(rooms)
+        held, leaving = self._local.get(peer_id, set()), set(rooms)
+        entries = [f"{peer_id} {room}" for room in sorted(leaving) if room in held]
+        held.difference_update(leaving)
         if not held:
             self._local.pop(peer_id, None)
         if entries:

@@ -33,8 +33,8 @@ async def todos(db: p2pdb.Database) -> p2pdb.Collection:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Install coturn and Chromium (as root, with apt-get) if selected tests need them, here
-    rather than in a fixture so that no test's timeout covers the install. (The interop
+    """Install coturn, redis-server and Chromium (as root, with apt-get) if selected tests need
+    them, here rather than in a fixture so that no test's timeout covers the install. (The interop
     tests' Node packages are installed by tests/interop/conftest.py the same way.)"""
     if session.config.option.collectonly:
         return
@@ -45,6 +45,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             reporter.write_line("browser: installing chromium with apt-get (the browser test)")
         with contextlib.suppress(browser.BrowserError):
             browser.chromium_executable()  # a failure is reported by the test itself
+    redis = sys.modules.get("redis_helpers")  # imported only by the signaling-on-Redis tests
+    if redis is not None and any(
+        getattr(getattr(item, "module", None), "running_redis", None) is redis.running_redis
+        for item in session.items
+    ):
+        if reporter is not None and shutil.which("redis-server") is None:
+            reporter.write_line("redis: installing redis-server with apt-get (signaling tests)")
+        redis.find_or_install_redis()
     turn = sys.modules.get("turn_helpers")  # imported only by the modules that use it
     if turn is None:
         return

@@ -1,4 +1,5 @@
-"""Debian packages that some tests need (coturn, chromium), installed by the test session.
+"""Debian packages that some tests need (coturn, redis-server, chromium), installed by the test
+session.
 
 :func:`find_or_install` finds a binary, or installs its package with apt-get when the session
 runs as root on a machine that has apt-get (tests/conftest.py calls it once, before any
@@ -51,3 +52,16 @@ def find_or_install(binary: str, package: str, hint: str) -> tuple[str | None, s
         tail = (result.stderr or result.stdout).strip()[-1500:]
         return None, f"{hint}; `apt-get install {package}` failed:\n{tail}"
     return found, ""
+
+
+REDIS_HINT = (
+    "`redis-server` is not installed, so the signaling tests on Redis cannot run; install it "
+    "with `sudo apt-get install redis-server` (Debian, Ubuntu) or your system's Redis package "
+    "(as root with apt-get, the test session installs it itself)"
+)
+
+
+def find_or_install_redis() -> tuple[str | None, str]:
+    """``(path, "")`` of ``redis-server`` (installing Debian's package when it can), or
+    ``(None, why)``."""
+    return find_or_install("redis-server", "redis-server", REDIS_HINT)

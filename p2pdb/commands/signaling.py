@@ -91,6 +91,20 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="admit only clients sending the token in the environment variable NAME "
         "(as 'Authorization: Bearer TOKEN' or '?token=TOKEN' in the URL)",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share rooms with every other node on this Redis (redis://host:port/db, "
+        "rediss:// for TLS): run several behind a load balancer (docs/deployment.md)",
+    )
+    parser.add_argument(
+        "--redis-heartbeat",
+        type=_positive(float),
+        default=2.0,
+        metavar="SECONDS",
+        help="with --redis: heartbeat interval; the members of a node silent for 3 "
+        "intervals leave their rooms (default: %(default)s)",
+    )
     limits = parser.add_argument_group("limits (defaults in docs/webrtc.md)")
     limits.add_argument(
         "--max-connections", type=_positive(int), metavar="N", help="open sockets (10000)"
@@ -140,14 +154,26 @@ async def _run(args: argparse.Namespace) -> int:
         "ping_timeout": args.idle_timeout,
     }
     options = SignalingServerOptions(**{k: v for k, v in given.items() if v is not None})
+    rooms = None
+    if args.redis is not None:
+        from p2pdb.plugins.replication_webrtc.signaling_redis import RedisOptions, RedisRooms
+
+        beat = args.redis_heartbeat
+        rooms = RedisRooms(RedisOptions(args.redis, beat, heartbeat_timeout=3 * beat))
     stop = stop_event()
     try:
         server = await start_signaling_server(
-            host=args.host, port=args.port, options=options, ssl=context, authenticate=authenticate
+            host=args.host,
+            port=args.port,
+            options=options,
+            ssl=context,
+            authenticate=authenticate,
+            rooms=rooms,
         )
     except OSError as exc:
         raise listen_error(args.host, args.port, exc) from None
-    print(f"p2pdb signaling server listening on {server.url} (Ctrl-C to stop)", flush=True)
+    shared = ", rooms shared through Redis" if args.redis else ""
+    print(f"p2pdb signaling server listening on {server.url}{shared} (Ctrl-C to stop)", flush=True)
     try:
         await stop.wait()
     finally:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -77,7 +78,7 @@ class ConnectionHandler:
     def __init__(
         self,
         topic: str,
-        signaling_url: str,
+        signaling_url: str | Sequence[str],
         settings: LinkSettings | None = None,
         *,
         ping_interval: float = 60.0,

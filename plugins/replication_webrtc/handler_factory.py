@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import ssl as ssl_module
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from p2pdb.errors import ValidationError
@@ -13,7 +13,7 @@ from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
 from .link import LinkSettings
 from .signal_crypto import TopicSecret
-from .signaling_client import SignalingAccess
+from .signaling_client import SignalingAccess, signaling_urls
 
 __all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
 
@@ -22,7 +22,7 @@ ConnectionHandlerFactory: TypeAlias = Callable[[str], Awaitable[ConnectionHandle
 
 
 def aiortc_connection_handler(
-    signaling_url: str,
+    signaling_url: str | Sequence[str],
     ice_servers: list[dict[str, Any]] | None = None,
     host_addresses: list[str] | None = None,
     relay_only: bool = False,
@@ -32,7 +32,12 @@ def aiortc_connection_handler(
     ssl: ssl_module.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> ConnectionHandlerFactory:
-    """Make a factory of aiortc connection handlers for one signaling server.
+    """Make a factory of aiortc connection handlers for one signaling server, or several.
+
+    ``signaling_url``: ``"ws://host:port"``, or a list of URLs of signaling nodes that share
+    rooms (``p2pdb signaling --redis``): the handler uses one at a time and moves to the next
+    whenever its connection fails or closes (after a backoff delay), so its peers are reached
+    again through another node when one dies.
 
     ``ice_servers``: dicts ``{"urls", "username"?, "credential"?}`` (default: none,
     so aiortc never asks a public STUN server; aiortc uses the first STUN and the
@@ -70,6 +75,7 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
+    urls = signaling_urls(signaling_url)
     access = SignalingAccess(secret=secret, ssl=ssl, headers=headers)
     settings = LinkSettings(
         ice_servers=tuple(servers),
@@ -79,7 +85,7 @@ def aiortc_connection_handler(
     )
 
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(topic, signaling_url, settings, signaling=access)
+        handler = ConnectionHandler(topic, urls, settings, signaling=access)
         await handler.start(join_timeout=connect_timeout)
         return handler
 

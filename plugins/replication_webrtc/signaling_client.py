@@ -3,7 +3,9 @@
 :class:`SignalingClient` connects, waits for ``init``, joins one room, keeps the
 member list, relays signals and pings. When the socket drops it reconnects with
 capped exponential backoff and jitter; the server then issues a new peer id.
-It knows nothing about WebRTC: its owner reacts through the callbacks.
+It knows nothing about WebRTC: its owner reacts through the callbacks. Given several URLs
+(signaling nodes sharing rooms through Redis), it moves to the next one whenever a
+connection fails or closes, so the peers of a node that died come back through another.
 
 :class:`SignalingAccess` adds what a protected server or topic needs: an ``ssl`` context for
 ``wss://`` (a private CA, a self-signed certificate), extra HTTP ``headers`` for the
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ from .signal_crypto import DropLog, SignalSealer, TopicSecret, check_secret, der
 from .signaling_limits import check_ssl
 from .signaling_server import is_valid_room
 
-__all__ = ["SignalingAccess", "SignalingClient"]
+__all__ = ["SignalingAccess", "SignalingClient", "signaling_urls"]
 
 logger = logging.getLogger("p2pdb.webrtc.signaling_client")
 
@@ -80,7 +82,7 @@ class SignalingClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         room: str,
         *,
         on_ready: Callable[[str], None] = _noop,
@@ -99,13 +101,9 @@ class SignalingClient:
                 code="WEBRTC_TOPIC_INVALID",
                 topic=room,
             )
-        if not url.startswith(("ws://", "wss://")):
-            raise ValidationError(
-                f"The signaling URL must start with ws:// or wss://, got {url!r}",
-                code="WEBRTC_SIGNALING_URL_INVALID",
-                url=url,
-            )
-        self.url = url
+        self.urls = signaling_urls(url)
+        """The signaling servers, tried in turn (the next one after each failure or close)."""
+        self._url_index = 0
         self.room = room
         self.access = access or SignalingAccess()
         """TLS, headers and topic secret."""
@@ -128,6 +126,11 @@ class SignalingClient:
         """Our id on the current socket, ``None`` while disconnected."""
         self.members: tuple[str, ...] = ()
         """The other members of the room, as last announced."""
+
+    @property
+    def url(self) -> str:
+        """The signaling server in use (or tried next)."""
+        return self.urls[self._url_index]
 
     @property
     def server_room(self) -> str | None:
@@ -220,8 +223,9 @@ class SignalingClient:
             except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as error:
                 logger.warning("signaling connection to %s failed: %r", self.url, error)
             except InvalidURI as error:
-                logger.error("signaling URL %s is invalid: %s; giving up", self.url, error)
-                return
+                logger.error("signaling URL %s is invalid: %s", self.url, error)
+                if len(self.urls) == 1:
+                    return  # nothing else to try
             except _ProtocolViolation as error:
                 logger.warning("signaling server %s broke the protocol: %s", self.url, error)
             except Exception:
@@ -235,6 +239,7 @@ class SignalingClient:
                     self._call(self._on_lost)
             if joined_before:
                 backoff.reset()
+            self._url_index = (self._url_index + 1) % len(self.urls)
             pause = backoff.next_delay()
             logger.info("reconnecting to signaling server %s in %.2f s", self.url, pause)
             await asyncio.sleep(pause)
@@ -308,6 +313,23 @@ class SignalingClient:
             callback(*args)
         except Exception:
             logger.exception("signaling callback %r failed", callback)
+
+
+def signaling_urls(url: str | Sequence[str]) -> tuple[str, ...]:
+    """One signaling URL or several (failover), each ``ws://`` or ``wss://``, as a tuple."""
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls:
+        raise ValidationError(
+            "Give at least one signaling URL", code="WEBRTC_SIGNALING_URL_INVALID", url=""
+        )
+    for one in urls:
+        if not isinstance(one, str) or not one.startswith(("ws://", "wss://")):
+            raise ValidationError(
+                f"The signaling URL must start with ws:// or wss://, got {one!r}",
+                code="WEBRTC_SIGNALING_URL_INVALID",
+                url=one,
+            )
+    return urls
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | None:

@@ -18,6 +18,7 @@ Hardened: every limit is a field of :class:`~.signaling_limits.SignalingServerOp
 the bytes queued towards a socket that does not read), every close carries a
 :class:`~.signaling_limits.CloseReason`; ``ssl=`` serves ``wss://`` and ``authenticate=``
 checks each opening request (a bearer token, say) before the WebSocket opens.
+Rooms live behind :class:`~.signaling_rooms.RoomRegistry`: here, or shared through Redis.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
-from p2pdb.errors import ValidationError
+from p2pdb.errors import ReplicationError, ValidationError
 from p2pdb.tokens import random_token
 
 from .signaling_limits import (
@@ -46,6 +47,7 @@ from .signaling_limits import (
     SignalingServerOptions,
     check_ssl,
 )
+from .signaling_rooms import MemoryRooms, Relay, RoomRegistry
 
 __all__ = [
     "PEER_ID_LENGTH",
@@ -95,7 +97,7 @@ class SignalingServer:
     Built by hand it listens only once ``await server.start()`` (or ``async with``).
     Stop it with :meth:`close`. ``port`` is the bound port (useful with port 0) and ``url``
     the ``ws://host:port`` (``wss://`` with TLS) address clients connect to. ``options``
-    holds every limit.
+    holds every limit; ``rooms`` where the rooms live (in memory by default).
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class SignalingServer:
         options: SignalingServerOptions | None = None,
         ssl: ssl_module.SSLContext | None = None,
         authenticate: Authenticate | None = None,
+        rooms: RoomRegistry | None = None,
     ) -> None:
         self.host = host
         self.options = options or SignalingServerOptions()
@@ -115,7 +118,8 @@ class SignalingServer:
         self._port = port
         self._ssl = check_ssl(ssl)
         self._members: dict[str, _Member] = {}
-        self._rooms: dict[str, dict[str, None]] = {}  # room -> member ids, in join order
+        self.registry: RoomRegistry = rooms or MemoryRooms()
+        """Where the rooms live (:class:`~.signaling_rooms.MemoryRooms` by default)."""
         self._admission = Admission(self.options.max_connections, authenticate, self._count)
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,8 +146,16 @@ class SignalingServer:
         return self._admission.admitted
 
     def rooms(self) -> dict[str, list[str]]:
-        """A snapshot of the rooms and their member ids (for tests and monitoring)."""
-        return {room: list(members) for room, members in self._rooms.items()}
+        """A snapshot of the rooms and their member ids (for tests and monitoring; with
+        Redis, the rooms this node knows)."""
+        return self.registry.rooms()
+
+    def deliver(self, peer_id: str, text: str) -> None:
+        """Queue ``text`` for this node's member ``peer_id`` (the registry's
+        :class:`~.signaling_rooms.RoomHost` side); ignored if it is gone or we are closing."""
+        member = self._members.get(peer_id)
+        if member is not None and not self._closing:
+            self._deliver(member, text)
 
     async def serve_forever(self) -> None:
         """Run until cancelled, then close."""
@@ -165,7 +177,7 @@ class SignalingServer:
         if self._tasks:
             await asyncio.wait(self._tasks)
         self._members.clear()
-        self._rooms.clear()
+        await self.registry.close()
         logger.info("signaling server on %s:%s closed", self.host, self._bound_port())
 
     async def __aenter__(self) -> SignalingServer:
@@ -184,6 +196,7 @@ class SignalingServer:
         if self._server is not None or self._closing:
             return self
         limits = self.options
+        await self.registry.start(self)
         self._server = await serve(
             self._handle,
             self.host,
@@ -242,8 +255,9 @@ class SignalingServer:
                             f"over {limits.max_messages_per_second:g} messages/s "
                             f"(burst {limits.message_burst})",
                         )
-                    self._on_frame(member, raw)
-                except _Refusal as refusal:
+                    await self._on_frame(member, raw)
+                except (_Refusal, ReplicationError) as error:
+                    refusal = _as_refusal(error)
                     logger.warning("closing peer %s: %s", peer_id, refusal.detail)
                     self._count(refusal.reason)
                     self._remove(member)
@@ -255,7 +269,7 @@ class SignalingServer:
         finally:
             self._remove(member)
 
-    def _on_frame(self, member: _Member, raw: str | bytes) -> None:
+    async def _on_frame(self, member: _Member, raw: str | bytes) -> None:
         """Handle one frame; raise :class:`_Refusal` if the socket must be closed."""
         try:
             message = orjson.loads(raw)
@@ -267,13 +281,13 @@ class SignalingServer:
         if kind == "ping":
             return
         if kind == "join":
-            self._join(member, message.get("room"))
+            await self._join(member, message.get("room"))
         elif kind == "signal":
-            self._signal(member, message, raw)
+            await self._signal(member, message, raw)
         else:
             raise _violation(f"unknown message type {str(kind)[:40]!r}")
 
-    def _join(self, member: _Member, room: object) -> None:
+    async def _join(self, member: _Member, room: object) -> None:
         if not is_valid_room(room):
             raise _violation("invalid room: must be a string of 6-99 characters")
         assert isinstance(room, str)
@@ -285,17 +299,17 @@ class SignalingServer:
                 CloseReason.TOO_MANY_ROOMS,
                 f"too many rooms (limit {limits.max_rooms_per_connection})",
             )
-        members = self._rooms.get(room, {})
-        if len(members) >= limits.max_peers_per_room:
+        if not await self.registry.join(room, member.id, limits.max_peers_per_room):
             raise _Refusal(
                 CloseReason.ROOM_FULL, f"room is full (limit {limits.max_peers_per_room} peers)"
             )
+        if self._members.get(member.id) is not member:  # evicted while the join ran
+            self.registry.leave(member.id, [room])
+            return
         member.rooms.add(room)
-        self._rooms.setdefault(room, {})[member.id] = None
         logger.debug("peer %s joined room %r", member.id, room)
-        self._announce(room)
 
-    def _signal(self, member: _Member, message: dict[str, Any], raw: str | bytes) -> None:
+    async def _signal(self, member: _Member, message: dict[str, Any], raw: str | bytes) -> None:
         if message.get("senderPeerId") != member.id:
             raise _violation("spoofed sender")
         room = message.get("room")
@@ -304,14 +318,18 @@ class SignalingServer:
             raise _violation("signal to a room the sender has not joined")
         if not isinstance(receiver_id, str):
             raise _violation("signal without a receiverPeerId")
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
         receiver = self._members.get(receiver_id)
-        if receiver is None:
-            # The receiver left (a benign race with its disconnect): drop the signal.
-            logger.debug("dropping signal from %s to departed peer %s", member.id, receiver_id)
+        if receiver is None:  # on another node, or gone
+            relay = await self.registry.relay(room, receiver_id, text)
+            if relay is Relay.OUTSIDE:
+                raise _violation("signal to a peer outside the room")
+            if relay is Relay.GONE:  # it left (a benign race with its disconnect): drop it
+                logger.debug("dropping signal from %s to departed peer %s", member.id, receiver_id)
             return
         if room not in receiver.rooms:
             raise _violation("signal to a peer outside the room")
-        self._deliver(receiver, raw if isinstance(raw, str) else raw.decode("utf-8"))
+        self._deliver(receiver, text)
 
     def _deliver(self, receiver: _Member, text: str) -> None:
         """Queue ``text`` for ``receiver`` without waiting on it, within its byte bound.
@@ -327,16 +345,6 @@ class SignalingServer:
             return
         broadcast([receiver.socket], text)  # queued, without waiting on the receiver
 
-    def _announce(self, room: str) -> None:
-        members = self._rooms.get(room)
-        if not members or self._closing:
-            return
-        text = _dumps({"type": "joined", "otherPeerIds": list(members)})
-        for member_id in list(members):
-            member = self._members.get(member_id)
-            if member is not None:
-                self._deliver(member, text)
-
     def _end(self, member: _Member, reason: CloseReason, detail: str) -> None:
         """Forget ``member`` and close its socket with a typed reason (in a task)."""
         if self._members.get(member.id) is not member:
@@ -350,15 +358,7 @@ class SignalingServer:
         if self._members.get(member.id) is not member:
             return
         del self._members[member.id]
-        for room in sorted(member.rooms):
-            members = self._rooms.get(room)
-            if members is None:
-                continue
-            members.pop(member.id, None)
-            if members:
-                self._announce(room)
-            else:
-                del self._rooms[room]
+        self.registry.leave(member.id, member.rooms)
         member.rooms.clear()
 
     async def _sweep(self) -> None:
@@ -374,6 +374,14 @@ class SignalingServer:
                     detail = f"no message for {timeout:g} s"
                     logger.info("evicting peer %s: %s", member.id, detail)
                     self._end(member, CloseReason.IDLE, detail)
+
+
+def _as_refusal(error: _Refusal | ReplicationError) -> _Refusal:
+    """A refusal as is; the shared rooms out of reach (Redis down) end the socket too: its
+    client reconnects, through another node or once Redis is back."""
+    if isinstance(error, _Refusal):
+        return error
+    return _Refusal(CloseReason.REDIS_UNAVAILABLE, str(error))
 
 
 def _violation(detail: str) -> _Refusal:
@@ -398,6 +406,8 @@ async def start_signaling_server(
     options: SignalingServerOptions | None = None,
     ssl: ssl_module.SSLContext | None = None,
     authenticate: Authenticate | None = None,
+    redis_url: str | None = None,
+    rooms: RoomRegistry | None = None,
 ) -> SignalingServer:
     """Start a signaling server compatible with RxDB 17.6's WebRTC replication.
 
@@ -407,6 +417,11 @@ async def start_signaling_server(
     fields of ``options``. ``ssl``: an :class:`ssl.SSLContext` with the certificate and key
     serves ``wss://``. ``authenticate(request) -> bool`` (sync or async) checks each
     opening request (headers, path with query string); False answers HTTP 401.
+
+    ``redis_url`` (``redis://``, ``rediss://``; ``pip install p2pdb[redis]``): share rooms
+    with every node on that Redis (docs/deployment.md); ``rooms``: any
+    :class:`~.signaling_rooms.RoomRegistry` (say a tuned :class:`~.signaling_redis.RedisRooms`).
+    ``SIGNALING_REDIS_UNAVAILABLE`` (:class:`ReplicationError`): Redis is out of reach at start.
     """
     if ping_timeout <= 0:
         raise ValidationError(
@@ -419,8 +434,14 @@ async def start_signaling_server(
     if max_message_bytes != SignalingServerOptions.max_message_bytes:
         overrides["max_message_bytes"] = max_message_bytes
     limits = dataclasses.replace(limits, **overrides)
+    if redis_url is not None:
+        from .signaling_redis import RedisRooms  # redis is an optional dependency
+
+        if rooms is not None:
+            raise ValidationError("redis_url or rooms, not both", code="WEBRTC_SETTING_INVALID")
+        rooms = RedisRooms(redis_url)
     signaling = SignalingServer(
-        host=host, port=port, options=limits, ssl=ssl, authenticate=authenticate
+        host=host, port=port, options=limits, ssl=ssl, authenticate=authenticate, rooms=rooms
     )
     await signaling.start()
     logger.info("signaling server listening on %s", signaling.url)

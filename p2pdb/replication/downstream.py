@@ -21,7 +21,12 @@ from .checkpoints import Direction, StateUpdate
 from .direction import DirectionTask, ReplicationContext
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
 
-__all__ = ["Downstream"]
+__all__ = ["FETCH_AHEAD", "Downstream"]
+
+#: Ask for the next batch while the current one is written. Off: with it, the randomized
+#: assumed-state test (tests/test_assumed_states.py) read states that differ from a
+#: full-copy reference now and then, a case not reduced yet.
+FETCH_AHEAD = False
 
 Doc = dict[str, Any]
 #: Per document id: the prepared user fields, the deleted flag and the master's wire state.
@@ -100,7 +105,7 @@ class Downstream(DirectionTask):
                     batch, arrival = await ahead
                     ahead = None
                 full = len(batch.documents) >= batch_size
-                if full:  # its checkpoint is known: ask for the next batch now
+                if full and FETCH_AHEAD:  # its checkpoint is known: ask for the next one now
                     ahead = asyncio.ensure_future(self._fetch(batch.checkpoint))
                 complete = await self._persist(batch.documents, batch.checkpoint, arrival)
                 self.succeeded()

@@ -56,6 +56,11 @@ __all__ = ["ReplicationRows", "replication_origin"]
 _ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable limit
 _CONTACT = "contact"  # item: Unix time of the last stored checkpoint
 _DOC = "doc:"  # item prefix of an assumed master state
+#: Whether ``set_assumed`` stores a state equal to the fork's own row as a marker. Off: the
+#: randomized replication test (tests/test_assumed_states.py) reads a wrong state through a
+#: marker in about one run in two, a case not reduced yet; until it is, states are stored
+#: whole. Markers already in a file are still read (and resolved) as described above.
+WRITE_MARKERS = False
 _BATCH = 500  # rows re-encoded per statement by recode_assumed
 # The keys of one collection's replications: "<collection>:" <= key < "<collection>;",
 # found with one index seek each (a skip scan), however many rows each key has.
@@ -201,7 +206,7 @@ class ReplicationRows:
         exactly the document's current row, an encoded full copy for the others."""
         info = self._catalog.find(collection)
         codec = None if info is None else info.codec
-        same = {} if info is None else _same_as_rows(conn, info, states)
+        same = {} if info is None or not WRITE_MARKERS else _same_as_rows(conn, info, states)
         values: list[tuple[str, Any]] = []
         for doc_id, state in states.items():
             rev = same.get(doc_id)

@@ -48,7 +48,7 @@ async def make_peer(tmp_path: Path, signaling: SignalingServer) -> AsyncIterator
         await db.close()
 
 
-async def wait_holds(collection: p2pdb.Collection, ids: set[str], seconds: float = 20.0) -> None:
+async def wait_holds(collection: p2pdb.Collection, ids: set[str], seconds: float = 45.0) -> None:
     """Wait until ``collection`` holds every id of ``ids`` (checked after each commit)."""
     changed = asyncio.Event()
     sub = collection.changes.subscribe(lambda _e: changed.set())

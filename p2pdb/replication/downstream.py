@@ -17,7 +17,7 @@ from ..storage import ABSENT, Write, WriteTxn
 from ..storage.base import DamagedDocument
 from ..streams import EventStream
 from .access import apply_modifier
-from .checkpoints import Direction, StateUpdate
+from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
 
@@ -230,7 +230,7 @@ class Downstream(DirectionTask):
             update.write(txn)
             return written
 
-        for state in await c.database.storage.write(persist):
+        for state in await write_to_the_end(c.database.storage, persist):
             self.received.on_next(state)
 
 

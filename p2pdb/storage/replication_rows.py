@@ -56,11 +56,9 @@ __all__ = ["ReplicationRows", "replication_origin"]
 _ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable limit
 _CONTACT = "contact"  # item: Unix time of the last stored checkpoint
 _DOC = "doc:"  # item prefix of an assumed master state
-#: Whether ``set_assumed`` stores a state equal to the fork's own row as a marker. Off: the
-#: randomized replication test (tests/test_assumed_states.py) reads a wrong state through a
-#: marker in about one run in two, a case not reduced yet; until it is, states are stored
-#: whole. Markers already in a file are still read (and resolved) as described above.
-WRITE_MARKERS = False
+#: Whether ``set_assumed`` stores a state equal to the fork's own row as a marker (off: every
+#: state is a full copy, as older versions wrote; markers in a file are read either way).
+WRITE_MARKERS = True
 _BATCH = 500  # rows re-encoded per statement by recode_assumed
 # The keys of one collection's replications: "<collection>:" <= key < "<collection>;",
 # found with one index seek each (a skip scan), however many rows each key has.

@@ -307,9 +307,14 @@ class Shadow:
             return result
 
         def set_assumed(
-            rows: ReplicationRows, conn: Any, collection: str, rid: str, states: Any
+            rows: ReplicationRows,
+            conn: Any,
+            collection: str,
+            rid: str,
+            states: Any,
+            written: Any = None,
         ) -> None:
-            real_set(rows, conn, collection, rid, states)
+            real_set(rows, conn, collection, rid, states, written)
             staged = shadow._staging.states
             for doc_id, state in states.items():
                 staged[shadow._file(conn), collection, rid, doc_id] = exact(state)

@@ -161,6 +161,50 @@ async def test_states_that_differ_in_json_types_or_flags_are_full_copies(db_path
         assert exact(got["i"]["n"]) == b"1.0" and got["d"]["_deleted"] is True
 
 
+@pytest.mark.usefixtures("markers")
+async def test_only_overwritten_rows_look_markers_up_and_states_compare_with_the_txn(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[list[str]] = []
+    real = ReplicationRows.preserve_assumed
+
+    def preserve(rows: ReplicationRows, conn: Any, info: Any, ids: Any) -> None:
+        looked_up.append(sorted(ids))
+        real(rows, conn, info, ids)
+
+    monkeypatch.setattr(ReplicationRows, "preserve_assumed", preserve)
+    async with await SQLiteStorage.open(db_path) as storage:
+        await storage.ensure_collection("todos", SCHEMA)
+
+        def pull(txn: WriteTxn) -> None:
+            first, second = (Write({"id": i, "text": "v1"}) for i in ("a", "b"))
+            txn.put("todos", [first, second], "todos:peer")
+            # "a" written twice: only its last state may become a marker
+            txn.put("todos", [Write({"id": "a", "text": "v2"})], "todos:peer")
+            txn.set_assumed(
+                "todos",
+                "peer",
+                {
+                    "a": {"id": "a", "text": "v1", "_deleted": False},  # no longer the row
+                    "b": {"id": "b", "text": "v1", "_deleted": False},  # the row: a marker
+                },
+            )
+
+        await storage.write(pull)
+        assert looked_up == [["a"]]  # the second put overwrote "a"; inserts looked nothing up
+        values = dict(raw(db_path, f"SELECT item, value {DOC_ROWS}"))
+        assert values["doc:a"].startswith("{") and values["doc:b"].startswith('"')
+        # overwriting the marked row keeps the state it meant, as a full copy
+        await storage.write(lambda txn: txn.put("todos", [Write({"id": "b", "text": "local"})]))
+        assert looked_up[-1] == ["b"]
+        value = raw(db_path, "SELECT value FROM p2pdb_replication WHERE item = 'doc:b'")[0][0]
+        assert orjson.loads(value) == {"id": "b", "text": "v1", "_deleted": False}
+        assert storage.get_assumed("todos", "peer", ["a", "b"]) == {
+            "a": {"id": "a", "text": "v1", "_deleted": False},
+            "b": {"id": "b", "text": "v1", "_deleted": False},
+        }
+
+
 # -- randomized, against a reference that stores full copies ---------------------------------
 
 

@@ -43,6 +43,8 @@ async def test_nothing_of_a_paused_replication_commits_after_pause_returns(db_pa
         storage.write = write  # type: ignore[method-assign]
         try:
             state = replicate(fork, collection_handler(master), "peer", push=False, autostart=False)
+            received: list[str] = []
+            state.received.subscribe(lambda doc: received.append(doc["id"]))
             await state.start()
             await asyncio.wait_for(queued.wait(), 10)
             storage.write = real_write  # type: ignore[method-assign]
@@ -53,6 +55,7 @@ async def test_nothing_of_a_paused_replication_commits_after_pause_returns(db_pa
             await asyncio.wait_for(pausing, 10)
             seen = storage.get_checkpoint("todos", "peer", "down")
             assert seen is not None and storage.get_one("todos", "a") is not None
+            assert received == ["a"]  # the committed write is reported, cancelled or not
             await holder
             await storage.write(lambda txn: None)  # everything queued before has committed
             assert storage.get_checkpoint("todos", "peer", "down") == seen

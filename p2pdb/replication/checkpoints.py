@@ -97,9 +97,12 @@ class StateUpdate:
             txn.set_checkpoint(collection, replication_id, direction, checkpoint)
 
 
-async def write_to_the_end(storage: Storage, fn: Callable[[WriteTxn], T]) -> T:
+async def write_to_the_end(
+    storage: Storage, fn: Callable[[WriteTxn], T], on_done: Callable[[T], None] | None = None
+) -> T:
     """``storage.write(fn)``, awaited to its end even if the caller is cancelled meanwhile
-    (the cancellation is raised after it).
+    (the cancellation is raised after it); ``on_done`` gets the result of a write that
+    committed, cancelled caller or not.
 
     A write sent to the writer thread commits whether or not its caller still waits. A
     direction cancelled by ``pause()`` or ``cancel()`` while its write was queued would
@@ -110,10 +113,15 @@ async def write_to_the_end(storage: Storage, fn: Callable[[WriteTxn], T]) -> T:
     """
     task = asyncio.ensure_future(storage.write(fn))
     try:
-        return await asyncio.shield(task)
+        result = await asyncio.shield(task)
     except asyncio.CancelledError:
         await _finished(task)
+        if on_done is not None and not task.cancelled() and task.exception() is None:
+            on_done(task.result())
         raise  # the caller's cancellation, now that the write has ended
+    if on_done is not None:
+        on_done(result)
+    return result
 
 
 async def _finished(task: asyncio.Future[Any]) -> None:

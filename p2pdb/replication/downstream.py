@@ -229,8 +229,11 @@ class Downstream(DirectionTask):
             update.write(txn)
             return written
 
-        for state in await write_to_the_end(c.database.storage, persist):
-            self.received.on_next(state)
+        def emit(written: list[Doc]) -> None:
+            for state in written:
+                self.received.on_next(state)
+
+        await write_to_the_end(c.database.storage, persist, emit)  # emitted even if cancelled
 
 
 async def _drop(task: asyncio.Future[Any]) -> None:

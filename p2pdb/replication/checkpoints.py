@@ -13,15 +13,17 @@ they cover, so a crash never skips or repeats a change.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from ..errors import ValidationError
 from ..storage import Direction, Storage, WriteTxn, replication_origin
 
-__all__ = ["Checkpoints", "Direction", "StateUpdate"]
+__all__ = ["Checkpoints", "Direction", "StateUpdate", "write_to_the_end"]
 
 Doc = dict[str, Any]
+T = TypeVar("T")
 
 
 class Checkpoints:
@@ -93,3 +95,43 @@ class StateUpdate:
             txn.set_assumed(collection, replication_id, self._assumed)
         for direction, checkpoint in self._positions.items():
             txn.set_checkpoint(collection, replication_id, direction, checkpoint)
+
+
+async def write_to_the_end(
+    storage: Storage, fn: Callable[[WriteTxn], T], on_done: Callable[[T], None] | None = None
+) -> T:
+    """``storage.write(fn)``, awaited to its end even if the caller is cancelled meanwhile
+    (the cancellation is raised after it); ``on_done`` gets the result of a write that
+    committed, cancelled caller or not.
+
+    A write sent to the writer thread commits whether or not its caller still waits. A
+    direction cancelled by ``pause()`` or ``cancel()`` while its write was queued would
+    release the persist lock (:class:`~p2pdb.replication.arrivals.Arrivals`) before that
+    write committed: the direction restarted next (or the other one) would read the states
+    from before it and decide on them, and the late commit would then overwrite what they
+    read (a pulled master state skipped for good, or a stale state pushed over the master's).
+    """
+    task = asyncio.ensure_future(storage.write(fn))
+    try:
+        result = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await _finished(task)
+        if on_done is not None and not task.cancelled() and task.exception() is None:
+            on_done(task.result())
+        raise  # the caller's cancellation, now that the write has ended
+    if on_done is not None:
+        on_done(result)
+    return result
+
+
+async def _finished(task: asyncio.Future[Any]) -> None:
+    """Wait for ``task`` to end, through any further cancellations; its outcome is dropped."""
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except Exception:  # noqa: S112 - the write's own error: the caller is cancelled anyway
+            break
+    if not task.cancelled():
+        task.exception()  # retrieved: never logged as "never retrieved"

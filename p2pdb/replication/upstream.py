@@ -18,7 +18,7 @@ from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationErro
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
 from .access import apply_modifier
-from .checkpoints import Direction, StateUpdate
+from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
 
@@ -270,7 +270,7 @@ class Upstream(DirectionTask):
                     update.keep_assumed(write.document[pk])
             update.write(txn)
 
-        await c.database.storage.write(persist)
+        await write_to_the_end(c.database.storage, persist)  # see there: never orphaned
 
     async def _resolve(self, conflict: Conflict) -> Doc:
         """The handler's resolution in wire form; on failure, report and keep the master's."""

@@ -31,6 +31,7 @@ __all__ = [
     "TAMPERED",
     "DamageLog",
     "SeqClock",
+    "Written",
     "check_expected",
     "decode_row",
     "drop_damaged",
@@ -263,6 +264,11 @@ def check_expected(
     )
 
 
+#: What :func:`put` notes per written row: ``(revision, deleted, user fields, their JSON
+#: bytes)``; the bytes are those stored, or ``None`` when a codec stored something else.
+Written = tuple[str, bool, dict[str, Any], bytes | None]
+
+
 def put(
     conn: sqlite3.Connection,
     info: CollectionInfo,
@@ -270,15 +276,21 @@ def put(
     origin: str,
     clock: SeqClock,
     events: list[ChangeEvent],
+    before_overwrite: Callable[[dict[str, str]], None] | None = None,
+    written: dict[str, Written] | None = None,
 ) -> list[dict[str, Any] | ConflictError]:
     """Write documents (see :meth:`~p2pdb.storage.WriteTxn.put`), advancing ``clock`` and
-    appending a change event per write to ``events``."""
+    appending a change event per write to ``events``. ``before_overwrite`` is called with
+    the current revision of every existing row among them (if any) before any is written;
+    ``written`` gets an entry per written row (the last one per id)."""
     collection = info.name
     pk = info.schema.primary_key
     codec = info.codec
     ids = list({w.document[pk] for w in writes})
     # lenient: a stored state that does not decode can still be overwritten
     current = get_many(conn, info, ids, lenient=True)
+    if current and before_overwrite is not None:
+        before_overwrite({doc_id: state["_rev"] for doc_id, state in current.items()})
     results: list[dict[str, Any] | ConflictError] = []
     rows = []
     seq, lwt_centi = clock.seq, clock.lwt_centi
@@ -302,6 +314,8 @@ def put(
         state["_rev"] = rev
         state["_meta"] = {"lwt": lwt}
         rows.append((doc_id, seq, rev, lwt, int(w.deleted), origin, raw.decode()))
+        if written is not None:
+            written[doc_id] = (rev, w.deleted, w.document, None if codec else raw)
         current[doc_id] = state
         results.append(state)
         if w.deleted:

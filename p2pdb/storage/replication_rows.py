@@ -50,17 +50,17 @@ import orjson
 from ..errors import EncryptionError
 from .base import BodyCodec, Direction
 from .catalog import Catalog, CollectionInfo, is_stored, table_name
+from .documents import Written
+from .marker_check import rows_by_id, same_as_rows
 
 __all__ = ["ReplicationRows", "replication_origin"]
 
 _ID_CHUNK = 500  # items per "IN (...)" lookup, well under SQLite's variable limit
 _CONTACT = "contact"  # item: Unix time of the last stored checkpoint
 _DOC = "doc:"  # item prefix of an assumed master state
-#: Whether ``set_assumed`` stores a state equal to the fork's own row as a marker. Off: the
-#: randomized replication test (tests/test_assumed_states.py) reads a wrong state through a
-#: marker in about one run in two, a case not reduced yet; until it is, states are stored
-#: whole. Markers already in a file are still read (and resolved) as described above.
-WRITE_MARKERS = False
+#: Whether ``set_assumed`` stores a state equal to the fork's own row as a marker (off: every
+#: state is a full copy, as older versions wrote; markers in a file are read either way).
+WRITE_MARKERS = True
 _BATCH = 500  # rows re-encoded per statement by recode_assumed
 # The keys of one collection's replications: "<collection>:" <= key < "<collection>;",
 # found with one index seek each (a skip scan), however many rows each key has.
@@ -201,12 +201,19 @@ class ReplicationRows:
         collection: str,
         replication_id: str,
         states: Mapping[str, dict[str, Any]],
+        written: Mapping[str, Written] | None = None,
     ) -> None:
         """Store assumed master states by document id: a marker for each state that is
-        exactly the document's current row, an encoded full copy for the others."""
+        exactly the document's current row, an encoded full copy for the others.
+        ``written``: the rows this transaction wrote (``documents.put``), compared without
+        reading them back; the others are read."""
         info = self._catalog.find(collection)
         codec = None if info is None else info.codec
-        same = {} if info is None or not WRITE_MARKERS else _same_as_rows(conn, info, states)
+        same = (
+            {}
+            if info is None or not WRITE_MARKERS
+            else same_as_rows(conn, info, states, written or {})
+        )
         values: list[tuple[str, Any]] = []
         for doc_id, state in states.items():
             rev = same.get(doc_id)
@@ -221,15 +228,19 @@ class ReplicationRows:
     def preserve_assumed(
         self, conn: sqlite3.Connection, info: CollectionInfo, ids: Iterable[str]
     ) -> None:
-        """Called by ``WriteTxn.put`` before it writes the rows of ``ids``, in the same
-        transaction: every marker (of any replication of the collection) naming the
-        current revision of one of them becomes the full copy of that row, so that it keeps
-        meaning the state it meant."""
+        """Called before the rows of ``ids`` are overwritten or deleted, in the same
+        transaction (by ``WriteTxn.put``, through ``documents.put``, with the ids of the
+        rows that exist: a marker can only name an existing row, so inserting new
+        documents costs nothing here): every marker (of any replication of the collection)
+        naming the current revision of one of them becomes the full copy of that row, so
+        that it keeps meaning the state it meant."""
         collection = info.name
+        items = [_DOC + i for i in dict.fromkeys(ids)]
+        if not items:
+            return
         keys = [k for (k,) in conn.execute(_KEYS_SQL, (collection + ":", collection + ";"))]
         if not keys:
             return
-        items = [_DOC + i for i in dict.fromkeys(ids)]
         marked: list[tuple[str, str, str]] = []  # (key, doc id, revision)
         for key in keys:
             for start in range(0, len(items), _ID_CHUNK):
@@ -243,7 +254,7 @@ class ReplicationRows:
                     marked.append((key, item[len(_DOC) :], orjson.loads(value)))
         if not marked:
             return
-        rows = _rows(conn, info, list({doc_id for _, doc_id, _ in marked}))
+        rows = rows_by_id(conn, info, list({doc_id for _, doc_id, _ in marked}))
         updates = []
         for key, doc_id, rev in marked:
             row = rows.get(doc_id)
@@ -399,44 +410,3 @@ def live_assumed(
                 if not (isinstance(state, dict) and state.get("_deleted") is True):
                     live.add(item[len(_DOC) :])
     return live
-
-def _rows(
-    conn: sqlite3.Connection, info: CollectionInfo, ids: list[str]
-) -> dict[str, tuple[str, int, str]]:
-    """``(rev, deleted, body)`` of the rows of those ``ids`` that exist."""
-    out: dict[str, tuple[str, int, str]] = {}
-    for start in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[start : start + _ID_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for doc_id, rev, deleted, body in conn.execute(
-            f"SELECT id, rev, deleted, body FROM {info.table} WHERE id IN ({marks})", chunk
-        ):
-            out[doc_id] = (rev, deleted, body)
-    return out
-
-
-def _same_as_rows(
-    conn: sqlite3.Connection, info: CollectionInfo, states: Mapping[str, dict[str, Any]]
-) -> dict[str, str]:
-    """The revision of each document whose current row is exactly ``states[id]``: the same
-    ``_deleted`` (a bool in the state) and the same JSON bytes of the other fields."""
-    codec = info.codec
-    out: dict[str, str] = {}
-    for doc_id, (rev, deleted, body) in _rows(conn, info, list(states)).items():
-        user = dict(states[doc_id])
-        flag = user.pop("_deleted", None)
-        if type(flag) is not bool or flag is not bool(deleted):
-            continue
-        if codec is None:
-            same = orjson.dumps(user) == body.encode()
-        else:
-            try:
-                stored = codec.decode(info.name, doc_id, orjson.loads(body))
-            except EncryptionError:
-                continue
-            same = orjson.dumps(stored, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
-                user, option=orjson.OPT_SORT_KEYS
-            )
-        if same:
-            out[doc_id] = rev
-    return out

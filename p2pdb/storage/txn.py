@@ -13,7 +13,7 @@ from ..errors import ConflictError, NotFoundError
 from . import catalog, documents
 from .base import Direction, Write
 from .catalog import Catalog
-from .documents import SeqClock
+from .documents import SeqClock, Written
 from .own_writes import OwnWrites
 from .replication_rows import ReplicationRows
 
@@ -24,7 +24,7 @@ class SQLiteWriteTxn:
     """One write transaction, in the writer thread, between ``BEGIN IMMEDIATE`` and
     ``COMMIT``. ``events`` collects the change events of its writes."""
 
-    __slots__ = ("_catalog", "_clock", "_sqlite", "_own", "_replication", "events")
+    __slots__ = ("_catalog", "_clock", "_sqlite", "_own", "_replication", "_written", "events")
 
     def __init__(
         self,
@@ -39,6 +39,8 @@ class SQLiteWriteTxn:
         self._own = own
         self._clock = SeqClock(conn)
         self.events: list[ChangeEvent] = []
+        # per collection, what put wrote in this transaction (set_assumed compares with it)
+        self._written: dict[str, dict[str, Written]] = {}
 
     def get(self, collection: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) of the given ids that exist."""
@@ -52,10 +54,16 @@ class SQLiteWriteTxn:
         Writes of the same id in one call apply in order. Conflicting writes change nothing.
         """
         info = self._catalog.get(collection)
-        # assumed master states stored as markers of these rows become full copies first
-        pk = info.schema.primary_key
-        self._replication.preserve_assumed(self._sqlite, info, [w.document[pk] for w in writes])
-        return documents.put(self._sqlite, info, writes, origin, self._clock, self.events)
+        conn, replication = self._sqlite, self._replication
+
+        def before_overwrite(revisions: dict[str, str]) -> None:
+            # assumed master states stored as markers of these rows become full copies first
+            replication.preserve_assumed(conn, info, revisions)
+
+        written = self._written.setdefault(collection, {})
+        return documents.put(
+            conn, info, writes, origin, self._clock, self.events, before_overwrite, written
+        )
 
     # -- replication state -----------------------------------------------------------------
 
@@ -79,7 +87,9 @@ class SQLiteWriteTxn:
         self, collection: str, replication_id: str, states: Mapping[str, dict[str, Any]]
     ) -> None:
         """Store assumed master states by document id (encoded by the collection's codec)."""
-        self._replication.set_assumed(self._sqlite, collection, replication_id, states)
+        self._replication.set_assumed(
+            self._sqlite, collection, replication_id, states, self._written.get(collection)
+        )
 
     def forget_replication(self, collection: str, replication_id: str) -> None:
         """Drop every checkpoint and assumed state of one replication."""
@@ -112,6 +122,7 @@ class SQLiteWriteTxn:
                 code="COLLECTION_NOT_FOUND",
                 name=collection,
             )
+        self._written.pop(collection, None)  # the stored bytes change
         documents.recode_bodies(self._sqlite, collection, transform)
         self._replication.recode_assumed(self._sqlite, collection, transform)
 
@@ -120,6 +131,7 @@ class SQLiteWriteTxn:
         peers and delete their good copies) and reset the down-checkpoint of every
         replication of the collection, so the next pull starts over and brings back a
         peer's copy. See :meth:`~p2pdb.storage.WriteTxn.drop_damaged`."""
+        self._written.get(collection, {}).pop(doc_id, None)
         documents.drop_damaged(self._sqlite, self._catalog.get(collection), doc_id)
         for name, replication_id in self._replication.list_replications(self._sqlite):
             if name == collection and self.get_checkpoint(name, replication_id, "down") is not None:

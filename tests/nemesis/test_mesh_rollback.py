@@ -41,12 +41,6 @@ async def value(collection: p2pdb.Collection) -> Any:
     return None if doc is None else doc["v"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh + master_wins: a fork behind on one master takes its older state on a "
-    "spurious conflict and pushes it over the newer one to another master (issue #14, "
-    "nemesis seed 1)",
-)
 @pytest.mark.parametrize("last_write", ["update", "remove"])
 async def test_a_single_writers_last_write_is_not_undone_through_a_third_peer(
     tmp_path: Path, last_write: str

@@ -190,6 +190,8 @@ class PeerSession:
                 settings.options,
                 self.peer,
             )
+            if self.peer.public_key is not None:  # a proven p2pdb peer: causal vectors travel
+                self._master = self._master.with_causal_order()
             if token == settings.token:
                 raise PeerError(
                     "Connected to a peer with our own database token (the same database "
@@ -203,7 +205,12 @@ class PeerSession:
             else:
                 self.state = replicate(
                     settings.collection,
-                    RemoteMaster(self.channel, self._stream, settings.options.limits),
+                    RemoteMaster(
+                        self.channel,
+                        self._stream,
+                        settings.options.limits,
+                        causal=self.peer.public_key is not None,  # a proven p2pdb peer
+                    ),
                     f"{settings.topic}||{self.handshake.key_prefix}{token}",
                     **fork_options(
                         settings.collection, settings.options, self.peer, self.callbacks.report

@@ -142,11 +142,12 @@ class CollectionHandler:
         invalid: list[str] = []
         for raw in rows:
             row = _as_row(raw)
+            vector = None
+            if self.causal:  # the vector out of the document, before any hook sees it
+                # (a bad one raises ValidationError REPLICATION_BAD_VECTOR: a broken peer)
+                new, vector = take(row.new_document_state)
+                row = WriteRow(new, row.assumed_master_state)
             try:
-                vector = None
-                if self.causal:  # the vector out of the document, before any hook sees it
-                    new, vector = take(row.new_document_state)
-                    row = WriteRow(new, row.assumed_master_state)
                 new = row.new_document_state
                 if self._check is not None:
                     modified = await self._check.incoming(new)

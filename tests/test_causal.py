@@ -383,3 +383,58 @@ async def test_vectors_cross_the_wire_only_between_p2pdb_ends(tmp_path: Path) ->
             await one_pass(fork, pipe.handler, "plain-pipe")
             sent = pipe.master_end.sent + pipe.fork_end.sent
             assert sent and all("_meta" not in str(message) for message in sent)
+
+
+async def test_an_ancestor_never_wins_even_when_the_assumed_state_matches(tmp_path: Path) -> None:
+    db, docs, mine = await master_with(tmp_path, 2)
+    try:
+        handler = collection_handler(docs).with_causal_order()
+        (token,) = mine
+        older = {token: mine[token] - 1}
+        # a push of an older state "based on" what the master holds: stale, not written
+        assert await handler.write([WriteRow(wire(1, older), wire(2, None))]) == [wire(2, mine)]
+        stored = await docs.find_one("x")
+        assert stored is not None and stored["v"] == 2
+    finally:
+        await db.close()
+
+
+class LateMaster:
+    """A causal master whose answers carry an old state of ``x`` (a late arrival)."""
+
+    causal = True
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+
+    def with_causal_order(self) -> LateMaster:
+        return self
+
+    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
+        return ChangesBatch([] if checkpoint else [self.doc], {"seq": 1})
+
+    async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
+        return []
+
+    def stream(self) -> Observable[ChangesBatch | Resync]:
+        import reactivex
+
+        return reactivex.never()
+
+
+async def test_the_fork_never_applies_an_ancestor_of_its_state(tmp_path: Path) -> None:
+    db, docs, mine = await master_with(tmp_path, 2)
+    try:
+        (token,) = mine
+        late = LateMaster(wire(1, {token: mine[token] - 1}))
+        await one_pass(docs, late, "late")
+        stored = await docs.find_one("x")
+        assert stored is not None and stored["v"] == 2
+        # while a state that follows it is applied (its history stored with it)
+        later = {token: mine[token], "other": 1}
+        await one_pass(docs, LateMaster(wire(3, later)), "later")
+        stored = await docs.find_one("x")
+        assert stored is not None and stored["v"] == 3
+        assert state_vector(stored.to_dict(include_meta=True)) == later
+    finally:
+        await db.close()

@@ -12,13 +12,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from ..causal import Vector, take
+from ..causal import Vector, state_vector, take
 from ..errors import ConflictError, ValidationError
 from ..storage import ABSENT, Write, WriteTxn
 from ..storage.base import DamagedDocument
 from ..streams import EventStream
 from .access import apply_modifier
-from .causal_order import speaks_causal
+from .causal_order import fast_forward, speaks_causal, stale
 from .checkpoints import Direction, StateUpdate
 from .direction import DirectionTask, ReplicationContext
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
@@ -218,9 +218,15 @@ class Downstream(DirectionTask):
                 if known is None or not is_equal(known, master):
                     update.set_assumed(doc_id, master)
                 continue
-            if fork_wire is not None and (known is None or not is_equal(known, fork_wire)):
-                continue  # unpushed local changes: upstream pushes them and resolves
             vector = self._vectors.get(doc_id)  # a copy of the master's state, with its history
+            if stale(vector, state_vector(fork)):
+                continue  # an ancestor of what the fork holds (a late arrival): never applied
+            if (
+                fork_wire is not None
+                and (known is None or not is_equal(known, fork_wire))
+                and not fast_forward(state_vector(fork), vector)  # it follows the fork's
+            ):
+                continue  # unpushed local changes: upstream pushes them and resolves
             expected = fork["_rev"] if fork else ABSENT
             writes.append(Write(user, deleted, expected, vector, new_event=vector is None))
             update.set_assumed(doc_id, master)

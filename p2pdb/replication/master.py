@@ -16,7 +16,7 @@ from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationErro
 from ..storage import ABSENT, Write
 from ..storage.base import DamagedDocument
 from .access import PENDING, AccessCheck, DocumentAccess
-from .causal_order import fast_forward
+from .causal_order import fast_forward, stale
 from .protocol import RESYNC, ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -215,6 +215,9 @@ class CollectionHandler:
                 write = Write(user, deleted, ABSENT, vector, new_event=not copied)
             elif is_equal(master, row.new_document_state):
                 continue  # already there: a resent row, or the same edit on both sides
+            elif stale(vector, state_vector(state)):  # an ancestor never wins: answer ours
+                found.append(attach(master, state_vector(state)))
+                continue
             elif (
                 row.assumed_master_state is not None
                 and is_equal(master, row.assumed_master_state)

@@ -8,6 +8,9 @@ writer's acknowledged write is rolled back on every peer (a remove comes back th
 
 Found by ``scripts/nemesis.py --rounds 1 --seconds 15 --peers 4 --seed 1`` (round 1: 32
 (peer, document) pairs lost, 20 resurrected, all peers converged on the old states).
+Fixed by causal order between p2pdb peers (``p2pdb/causal.py``, docs/conflicts.md): ``b``'s
+state is an ancestor of the one ``c`` pushes, so ``b`` fast-forwards to it instead of calling
+it a conflict.
 """
 
 from __future__ import annotations

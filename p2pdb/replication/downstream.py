@@ -12,11 +12,13 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from ..causal import Vector, state_vector, take
 from ..errors import ConflictError, ValidationError
 from ..storage import ABSENT, Write, WriteTxn
 from ..storage.base import DamagedDocument
 from ..streams import EventStream
 from .access import apply_modifier
+from .causal_order import fast_forward, speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
@@ -45,6 +47,9 @@ class Downstream(DirectionTask):
         # Stream events are applied only after a full pull since the last (re)start or
         # failure; before that a RESYNC is queued that covers them.
         self._caught_up = False
+        # the causal vectors of the master states being applied, by id (p2pdb.causal; set
+        # and read under the persist lock, in one _persist)
+        self._vectors: dict[str, Vector | None] = {}
 
     def restart(self) -> None:
         """Forget queued stream items and start with a full pull (on start and resume)."""
@@ -151,10 +156,15 @@ class Downstream(DirectionTask):
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
         modifier = self.context.options.pull_modifier
+        causal = speaks_causal(self.context.handler)
+        self._vectors = {}
         incoming: Incoming = {}
         complete = True
         for doc in documents:
             try:
+                vector = None
+                if causal and isinstance(doc, Mapping):  # before any hook sees the document
+                    doc, vector = take(doc)
                 if modifier is not None and isinstance(doc, Mapping):
                     doc = await apply_modifier(modifier, dict(doc))
                     if doc is None:
@@ -176,6 +186,7 @@ class Downstream(DirectionTask):
                     complete = False
                 continue
             incoming[prepared[pk]] = (prepared, deleted, wire)
+            self._vectors[prepared[pk]] = vector
         return incoming, complete
 
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
@@ -206,9 +217,17 @@ class Downstream(DirectionTask):
                 if known is None or not is_equal(known, master):
                     update.set_assumed(doc_id, master)
                 continue
-            if fork_wire is not None and (known is None or not is_equal(known, fork_wire)):
+            vector = self._vectors.get(doc_id)  # a copy of the master's state, with its history
+            if stale(vector, state_vector(fork)):
+                continue  # an ancestor of what the fork holds (a late arrival): never applied
+            if (
+                fork_wire is not None
+                and (known is None or not is_equal(known, fork_wire))
+                and not fast_forward(state_vector(fork), vector)  # it follows the fork's
+            ):
                 continue  # unpushed local changes: upstream pushes them and resolves
-            writes.append(Write(user, deleted, expected=fork["_rev"] if fork else ABSENT))
+            expected = fork["_rev"] if fork else ABSENT
+            writes.append(Write(user, deleted, expected, vector, new_event=vector is None))
             update.set_assumed(doc_id, master)
         return writes, update
 

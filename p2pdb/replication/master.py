@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 from reactivex import Observable
 from reactivex import operators as ops
 
+from ..causal import Vector, attach, state_vector, take
 from ..changes import ChangeEvent
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import ABSENT, Write
 from ..storage.base import DamagedDocument
 from .access import PENDING, AccessCheck, DocumentAccess
+from .causal_order import fast_forward, stale
 from .protocol import RESYNC, ChangesBatch, Resync, WriteRow, from_wire, to_wire
 
 if TYPE_CHECKING:
@@ -65,12 +67,23 @@ class CollectionHandler:
         collection: Collection,
         origin: str = "replication",
         access: DocumentAccess | None = None,
+        *,
+        causal: bool = False,
     ) -> None:
         self.collection = collection
         self.origin = origin
         #: What the remote may read and write (``None``: everything).
         self.access = access
+        #: Documents carry causal vectors (``_meta.vv``; the remote is p2pdb, see
+        #: ``p2pdb.replication.causal_order``).
+        self.causal = causal
         self._check = None if access is None else AccessCheck(access, collection.schema)
+
+    def with_causal_order(self) -> CollectionHandler:
+        """This handler with causal vectors on its documents (a p2pdb fork asks for it)."""
+        if self.causal:
+            return self
+        return CollectionHandler(self.collection, self.origin, self.access, causal=True)
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Documents written after ``checkpoint``, in write order."""
@@ -83,6 +96,9 @@ class CollectionHandler:
         c.check_open()
         seq = parse_checkpoint(checkpoint)
         pairs, last = c.storage.changes_since(c.name, seq, batch_size)
+        if self._check is None and self.causal:
+            docs = [attach(to_wire(state), state_vector(state)) for _, state in pairs]
+            return ChangesBatch(docs, {"seq": last})
         if self._check is None:
             return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
         return await self._readable_since(pairs, last, batch_size, self._check)
@@ -102,7 +118,7 @@ class CollectionHandler:
             for seq, state in pairs:
                 view = await check.view(to_wire(state))
                 if view is not None:
-                    documents.append(view)
+                    documents.append(attach(view, state_vector(state)) if self.causal else view)
                     if len(documents) == batch_size:
                         return ChangesBatch(documents, {"seq": seq})
             if len(pairs) < batch_size:
@@ -122,9 +138,15 @@ class CollectionHandler:
         c = self.collection
         pk = c.schema.primary_key
         pending: dict[str, tuple[Doc, bool, WriteRow]] = {}
+        vectors: dict[str, Vector | None] = {}
         invalid: list[str] = []
         for raw in rows:
             row = _as_row(raw)
+            vector = None
+            if self.causal:  # the vector out of the document, before any hook sees it
+                # (a bad one raises ValidationError REPLICATION_BAD_VECTOR: a broken peer)
+                new, vector = take(row.new_document_state)
+                row = WriteRow(new, row.assumed_master_state)
             try:
                 new = row.new_document_state
                 if self._check is not None:
@@ -135,13 +157,14 @@ class CollectionHandler:
                 user, deleted = from_wire(new)
                 prepared = c.prepare(user)
                 pending[prepared[pk]] = (prepared, deleted, row)  # the last row of an id wins
+                vectors[prepared[pk]] = vector
             except ValidationError:
                 invalid.append(str(row.new_document_state.get(pk)))
         conflicts: list[Doc] = []
         for _ in range(_MAX_ATTEMPTS):
             if not pending:
                 break
-            pending = await self._write_once(pending, conflicts)
+            pending = await self._write_once(pending, conflicts, vectors)
         if pending:
             raise ConflictError(
                 "Local writes kept racing this push; the fork will retry.",
@@ -157,7 +180,10 @@ class CollectionHandler:
         return conflicts
 
     async def _write_once(
-        self, pending: dict[str, tuple[Doc, bool, WriteRow]], conflicts: list[Doc]
+        self,
+        pending: dict[str, tuple[Doc, bool, WriteRow]],
+        conflicts: list[Doc],
+        vectors: Mapping[str, Vector | None],
     ) -> dict[str, tuple[Doc, bool, WriteRow]]:
         c = self.collection
         is_equal = c.conflict_handler.is_equal
@@ -168,6 +194,10 @@ class CollectionHandler:
         check = self._check
         for doc_id, (user, deleted, row) in pending.items():
             state = current.get(doc_id)
+            # a pushed vector is stored as the state's history (a copy of the fork's state);
+            # a state without one is a new event here, after the stored one
+            vector = vectors.get(doc_id)
+            copied = vector is not None
             if isinstance(state, DamagedDocument):  # unreadable here: the peer's copy repairs it
                 repair = to_wire({**user, "_deleted": deleted})
                 if check is not None and not await check.may_write(None, repair):
@@ -182,15 +212,20 @@ class CollectionHandler:
                 refused.append(doc_id)  # a document it may not read: never a conflict answer
                 continue
             if master is None:
-                write = Write(user, deleted, expected=ABSENT)
+                write = Write(user, deleted, ABSENT, vector, new_event=not copied)
             elif is_equal(master, row.new_document_state):
                 continue  # already there: a resent row, or the same edit on both sides
-            elif row.assumed_master_state is not None and is_equal(
-                master, row.assumed_master_state
-            ):
-                write = Write(user, deleted, expected=state["_rev"])  # type: ignore[index]
-            else:
-                found.append(master)
+            elif stale(vector, state_vector(state)):  # an ancestor never wins: answer ours
+                found.append(attach(master, state_vector(state)))
+                continue
+            elif (
+                row.assumed_master_state is not None
+                and is_equal(master, row.assumed_master_state)
+            ) or fast_forward(state_vector(state), vector):  # it descends from ours
+                rev = state["_rev"]  # type: ignore[index]
+                write = Write(user, deleted, rev, vector, new_event=not copied)
+            else:  # a conflict, or a stale push (the fork sees it from the vectors)
+                found.append(attach(master, state_vector(state)) if self.causal else master)
                 continue
             new = to_wire({**user, "_deleted": deleted})
             if check is not None and not await check.may_write(stored, new):
@@ -226,6 +261,7 @@ class CollectionHandler:
         db = self.collection.database
         origin = self.origin
         check = self._check
+        causal = self.causal
 
         def batch(events: list[ChangeEvent]) -> ChangesBatch | Resync:
             # never promise a checkpoint past a write not yet emitted (other processes)
@@ -239,7 +275,7 @@ class CollectionHandler:
                 if view is PENDING:
                     return RESYNC
                 if isinstance(view, dict):
-                    docs.append(view)
+                    docs.append(attach(view, state_vector(event.document)) if causal else view)
             return ChangesBatch(docs, {"seq": seq})
 
         return self.collection.batches.pipe(ops.map(batch))

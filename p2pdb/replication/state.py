@@ -32,6 +32,7 @@ from ..errors import P2PDBError, ReplicationError
 from ..streams import EventStream
 from .access import DocumentFilter
 from .arrivals import Arrivals
+from .causal_order import negotiate
 from .checkpoints import Checkpoints, Direction
 from .direction import DirectionTask, ReplicationContext
 from .downstream import Downstream
@@ -66,6 +67,8 @@ class ReplicationState:
         #: The options this replication runs with.
         self.options = merge_options(options, changes)
         self.collection = collection
+        # with vectors when the master can carry them (p2pdb on both ends; causal_order.py)
+        handler = negotiate(handler)
         self.handler = handler
         self.replication_id = replication_id
         self.pull, self.push, self.live = self.options.pull, self.options.push, self.options.live

@@ -23,6 +23,7 @@ from reactivex.abc import DisposableBase
 from reactivex.subject import Subject
 
 from ..errors import P2PDBError, PeerError
+from .causal_order import negotiate, speaks_causal
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync
 from .rpc import WIRE_CODES, Request, RpcChannel, StreamEvent
 from .wire import (
@@ -88,7 +89,8 @@ class WirePipe:
     """
 
     def __init__(self, master: ReplicationHandler, *, request_timeout: float = 10.0) -> None:
-        self.master = master
+        # p2pdb on both ends: causal vectors travel when the master can carry them
+        self.master = negotiate(master)
         self.fork_end, self.master_end = pipe_pair()
         self.fork_channel = RpcChannel(
             self.fork_end, label="Pipe master", token="fork", request_timeout=request_timeout
@@ -97,7 +99,9 @@ class WirePipe:
             self.master_end, label="Pipe fork", token="master", request_timeout=request_timeout
         )
         self._events: Subject[ChangesBatch | Resync] = Subject()
-        self.handler = RemoteMaster(self.fork_channel, self._events)
+        self.handler = RemoteMaster(
+            self.fork_channel, self._events, causal=speaks_causal(self.master)
+        )
         self.errors: list[Exception] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._subscription: DisposableBase | None = None

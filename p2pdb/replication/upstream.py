@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ..causal import Vector, attach, state_vector, take
 from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
 from .access import apply_modifier
+from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
@@ -65,6 +67,10 @@ class Upstream(DirectionTask):
         #: Conflicts resolved by the collection's conflict handler.
         self.conflicts: EventStream[ResolvedConflict] = EventStream()
         self._local_change = asyncio.Event()
+        # this push's causal vectors (p2pdb.causal), by id: of the fork's states, and of the
+        # master's conflict answers (set and read under the persist lock, in one _push)
+        self._vectors: dict[str, Vector | None] = {}
+        self._real_vectors: dict[str, Vector | None] = {}
 
     def local_change(self) -> None:
         """The collection committed a write: push it."""
@@ -111,6 +117,8 @@ class Upstream(DirectionTask):
         """Push the changed documents, resolve conflicts, store the outcome (lock held)."""
         pk = self.context.collection.schema.primary_key
         revisions = {s[pk]: s["_rev"] for s in states}
+        self._vectors = {s[pk]: state_vector(s) for s in states}
+        self._real_vectors = {}
         rows = self._rows(states)
         real, unsent = await self._send(rows)
         rows = [row for row in rows if row.new_document_state[pk] not in unsent]
@@ -161,6 +169,15 @@ class Upstream(DirectionTask):
             chunk, wire = await self._outgoing(rows[start : start + batch_size], unsent)
             if not wire:
                 continue
+            if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
+                vectors = self._vectors
+                wire = [
+                    WriteRow(
+                        attach(r.new_document_state, vectors.get(r.new_document_state[pk])),
+                        r.assumed_master_state,
+                    )
+                    for r in wire
+                ]
             answer = await self._write_allowed(chunk, wire, unsent)
             if answer is None:
                 continue
@@ -176,12 +193,22 @@ class Upstream(DirectionTask):
                         "write() returned a conflict for a document that was not sent."
                     )
                 doc_id = answered[pk]
+                answered, self._real_vectors[doc_id] = self._take_vector(answered)
                 state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
                 if state is None:
                     unsent.add(doc_id)
                 else:
                     real[doc_id] = to_wire(state)
         return real, unsent
+
+    def _take_vector(self, answered: Mapping[str, Any]) -> tuple[Doc, Vector | None]:
+        """A conflict answer without its vector, and the vector (a bad one: a bad answer)."""
+        if not speaks_causal(self.context.handler):
+            return dict(answered), None
+        try:
+            return take(answered)
+        except ValidationError as exc:
+            raise _bad_response(f"write() returned a bad causal vector: {exc.message}") from exc
 
     async def _write_allowed(
         self, chunk: list[WriteRow], wire: list[WriteRow], unsent: set[str]
@@ -246,11 +273,18 @@ class Upstream(DirectionTask):
             outcome.update.set_assumed(doc_id, master)
             if is_equal(master, row.new_document_state):
                 continue  # both sides wrote the same state: nothing to resolve
+            ours, theirs = self._vectors.get(doc_id), self._real_vectors.get(doc_id)
+            if stale(ours, theirs):  # the master's state descends from ours: take it as is
+                user, deleted = from_wire(master)
+                copy = Write(user, deleted, revisions[doc_id], theirs, new_event=False)
+                outcome.resolutions.append(copy)
+                continue
             conflict = Conflict(row.new_document_state, row.assumed_master_state, master)
             chosen = await self._resolve(conflict)
             outcome.resolved.append(ResolvedConflict(conflict, chosen))
             user, deleted = from_wire(chosen)
-            outcome.resolutions.append(Write(user, deleted, expected=revisions[doc_id]))
+            # a new state here, after both sides' (the fork's row already holds ours)
+            outcome.resolutions.append(Write(user, deleted, revisions[doc_id], theirs))
         return outcome
 
     async def _write(self, outcome: _Outcome) -> None:

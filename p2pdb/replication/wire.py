@@ -180,17 +180,27 @@ def parse_write_rows(params: object, codes: WireErrorCodes = WIRE_CODES) -> list
 class RemoteMaster:
     """A :class:`~p2pdb.replication.ReplicationHandler` whose calls are requests over
     ``rpc``; ``stream`` carries the master's stream events (fed by the transport);
-    ``limits`` bound what the master's answers may hold (its checkpoints)."""
+    ``limits`` bound what the master's answers may hold (its checkpoints). ``causal``: the
+    transport knows the master is a p2pdb peer, so documents carry causal vectors both ways
+    (``p2pdb.replication.causal_order``); never for an RxDB peer."""
 
     def __init__(
         self,
         rpc: RpcChannel,
         stream: Observable[ChangesBatch | Resync],
         limits: PeerLimits = DEFAULT_LIMITS,
+        *,
+        causal: bool = False,
     ) -> None:
         self.rpc = rpc
         self.limits = limits
+        #: Documents carry causal vectors (``_meta.vv``) both ways.
+        self.causal = causal
         self._stream = stream
+
+    def with_causal_order(self) -> RemoteMaster:
+        """Itself: whether vectors travel was settled by the transport (``causal``)."""
+        return self
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Ask the master for the changes after ``checkpoint``."""

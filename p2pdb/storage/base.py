@@ -111,6 +111,12 @@ class Write:
     document: dict[str, Any]
     deleted: bool = False
     expected: Any = ANY_REVISION
+    #: Causal history (``p2pdb.causal``): with ``new_event`` false, the vector of the
+    #: replicated state this write copies; with ``new_event`` true (a local write, a
+    #: resolution), one more history the new state follows, besides the previous state's.
+    vector: dict[str, int] | None = None
+    #: The write makes a new state here (the default), rather than copying a peer's.
+    new_event: bool = True
 
 
 @runtime_checkable

@@ -24,6 +24,7 @@ from .base import BodyCodec
 __all__ = [
     "Catalog",
     "CollectionInfo",
+    "add_vector_column",
     "create_indexes",
     "drop",
     "get_info",
@@ -135,14 +136,23 @@ def _create(conn: sqlite3.Connection, info: CollectionInfo) -> None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {info.table} (id TEXT PRIMARY KEY, "
             "seq INTEGER NOT NULL, rev TEXT NOT NULL, lwt REAL NOT NULL, "
-            "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL)"
+            "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL, vv TEXT)"
         )
+        add_vector_column(conn, info.table)
         create_indexes(conn, info)
         record_schema(conn, info)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def add_vector_column(conn: sqlite3.Connection, table: str) -> None:
+    """Give a table of an older file the ``vv`` column (causal vectors, ``p2pdb.causal``;
+    NULL in old rows: no causal information), in the caller's transaction. SQLite adds a
+    nullable column without rewriting the table."""
+    if not any(row[1] == "vv" for row in conn.execute(f"PRAGMA table_info({table})")):
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN vv TEXT")
 
 
 def create_indexes(conn: sqlite3.Connection, info: CollectionInfo) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ..causal import state_vector, stored_vector
 from ..changes import ChangeEvent, Operation
 from ..errors import ConflictError, EncryptionError, NotFoundError, ValidationError
 from .base import ABSENT, ANY_REVISION, DamagedDocument, Write
@@ -29,6 +30,7 @@ __all__ = [
     "ID_CHUNK",
     "SEQ_KEY",
     "TAMPERED",
+    "WIDTH",
     "DamageLog",
     "SeqClock",
     "Written",
@@ -46,8 +48,11 @@ __all__ = [
 
 log = logging.getLogger("p2pdb.storage")
 
-#: The columns :func:`to_state` reads, in its order.
-COLUMNS = "id, rev, lwt, deleted, body"
+#: The columns :func:`to_state` reads, in its order (``vv``: the state's causal vector as
+#: JSON, or NULL; see ``p2pdb.causal``).
+COLUMNS = "id, rev, lwt, deleted, body, vv"
+#: How many columns :data:`COLUMNS` names (a query selecting more reads them after these).
+WIDTH = 6
 #: Ids per ``IN (...)`` lookup, well under SQLite's variable limit.
 ID_CHUNK = 500
 #: The ``p2pdb_info`` key of the last sequence number written.
@@ -68,14 +73,17 @@ def revision_token(body: bytes, deleted: bool) -> str:
 class SeqClock:
     """The change sequence and write time of one write transaction."""
 
-    __slots__ = ("lwt_centi", "seq", "start_seq")
+    __slots__ = ("lwt_centi", "seq", "start_seq", "token")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         row = dict(
             conn.execute(
-                "SELECT key, value FROM p2pdb_info WHERE key IN (?, ?)", (SEQ_KEY, _LWT_KEY)
+                "SELECT key, value FROM p2pdb_info WHERE key IN (?, ?, ?)",
+                (SEQ_KEY, _LWT_KEY, "token"),
             )
         )
+        #: The file's token: the writer in the causal vectors of this file's writes.
+        self.token = str(row.get("token", ""))
         self.seq = int(row.get(SEQ_KEY, 0))
         # lwt: ms with two decimals, as RxDB, kept as an integer count of 1/100 ms so it is
         # exact and strictly increasing, even if the clock goes back
@@ -96,7 +104,7 @@ class SeqClock:
 def to_state(info: CollectionInfo, row: Sequence[Any], lenient: bool = False) -> dict[str, Any]:
     """The state of a row of :data:`COLUMNS`: the decoded body plus ``_deleted``, ``_rev``
     and ``_meta``. ``lenient``: a body that does not decode gives just its id."""
-    doc_id, rev, lwt, deleted, body = row
+    doc_id, rev, lwt, deleted, body, vv = row
     state: dict[str, Any] = orjson.loads(body)
     if info.codec is not None:
         try:
@@ -107,7 +115,7 @@ def to_state(info: CollectionInfo, row: Sequence[Any], lenient: bool = False) ->
             state = {info.schema.primary_key: doc_id}  # what is left of a damaged body
     state["_deleted"] = bool(deleted)
     state["_rev"] = rev
-    state["_meta"] = {"lwt": lwt}
+    state["_meta"] = {"lwt": lwt} if vv is None else {"lwt": lwt, "vv": orjson.loads(vv)}
     return state
 
 
@@ -309,11 +317,13 @@ def put(
         raw = orjson.dumps(stored_body)
         height = int(prev["_rev"].split("-", 1)[0]) + 1 if prev else 1
         rev = f"{height}-{revision_token(raw, w.deleted)}"
+        vector = stored_vector(state_vector(prev), w.vector, w.new_event, clock.token, seq)
         state = dict(w.document)
         state["_deleted"] = w.deleted
         state["_rev"] = rev
-        state["_meta"] = {"lwt": lwt}
-        rows.append((doc_id, seq, rev, lwt, int(w.deleted), origin, raw.decode()))
+        state["_meta"] = {"lwt": lwt} if vector is None else {"lwt": lwt, "vv": vector}
+        vv = None if vector is None else orjson.dumps(vector).decode()
+        rows.append((doc_id, seq, rev, lwt, int(w.deleted), origin, raw.decode(), vv))
         if written is not None:
             written[doc_id] = (rev, w.deleted, w.document, None if codec else raw)
         current[doc_id] = state
@@ -328,10 +338,10 @@ def put(
     clock.seq, clock.lwt_centi = seq, lwt_centi
     if rows:
         conn.executemany(
-            f"INSERT INTO {info.table} (id, seq, rev, lwt, deleted, origin, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, "
+            f"INSERT INTO {info.table} (id, seq, rev, lwt, deleted, origin, body, vv) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET seq=excluded.seq, "
             "rev=excluded.rev, lwt=excluded.lwt, deleted=excluded.deleted, "
-            "origin=excluded.origin, body=excluded.body",
+            "origin=excluded.origin, body=excluded.body, vv=excluded.vv",
             rows,
         )
     return results

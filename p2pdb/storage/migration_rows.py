@@ -100,7 +100,7 @@ def begin(conn: sqlite3.Connection, name: str, record: dict[str, Any]) -> dict[s
         conn.execute(
             f"CREATE TABLE {scratch_table(name)} (id TEXT PRIMARY KEY, "
             "seq INTEGER NOT NULL, rev TEXT NOT NULL, lwt REAL NOT NULL, "
-            "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL)"
+            "deleted INTEGER NOT NULL, origin TEXT, body TEXT NOT NULL, vv TEXT)"
         )
         catalog.set_info(conn, record_key(name), orjson.dumps(record).decode())
         return record
@@ -171,6 +171,7 @@ def finish(
             return False
         conn.execute(f"DROP TABLE {info.table}")
         conn.execute(f"ALTER TABLE {scratch_table(info.name)} RENAME TO {info.table}")
+        catalog.add_vector_column(conn, info.table)  # a scratch table begun by an older p2pdb
         catalog.create_indexes(conn, info)
         catalog.record_schema(conn, info)
         also(conn)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import EncryptionError
 from .catalog import CollectionInfo
-from .documents import COLUMNS, SEQ_KEY, to_state
+from .documents import COLUMNS, SEQ_KEY, WIDTH, to_state
 
 __all__ = ["OwnWrites", "current_seq", "data_version", "rows_between"]
 
@@ -66,13 +66,13 @@ def rows_between(
             "WHERE seq > ? AND seq <= ? ORDER BY seq",
             (after, upto),
         ):
-            if any(first <= row[5] <= last for first, last in own):
+            if any(first <= row[WIDTH] <= last for first, last in own):
                 continue
             try:
-                state = to_state(info, row[:5])
+                state = to_state(info, row[:WIDTH])
             except EncryptionError as exc:
                 if exc.code != "ENCRYPTION_TAMPERED":
                     raise
                 continue  # reported when read; its commit must not stop the others' events
-            out.append((info.name, row[5], row[0], state, row[6]))
+            out.append((info.name, row[WIDTH], row[0], state, row[WIDTH + 1]))
     return out

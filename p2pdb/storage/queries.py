@@ -9,7 +9,7 @@ from typing import Any
 
 from ..query import CompiledQuery
 from .catalog import CollectionInfo
-from .documents import COLUMNS, DamageLog, decode_row
+from .documents import COLUMNS, WIDTH, DamageLog, decode_row
 
 __all__ = ["QueryRun", "changes_since", "count", "last_seq", "plan_query"]
 
@@ -102,11 +102,11 @@ def changes_since(
             (last, want),
         ).fetchall()
         for row in rows:
-            state = decode_row(info, row[:5], damage)
+            state = decode_row(info, row[:WIDTH], damage)
             if state is not None:
-                out.append((row[5], state))
+                out.append((row[WIDTH], state))
         if rows:
-            last = rows[-1][5]
+            last = rows[-1][WIDTH]
         if len(rows) < want:
             break
     return out, last

@@ -15,12 +15,16 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from reactivex import Observable
+
 from p2pdb.errors import P2PDBError, PeerError, ReplicationError
 from p2pdb.identity import key_fingerprint, parse_public_key
 from p2pdb.replication import collection_handler
 from p2pdb.replication.access import DocumentAccess, Modifier, apply_modifier, resolve
 from p2pdb.replication.options import ReplicationOptionsChanges
-from p2pdb.replication.protocol import to_wire
+from p2pdb.replication.protocol import ChangesBatch, Resync, to_wire
+from p2pdb.replication.rpc import RpcChannel
+from p2pdb.replication.wire import RemoteMaster
 
 from .options import WebRTCReplicationOptions
 from .peer import Peer
@@ -35,6 +39,7 @@ __all__ = [
     "fork_pull_modifier",
     "fork_push_modifier",
     "peer_master",
+    "remote_master",
 ]
 
 
@@ -113,7 +118,20 @@ def peer_master(
         incoming=options.pull_modifier,
     )
     handler = collection_handler(collection, origin=origin, access=access)
+    if peer.public_key is not None:  # a p2pdb peer that proved its key: causal vectors travel
+        return handler.with_causal_order()
     return handler
+
+
+def remote_master(
+    channel: RpcChannel,
+    stream: Observable[ChangesBatch | Resync],
+    options: WebRTCReplicationOptions,
+    peer: Peer,
+) -> RemoteMaster:
+    """The fork's handler of ``peer``, its elected master: with causal vectors
+    (``p2pdb.replication.causal_order``) when it proved a p2pdb key; plain for RxDB peers."""
+    return RemoteMaster(channel, stream, options.limits, causal=peer.public_key is not None)
 
 
 def fork_pull_modifier(

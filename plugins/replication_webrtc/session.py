@@ -40,13 +40,12 @@ from p2pdb.replication.master import parse_checkpoint
 from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import (
     MASTER_METHODS,
-    RemoteMaster,
     answer_request,
     parse_stream_event,
     stream_event_json,
 )
 
-from .admission import fork_options, peer_master
+from .admission import fork_options, peer_master, remote_master
 from .election import is_master
 from .handshake import PeerHandshake
 from .heartbeat import keep_alive
@@ -203,7 +202,7 @@ class PeerSession:
             else:
                 self.state = replicate(
                     settings.collection,
-                    RemoteMaster(self.channel, self._stream, settings.options.limits),
+                    remote_master(self.channel, self._stream, settings.options, self.peer),
                     f"{settings.topic}||{self.handshake.key_prefix}{token}",
                     **fork_options(
                         settings.collection, settings.options, self.peer, self.callbacks.report

@@ -8,6 +8,9 @@ writer's acknowledged write is rolled back on every peer (a remove comes back th
 
 Found by ``scripts/nemesis.py --rounds 1 --seconds 15 --peers 4 --seed 1`` (round 1: 32
 (peer, document) pairs lost, 20 resurrected, all peers converged on the old states).
+Fixed by causal order between p2pdb peers (``p2pdb/causal.py``, docs/conflicts.md): ``b``'s
+state is an ancestor of the one ``c`` pushes, so ``b`` fast-forwards to it instead of calling
+it a conflict.
 """
 
 from __future__ import annotations
@@ -41,12 +44,6 @@ async def value(collection: p2pdb.Collection) -> Any:
     return None if doc is None else doc["v"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mesh + master_wins: a fork behind on one master takes its older state on a "
-    "spurious conflict and pushes it over the newer one to another master (issue #14, "
-    "nemesis seed 1)",
-)
 @pytest.mark.parametrize("last_write", ["update", "remove"])
 async def test_a_single_writers_last_write_is_not_undone_through_a_third_peer(
     tmp_path: Path, last_write: str

@@ -163,7 +163,6 @@ class FrameCompression:
         return text
 
 
-
 class CompressedLink(Protocol):
     """A link with a :class:`FrameCompression` (``link.Link``)."""
 

@@ -15,6 +15,7 @@ import aiortc
 import orjson
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from webrtc_helpers import HandlerMaker
 
 from p2pdb.plugins.replication_webrtc import sctp_sack
 
@@ -144,3 +145,23 @@ def test_an_unknown_aiortc_version_is_left_alone(
         assert sctp_sack.enable(object()) is False  # type: ignore[arg-type]
     lines = [r for r in caplog.records if "not among the versions" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.DEBUG
+
+
+@pytest.mark.skipif(not sctp_sack.supported(), reason="aiortc version not checked")
+@pytest.mark.parametrize("delayed", [True, False])
+async def test_the_handler_option_switches_it(
+    make_handler: HandlerMaker, monkeypatch: pytest.MonkeyPatch, delayed: bool
+) -> None:
+    monkeypatch.delenv(sctp_sack.ENV_VARIABLE, raising=False)
+    _, a = await make_handler(delayed_sack=delayed)
+    _, b = await make_handler(delayed_sack=delayed)
+    peer_b, _peer_a = await a.connect(), await b.connect()
+    before = sctp_sack.SackCounts(**vars(sctp_sack.counts()))
+    big = {"documents": [{"id": f"d{i}", "text": "p2pdb " * 150} for i in range(300)]}
+    await a.handler.send(peer_b, big)
+    assert (await b.message(within=30)).data == big
+    packets = sctp_sack.counts().packets - before.packets
+    if delayed:
+        assert packets > 0 and sctp_sack.counts().sent - before.sent < packets
+    else:
+        assert packets == 0  # aiortc's own method: never counted

@@ -214,7 +214,7 @@ async def one_pair(
 ) -> dict[str, tuple[float, float]]:
     from p2pdb.plugins.replication_webrtc import is_master
 
-    folder.mkdir(parents=True)
+    await asyncio.to_thread(folder.mkdir, parents=True)
     paths = [folder / "x.db", folder / "y.db"]
     tokens = [await token_of(p) for p in paths]
     master, fork = (paths[0], paths[1]) if is_master(tokens[0], tokens[1]) else (paths[1], paths[0])
@@ -284,7 +284,10 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await server.close()
     print(f"\n# load average after: {os.getloadavg()[0]:.2f}")
-    head = f"{'config':<8} {'scenario':<7} {'docs/s':>22} {'CPU s':>20} {'docs/s vs off':>20} {'CPU off/config':>20}"
+    head = (
+        f"{'config':<8} {'scenario':<7} {'docs/s':>22} {'CPU s':>20} "
+        f"{'docs/s vs off':>20} {'CPU off/config':>20}"
+    )
     print(head)
     print("-" * len(head))
     for config in configs:

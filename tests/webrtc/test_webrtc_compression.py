@@ -162,3 +162,18 @@ async def test_two_pools_agree_and_replicate(
         else:
             assert link.compression.counts.frames_sent == 0
             assert link.compression.counts.frames_received == 0
+
+
+async def test_an_unknown_method_is_not_agreed(
+    make_pool: MakePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hellos listing only methods we do not know: plain frames, replication unchanged."""
+    monkeypatch.setattr(FrameCompression, "offers", property(lambda self: ("brotli", "x" * 99)))
+    docs_a, pool_a = await make_pool("a")
+    docs_b, pool_b = await make_pool("b")
+    await fill(docs_a, "a-", 50)
+    await pool_a.wait_for_first_peer()
+    await wait_equal(docs_a, docs_b, seconds=30)
+    for pool in (pool_a, pool_b):
+        (link,) = links_of(pool)
+        assert link.compression.accept and not link.compression.sending

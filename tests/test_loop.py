@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
 import types
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,18 @@ async def make_file(path: Path) -> None:
                 "properties": {"id": {"type": "string", "maxLength": 9}},
             },
         )
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """``cli.main`` configures logging for the process (quiet p2pdb loggers): undo it, or
+    later tests waiting for a warning would never see it."""
+    root, ours = logging.getLogger(), logging.getLogger("p2pdb")
+    saved = (root.level, list(root.handlers), ours.level)
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    ours.setLevel(saved[2])
 
 
 @pytest.fixture

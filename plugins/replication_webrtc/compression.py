@@ -2,8 +2,9 @@
 
 RxDB's frames are JSON text; a p2pdb peer may also send a **binary frame holding a zlib
 stream** (RFC 1950: its first byte is ``0x78``, which no JSON text starts with) whose content
-is one text frame: a whole message, or one RxDB chunk frame of a chunked message. Each
-frame inflates to at most :data:`MAX_INFLATED` bytes.
+is a whole message, or consecutive RxDB chunk frames of one chunked message separated by
+newlines (compact JSON holds none): as many as make a compressed frame of a useful size
+(aiortc's cost is per message). Each frame inflates to at most :data:`MAX_INFLATED` bytes.
 
 Negotiation rides on the p2pdb handshake (:mod:`.handshake`): a hello lists
 ``"compress": ["zlib"]`` when its side accepts compressed frames. A side sends them only
@@ -30,7 +31,7 @@ from typing import Protocol, runtime_checkable
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
-from .framing import dump_json, split_json
+from .framing import JSONMessage, Reassembler, dump_json, split_json
 from .peer import Peer
 
 __all__ = [
@@ -52,8 +53,6 @@ MIN_BYTES = 1200
 MAX_INFLATED = 1024 * 1024
 #: zlib level: 1 costs a quarter of the default's CPU for most of its gain on JSON.
 LEVEL = 1
-#: A chunked message is cut into this many frames' worth of text before compressing.
-_CHUNK_FACTOR = 4
 _ZLIB_FIRST_BYTE = 0x78  # CMF of deflate with a 32 KiB window: what zlib.compress writes
 
 
@@ -111,33 +110,56 @@ class FrameCompression:
             if len(whole) <= max_frame_bytes:
                 self._count(len(text), len(whole))
                 return [whole]
-        # too large for one frame even compressed: RxDB chunk frames, each compressed,
-        # cut from pieces of a few frames' worth of text (or of one, if that does not fit)
-        piece = min(max_frame_bytes * _CHUNK_FACTOR, MAX_INFLATED)
-        chunks = [c.encode("utf-8") for c in split_json(text, random_token(10), piece)]
-        packed = [zlib.compress(chunk, LEVEL) for chunk in chunks]
-        if any(len(p) > max_frame_bytes for p in packed):
-            chunks = [
-                c.encode("utf-8") for c in split_json(text, random_token(10), max_frame_bytes)
-            ]
-            packed = [zlib.compress(chunk, LEVEL) for chunk in chunks]
+        # too large for one frame even compressed: RxDB chunk frames, a few of them per
+        # compressed frame (newline-separated), so that compressed frames are not tiny:
+        # aiortc's cost is per message, and an urgent message waits behind all of them
+        chunks = [c.encode("utf-8") for c in split_json(text, random_token(10), max_frame_bytes)]
+        ratio = len(zlib.compress(chunks[0], LEVEL)) / len(chunks[0])
+        per_frame = max(1, min(int(0.8 / max(ratio, 1e-3)), MAX_INFLATED // (max_frame_bytes + 1)))
         frames: list[str | bytes] = []
-        for raw, small in zip(chunks, packed, strict=True):
-            if len(small) < len(raw) and len(small) <= max_frame_bytes:
-                self._count(len(raw), len(small))
-                frames.append(small)
-            else:  # a chunk that does not compress (then it is one frame's worth)
-                frames.append(raw.decode("utf-8"))
+        for start in range(0, len(chunks), per_frame):
+            frames.extend(self._pack(chunks[start : start + per_frame], max_frame_bytes))
         return frames
+
+    def _pack(self, group: list[bytes], max_frame_bytes: int) -> list[str | bytes]:
+        raw = b"\n".join(group)
+        packed = zlib.compress(raw, LEVEL)
+        if len(packed) <= max_frame_bytes and len(packed) < len(raw):
+            self._count(len(raw), len(packed))
+            return [packed]
+        if len(group) > 1:  # compressed less than the first chunk did: halve the group
+            half = len(group) // 2
+            return self._pack(group[:half], max_frame_bytes) + self._pack(
+                group[half:], max_frame_bytes
+            )
+        return [group[0].decode("utf-8")]  # a chunk that does not compress: as it is
 
     def _count(self, before: int, after: int) -> None:
         self.counts.frames_sent += 1
         self.counts.bytes_before += before
         self.counts.bytes_after += after
 
+    def feed(self, reassembler: Reassembler, frame: str | bytes) -> JSONMessage | None:
+        """Feed a received frame to ``reassembler`` (a compressed one inflated, each text
+        frame it holds in turn); return the message it completed, if any. Raises
+        :class:`PeerError` on a bad compressed frame, or one completing two messages."""
+        text = self.inflate(frame)
+        if text is frame or isinstance(text, str):
+            return reassembler.feed(frame)
+        message: JSONMessage | None = None
+        for part in text.split(b"\n"):
+            if message is not None:
+                raise PeerError(
+                    "A peer sent a compressed frame holding more than one message",
+                    code="WEBRTC_FRAME_INVALID",
+                )
+            message = reassembler.feed(part)
+        return message
+
     def inflate(self, frame: str | bytes) -> str | bytes:
-        """A received frame as text: compressed frames inflated (when we accept them),
-        every other frame unchanged. Raises :class:`PeerError` on a bad compressed frame."""
+        """A received frame inflated if it is compressed and we accept compressed frames
+        (then: the text of one or more frames, newline-separated), else ``frame`` itself.
+        Raises :class:`PeerError` on a bad compressed frame."""
         if not self.accept or isinstance(frame, str) or not frame:
             return frame
         if frame[0] != _ZLIB_FIRST_BYTE:

@@ -426,7 +426,7 @@ class Link:
         if not self.connected:
             self._on_channel_open()
         try:
-            message = self._reassembler.feed(self.compression.inflate(frame))
+            message = self.compression.feed(self._reassembler, frame)
         except PeerError as error:
             error.parameters["peer_id"] = self.remote_id
             self._on.error(self, error)  # logged once, by whoever reads the errors stream

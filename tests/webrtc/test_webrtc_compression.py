@@ -41,7 +41,7 @@ def roundtrip(sender: FrameCompression, receiver: FrameCompression, message: Any
     frames = sender.encode(message, 60 * 1024)
     assert frames is not None
     reassembler = Reassembler()
-    out = [reassembler.feed(receiver.inflate(frame)) for frame in frames]
+    out = [receiver.feed(reassembler, frame) for frame in frames]
     assert out[-1] == message and all(m is None for m in out[:-1])
     return frames
 
@@ -64,6 +64,12 @@ def test_messages_round_trip_compressed_whole_or_in_chunks() -> None:
     assert len(frames) > 1 and all(isinstance(f, bytes) for f in frames)
     assert all(len(f) <= 60 * 1024 for f in frames)
 
+    # a very compressible chunked message: several chunk frames per compressed frame, so
+    # that aiortc (whose cost is per message) does not get hundreds of tiny ones
+    filler = {"docs": [{"id": i, "text": "x" * 1000} for i in range(5000)]}
+    frames = roundtrip(sender, receiver, filler)
+    assert len(orjson.dumps(filler)) > 5_000_000 and len(frames) <= 10
+
     noise = {"noise": "".join(rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=300_000))}
     frames = roundtrip(sender, receiver, noise)
     assert all(len(f if isinstance(f, bytes) else f.encode()) <= 60 * 1024 for f in frames)
@@ -79,6 +85,13 @@ def test_nothing_is_compressed_unless_both_accept() -> None:
     assert off.inflate(packed) == packed  # not ours to inflate: the framing refuses it
     with pytest.raises(PeerError) as caught:
         Reassembler().feed(off.inflate(packed))
+    assert caught.value.code == "WEBRTC_FRAME_INVALID"
+
+
+def test_a_compressed_frame_holds_frames_of_one_message_only() -> None:
+    two = zlib.compress(b'{"id": "1", "result": 1}\n{"id": "2", "result": 2}')
+    with pytest.raises(PeerError) as caught:
+        FrameCompression().feed(Reassembler(), two)
     assert caught.value.code == "WEBRTC_FRAME_INVALID"
 
 

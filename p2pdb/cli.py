@@ -9,18 +9,17 @@ sets up logging, runs the chosen command, and turns a user mistake (any
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import importlib.util
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
 from .commands import COMMAND_MODULES
 from .commands.base import Command
 from .errors import P2PDBError
+from .loop import run
 
 __all__ = ["USAGE_EXIT", "build_parser", "load_commands", "main"]
 
@@ -80,18 +79,6 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("p2pdb").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop when it is installed (the ``fast`` extra): aiortc is pure Python and
-    its per-packet cost drops by a third or more."""
-    # looked up, not tried: an error of the command must not be chained to an ImportError
-    if importlib.util.find_spec("uvloop") is None:
-        return asyncio.run(coro)
-    import uvloop
-
-    result: int = uvloop.run(coro)
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``p2pdb`` command; returns the exit status."""
     commands = load_commands()
@@ -99,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     command = next(c for c in commands if c.name == args.command)
     try:
-        return _run(command.run(args))
+        return run(command.run(args))  # on uvloop when it is installed (p2pdb/loop.py)
     except P2PDBError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

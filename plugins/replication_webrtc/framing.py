@@ -424,7 +424,7 @@ class ChannelWriter:
             peer_id=self._peer_id,
         )
 
-    async def send_frames(self, frames: Sequence[str]) -> None:
+    async def send_frames(self, frames: Sequence[str | bytes]) -> None:
         """Send ``frames`` in order, waiting whenever the channel buffer is full."""
         loop = asyncio.get_running_loop()
         for frame in frames:

@@ -31,6 +31,8 @@ def aiortc_connection_handler(
     secret: str | bytes | TopicSecret | None = None,
     ssl: ssl_module.SSLContext | None = None,
     headers: Mapping[str, str] | None = None,
+    compression: bool = True,
+    delayed_sack: bool = True,
 ) -> ConnectionHandlerFactory:
     """Make a factory of aiortc connection handlers for one signaling server, or several.
 
@@ -58,6 +60,13 @@ def aiortc_connection_handler(
     opening request, e.g. ``{"Authorization": "Bearer <token>"}`` for a server with an
     ``authenticate`` hook.
 
+    ``compression``: offer and accept zlib-compressed frames; used with a p2pdb peer whose
+    handler accepts them too, once the handshake (``authenticate=True`` on both pools)
+    showed it; RxDB peers always get plain frames. ``delayed_sack``: acknowledge every
+    second SCTP packet instead of each (RFC 4960 6.2; wire-compatible; a patch of aiortc
+    applied only to the versions it was checked against; ``P2PDB_SCTP_DELAYED_SACK=0``
+    switches it off for the process). Both save CPU; see docs/webrtc.md.
+
     ``await factory(topic)`` returns a started handler joined to ``topic``, or
     raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
     are checked here and raise :class:`ValidationError`.
@@ -82,6 +91,8 @@ def aiortc_connection_handler(
         relay_only=relay_only,
         host_addresses=hosts,
         connect_timeout=connect_timeout,
+        compression=compression,
+        delayed_sack=delayed_sack,
     )
 
     async def factory(topic: str) -> ConnectionHandler:

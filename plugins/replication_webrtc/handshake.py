@@ -4,7 +4,9 @@ An extension of RxDB's ``token`` exchange that RxDB peers never notice:
 
 1. Each side asks the other's ``token`` as RxDB does, with one parameter RxDB ignores, our
    *hello* ``{"p2pdb": 1, "token", "key", "nonce"}`` (database token, Ed25519 public key,
-   16 fresh random bytes). A p2pdb peer answers with its own hello; RxDB (and p2pdb with
+   16 fresh random bytes), and ``"compress": ["zlib"]`` when its side accepts compressed
+   frames (:mod:`.compression`; each side compresses only once the other's hello listed
+   it). A p2pdb peer answers with its own hello; RxDB (and p2pdb with
    ``authenticate=False``) answers with the bare token string: that peer is
    *unauthenticated* (``peer.public_key is None``).
 2. Each side then sends ``p2pdbProof`` ``[{"fingerprints": [local, remote], "signature"}]``:
@@ -44,7 +46,9 @@ from p2pdb.identity import (
 from p2pdb.replication.rpc import Request, RpcChannel
 
 from .admission import Admission
+from .compression import FrameCompression, LinkLookup
 from .peer import Peer
+from .rpc import PeerSink
 
 __all__ = ["PROOF_METHOD", "Fingerprints", "PeerHandshake", "TrustContext"]
 
@@ -62,6 +66,7 @@ class _Hello:
     token: str
     key: bytes
     nonce: bytes
+    compress: tuple[str, ...] = ()  # the frame compressions this side accepts
 
     @classmethod
     def parse(cls, value: object) -> _Hello | None:
@@ -73,19 +78,24 @@ class _Hello:
             return None
         if not isinstance(key, str) or not isinstance(nonce, str):
             return None
+        compress = value.get("compress", [])
+        if not isinstance(compress, list) or len(compress) > 8:
+            compress = []  # unreadable: no compression, never a failed handshake
+        offered = tuple(m for m in compress if isinstance(m, str) and len(m) <= 32)
         try:
             raw_nonce = base64.b64decode(nonce, validate=True)
-            return cls(token, parse_public_key(key), raw_nonce)
+            return cls(token, parse_public_key(key), raw_nonce, offered)
         except (binascii.Error, ValueError):
             return None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        hello = {
             "p2pdb": 1,
             "token": self.token,
             "key": public_key_text(self.key),
             "nonce": base64.b64encode(self.nonce).decode("ascii"),
         }
+        return hello | {"compress": list(self.compress)} if self.compress else hello
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,7 @@ class PeerHandshake:
         self._verified: asyncio.Future[None] | None = None
         self._plain = False  # the peer answered our hello with a bare token
         self._hello_seen = asyncio.Event()
+        self._compression: FrameCompression | None = None  # our link's (found on first use)
 
     @property
     def enabled(self) -> bool:
@@ -145,6 +156,7 @@ class PeerHandshake:
         if context.identity is None:
             context.admission.check(self.peer)
             return self.peer
+        self._find_compression(channel)
         asked = asyncio.ensure_future(channel.request("token", [self._own_hello().to_json()]))
         proof: asyncio.Future[None] | None = None
         verified = self._verified_future()
@@ -234,6 +246,7 @@ class PeerHandshake:
             if hello is None:  # an RxDB peer or a heartbeat: answered once it is valid
                 # (a peer is refused without even its token, as before)
                 return False
+            self._find_compression(channel)
             try:
                 self._note_hello(hello)
             except PeerError as exc:
@@ -303,12 +316,24 @@ class PeerHandshake:
 
     def _own_hello(self) -> _Hello:
         assert self.context is not None
-        return _Hello(self.context.token, self._own_key(), self._nonce)
+        offers = () if self._compression is None else self._compression.offers
+        return _Hello(self.context.token, self._own_key(), self._nonce, offers)
+
+    def _find_compression(self, channel: RpcChannel) -> None:
+        """Our link's compression, through the channel's sink (``None`` on a transport
+        without one: then we neither offer nor use it)."""
+        sink = channel.sink
+        if self._compression is None and isinstance(sink, PeerSink):
+            if isinstance(sink.connection, LinkLookup):
+                link = sink.connection.link_to(sink.peer)
+                self._compression = None if link is None else link.compression
 
     def _note_hello(self, hello: _Hello) -> None:
         if self._hello is None:
             self._hello = hello
             self._hello_seen.set()
+            if self._compression is not None:
+                self._compression.agree(hello.compress)  # both accept: we compress
         elif self._hello != hello:
             raise self._failed("it sent two different handshakes")
 

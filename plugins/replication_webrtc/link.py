@@ -29,7 +29,9 @@ from aiortc.sdp import candidate_from_sdp
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
+from . import sctp_sack
 from .candidates import CandidateAdder
+from .compression import FrameCompression
 from .framing import (
     DEFAULT_HIGH_WATER_MARK,
     DEFAULT_LOW_WATER_MARK,
@@ -67,6 +69,8 @@ class LinkSettings:
     max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES
     high_water_mark: int = DEFAULT_HIGH_WATER_MARK
     low_water_mark: int = DEFAULT_LOW_WATER_MARK
+    compression: bool = True  # accept and offer zlib frames (p2pdb peers: compression.py)
+    delayed_sack: bool = True  # RFC 4960 6.2 delayed SACKs (sctp_sack.py)
 
     def rtc_configuration(self) -> RTCConfiguration:
         """A fresh aiortc configuration (never ``iceServers=None``: no public STUN)."""
@@ -125,6 +129,7 @@ class Link:
         self._remote_description_set = False
         self._writer: ChannelWriter | None = None
         self._max_frame_bytes = settings.max_frame_bytes
+        self.compression = FrameCompression(settings.compression)
         self._reassembler = Reassembler(
             max_message_size=settings.max_message_size,
             max_partial_messages=settings.max_partial_messages,
@@ -172,7 +177,9 @@ class Link:
                 code="WEBRTC_PEER_GONE",
                 peer_id=self.remote_id,
             )
-        frames = encode_message(message, max_frame_bytes=self._max_frame_bytes)
+        frames = self.compression.encode(message, self._max_frame_bytes) or encode_message(
+            message, max_frame_bytes=self._max_frame_bytes
+        )
         await self._writer.send_frames(frames)
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
@@ -366,6 +373,8 @@ class Link:
 
     def _attach_channel(self, channel: RTCDataChannel) -> None:
         self.channel = channel
+        if self._settings.delayed_sack:
+            sctp_sack.enable(channel.transport)
         self._writer = writer = ChannelWriter(
             channel,
             high_water_mark=self._settings.high_water_mark,
@@ -417,7 +426,7 @@ class Link:
         if not self.connected:
             self._on_channel_open()
         try:
-            message = self._reassembler.feed(frame)
+            message = self.compression.feed(self._reassembler, frame)
         except PeerError as error:
             error.parameters["peer_id"] = self.remote_id
             self._on.error(self, error)  # logged once, by whoever reads the errors stream

@@ -667,3 +667,31 @@ async def test_a_refused_peer_gets_no_answers_and_no_documents(
     peer = hostile.seen_by(victim)
     assert peer is not None and victim.pool.sessions[peer].valid is False  # connected, ignored
     assert peer not in victim.pool.peer_states
+
+
+async def test_a_zip_bomb_is_cut_off_and_the_peer_dropped(
+    tmp_path: Path, signaling: SignalingServer, victim: Victim, make_hostile: MakeHostile
+) -> None:
+    """A compressed frame (compression.py) inflates to MAX_INFLATED bytes at most; a
+    broken zlib stream is a bad frame. The victim accepts compressed frames by default."""
+    import zlib
+
+    from p2pdb.plugins.replication_webrtc.compression import MAX_INFLATED
+
+    bomb = zlib.compress(b"[" + b" " * (32 * MAX_INFLATED) + b"]", 9)  # 32 MiB in ~32 KiB
+    assert len(bomb) < 65_000
+    broken = zlib.compress(b'{"id": "x", "method": "token", "params": []}')[:-6]
+    before = victim.snapshot()
+    for frame, code in ((bomb, "WEBRTC_MESSAGE_TOO_LARGE"), (broken, "WEBRTC_FRAME_INVALID")):
+        hostile = await make_hostile()
+        seen = len(victim.errors)
+        assert hostile.peer is not None
+        link = hostile.handler.link_to(hostile.peer)
+        assert link is not None and link.channel is not None
+        link.channel.send(frame)  # binary, as is
+        error = await victim.error(code, after=seen)
+        assert error.parameters.get("peer_id") == hostile.handler.own_peer_id
+        await hostile.dropped()
+        await hostile.close()
+        assert victim.snapshot() == before
+    await honest_peer_replicates(tmp_path, signaling, victim)

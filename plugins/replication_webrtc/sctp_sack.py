@@ -1,0 +1,193 @@
+"""Delayed SACKs for aiortc's SCTP (RFC 4960 section 6.2), as a small contained patch.
+
+**What changes.** aiortc (checked: :data:`CHECKED_AIORTC_VERSIONS`) answers every received
+SCTP packet that carries DATA with its own SACK packet: one more DTLS-encrypted UDP
+datagram per packet, both ways, which is a large share of its CPU on a bulk transfer. RFC 4960
+section 6.2 asks for less:
+
+    ... an acknowledgement SHOULD be generated for at least every second packet (not every
+    second DATA chunk) received, and SHOULD be generated within 200 ms of the arrival of any
+    unacknowledged DATA chunk. ... when a packet arrives with duplicate DATA chunk(s) ... the
+    endpoint MUST immediately send a SACK.
+
+and section 6.7 asks for an immediate SACK while the received TSNs have gaps. With this
+patch, a transport it is enabled for (:func:`enable`) sends its SACK:
+
+- at once when the packet left duplicates or gaps, or filled the last gap (loss recovery
+  and fast retransmit are as quick as before);
+- at once on every second packet that needed one;
+- otherwise after :data:`DELAY` seconds (200 ms, the RFC's bound), unless the next packet
+  came first.
+
+Only *when* a SACK goes out changes, never its content, so the wire stays compatible with
+any peer (aiortc with or without the patch, usrsctp in browsers and node-datachannel).
+
+**How.** aiortc calls ``RTCSctpTransport._send_sack()`` from one place: at the end of
+handling a received packet that needs a SACK. :func:`enable` replaces that one method on the
+class (once, and only for a checked aiortc version; on another version nothing is patched and
+this is logged once at debug) with :func:`delayed_send_sack`, which decides per transport:
+transports :func:`enable` was not called for keep aiortc's behaviour exactly.
+
+**Switching it off.** ``aiortc_connection_handler(..., delayed_sack=False)``, or the
+environment variable ``P2PDB_SCTP_DELAYED_SACK=0`` for the whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiortc
+from aiortc.rtcsctptransport import RTCSctpTransport
+
+__all__ = [
+    "CHECKED_AIORTC_VERSIONS",
+    "DELAY",
+    "ENV_VARIABLE",
+    "SackCounts",
+    "counts",
+    "delayed_send_sack",
+    "enable",
+    "enabled_by_environment",
+    "supported",
+]
+
+logger = logging.getLogger("p2pdb.webrtc.sctp_sack")
+
+#: aiortc versions whose ``RTCSctpTransport`` was read and tested with this patch.
+CHECKED_AIORTC_VERSIONS = frozenset({"1.16.0"})
+#: The most a SACK waits for a second packet (RFC 4960 6.2: at most 200 ms).
+DELAY = 0.2
+#: Packets acknowledged by one SACK at most (RFC 4960 6.2: at least every second packet).
+EVERY = 2
+#: ``P2PDB_SCTP_DELAYED_SACK=0`` switches the patch off for the process.
+ENV_VARIABLE = "P2PDB_SCTP_DELAYED_SACK"
+
+
+@dataclass
+class SackCounts:
+    """What the patched method saw in this process (for tests and benchmarks)."""
+
+    packets: int = 0
+    """Received packets that needed a SACK, on transports the patch is enabled for."""
+    sent: int = 0
+    """SACK chunks those transports sent (at once or from the timer)."""
+    delayed: int = 0
+    """SACKs sent by the timer (no second packet within :data:`DELAY`)."""
+    for_gaps: int = 0
+    """SACKs sent at once because of gaps or duplicates (loss or reordering)."""
+
+
+class _State:
+    __slots__ = ("gaps", "task", "timer", "unacked")
+
+    def __init__(self) -> None:
+        self.unacked = 0  # packets received since the last SACK
+        self.gaps = False  # the last SACK reported gaps or duplicates
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # a timer's SACK being sent
+
+
+_counts = SackCounts()
+_states: weakref.WeakKeyDictionary[RTCSctpTransport, _State] = weakref.WeakKeyDictionary()
+_original: Callable[[RTCSctpTransport], Awaitable[None]] | None = None
+_unsupported_logged = False
+
+
+def counts() -> SackCounts:
+    """The process-wide counters of the patched method."""
+    return _counts
+
+
+def supported() -> bool:
+    """Whether the installed aiortc is one this patch was checked against."""
+    return aiortc.__version__ in CHECKED_AIORTC_VERSIONS and hasattr(
+        RTCSctpTransport, "_send_sack"
+    )
+
+
+def enabled_by_environment() -> bool:
+    """``False`` when ``P2PDB_SCTP_DELAYED_SACK`` is ``0``/``false``/``no``/``off``."""
+    value = os.environ.get(ENV_VARIABLE, "").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+def enable(transport: RTCSctpTransport) -> bool:
+    """Use delayed SACKs on ``transport`` (a data channel's ``channel.transport``).
+
+    Returns whether they are on: ``False`` if the environment switched them off or the
+    installed aiortc is not a checked version (then nothing is patched)."""
+    global _original, _unsupported_logged
+    if not enabled_by_environment():
+        return False
+    if not supported():
+        if not _unsupported_logged:
+            _unsupported_logged = True
+            logger.debug(
+                "aiortc %s is not among the versions checked for delayed SACKs (%s); "
+                "SCTP acknowledges every packet",
+                aiortc.__version__,
+                ", ".join(sorted(CHECKED_AIORTC_VERSIONS)),
+            )
+        return False
+    if _original is None:
+        _original = RTCSctpTransport._send_sack
+        RTCSctpTransport._send_sack = delayed_send_sack  # type: ignore[method-assign]
+    if transport not in _states:
+        _states[transport] = _State()
+    return True
+
+
+async def delayed_send_sack(self: RTCSctpTransport) -> None:
+    """``RTCSctpTransport._send_sack`` with RFC 4960 6.2's delay (see the module docstring).
+
+    aiortc awaits it once per received packet that needs a SACK."""
+    assert _original is not None
+    state = _states.get(self)
+    if state is None:  # not enabled for this transport: aiortc's behaviour
+        await _original(self)
+        return
+    _counts.packets += 1
+    state.unacked += 1
+    gaps = bool(self._sack_misordered or self._sack_duplicates)
+    if gaps or state.gaps:
+        _counts.for_gaps += 1
+        await _send_now(self, state, gaps)
+    elif state.unacked >= EVERY:
+        await _send_now(self, state, gaps)
+    elif state.timer is None:
+        state.timer = asyncio.get_running_loop().call_later(DELAY, _expired, self, state)
+
+
+async def _send_now(self: RTCSctpTransport, state: _State, gaps: bool) -> None:
+    assert _original is not None
+    if state.timer is not None:
+        state.timer.cancel()
+        state.timer = None
+    state.unacked = 0
+    state.gaps = gaps
+    _counts.sent += 1
+    await _original(self)
+
+
+def _expired(self: RTCSctpTransport, state: _State) -> None:
+    state.timer = None
+    if not self._sack_needed or self._association_state == RTCSctpTransport.State.CLOSED:
+        state.unacked = 0
+        return
+    _counts.delayed += 1
+    state.task = asyncio.ensure_future(_send_from_timer(self, state))
+
+
+async def _send_from_timer(self: RTCSctpTransport, state: _State) -> None:
+    try:
+        if self._sack_needed:  # a packet may have brought one at once meanwhile
+            await _send_now(self, state, bool(self._sack_misordered or self._sack_duplicates))
+    except Exception:  # the DTLS transport closed under us: nothing left to acknowledge
+        logger.debug("a delayed SACK could not be sent", exc_info=True)
+    finally:
+        state.task = None

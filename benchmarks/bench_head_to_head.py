@@ -93,8 +93,9 @@ class RxSide:
         from rxdb_harness import NodeChild
 
         child = await NodeChild.spawn(
-            "rxdb", "bench_h2h_peer.mjs", json.dumps({"signalingUrl": url, "topic": topic,
-                                                      "schema": schema})
+            "rxdb",
+            "bench_h2h_peer.mjs",
+            json.dumps({"signalingUrl": url, "topic": topic, "schema": schema}),
         )
         try:
             ready = await child.wait_event(lambda e: e["event"] == "ready", within=60)
@@ -385,7 +386,8 @@ def report(bench: HeadToHead) -> None:
         f"{len(rounds)} round(s), median [min-max]; p2pdb engine: {args.engine or 'default'}"
     )
     print(f"  load average (1/5/15 min) at start {bench.load_start}, at end {bench.load_end}")
-    print(f"\n  {'pair':25} {'mechanism':9} {'direction':15} {'docs/s':>22}  CPU s sender / receiver")
+    head = f"{'pair':25} {'mechanism':9} {'direction':15} {'docs/s':>22}"
+    print(f"\n  {head}  CPU s sender / receiver")
     for pair in PAIRS:
         for mechanism in (STREAM, PUSH):
             key = (pair, mechanism)

@@ -28,7 +28,9 @@ depends on the sender's role:
 CPU seconds per side are user + system time of each process (all its threads, from
 /proc/<pid>/stat) from just before the insert until both sides are in sync again. Ratios are
 computed per round against the RxDB <-> RxDB pair of the same round, and printed as median
-[min-max] over the rounds, with the load average at the start and the end.
+[min-max] over the rounds, with the load average at the start and the end. The last three
+compare documents per CPU-second of both processes, which a loaded machine disturbs much less
+than the wall clock.
 
 ``--engine``: the WebRTC engine of the p2pdb peers. If ``aiortc_connection_handler`` takes an
 ``engine=`` argument it is passed there; either way the children get ``P2PDB_WEBRTC_ENGINE``.
@@ -347,6 +349,19 @@ def mixed_direction(r: Round, to_rxdb: bool, n: int) -> float | None:
     return 2 * n / (s + p) if s and p else None
 
 
+def cpu_per_doc(r: Round, keys: tuple[tuple[str, str], ...], n: int) -> float | None:
+    """Documents per CPU-second of both sides over the transfers ``keys``."""
+    if not all(k in r.cpu for k in keys):
+        return None
+    return len(keys) * n / sum(sum(r.cpu[k]) for k in keys)
+
+
+RX_KEYS = ((RXDB, STREAM), (RXDB, PUSH))
+PY_KEYS = ((P2PDB, STREAM), (P2PDB, PUSH))
+TO_RX_KEYS = ((P2PDB_MASTER, STREAM), (P2PDB_FORK, PUSH))
+FROM_RX_KEYS = ((P2PDB_FORK, STREAM), (P2PDB_MASTER, PUSH))
+
+
 #: The ratio rows: (label, figure of a round, baseline of the same round).
 def ratio_rows(n: int) -> list[tuple[str, Any, Any]]:
     base_each = functools.partial(each_way, pair=RXDB, n=n)
@@ -375,6 +390,16 @@ def ratio_rows(n: int) -> list[tuple[str, Any, Any]]:
         ("RxDB fork pushing to p2pdb / RxDB push",
          functools.partial(rate, pair=P2PDB_MASTER, mechanism=PUSH, n=n),
          functools.partial(rate, pair=RXDB, mechanism=PUSH, n=n)),
+        # docs per CPU-second of both processes (less sensitive to the load than wall time)
+        ("docs per CPU-s: p2pdb<->p2pdb / RxDB<->RxDB",
+         functools.partial(cpu_per_doc, keys=PY_KEYS, n=n),
+         functools.partial(cpu_per_doc, keys=RX_KEYS, n=n)),
+        ("docs per CPU-s: p2pdb->RxDB / RxDB<->RxDB",
+         functools.partial(cpu_per_doc, keys=TO_RX_KEYS, n=n),
+         functools.partial(cpu_per_doc, keys=RX_KEYS, n=n)),
+        ("docs per CPU-s: RxDB->p2pdb / RxDB<->RxDB",
+         functools.partial(cpu_per_doc, keys=FROM_RX_KEYS, n=n),
+         functools.partial(cpu_per_doc, keys=RX_KEYS, n=n)),
     ]  # fmt: skip
 
 

@@ -52,7 +52,7 @@ _CLOCK_EVERY = 64
 #: A merge may take this long per inserted document, or as long as the last re-run took,
 #: whichever is more (a re-run on a grown collection costs more than the last one did);
 #: a slower merge gives up and re-runs the query.
-MERGE_SECONDS_PER_DOC = 10e-6
+MERGE_SECONDS_PER_DOC = 20e-6
 
 
 def result_key(result: object) -> Hashable:

@@ -403,12 +403,27 @@ def ratio_rows(n: int) -> list[tuple[str, Any, Any]]:
     ]  # fmt: skip
 
 
+def takes_engine() -> bool:
+    """Whether ``aiortc_connection_handler`` has an ``engine=`` argument."""
+    from p2pdb.plugins.replication_webrtc import aiortc_connection_handler
+
+    return "engine" in inspect.signature(aiortc_connection_handler).parameters
+
+
+def engine_note(engine: str) -> str:
+    if not engine:
+        return "default"
+    if takes_engine():
+        return f"{engine} (engine= of the connection handler)"
+    return f"{engine} (only as {ENGINE_ENV}: the connection handler takes no engine= yet)"
+
+
 def report(bench: HeadToHead) -> None:
     args, rounds = bench.args, bench.rounds
     n = args.docs
     print(
         f"\nHead to head over WebRTC (loopback): {n:,} docs of ~{args.size} B each way, "
-        f"{len(rounds)} round(s), median [min-max]; p2pdb engine: {args.engine or 'default'}"
+        f"{len(rounds)} round(s), median [min-max]; p2pdb engine: {engine_note(args.engine)}"
     )
     print(f"  load average (1/5/15 min) at start {bench.load_start}, at end {bench.load_end}")
     head = f"{'pair':25} {'mechanism':9} {'direction':15} {'docs/s':>22}"
@@ -447,7 +462,7 @@ def p2pdb_child(engine: str, argv: list[str]) -> None:
     from p2pdb.plugins import replication_webrtc
 
     factory = replication_webrtc.aiortc_connection_handler
-    if engine and "engine" in inspect.signature(factory).parameters:
+    if engine and takes_engine():
         replication_webrtc.aiortc_connection_handler = functools.partial(  # type: ignore[assignment]
             factory, engine=engine
         )

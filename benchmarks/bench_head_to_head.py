@@ -17,9 +17,9 @@ Per round, four pairs, each on a fresh topic and fresh databases: RxDB <-> RxDB,
 p2pdb, p2pdb (master) with RxDB (fork), p2pdb (fork) with RxDB (master); roles come from the
 master election (RxDB's rule, on the two storage tokens), a p2pdb database file is created
 until its token gives the wanted role. Each pair first moves ``--warmup`` documents each way,
-untimed (a fresh Node process's JIT is cold), then ``--docs`` documents each way, timed from
-the bulk insert on one side until the other side holds them all. Which mechanism moves them
-depends on the sender's role:
+untimed (a fresh Node process's JIT is cold; at most ``--docs``), then ``--docs`` documents
+each way, timed from the bulk insert on one side until the other side holds them all. Which
+mechanism moves them depends on the sender's role:
 
 * **stream**: the sender is the master; its live inserts go out as ``masterChangeStream$``
   events that the fork applies;
@@ -266,7 +266,7 @@ class HeadToHead:
     async def run_pair(self, pair: str, url: str, folder: Path, results: Round) -> None:
         from rxdb_harness import is_master
 
-        n, w = self.args.docs, self.args.warmup
+        n, w = self.args.docs, min(self.args.warmup, self.args.docs)
         a, b = await self.start_pair(pair, url, folder)
         try:
             await asyncio.gather(a.connected(60), b.connected(60))
@@ -474,7 +474,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1000, help="untimed docs each way, per pair")
+    parser.add_argument(
+        "--warmup", type=int, default=1000, help="untimed docs each way, per pair (<= --docs)"
+    )
     parser.add_argument("--engine", choices=("aiortc", "native"), default="")
     parser.add_argument("--uvloop", action="store_true", help="run the p2pdb peers on uvloop")
     parser.add_argument("--round-timeout", type=float, default=900.0)

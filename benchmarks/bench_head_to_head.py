@@ -26,7 +26,9 @@ mechanism moves them depends on the sender's role:
 * **push**: the sender is the fork; it pushes ``masterWrite`` batches to the master.
 
 CPU seconds per side are user + system time of each process (all its threads, from
-/proc/<pid>/stat) from just before the insert until both sides are in sync again. Ratios are
+/proc/<pid>/stat) from just before the insert until both sides are in sync again (at most
+``--settle-timeout``; a p2pdb master paired with an RxDB fork is not waited for, the fork is: see
+``HeadToHead.settle``). Ratios are
 computed per round against the RxDB <-> RxDB pair of the same round, and printed as median
 [min-max] over the rounds, with the load average at the start and the end. The last three
 compare documents per CPU-second of both processes, which a loaded machine disturbs much less
@@ -87,6 +89,7 @@ class RxSide:
 
     def __init__(self, child: Any, token: str) -> None:
         self.child, self.token, self.pid = child, token, child.pid
+        self.is_master = False  # set once the pair is connected
 
     @classmethod
     async def start(cls, url: str, topic: str, schema: dict[str, Any]) -> RxSide:
@@ -134,6 +137,7 @@ class PySide:
 
     def __init__(self, child: Any, token: str) -> None:
         self.child, self.token, self.pid = child, token, child.pid
+        self.is_master = False  # set once the pair is connected
 
     @classmethod
     async def start(cls, path: Path, url: str, topic: str, args: argparse.Namespace) -> PySide:
@@ -246,7 +250,8 @@ class HeadToHead:
         self, sender: Side, receiver: Side, prefix: str, count: int, total: int
     ) -> tuple[float, float, float]:
         """Seconds until ``receiver`` holds ``total`` documents after ``sender`` inserted
-        ``count``, and the CPU seconds of both until they are in sync again."""
+        ``count``, and the CPU seconds of both until they are in sync again (or until
+        ``--settle-timeout``, noted)."""
         within = self.args.transfer_timeout
         cpu0 = cpu_seconds(sender.pid), cpu_seconds(receiver.pid)
         arrived = asyncio.ensure_future(receiver.wait_count(total, within))
@@ -260,8 +265,24 @@ class HeadToHead:
                 arrived.cancel()
                 with contextlib.suppress(BaseException):
                     await arrived
-        await asyncio.gather(sender.settle(within), receiver.settle(within))
+        await self.settle(sender, receiver)
         return seconds, cpu_seconds(sender.pid) - cpu0[0], cpu_seconds(receiver.pid) - cpu0[1]
+
+    async def settle(self, *sides: Side) -> None:
+        """Wait until the pair is in sync. A p2pdb master of an RxDB fork is left out: its
+        ``wait_for_in_sync`` sends the fork a ``RESYNC`` and waits for its next pull, which
+        RxDB 17.6 was seen not to send after a push (the RxDB fork's own wait covers it)."""
+        within = self.args.settle_timeout
+        pair_has_rxdb = any(side.kind == "RxDB" for side in sides)
+        waiting = [
+            side.settle(within)
+            for side in sides
+            if not (pair_has_rxdb and side.kind == "p2pdb" and side.is_master)
+        ]
+        try:
+            await asyncio.gather(*waiting)
+        except (TimeoutError, AssertionError, RuntimeError) as exc:
+            self.notes.append(f"not in sync within {within} s after a transfer: {exc!r:.200}")
 
     async def run_pair(self, pair: str, url: str, folder: Path, results: Round) -> None:
         from rxdb_harness import is_master
@@ -271,6 +292,7 @@ class HeadToHead:
         try:
             await asyncio.gather(a.connected(60), b.connected(60))
             a_master = is_master(a.token, b.token)
+            a.is_master, b.is_master = a_master, not a_master
             total = 0
             for sender, receiver, tag in ((a, b, "wa"), (b, a, "wb")):
                 if w:
@@ -306,7 +328,12 @@ class HeadToHead:
                     try:
                         async with asyncio.timeout(self.args.round_timeout):
                             for pair in PAIRS:
-                                await self.run_pair(pair, server.url, Path(folder), results)
+                                try:
+                                    await self.run_pair(pair, server.url, Path(folder), results)
+                                except (AssertionError, RuntimeError, OSError) as exc:
+                                    self.notes.append(
+                                        f"round {number + 1}, {pair}: failed ({exc!r:.300})"
+                                    )
                     except TimeoutError:
                         self.notes.append(
                             f"round {number + 1} timed out after {self.args.round_timeout} s; "
@@ -481,6 +508,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--uvloop", action="store_true", help="run the p2pdb peers on uvloop")
     parser.add_argument("--round-timeout", type=float, default=900.0)
     parser.add_argument("--transfer-timeout", type=float, default=300.0)
+    parser.add_argument("--settle-timeout", type=float, default=60.0)
     return parser.parse_args(argv)
 
 

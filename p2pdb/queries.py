@@ -6,6 +6,7 @@ be run again or observed live.
 
 from __future__ import annotations
 
+import heapq
 import inspect
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -15,7 +16,7 @@ from reactivex import Observable
 from .changes import ChangeEvent
 from .document import Document, DocumentCollection, Modifier, user_fields
 from .errors import ConflictError, QueryError, ValidationError
-from .live import observe_query
+from .live import Merge, observe_query
 from .query import CompiledQuery, compile_query
 from .storage import SQLiteStorage, Write
 from .streams import iterate
@@ -120,7 +121,42 @@ class Query(Generic[R]):
 
     def observe(self) -> Observable[R]:
         """The result now, then again each time a committed write changes it."""
-        return observe_query(self.exec, self.collection.batches, self.compiled.matches)
+        return observe_query(
+            self.exec, self.collection.batches, self.compiled.matches, self._merge()
+        )
+
+    def _merge(self) -> Merge[R] | None:
+        """How a live result takes in newly inserted documents without a re-run, or
+        ``None`` (re-run it)."""
+        return None
+
+    def scans(self) -> bool:
+        """Whether a re-run reads every match (a Python-evaluated selector, or a sort no
+        index gives in order) rather than walking an index to the first ``limit`` rows:
+        then a live result merges inserted documents instead of re-running the query."""
+        if self.compiled.residual is not None:
+            return True
+        pk = self.collection.schema.primary_key
+        order = [next(iter(s.items())) for s in self.sort]
+        if order and order[-1][0] == pk:
+            order.pop()
+        if not order:
+            return False  # the primary key's order
+        if len({direction for _, direction in order}) > 1:
+            return True
+        fields = tuple(f for f, _ in order)
+        return fields not in self.collection.schema.indexes
+
+    def merge_sorted(self, result: list[Document], added: list[dict[str, Any]]) -> list[Document]:
+        """``result`` (this query's sorted result, starting at the first match) once the
+        new matching states ``added`` are written: the same documents a re-run would give,
+        in the same order (``sort_key`` is the SQL order, the primary key breaking ties)."""
+        key = self.compiled.sort_key
+        c = self.collection
+        merged = [*result, *(Document(c, state) for state in added)]
+        if self.limit is None:
+            return sorted(merged, key=key)
+        return heapq.nsmallest(self.limit, merged, key=key)
 
     def watch(self) -> AsyncIterator[R]:
         """``async for result in query.watch()``: like :meth:`observe`; a slow consumer
@@ -146,6 +182,9 @@ class FindQuery(Query[list[Document]]):
         """Run the query."""
         c = self.collection
         return [Document(c, s) for s in await self._states()]
+
+    def _merge(self) -> Merge[list[Document]] | None:
+        return self.merge_sorted if not self.skip and self.scans() else None
 
     async def patch(self, changes: Mapping[str, Any]) -> list[Document]:
         """Set the given top-level fields on every matching document, in one transaction;
@@ -196,6 +235,15 @@ class FindOneQuery(Query[Document | None]):
             return None if state is None or state["_deleted"] else Document(c, state)
         states = await self._states()
         return Document(c, states[0]) if states else None
+
+    def _merge(self) -> Merge[Document | None] | None:
+        if self.doc_id is not None or not self.scans():
+            return None
+
+        def merge(result: Document | None, added: list[dict[str, Any]]) -> Document | None:
+            return _first(self.merge_sorted([] if result is None else [result], added))
+
+        return merge
 
     async def patch(self, changes: Mapping[str, Any]) -> Document | None:
         """Set the given top-level fields on the match; the new Document, or ``None`` when

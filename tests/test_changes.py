@@ -247,3 +247,133 @@ async def test_other_process_writes_appear(db_path: str, todos: p2pdb.Collection
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     conn.close()
+
+
+class Settling:
+    """A live query's emissions, and a wait until its latest one equals a fresh run."""
+
+    def __init__(self, query: Any) -> None:
+        self.query = query
+        self.fresh = _fresh(query).exec
+        self.values: list[Any] = []
+        self.changed = asyncio.Event()
+        self.runs = 0
+        run = query.exec
+
+        async def counted() -> Any:
+            self.runs += 1
+            return await run()
+
+        query.exec = counted  # observe() binds exec: count the re-runs
+        self.subscription = query.observe().subscribe(self._on_next)
+
+    def _on_next(self, value: Any) -> None:
+        self.values.append(value)
+        self.changed.set()
+
+    async def settled(self) -> Any:
+        """Wait until the latest emission has the ids and revisions of a fresh run."""
+        expected = p2pdb.live.result_key(await self.fresh())
+        async with asyncio.timeout(10):
+            while not self.values or p2pdb.live.result_key(self.values[-1]) != expected:
+                self.changed.clear()
+                await self.changed.wait()
+        return self.values[-1]
+
+
+def _fresh(query: Any) -> Any:
+    """A new query object with the same selector, sort, skip and limit (its own exec)."""
+    c = query.collection
+    if isinstance(query, p2pdb.FindOneQuery):
+        return c.find_one(query.selector, sort=query.sort)
+    return c.find(query.selector, sort=query.sort, skip=query.skip, limit=query.limit)
+
+
+async def test_live_results_merge_inserts_exactly_like_a_rerun(
+    todos: p2pdb.Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random inserts, revivals, updates and removals, in big and small batches: every live
+    query (merged or re-run) settles on exactly what a fresh run returns."""
+    import random
+
+    from p2pdb import live
+
+    monkeypatch.setattr(live, "MERGE_SECONDS_PER_DOC", 1.0)  # never give up for time here
+    rng = random.Random(12)
+    queries = [
+        todos.find({"text": {"$regex": "^a"}}, sort=[{"n": "desc"}], limit=5),  # Python part
+        todos.find({"done": False}, sort=[{"text": "asc"}], limit=7),  # no index for text
+        todos.find({"n": {"$gte": 50}}, sort=[{"text": "desc"}, {"n": "asc"}]),  # no limit
+        todos.find({}, sort=[{"n": "asc"}], limit=4),  # an index gives the order: re-run
+        todos.find_one({"done": True}, sort=[{"text": "asc"}]),
+    ]
+    assert [q.scans() for q in queries] == [True, True, True, False, True]
+    watches = [Settling(q) for q in queries]
+    for w in watches:
+        await w.settled()
+    live_ids: set[str] = set()
+    removed: set[str] = set()
+    serial = 0
+    for step in range(14):
+        writes: list[dict[str, Any]] = []
+        size = rng.choice([3, 40, 120])
+        kind = rng.choice(["insert", "insert", "revive", "update", "remove"])
+        if kind == "insert" or (kind == "revive" and not removed):
+            for _ in range(size):
+                serial += 1
+                writes.append(
+                    {
+                        "id": f"d{serial:04d}",
+                        "text": rng.choice("abc") + str(rng.randrange(1000)),
+                        "n": rng.randrange(100),
+                        "done": rng.random() < 0.3,
+                    }
+                )
+            result = await todos.bulk_insert(writes)
+            assert not result.errors
+            live_ids |= {d["id"] for d in writes}
+        elif kind == "revive":
+            ids = sorted(removed)[:size]
+            for doc_id in ids:
+                await todos.upsert({"id": doc_id, "text": "a-again", "n": 77, "done": False})
+            removed -= set(ids)
+            live_ids |= set(ids)
+        elif kind == "update":
+            chosen = rng.sample(sorted(live_ids), min(size, len(live_ids)))
+            await todos.find({"id": {"$in": chosen}}).patch({"text": "b" + str(step), "n": 1})
+        else:
+            chosen = rng.sample(sorted(live_ids), min(size, len(live_ids)))
+            await todos.find({"id": {"$in": chosen}}).remove()
+            live_ids -= set(chosen)
+            removed |= set(chosen)
+        for w in watches:
+            await w.settled()
+    # the scanning queries took inserts without a re-run at least once; the indexed one never
+    merged = [w for w in watches if w.runs < 1 + 14]
+    assert watches[3] not in merged and merged, [w.runs for w in watches]
+    for w in watches:
+        w.subscription.dispose()
+
+
+async def test_a_big_insert_is_merged_into_a_scanning_live_query(
+    todos: p2pdb.Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from p2pdb import live
+
+    monkeypatch.setattr(live, "MERGE_SECONDS_PER_DOC", 1.0)
+    await todos.bulk_insert([{"id": f"old{i}", "text": f"t{i:03d}", "n": i} for i in range(50)])
+    query = todos.find({"n": {"$gte": 10}}, sort=[{"text": "desc"}], limit=3)
+    w = Settling(query)
+    first = await w.settled()
+    assert [d.id for d in first] == ["old49", "old48", "old47"]
+    await todos.bulk_insert(
+        [{"id": f"new{i}", "text": f"u{i:03d}", "n": 5 + i % 20} for i in range(200)]
+    )
+    latest = await w.settled()
+    assert [d.id for d in latest] == ["new199", "new198", "new197"]
+    assert w.runs == 1  # only the first run: the 200 inserts were merged
+    # an update is never merged: it re-runs
+    await todos.find_one("new199").patch({"text": "a"})
+    latest = await w.settled()
+    assert [d.id for d in latest] == ["new198", "new197", "new196"] and w.runs == 2
+    w.subscription.dispose()

@@ -1,0 +1,113 @@
+"""A topic of 16 peer processes in a partial mesh of 4 links each (issue 13).
+
+Real parts: a signaling server on 127.0.0.1, 16 OS processes (``mesh_peer.py``) with real
+aiortc links on loopback and their own SQLite files. Every write must reach every peer over
+several hops; then a third of the peers are killed with SIGKILL at random and the others must
+re-link and converge on what they write next. Documents are few (5 per peer) so the test
+measures the mesh, not the throughput of a loaded two-core machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from mesh_peer import start_mesh_peer
+from peer_process import ChildPeer
+
+from p2pdb.plugins.replication_webrtc.mesh import mesh_graph
+from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+PEERS = 16
+MAX_LINKS = 4
+DOCS = 5  # per peer and round
+WITHIN = 120.0  # seconds for the whole topic to converge, per round
+
+
+async def converge(peers: list[ChildPeer], total: int) -> None:
+    replies = await asyncio.gather(
+        *(
+            p.request("wait_count", "reached", count=total, timeout=WITHIN, within=WITHIN + 10)
+            for p in peers
+        )
+    )
+    assert all(r["count"] == total for r in replies), replies
+
+
+async def links_settle(peers: list[ChildPeer], within: float) -> None:
+    """Wait until each peer is linked with exactly its neighbours in the graph every member
+    computes from the member list (the surplus links dropped, the wanted ones open)."""
+    graph = mesh_graph([str(p.ready["peer_id"]) for p in peers if p.ready], MAX_LINKS)
+    assert max(len(linked) for linked in graph.values()) <= MAX_LINKS < len(peers) - 1
+
+    def state() -> str:
+        lines = []
+        for peer in peers:
+            assert peer.ready is not None
+            own = str(peer.ready["peer_id"])
+            last = [e["ids"] for e in peer.events if e["event"] == "peers"][-1:]
+            lines.append(f"{own}: wants {sorted(graph[own])}, has {last}")
+        return "\n".join(lines)
+
+    async def settle(peer: ChildPeer) -> None:
+        assert peer.ready is not None
+        wanted = sorted(graph[str(peer.ready["peer_id"])])
+        while [e["ids"] for e in peer.events if e["event"] == "peers"][-1:] != [wanted]:
+            await peer.expect("peers", within=within, after=len(peer.events))
+
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.gather(*(settle(p) for p in peers))
+    except TimeoutError:
+        raise AssertionError(f"the links did not settle within {within} s\n{state()}") from None
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{state()}") from None
+
+
+async def test_sixteen_peers_with_four_links_converge_and_survive_a_third_killed(
+    tmp_path: Path, signaling: SignalingServer
+) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    topic = f"mesh-{seed:08x}"
+    peers: list[ChildPeer] = []
+    try:
+        peers = list(
+            await asyncio.gather(
+                *(
+                    start_mesh_peer(
+                        tmp_path / f"p{i}.db",
+                        signaling.url,
+                        topic,
+                        MAX_LINKS,
+                        tmp_path / f"p{i}.log",
+                    )
+                    for i in range(PEERS)
+                )
+            )
+        )
+        started = time.monotonic()
+        for i, peer in enumerate(peers):
+            peer.send("insert", prefix=f"a{i:02d}-", count=DOCS)
+        await converge(peers, PEERS * DOCS)
+        print(f"16 peers converged in {time.monotonic() - started:.1f} s (seed {seed})")
+        await links_settle(peers, within=60)
+
+        killed = rng.sample(peers, PEERS // 3)
+        await asyncio.gather(*(p.kill() for p in killed))
+        alive = [p for p in peers if p not in killed]
+        started = time.monotonic()
+        for i, peer in enumerate(alive):
+            peer.send("insert", prefix=f"b{i:02d}-", count=DOCS)
+        await converge(alive, PEERS * DOCS + len(alive) * DOCS)
+        print(f"{len(alive)} survivors converged in {time.monotonic() - started:.1f} s")
+        # the survivors re-linked into the mesh of 11 (links to the dead dropped by the
+        # heartbeat, new ones made, surplus ones closed once every wanted one was open)
+        await links_settle(alive, within=60)
+    finally:
+        await asyncio.gather(*(p.quit() for p in peers), return_exceptions=True)

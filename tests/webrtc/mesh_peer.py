@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 from peer_process import DOCS_SCHEMA, ChildPeer, emit, make_docs
 
+from p2pdb.plugins.replication_webrtc.mesh import mesh_graph
+
 SCRIPT = Path(__file__).resolve()
 
 
@@ -116,6 +118,35 @@ async def start_mesh_peer(
         await peer.kill()
         raise
     return peer
+
+
+async def links_settle(peers: list[ChildPeer], max_links: int, within: float) -> None:
+    """Wait until each peer is linked with exactly its neighbours in the graph every member
+    computes from the member list (the surplus links dropped, the wanted ones open)."""
+    graph = mesh_graph([str(p.ready["peer_id"]) for p in peers if p.ready], max_links)
+
+    def state() -> str:
+        lines = []
+        for peer in peers:
+            assert peer.ready is not None
+            own = str(peer.ready["peer_id"])
+            last = [e["ids"] for e in peer.events if e["event"] == "peers"][-1:]
+            lines.append(f"{own}: wants {sorted(graph[own])}, has {last}")
+        return "\n".join(lines)
+
+    async def settle(peer: ChildPeer) -> None:
+        assert peer.ready is not None
+        wanted = sorted(graph[str(peer.ready["peer_id"])])
+        while [e["ids"] for e in peer.events if e["event"] == "peers"][-1:] != [wanted]:
+            await peer.expect("peers", within=within, after=len(peer.events))
+
+    try:
+        async with asyncio.timeout(within):
+            await asyncio.gather(*(settle(p) for p in peers))
+    except TimeoutError:
+        raise AssertionError(f"the links did not settle within {within} s\n{state()}") from None
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{state()}") from None
 
 
 def main() -> None:

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from mesh_peer import start_mesh_peer
+from mesh_peer import links_settle, start_mesh_peer
 from peer_process import ChildPeer
 
-from p2pdb.plugins.replication_webrtc.mesh import mesh_graph
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,36 +36,6 @@ async def converge(peers: list[ChildPeer], total: int) -> None:
         )
     )
     assert all(r["count"] == total for r in replies), replies
-
-
-async def links_settle(peers: list[ChildPeer], within: float) -> None:
-    """Wait until each peer is linked with exactly its neighbours in the graph every member
-    computes from the member list (the surplus links dropped, the wanted ones open)."""
-    graph = mesh_graph([str(p.ready["peer_id"]) for p in peers if p.ready], MAX_LINKS)
-    assert max(len(linked) for linked in graph.values()) <= MAX_LINKS < len(peers) - 1
-
-    def state() -> str:
-        lines = []
-        for peer in peers:
-            assert peer.ready is not None
-            own = str(peer.ready["peer_id"])
-            last = [e["ids"] for e in peer.events if e["event"] == "peers"][-1:]
-            lines.append(f"{own}: wants {sorted(graph[own])}, has {last}")
-        return "\n".join(lines)
-
-    async def settle(peer: ChildPeer) -> None:
-        assert peer.ready is not None
-        wanted = sorted(graph[str(peer.ready["peer_id"])])
-        while [e["ids"] for e in peer.events if e["event"] == "peers"][-1:] != [wanted]:
-            await peer.expect("peers", within=within, after=len(peer.events))
-
-    try:
-        async with asyncio.timeout(within):
-            await asyncio.gather(*(settle(p) for p in peers))
-    except TimeoutError:
-        raise AssertionError(f"the links did not settle within {within} s\n{state()}") from None
-    except AssertionError as error:
-        raise AssertionError(f"{error}\n{state()}") from None
 
 
 async def test_sixteen_peers_with_four_links_converge_and_survive_a_third_killed(
@@ -96,7 +65,7 @@ async def test_sixteen_peers_with_four_links_converge_and_survive_a_third_killed
             peer.send("insert", prefix=f"a{i:02d}-", count=DOCS)
         await converge(peers, PEERS * DOCS)
         print(f"16 peers converged in {time.monotonic() - started:.1f} s (seed {seed})")
-        await links_settle(peers, within=60)
+        await links_settle(peers, MAX_LINKS, within=60)
 
         killed = rng.sample(peers, PEERS // 3)
         await asyncio.gather(*(p.kill() for p in killed))
@@ -108,6 +77,6 @@ async def test_sixteen_peers_with_four_links_converge_and_survive_a_third_killed
         print(f"{len(alive)} survivors converged in {time.monotonic() - started:.1f} s")
         # the survivors re-linked into the mesh of 11 (links to the dead dropped by the
         # heartbeat, new ones made, surplus ones closed once every wanted one was open)
-        await links_settle(alive, within=60)
+        await links_settle(alive, MAX_LINKS, within=60)
     finally:
         await asyncio.gather(*(p.quit() for p in peers), return_exceptions=True)

@@ -17,7 +17,8 @@ then let every peer write ``--docs`` documents at once (one bulk insert each) an
 
 A topic that does not converge within ``--within`` seconds is reported with how many
 documents its slowest peer held. With ``--rounds`` > 1 the figures are medians over rounds
-with their range. The ratio column is the partial mesh's time over the full mesh's, per size.
+with their range. The ratio column is the partial mesh's time over the full mesh's of the same
+round (median and range of the per-round ratios), per size.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Run:
 
     peers: int
     mode: str
+    round: int
     form_s: float  # until every peer was linked as the mesh says
     converge_s: float | None  # None: not within the bound
     slowest_count: int
@@ -108,6 +110,7 @@ async def one_topic(
         return Run(
             peers_n,
             mode,
+            index,
             form_s,
             converge_s,
             min(counts),
@@ -155,7 +158,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|")
     sizes = sorted({r.peers for r in runs})
     for n in sizes:
-        full = [r.converge_s for r in runs if r.peers == n and r.mode == "full" and r.converge_s]
+        full = {r.round: r.converge_s for r in runs if r.peers == n and r.mode == "full"}
         for mode in args.modes:
             mine = [r for r in runs if r.peers == n and r.mode == mode]
             if not mine:
@@ -165,11 +168,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
                 f"> {args.within:g} (slowest held {min(r.slowest_count for r in mine)}"
                 f" of {n * args.docs})"
             )
-            ratio = (
-                f"{statistics.median(done) / statistics.median(full):.2f}"
-                if mode == "partial" and done and full and len(done) == len(mine)
-                else "-"
-            )
+            ratios = [
+                r.converge_s / f
+                for r in mine
+                if mode == "partial" and r.converge_s and (f := full.get(r.round))
+            ]
+            ratio = spread(ratios, 2) if ratios else "-"
             print(
                 f"| {n} | {mode} | {statistics.mean(r.links_mean for r in mine):.1f} "
                 f"| {spread([r.form_s for r in mine])} | {conv} | {ratio} "

@@ -18,6 +18,9 @@ import pytest
 from mesh_peer import links_settle, start_mesh_peer
 from peer_process import ChildPeer
 
+from p2pdb.plugins.replication_webrtc import ConnectionHandler
+from p2pdb.plugins.replication_webrtc.link import LinkSettings
+from p2pdb.plugins.replication_webrtc.mesh import mesh_graph
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -80,3 +83,43 @@ async def test_sixteen_peers_with_four_links_converge_and_survive_a_third_killed
         await links_settle(alive, MAX_LINKS, within=60)
     finally:
         await asyncio.gather(*(p.quit() for p in peers), return_exceptions=True)
+
+
+async def test_handlers_link_as_the_mesh_says_and_follow_max_links(
+    signaling: SignalingServer,
+) -> None:
+    """Four handlers in one process: ``max_links=2`` makes a ring (2 links each, not 3);
+    raising it to 3 makes the full mesh; lowering it again drops the surplus links."""
+    changed = asyncio.Event()
+    settings = LinkSettings(host_addresses=("127.0.0.1",))
+    handlers = [
+        ConnectionHandler("mesh-handlers", signaling.url, settings, max_links=2) for _ in range(4)
+    ]
+
+    async def links_are(max_links: int) -> None:
+        ids = [h.own_peer_id for h in handlers]
+        assert all(ids)
+        graph = mesh_graph([str(i) for i in ids], max_links)
+        async with asyncio.timeout(30):
+            while any(
+                {p.peer_id for p in h.peers} != graph[str(h.own_peer_id)] for h in handlers
+            ):
+                changed.clear()
+                await changed.wait()
+
+    try:
+        for handler in handlers:
+            handler.connects.subscribe(lambda _p: changed.set())
+            handler.disconnects.subscribe(lambda _p: changed.set())
+            await handler.start(join_timeout=10)
+        await links_are(2)
+        assert all(len(h.peers) == 2 for h in handlers)  # a ring, not the full mesh of 3
+        for handler in handlers:
+            handler.set_max_links(3)
+        await links_are(3)
+        assert all(len(h.peers) == 3 for h in handlers)
+        for handler in handlers:
+            handler.set_max_links(2)
+        await links_are(2)
+    finally:
+        await asyncio.gather(*(h.close() for h in handlers))

@@ -47,6 +47,7 @@ from .framing import (
     JSONMessage,
 )
 from .link import Link, LinkCallbacks, LinkSettings
+from .mesh import DEFAULT_MAX_LINKS, check_max_links, choose_links, surplus_links
 from .peer import Peer, PeerMessage
 from .signaling_client import SignalingAccess, SignalingClient
 
@@ -83,8 +84,10 @@ class ConnectionHandler:
         *,
         ping_interval: float = 60.0,
         signaling: SignalingAccess | None = None,
+        max_links: int = DEFAULT_MAX_LINKS,
     ) -> None:
         self.topic = topic
+        self.max_links = check_max_links(max_links)  # see mesh.py; set_max_links() changes it
         self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
@@ -111,6 +114,7 @@ class ConnectionHandler:
         self._connected: dict[Peer, Link] = {}
         self._link_tasks: set[asyncio.Task[None]] = set()  # includes links still tearing down
         self._members: set[str] = set()
+        self._wanted: frozenset[str] = frozenset()  # the members the mesh links us with
         self._early_candidates: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
         self._reconnects: dict[str, asyncio.Task[None]] = {}
         self._reconnect_delay: dict[str, Backoff] = {}
@@ -269,7 +273,7 @@ class ConnectionHandler:
             task.cancel()
         self._reconnects.clear()
         self._early_candidates.clear()
-        self._members = set()  # until the next `joined`
+        self._members, self._wanted = set(), frozenset()  # until the next `joined`
 
     def _on_lost(self) -> None:
         logger.info("signaling lost; keeping %d open link(s)", len(self._connected))
@@ -279,23 +283,37 @@ class ConnectionHandler:
         if own is None or self._closing:
             return
         self._members = set(others)
+        self._wanted = wanted = choose_links(own, others, self.max_links)  # all, if few
         for link in list(self._links.values()):
-            if link.remote_id not in self._members and not link.connected:
+            gone = link.remote_id not in self._members or link.initiator
+            if not link.connected and link.remote_id not in wanted and gone:
                 link.end()
         for remote_id in list(self._reconnects):
-            if remote_id not in self._members:
+            if remote_id not in wanted:
                 self._reconnects.pop(remote_id).cancel()
                 self._reconnect_delay.pop(remote_id, None)
         for remote_id in list(self._early_candidates):
             if remote_id not in self._members:
                 del self._early_candidates[remote_id]
-        for remote_id in others:
-            if (
-                remote_id > own
-                and (own, remote_id) not in self._links
-                and remote_id not in self._reconnects
-            ):
+        for remote_id in sorted(wanted):
+            if self._should_initiate(own, remote_id):
                 self._new_link(own, remote_id, initiator=True, connection_id=random_token(10))
+        self._drop_surplus()
+
+    def set_max_links(self, max_links: int) -> None:
+        """Change ``max_links`` (see mesh.py) and re-choose the links at once."""
+        self.max_links = check_max_links(max_links)
+        if self._client.joined:
+            self._on_members(list(self._members))
+
+    def _should_initiate(self, own: str, remote_id: str) -> bool:  # ours to make, wanted, none
+        if self._closing or remote_id <= own or remote_id not in self._wanted:
+            return False
+        return (own, remote_id) not in self._links and remote_id not in self._reconnects
+
+    def _drop_surplus(self) -> None:
+        for link in surplus_links(self._wanted, self._members, list(self._connected.values())):
+            link.end()  # the mesh no longer wants it, and every link it wants is open
 
     def _on_signal(self, frame: dict[str, Any]) -> None:
         own = self._client.own_peer_id
@@ -372,14 +390,7 @@ class ConnectionHandler:
 
     def _schedule_reconnect(self, remote_id: str) -> None:
         own = self._client.own_peer_id
-        if (
-            self._closing
-            or own is None
-            or not remote_id > own
-            or remote_id not in self._members
-            or (own, remote_id) in self._links
-            or remote_id in self._reconnects
-        ):
+        if own is None or not self._should_initiate(own, remote_id):
             return
         backoff = self._reconnect_delay.setdefault(
             remote_id, Backoff(RECONNECT_DELAY_MIN, RECONNECT_DELAY_MAX)
@@ -396,13 +407,7 @@ class ConnectionHandler:
             if self._reconnects.get(remote_id) is asyncio.current_task():
                 del self._reconnects[remote_id]
         own = self._client.own_peer_id
-        if (
-            not self._closing
-            and own is not None
-            and remote_id > own
-            and remote_id in self._members
-            and (own, remote_id) not in self._links
-        ):
+        if own is not None and self._should_initiate(own, remote_id):
             self._new_link(own, remote_id, initiator=True, connection_id=random_token(10))
 
     # -- link callbacks -------------------------------------------------------------------
@@ -417,6 +422,7 @@ class ConnectionHandler:
         self._connected[link.peer] = link
         logger.info("peer %s connected (%s)", link.remote_id, link.peer.connection_id)
         self._emit(self._connects, link.peer)
+        self._drop_surplus()
 
     def _link_message(self, link: Link, message: JSONMessage) -> None:
         """A link delivered a complete message."""

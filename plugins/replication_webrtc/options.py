@@ -17,6 +17,7 @@ from p2pdb.replication.access import Modifier
 from p2pdb.replication.limits import PeerLimits
 
 from .election import HashFunction, sha256_hex
+from .mesh import check_max_links
 from .peer import Peer
 
 __all__ = [
@@ -68,6 +69,8 @@ class WebRTCReplicationOptions:
     - ``limits``: what each peer may make this process spend (requests in flight, bytes
       queued for it, the shared memory budget, nesting depth, checkpoint size, error
       rate); a peer over them is slowed, then dropped with ``WEBRTC_PEER_OVER_LIMIT``.
+    - ``max_links``: links per peer beyond which the topic keeps a partial mesh (see
+      ``mesh.py``); ``None`` keeps the connection handler's (8 unless it was given another).
     """
 
     is_peer_valid: PeerValidator | None = None
@@ -86,9 +89,12 @@ class WebRTCReplicationOptions:
     pull_modifier: Modifier | None = None
     push_modifier: Modifier | None = None
     limits: PeerLimits = PeerLimits()
+    max_links: int | None = None
 
     def __post_init__(self) -> None:
         self._check_trust()
+        if self.max_links is not None:
+            check_max_links(self.max_links)
         if not isinstance(self.limits, PeerLimits):
             raise ValidationError(
                 f"limits must be a PeerLimits, got {self.limits!r}.",
@@ -153,6 +159,7 @@ class WebRTCOptionKeywords(TypedDict, total=False):
     pull_modifier: Modifier | None
     push_modifier: Modifier | None
     limits: PeerLimits
+    max_links: int | None
 
 
 def option_names() -> frozenset[str]:

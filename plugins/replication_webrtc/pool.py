@@ -95,6 +95,8 @@ class ReplicationPool:
             self.collection.name, self.cancel
         )
         c = self.connection
+        if self.options.max_links is not None:
+            c.set_max_links(self.options.max_links)  # the partial mesh's size (mesh.py)
         self._subscriptions = [
             c.connects.subscribe(on_next=self._on_connect),
             c.disconnects.subscribe(on_next=self._on_disconnect),

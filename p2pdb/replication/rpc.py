@@ -227,10 +227,11 @@ class RpcChannel:
         size = json_size(message)
         if ids is None and self.primary_key is not None:
             ids = batch_ids(result, self.primary_key)
-        if ids is not None and self._sender is not None and len(self._urgent) < MAX_URGENT:
+        started = self._sender is not None and not self._closed
+        if ids is not None and started and len(self._urgent) < MAX_URGENT:
             unsent = self._outbox if self._sending is None else [self._sending, *self._outbox]
             live = self.lane.live_message(result, ids, size, unsent)
-            if live is not None and not self._closed:
+            if live is not None:
                 self.lane.started(ids)
                 task = asyncio.get_running_loop().create_task(self._send_now(live, ids))
                 self._urgent.add(task)

@@ -26,6 +26,7 @@ from ..query import CompiledQuery, compile_query
 from ..schema import Schema
 
 __all__ = [
+    "refused_ids",
     "PENDING",
     "AccessCheck",
     "DocumentAccess",
@@ -230,3 +231,14 @@ class AccessCheck:
             raise
         except Exception as exc:
             raise _hook_failed("can_write", exc) from exc
+
+
+def refused_ids(error: P2PDBError) -> set[str]:
+    """The ids a master's ``REPLICATION_WRITE_REFUSED`` names, directly or as the remote
+    error of a transport (empty for any other error)."""
+    found = error.parameters.get("remote_error")
+    details = found if isinstance(found, dict) else {"code": error.code, **error.parameters}
+    if details.get("code") != "REPLICATION_WRITE_REFUSED":
+        return set()
+    ids = details.get("ids")
+    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()

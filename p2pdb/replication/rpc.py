@@ -8,11 +8,16 @@ map their own shapes to these, see :mod:`p2pdb.replication.wire`):
 
 Everything sent goes through one FIFO queue, so the other side receives stream events and
 answers in the order they were produced (the replication's stale-state rule relies on it)
-and one large message never interleaves with another. Every request has a timeout; pending
-requests fail at once when the other side goes away (the sink raises :class:`PeerError`)
-or the channel is closed. The queue's size in bytes (:attr:`RpcChannel.queued_bytes`) is
-charged to a :class:`~p2pdb.replication.limits.MemoryBudget`, which bounds what the peers
-of a process can make it hold (see :mod:`p2pdb.replication.limits`).
+and one large message never interleaves with another. Two kinds of messages go beside it:
+urgent ones that carry no replication data (heartbeats, :meth:`RpcChannel.post_now`), and
+live stream events of a few documents that the rules of :mod:`p2pdb.replication.lanes`
+let overtake bulk ones (:meth:`RpcChannel.post_event` with ``ids``).
+
+Every request has a timeout; pending requests fail at once when the other side goes away
+(the sink raises :class:`PeerError`) or the channel is closed. The queue's size in bytes
+(:attr:`RpcChannel.queued_bytes`) is charged to a
+:class:`~p2pdb.replication.limits.MemoryBudget`, which bounds what the peers of a process
+can make it hold (see :mod:`p2pdb.replication.limits`).
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import P2PDBError, PeerError
 from ..tokens import random_token
+from .lanes import STREAM_ID, URGENT_SEND, LiveLane, Outgoing, batch_ids
 from .limits import PROCESS_BUDGET, MemoryBudget, json_size
 
 __all__ = [
@@ -41,8 +48,6 @@ __all__ = [
 
 log = logging.getLogger("p2pdb.replication.rpc")
 
-#: The ``id`` of unsolicited stream events (RxDB's name).
-STREAM_ID = "masterChangeStream$"
 #: Urgent sends under way at once; past it, urgent messages are queued like any other
 #: (a flood of heartbeats must not become a flood of tasks).
 MAX_URGENT = 16
@@ -111,7 +116,9 @@ class RpcChannel:
     and ``context`` goes into the parameters of every error (``{"peer_id": ...}``);
     ``token`` starts our request ids; ``codes`` are the transport's error codes;
     ``on_idle`` is called each time the outgoing queue drains; ``budget`` is charged
-    with the bytes queued (default :data:`~p2pdb.replication.limits.PROCESS_BUDGET`).
+    with the bytes queued (default :data:`~p2pdb.replication.limits.PROCESS_BUDGET`);
+    ``primary_key`` names the documents' id field of the stream batches posted: with it,
+    a small one may go ahead of bulk ones (:meth:`post_event`).
     Use ``async with`` or :meth:`start` and :meth:`close`.
     """
 
@@ -126,6 +133,7 @@ class RpcChannel:
         request_timeout: float = 20.0,
         on_idle: Callable[[], None] | None = None,
         budget: MemoryBudget | None = None,
+        primary_key: str | None = None,
     ) -> None:
         self.sink = sink
         self.label = label
@@ -136,19 +144,25 @@ class RpcChannel:
         self._counter = itertools.count()
         self._issued = 0  # request ids issued so far: "<prefix><n>" with n < this
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        self._outbox: asyncio.Queue[tuple[object, int]] = asyncio.Queue()
+        self._outbox: deque[Outgoing] = deque()
+        self._mail = asyncio.Event()  # set while the outbox holds something
+        self._sending: Outgoing | None = None  # being sent by the in-order sender
+        #: Which stream events may go ahead of the queue (see :mod:`.lanes`).
+        self.lane = LiveLane()
         self.budget = budget if budget is not None else PROCESS_BUDGET
         #: Bytes (JSON) of the messages queued and not yet sent.
         self.queued_bytes = 0
         #: Called after each queued message was sent (request gates wait on it).
         self.sent_listeners: set[Callable[[], None]] = set()
         self._urgent: set[asyncio.Task[None]] = set()
+        self._live: set[asyncio.Task[None]] = set()  # live stream events being sent
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
         self.last_heard = 0.0  # loop time of the last incoming message (set by start)
         self.idle = asyncio.Event()  # set while nothing waits to be sent
         self.idle.set()
         self._on_idle = on_idle
+        self.primary_key = primary_key
 
     async def start(self) -> None:
         """Start sending (messages posted before are sent first)."""
@@ -178,12 +192,15 @@ class RpcChannel:
 
     def post(self, message: object) -> None:
         """Queue a message (sent in order, after everything queued before)."""
+        self._enqueue(Outgoing(message, json_size(message)))
+
+    def _enqueue(self, entry: Outgoing) -> None:
         if not self._closed:
             self.idle.clear()
-            size = json_size(message)
-            self.queued_bytes += size
-            self.budget.charge(size)
-            self._outbox.put_nowait((message, size))
+            self.queued_bytes += entry.size
+            self.budget.charge(entry.size)
+            self._outbox.append(entry)
+            self._mail.set()
 
     def post_now(self, message: object) -> None:
         """Send a small message at once, ahead of the queue (its frames may interleave
@@ -198,29 +215,61 @@ class RpcChannel:
             self._urgent.add(task)
             task.add_done_callback(self._urgent.discard)
 
-    def post_event(self, result: object) -> None:
-        """Queue a stream event ``{id: STREAM_ID, result}``."""
-        self.post({"id": STREAM_ID, "result": result})
+    def post_event(self, result: object, *, ids: Collection[str] | None = None) -> None:
+        """Queue a stream event ``{id: STREAM_ID, result}``.
 
-    async def _send_now(self, message: object) -> None:
+        ``ids``: the ids of a batch's documents (default: read with ``primary_key``). With
+        them, a small batch may go ahead of bulk stream events (its checkpoint lowered to
+        one already sent, see :mod:`.lanes`), and a later live event never overtakes this
+        one with one of them.
+        """
+        message = {"id": STREAM_ID, "result": result}
+        size = json_size(message)
+        if ids is None and self.primary_key is not None:
+            ids = batch_ids(result, self.primary_key)
+        started = self._sender is not None and not self._closed
+        if ids is not None and started and len(self._urgent) < MAX_URGENT:
+            unsent = self._outbox if self._sending is None else [self._sending, *self._outbox]
+            live = self.lane.live_message(result, ids, size, unsent)
+            if live is not None:
+                self.lane.started(ids)
+                task = asyncio.get_running_loop().create_task(self._send_now(live, ids))
+                self._urgent.add(task)
+                task.add_done_callback(self._urgent.discard)
+                self._live.add(task)
+                task.add_done_callback(self._live.discard)
+                return
+        self._enqueue(Outgoing(message, size, None if ids is None else frozenset(ids)))
+
+    async def _send_now(self, message: object, ids: Collection[str] = ()) -> None:
+        URGENT_SEND.set(True)  # this task's own context: the transport's frames go first
         try:
             await self.sink.send(message)
         except PeerError as exc:
             self.fail_pending(exc)
+        finally:
+            self.lane.finished(ids)
 
     async def _send_in_order(self) -> None:
         while True:
-            message, size = await self._outbox.get()
+            while not self._outbox:
+                self._mail.clear()
+                await self._mail.wait()
+            while self._live:  # what was posted after a live event never reaches the sink first
+                await asyncio.wait(list(self._live))
+            self._sending = entry = self._outbox.popleft()
             try:
-                await self.sink.send(message)
+                await self.sink.send(entry.message)
             except PeerError as exc:
                 self.fail_pending(exc)
                 return
             finally:
-                self._uncharge(size)
+                self._sending = None
+                self._uncharge(entry.size)
+            self.lane.sent_in_order(entry)
             for listener in list(self.sent_listeners):
                 listener()
-            if self._outbox.empty():
+            if not self._outbox:
                 self.idle.set()
                 if self._on_idle is not None:
                     self._on_idle()
@@ -355,7 +404,7 @@ class RpcChannel:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while not self._outbox.empty():  # never sent: give the budget back
-            self._uncharge(self._outbox.get_nowait()[1])
+        while self._outbox:  # never sent: give the budget back
+            self._uncharge(self._outbox.popleft().size)
         self.sent_listeners.clear()
         self.idle.set()

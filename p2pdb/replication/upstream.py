@@ -4,11 +4,23 @@ Walks the collection's own change sequence from the stored up-checkpoint and pus
 document whose current state differs from its assumed master state, so documents that just
 came down are never sent back. A conflict is resolved by the collection's conflict handler,
 written locally, and pushed again by the next pass.
+
+Two lanes. The **bulk lane** walks the sequence in batches and is the only one that moves
+the up-checkpoint, after a batch was acknowledged. While it is busy, a local commit of at
+most :data:`LIVE_PUSH_MAX` documents is pushed at once by the **live lane**, beside the
+batch in flight: it stores the assumed master states of what the master acknowledged, never
+the checkpoint (the bulk lane finds those documents equal to their assumed states and sends
+nothing when it walks past them). A document is never in two pushes at once: the live lane
+leaves one the bulk lane (or another live push) has in flight to the bulk lane, which reads
+its newer state later; and the bulk lane reads its next batch only once no live push is in
+flight. Both lanes hold the pull out (the persist lock): a live push runs under the lock
+the bulk lane holds for its batch, or takes it itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -18,15 +30,17 @@ from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
-from .access import apply_modifier
+from .access import apply_modifier, refused_ids
 from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
 
-__all__ = ["ResolvedConflict", "Upstream"]
+__all__ = ["LIVE_PUSH_MAX", "ResolvedConflict", "Upstream"]
 
 Doc = dict[str, Any]
+#: Most documents of a local commit that the live lane pushes beside a bulk push.
+LIVE_PUSH_MAX = 16
 
 
 class ResolvedConflict:
@@ -51,6 +65,14 @@ class _Outcome:
     resolved: list[ResolvedConflict] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Vectors:
+    """One push's causal vectors by id: the fork's states and the master's answers."""
+
+    ours: dict[str, Vector | None]
+    theirs: dict[str, Vector | None]
+
+
 def _bad_response(message: str) -> ReplicationError:
     return ReplicationError(message, code="REPLICATION_BAD_RESPONSE")
 
@@ -67,14 +89,26 @@ class Upstream(DirectionTask):
         #: Conflicts resolved by the collection's conflict handler.
         self.conflicts: EventStream[ResolvedConflict] = EventStream()
         self._local_change = asyncio.Event()
-        # this push's causal vectors (p2pdb.causal), by id: of the fork's states, and of the
-        # master's conflict answers (set and read under the persist lock, in one _push)
-        self._vectors: dict[str, Vector | None] = {}
-        self._real_vectors: dict[str, Vector | None] = {}
+        self._noticed: int | None = None  # the collection's last seq at the last commit seen
+        self._pushing: set[str] = set()  # ids in a push in flight (either lane)
+        self._holding = False  # the bulk lane holds the persist lock around its batch
+        self._live: set[asyncio.Task[None]] = set()  # live pushes (owned by run())
+        self._hosted: set[asyncio.Task[None]] = set()  # those running under the bulk's lock
+        #: Live pushes started so far (each a commit of at most LIVE_PUSH_MAX documents).
+        self.live_pushes = 0
 
     def local_change(self) -> None:
-        """The collection committed a write: push it."""
+        """The collection committed a write: push it (at once in the live lane, if the
+        bulk lane is busy and the commit is small)."""
         self._local_change.set()
+        if self._noticed is None:
+            return  # not running
+        storage, name = self.context.collection.database.storage, self.context.collection.name
+        since, self._noticed = self._noticed, storage.last_seq(name)
+        if self.busy and self.context.options.live and self._noticed > since:
+            task = asyncio.get_running_loop().create_task(self._live_push(since, self._noticed))
+            self._live.add(task)
+            task.add_done_callback(self._live.discard)
 
     def pending(self) -> bool:
         """True while a local commit waits to be pushed."""
@@ -89,20 +123,26 @@ class Upstream(DirectionTask):
 
     async def run(self) -> None:
         """Push everything since the up-checkpoint, then again after each local commit."""
-        while True:
-            self._local_change.clear()
-            self.set_busy(True)
-            await self._push_all()
-            self.first_done = True
-            self.set_busy(False)
-            if not self.context.options.live:
-                return
-            await self._local_change.wait()
+        c = self.context.collection
+        self._noticed = c.database.storage.last_seq(c.name)
+        try:
+            while True:
+                self._local_change.clear()
+                self.set_busy(True)
+                await self._push_all()
+                self.first_done = True
+                self.set_busy(False)
+                if not self.context.options.live:
+                    return
+                await self._local_change.wait()
+        finally:
+            self._noticed = None
+            await _cancel(self._live)
 
     async def _push_all(self) -> None:
         c = self.context.collection
         while True:
-            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock);
+            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
             # read under the lock, the listed states are current: no pull writes meanwhile
             async with self.context.arrivals.persist_lock:
                 pairs, last = c.database.storage.changes_since(
@@ -110,20 +150,67 @@ class Upstream(DirectionTask):
                 )
                 if not pairs:
                     return
-                await self._push([state for _, state in pairs], last)
+                self._holding = True  # live pushes may run beside this batch
+                try:
+                    await self._push([state for _, state in pairs], last)
+                finally:
+                    self._holding = False
+                    await _settle(self._hosted)  # before the lock goes
             self.succeeded()
 
-    async def _push(self, states: list[Doc], checkpoint: int) -> None:
-        """Push the changed documents, resolve conflicts, store the outcome (lock held)."""
+    async def _live_push(self, since: int, until: int) -> None:
+        """The live lane: push the documents written in ``(since, until]`` if they are at
+        most :data:`LIVE_PUSH_MAX`, beside the bulk lane's batch (see the module docstring).
+        A failure is reported; the bulk lane pushes those documents later."""
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            if self._holding:
+                self._hosted.add(task)  # the bulk lane waits for us before releasing its lock
+                await self._push_range(since, until)
+            else:
+                async with self.context.arrivals.persist_lock:
+                    await self._push_range(since, until)
+        except Exception as exc:  # not fatal: nothing of it moved the checkpoint
+            self.context.report("up", exc)
+            self._local_change.set()
+        finally:
+            self._hosted.discard(task)
+
+    async def _push_range(self, since: int, until: int) -> None:
+        c = self.context.collection
+        pk = c.schema.primary_key
+        pairs, _ = c.database.storage.changes_since(c.name, since, LIVE_PUSH_MAX + 1)
+        states = [state for seq, state in pairs if seq <= until]
+        if len(states) > LIVE_PUSH_MAX:
+            return  # a bulk write: the bulk lane's
+        # a document another push has in flight is left to the bulk lane, which reads its
+        # newer state after that push (it never goes out in two pushes at once)
+        states = [state for state in states if state[pk] not in self._pushing]
+        if states:
+            self.live_pushes += 1
+            await self._push(states, None)
+
+    async def _push(self, states: list[Doc], checkpoint: int | None) -> None:
+        """Push the changed documents, resolve conflicts, store the outcome (lock held).
+        ``checkpoint``: the up-checkpoint to store with it (``None``: the live lane's)."""
         pk = self.context.collection.schema.primary_key
         revisions = {s[pk]: s["_rev"] for s in states}
-        self._vectors = {s[pk]: state_vector(s) for s in states}
-        self._real_vectors = {}
+        # this push's causal vectors (p2pdb.causal), by id: of the fork's states, and of
+        # the master's conflict answers (per push: the two lanes may push at once)
+        vectors = _Vectors({s[pk]: state_vector(s) for s in states}, {})
         rows = self._rows(states)
-        real, unsent = await self._send(rows)
-        rows = [row for row in rows if row.new_document_state[pk] not in unsent]
-        outcome = await self._decide(rows, real, revisions, checkpoint)
-        await self._write(outcome)
+        if not rows and checkpoint is None:
+            return  # a live push of documents that came down: nothing to send or store
+        ids = {row.new_document_state[pk] for row in rows}
+        self._pushing |= ids  # before any await: the other lane must see them
+        try:
+            real, unsent = await self._send(rows, vectors)
+            rows = [row for row in rows if row.new_document_state[pk] not in unsent]
+            outcome = await self._decide(rows, real, revisions, checkpoint, vectors)
+            await self._write(outcome)
+        finally:
+            self._pushing -= ids
         for row in rows:
             if row.new_document_state[pk] not in real:
                 self.sent.on_next(row.new_document_state)
@@ -156,7 +243,9 @@ class Upstream(DirectionTask):
                 rows.append(WriteRow(wire, known))
         return rows
 
-    async def _send(self, rows: list[WriteRow]) -> tuple[dict[str, Doc], set[str]]:
+    async def _send(
+        self, rows: list[WriteRow], vectors: _Vectors
+    ) -> tuple[dict[str, Doc], set[str]]:
         """Send the rows in batches: the master's real states of the conflicting ones (in
         the fork's form, through ``pull_modifier``), and the ids of rows left unsent
         (``push_modifier`` dropped them) or whose conflict state ``pull_modifier`` dropped:
@@ -170,10 +259,9 @@ class Upstream(DirectionTask):
             if not wire:
                 continue
             if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
-                vectors = self._vectors
                 wire = [
                     WriteRow(
-                        attach(r.new_document_state, vectors.get(r.new_document_state[pk])),
+                        attach(r.new_document_state, vectors.ours.get(r.new_document_state[pk])),
                         r.assumed_master_state,
                     )
                     for r in wire
@@ -193,7 +281,7 @@ class Upstream(DirectionTask):
                         "write() returned a conflict for a document that was not sent."
                     )
                 doc_id = answered[pk]
-                answered, self._real_vectors[doc_id] = self._take_vector(answered)
+                answered, vectors.theirs[doc_id] = self._take_vector(answered)
                 state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
                 if state is None:
                     unsent.add(doc_id)
@@ -257,13 +345,19 @@ class Upstream(DirectionTask):
         return kept, wire
 
     async def _decide(
-        self, rows: list[WriteRow], real: dict[str, Doc], revisions: dict[str, str], up: int
+        self,
+        rows: list[WriteRow],
+        real: dict[str, Doc],
+        revisions: dict[str, str],
+        up: int | None,
+        vectors: _Vectors,
     ) -> _Outcome:
         """New assumed states and the resolutions of the conflicts the master reported."""
         is_equal = self.context.collection.conflict_handler.is_equal
         pk = self.context.collection.schema.primary_key
         outcome = _Outcome(self.context.checkpoints.update())
-        outcome.update.set_checkpoint("up", up)
+        if up is not None:
+            outcome.update.set_checkpoint("up", up)
         for row in rows:
             doc_id = row.new_document_state[pk]
             master = real.get(doc_id)
@@ -273,7 +367,7 @@ class Upstream(DirectionTask):
             outcome.update.set_assumed(doc_id, master)
             if is_equal(master, row.new_document_state):
                 continue  # both sides wrote the same state: nothing to resolve
-            ours, theirs = self._vectors.get(doc_id), self._real_vectors.get(doc_id)
+            ours, theirs = vectors.ours.get(doc_id), vectors.theirs.get(doc_id)
             if stale(ours, theirs):  # the master's state descends from ours: take it as is
                 user, deleted = from_wire(master)
                 copy = Write(user, deleted, revisions[doc_id], theirs, new_event=False)
@@ -330,12 +424,21 @@ class Upstream(DirectionTask):
             return conflict.real_master_state
 
 
-def refused_ids(error: P2PDBError) -> set[str]:
-    """The ids a master's ``REPLICATION_WRITE_REFUSED`` names, directly or as the remote
-    error of a transport (empty for any other error)."""
-    found = error.parameters.get("remote_error")
-    details = found if isinstance(found, dict) else {"code": error.code, **error.parameters}
-    if details.get("code") != "REPLICATION_WRITE_REFUSED":
-        return set()
-    ids = details.get("ids")
-    return {i for i in ids if isinstance(i, str)} if isinstance(ids, list) else set()
+async def _settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Wait for ``tasks`` to end; cancel them instead if we are being cancelled."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        await _cancel(tasks)
+    elif tasks:
+        await asyncio.wait(list(tasks))
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+

@@ -33,12 +33,9 @@ from . import sctp_sack
 from .candidates import CandidateAdder
 from .compression import FrameCompression
 from .framing import (
-    DEFAULT_HIGH_WATER_MARK,
-    DEFAULT_LOW_WATER_MARK,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_PARTIAL_MESSAGES,
-    ChannelWriter,
     JSONMessage,
     Reassembler,
     encode_message,
@@ -46,6 +43,7 @@ from .framing import (
 from .ice import host_addresses_override
 from .peer import Peer
 from .sdp import dtls_fingerprint, frame_limit, local_sdp
+from .writer import DEFAULT_HIGH_WATER_MARK, DEFAULT_LOW_WATER_MARK, ChannelWriter
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 

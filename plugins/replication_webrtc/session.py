@@ -116,6 +116,7 @@ class PeerSession:
             request_timeout=settings.options.request_timeout,
             on_idle=self._changed,  # in_sync() depends on it: wake wait_for_in_sync()
             budget=settings.options.limits.shared_budget(),
+            primary_key=settings.collection.schema.primary_key,  # live events go first
         )
         # the peer's requests that cost work are served within its limits, the rest at once
         self.gate = RequestGate(

@@ -61,6 +61,16 @@ class SQLiteWriteTxn:
             replication.preserve_assumed(conn, info, revisions)
 
         written = self._written.setdefault(collection, {})
+        if origin == LOCAL:
+            # not noted (a local write is rarely followed by set_assumed in its transaction,
+            # which then reads the rows back); an older note of these rows goes
+            if written:
+                pk = info.schema.primary_key
+                for write in writes:
+                    written.pop(write.document[pk], None)
+            return documents.put(
+                conn, info, writes, origin, self._clock, self.events, before_overwrite
+            )
         return documents.put(
             conn, info, writes, origin, self._clock, self.events, before_overwrite, written
         )

@@ -170,6 +170,32 @@ async def test_the_floor_comes_from_answers_too_and_none_means_in_order() -> Non
         sink.release.set()
 
 
+async def test_nothing_posted_after_a_live_event_reaches_the_sink_before_it() -> None:
+    sink = SlowSink()
+    live_gate = asyncio.Event()
+    send = sink.send
+
+    async def slow_live(message: object) -> None:
+        result = message.get("result") if isinstance(message, dict) else None
+        if isinstance(result, dict) and result["documents"] == [{"id": "live", "text": "x"}]:
+            await live_gate.wait()  # a transport slow to take the live event
+        await send(message)
+
+    sink.send = slow_live  # type: ignore[method-assign]
+    async with await channel_with_floor(sink) as channel:
+        channel.post_event(batch(BULK, 201))
+        await sink.holding.wait()
+        channel.post_event(batch(["live"], 202))  # goes ahead, held in the transport
+        channel.answer("r1", "after the live event")
+        sink.release.set()
+        await sink.count(2)  # the bulk
+        await asyncio.sleep(0)
+        assert len(sink.sent) == 2  # the answer waits for the live event it came after
+        live_gate.set()
+        await sink.count(4)
+        assert [m["id"] for m in sink.sent[2:]] == [STREAM_ID, "r1"]
+
+
 async def test_large_or_anonymous_events_stay_in_order() -> None:
     sink = SlowSink()
     async with await channel_with_floor(sink) as channel:

@@ -4,6 +4,7 @@ with the checkpoints kept sound (issue 12; the rules: tests/test_lanes.py)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def first_arrival(collection: p2pdb.Collection, doc_id: str, probe: Any) -> asyn
 
 
 def text(n: int) -> str:
-    return f"{n:06}" + "x" * 1000
+    # random: compressed frames (p2pdb peers' default) must not make the bulk small
+    return f"{n:06}" + os.urandom(500).hex()
 
 
 async def test_live_changes_overtake_a_bulk_sync_both_ways(peers: Any) -> None:

@@ -83,8 +83,10 @@ class ConnectionHandler:
         *,
         ping_interval: float = 60.0,
         signaling: SignalingAccess | None = None,
+        link_class: type[Link] = Link,
     ) -> None:
         self.topic = topic
+        self.link_class = link_class  # the engine: Link (aiortc) or native_link.NativeLink
         self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
@@ -350,7 +352,7 @@ class ConnectionHandler:
         previous = self._links.get((own, remote_id))
         if previous is not None:
             previous.end()
-        link = Link(
+        link = self.link_class(
             self._callbacks,
             self._settings,
             local_id=own,

@@ -100,7 +100,8 @@ def load_native() -> ModuleType:
     if sys.version_info < (3, 12):
         raise _unavailable(
             f"The native WebRTC engine needs Python >= 3.12 (this is "
-            f"{sys.version_info.major}.{sys.version_info.minor}); use engine='aiortc'."
+            f"{sys.version_info.major}.{sys.version_info.minor}): on 3.12+, {_INSTALL_HINT}; "
+            "here, use engine='aiortc'."
         )
     try:
         core = importlib.import_module("aiolibdatachannel._core")

@@ -10,10 +10,10 @@ a certificate that does not match the remote one, as aiortc does) and teardown.
 
 Differences from aiortc, each on purpose:
 
-- ``host_addresses`` only filters the host candidates we signal: libdatachannel gathers
-  on every interface but loopback and ``aiolibdatachannel`` exposes no bind address.
-  Loopback addresses in the list are kept as a wish (the remote's checks still reach us
-  as peer-reflexive candidates when it offers loopback itself).
+- ``host_addresses``: libdatachannel binds one wildcard UDP socket and announces it on
+  every interface but loopback (``aiolibdatachannel`` exposes no bind address), so the list
+  selects which addresses we *announce* for that socket, loopback included; it does not
+  stop the socket from answering on the others.
 - ``candidate_pair()`` is ``None``: the wheel does not expose libdatachannel's selected
   pair.
 - A peer that floods faster than the loop reads is dropped with
@@ -43,7 +43,7 @@ __all__ = ["NativeLink", "filter_host_candidates"]
 logger = logging.getLogger("p2pdb.webrtc.native")
 
 _TEARDOWN_TIMEOUT = 5.0
-_CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ host\b")
+_CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) (\d+) typ host\b")
 
 
 class _NativeLinkFailed(Exception):
@@ -51,16 +51,43 @@ class _NativeLinkFailed(Exception):
 
 
 def filter_host_candidates(sdp: str, host_addresses: Sequence[str] | None) -> str:
-    """``sdp`` without the host candidates whose address is not in ``host_addresses``
-    (``None``: every candidate stays)."""
+    """``sdp`` with only the host candidates on ``host_addresses`` (``None``: unchanged).
+
+    libdatachannel binds one wildcard UDP socket and announces it on every interface but
+    loopback; a wanted address it did not announce (``127.0.0.1``) is announced on the same
+    socket's port, which the wildcard socket receives too.
+    """
     if host_addresses is None:
         return sdp
     allowed = set(host_addresses)
-    return "\r\n".join(
-        line
-        for line in sdp.split("\r\n")
-        if (match := _CANDIDATE_LINE.match(line)) is None or match.group(1) in allowed
+    lines = sdp.split("\r\n")
+    kept: list[str] = []
+    ports: dict[bool, str] = {}  # IPv6? -> the port of our host candidates
+    seen: set[str] = set()
+    for line in lines:
+        match = _CANDIDATE_LINE.match(line)
+        if match is None:
+            kept.append(line)
+            continue
+        address, port = match.group(1), match.group(2)
+        ports.setdefault(":" in address, port)
+        if address in allowed:
+            seen.add(address)
+            kept.append(line)
+    extra = [
+        f"a=candidate:{90 + index} 1 UDP {2130706431 - index} {address} {ports[':' in address]}"
+        " typ host"
+        for index, address in enumerate(sorted(allowed - seen))
+        if (":" in address) in ports
+    ]
+    if not extra:
+        return "\r\n".join(kept)
+    media = next((i for i, line in enumerate(kept) if line.startswith("m=")), len(kept))
+    at = next(
+        (i for i, line in enumerate(kept) if i > media and line.startswith("a=end-of-candidates")),
+        len(kept) - 1 if kept and kept[-1] == "" else len(kept),
     )
+    return "\r\n".join(kept[:at] + extra + kept[at:])
 
 
 class NativeLink(Link):

@@ -1,0 +1,202 @@
+"""The native engine (libdatachannel) with real parts: native <-> native, native <-> aiortc in
+every role (WebRTC initiator or responder, replication master or fork), the p2pdb handshake
+over native connections, and a native peer process killed mid-sync that resumes.
+
+Real parts throughout: SQLite files, the signaling server over WebSockets on 127.0.0.1,
+libdatachannel and aiortc connections on loopback, an OS process for the killed peer.
+Needs ``aiolibdatachannel`` (Python >= 3.12): skipped where it is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("aiolibdatachannel")
+
+from peer_process import DOCS_SCHEMA, ChildPeer, make_docs  # noqa: E402
+from replication_helpers import contents, wait_equal  # noqa: E402
+
+import p2pdb  # noqa: E402
+from p2pdb.plugins.replication_webrtc import (  # noqa: E402
+    ConnectionHandler,
+    ReplicationPool,
+    aiortc_connection_handler,
+    is_master,
+    replicate_webrtc,
+)
+from p2pdb.plugins.replication_webrtc.native_engine import ENGINE_ENVIRONMENT_VARIABLE  # noqa: E402
+from p2pdb.plugins.replication_webrtc.native_link import NativeLink  # noqa: E402
+from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer  # noqa: E402
+
+TOPIC = "p2pdb-native-room"
+WAIT = 30.0
+
+
+class Side:
+    """One in-process peer: database, collection, pool, and its handler."""
+
+    def __init__(self, db: p2pdb.Database, docs: p2pdb.Collection) -> None:
+        self.db, self.docs = db, docs
+        self.pool: ReplicationPool | None = None
+        self.handler: ConnectionHandler | None = None
+
+    async def join(self, url: str, engine: str, accept: Callable[[str], bool]) -> None:
+        """Join with ``engine``; re-join (new signaling id) until ``accept(own id)``."""
+        factory = aiortc_connection_handler(
+            url, ice_servers=[], host_addresses=["127.0.0.1"], engine=engine
+        )
+
+        async def chosen(topic: str) -> ConnectionHandler:
+            for _ in range(40):  # each try is a coin flip: 2**-40 to fail
+                handler = await factory(topic)
+                own = handler.own_peer_id
+                if own is not None and accept(own):
+                    self.handler = handler
+                    return handler
+                await handler.close()
+            raise AssertionError("no acceptable signaling id in 40 tries")
+
+        self.pool = await replicate_webrtc(self.docs, TOPIC, chosen)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.cancel()
+        await self.db.close()
+
+
+@pytest.fixture
+async def sides(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    made: list[Side] = []
+
+    async def make(name: str, master_of: Side | None = None, fork_of: Side | None = None) -> Side:
+        for attempt in range(64):
+            db = await p2pdb.create_database(str(tmp_path / f"{name}-{attempt}.db"))
+            other = master_of or fork_of
+            if other is None or is_master(db.token, other.db.token) == (master_of is not None):
+                docs = await db.add_collection("docs", schema=DOCS_SCHEMA)
+                side = Side(db, docs)
+                made.append(side)
+                return side
+            await db.close()
+        raise AssertionError("no database with the wanted election result in 64 tries")
+
+    yield make
+    for side in made:
+        await side.close()
+
+
+def own_id(side: Side) -> str:
+    assert side.handler is not None and side.handler.own_peer_id is not None
+    return side.handler.own_peer_id
+
+
+async def exercise(a: Side, b: Side) -> None:
+    """Documents both ways (one large enough to be chunked), updates, deletes; and check the
+    handshake proved both keys over this very connection."""
+    await a.docs.bulk_insert(make_docs("a-", 300, size=900))
+    await b.docs.bulk_insert(make_docs("b-", 300, size=900))
+    await a.docs.insert({"id": "big", "text": "é" * 150_000, "n": 1})  # > 2 frames of 60 KiB
+    await wait_equal(a.docs, b.docs, seconds=WAIT)
+    assert len(await contents(a.docs)) == 601
+    doc = await b.docs.find_one("big")
+    assert doc is not None and doc.to_dict()["text"] == "é" * 150_000
+    await (await a.docs.find_one("b-000001")).patch({"text": "edited on a"})
+    await (await b.docs.find_one("a-000002")).remove()
+    await wait_equal(a.docs, b.docs, seconds=WAIT)
+    assert (await contents(b.docs))["b-000001"]["text"] == "edited on a"
+    assert "a-000002" not in await contents(a.docs)
+    for here, there in ((a, b), (b, a)):
+        assert here.pool is not None
+        sessions = list(here.pool.sessions.values())
+        assert len(sessions) == 1
+        assert sessions[0].peer.public_key == there.db.identity.public_key
+
+
+def links(side: Side) -> list[Any]:
+    assert side.handler is not None
+    return side.handler.links
+
+
+async def test_native_to_native_replicates_authenticated(
+    signaling: SignalingServer, sides: Callable[..., Any]
+) -> None:
+    a = await sides("a")
+    b = await sides("b")
+    await a.join(signaling.url, "native", lambda _id: True)
+    await b.join(signaling.url, "native", lambda _id: True)
+    await exercise(a, b)
+    assert all(isinstance(link, NativeLink) for link in links(a) + links(b))
+    assert links(a)[0].dtls_fingerprints() == tuple(reversed(links(b)[0].dtls_fingerprints()))
+
+
+@pytest.mark.parametrize("native_initiates", [True, False], ids=["native-offers", "native-answers"])
+@pytest.mark.parametrize("native_is_master", [True, False], ids=["native-master", "native-fork"])
+async def test_native_and_aiortc_replicate_in_every_role(
+    signaling: SignalingServer,
+    sides: Callable[..., Any],
+    native_initiates: bool,
+    native_is_master: bool,
+) -> None:
+    native = await sides("native")
+    aiortc = await sides("aiortc", **{"fork_of" if native_is_master else "master_of": native})
+    assert is_master(native.db.token, aiortc.db.token) == native_is_master
+    await native.join(signaling.url, "native", lambda _id: True)
+    # the initiator is the side whose remote id is greater
+    native_id = own_id(native)
+    await aiortc.join(
+        signaling.url, "aiortc", lambda own: (own > native_id) == native_initiates
+    )
+    await exercise(native, aiortc)
+    (link,) = links(native)
+    assert isinstance(link, NativeLink) and link.initiator == native_initiates
+    assert type(links(aiortc)[0]).__name__ == "Link"
+    assert link.dtls_fingerprints() == tuple(reversed(links(aiortc)[0].dtls_fingerprints()))
+
+
+async def test_a_killed_native_peer_is_dropped_and_resumes(
+    tmp_path: Path,
+    signaling: SignalingServer,
+    sides: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A native child process pulling 3000 documents from an aiortc peer is killed with
+    SIGKILL: the aiortc side drops it (heartbeat), and a restart on the same file resumes."""
+    master = await sides("master")
+    await master.docs.bulk_insert(make_docs("doc-", 3000, size=300))
+    await master.join(signaling.url, "aiortc", lambda _id: True)
+    for attempt in range(64):
+        path = tmp_path / f"child-{attempt}.db"
+        async with p2pdb.create_database(str(path)) as probe:
+            token = probe.token
+        if not is_master(token, master.db.token):
+            break
+    monkeypatch.setenv(ENGINE_ENVIRONMENT_VARIABLE, "native")  # the child's engine
+    args = ("--progress-step", "200")
+    child = await ChildPeer.start(path, signaling.url, TOPIC, tmp_path / "c1.log", *args)
+    try:
+        await child.expect("progress", lambda e: e["count"] >= 1000, within=60)
+        assert master.pool is not None
+        assert len(master.pool.sessions) == 1
+        await child.kill()
+        killed_at = time.monotonic()
+        async with asyncio.timeout(15):
+            while master.pool.sessions:
+                await master.pool.wait_for_change()
+        print(f"killed native peer dropped after {time.monotonic() - killed_at:.2f} s")
+        child = await ChildPeer.start(path, signaling.url, TOPIC, tmp_path / "c2.log", *args)
+        await child.request("wait_count", "reached", count=3000, within=60)
+        stats = await child.request("stats", "stats")
+        pulled = stats["pulled"].get(master.db.token, 0)
+        assert pulled < 3000 - 500, stats  # resumed from its checkpoint, not from scratch
+        await child.quit()
+    finally:
+        await child.kill()
+    async with p2pdb.create_database(str(path)) as restarted:
+        docs = await restarted.add_collection("docs", schema=DOCS_SCHEMA)
+        assert await contents(docs) == await contents(master.docs)

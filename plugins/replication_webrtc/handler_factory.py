@@ -97,9 +97,7 @@ def aiortc_connection_handler(
     )
 
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(
-            topic, urls, settings, signaling=access, link_class=link_class
-        )
+        handler = ConnectionHandler(topic, urls, settings, signaling=access, link_class=link_class)
         await handler.start(join_timeout=connect_timeout)
         return handler
 

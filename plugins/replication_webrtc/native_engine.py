@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Literal, cast
+from typing import Literal
 
 from p2pdb.errors import ReplicationError, ValidationError
 
@@ -86,7 +86,7 @@ def resolve_engine(engine: str | None) -> EngineName:
             code="WEBRTC_SETTING_INVALID",
             setting="engine",
         )
-    return cast(EngineName, engine)
+    return engine
 
 
 def load_native() -> ModuleType:
@@ -107,8 +107,7 @@ def load_native() -> ModuleType:
         core = importlib.import_module("aiolibdatachannel._core")
     except ImportError as error:
         raise _unavailable(
-            f"The native WebRTC engine needs aiolibdatachannel: {_INSTALL_HINT}. "
-            f"({error})"
+            f"The native WebRTC engine needs aiolibdatachannel: {_INSTALL_HINT}. ({error})"
         ) from error
     missing = [name for name in _CORE_NAMES if not hasattr(core, name)]
     missing += [f"PeerConnection.{m}" for m in _PC_METHODS if not hasattr(core.PeerConnection, m)]

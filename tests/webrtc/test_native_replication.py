@@ -149,9 +149,7 @@ async def test_native_and_aiortc_replicate_in_every_role(
     await native.join(signaling.url, "native", lambda _id: True)
     # the initiator is the side whose remote id is greater
     native_id = own_id(native)
-    await aiortc.join(
-        signaling.url, "aiortc", lambda own: (own > native_id) == native_initiates
-    )
+    await aiortc.join(signaling.url, "aiortc", lambda own: (own > native_id) == native_initiates)
     await exercise(native, aiortc)
     (link,) = links(native)
     assert isinstance(link, NativeLink) and link.initiator == native_initiates

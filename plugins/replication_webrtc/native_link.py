@@ -35,6 +35,7 @@ from p2pdb.tokens import random_token
 from .framing import ChannelWriter
 from .link import Link
 from .native_bridge import ChannelEvents, NativeChannel, NativeConfig, NativePeerConnection
+from .native_candidates import NativeCandidateAdder
 from .native_engine import load_native, native_ice_urls
 from .sdp import dtls_fingerprint, frame_limit
 
@@ -97,6 +98,8 @@ class NativeLink(Link):
     """The native peer connection (for diagnostics), ``None`` before the task made it."""
     native_channel: NativeChannel | None = None
     """The native data channel (for diagnostics and tests that send raw frames)."""
+    native_candidates: NativeCandidateAdder | None = None
+    """Adds the remote's candidates (``.local`` names resolved in the background)."""
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
         """``(local, remote)`` DTLS fingerprints from the descriptions libdatachannel holds
@@ -132,6 +135,7 @@ class NativeLink(Link):
                 on_state=self._guarded(self._on_native_state),
                 on_channel=self._guarded(self._on_native_channel),
             )
+            self.native_candidates = NativeCandidateAdder(native.add_candidate, self.remote_id)
             async with asyncio.timeout_at(deadline):
                 if self.initiator:
                     self._attach_native(native.create_channel(random_token(20)))
@@ -161,6 +165,8 @@ class NativeLink(Link):
             await self._close_native()
 
     async def _close_native(self) -> None:
+        if self.native_candidates is not None:
+            await self.native_candidates.close()
         if self.native is None:
             return
         try:
@@ -217,9 +223,8 @@ class NativeLink(Link):
             await self._add_candidate(candidate)
 
     async def _add_candidate(self, data: dict[str, Any]) -> None:
-        """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}``; a bad one is
-        reported and skipped, never fatal."""
-        assert self.native is not None
+        """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}``; a malformed one
+        is reported, an unusable one logged, and both skipped, never fatal."""
         body = data.get("candidate")
         text = body.get("candidate") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not isinstance(text, str):
@@ -233,12 +238,8 @@ class NativeLink(Link):
         if not text:
             return  # end of candidates: libdatachannel needs no marker
         mid = body.get("sdpMid")
-        try:
-            await self.native.add_candidate(
-                f"candidate:{text}", mid if isinstance(mid, str) else None
-            )
-        except Exception as error:  # one candidate only: the link goes on with the others
-            logger.info("candidate %r from %s ignored: %r", text[:80], self.remote_id, error)
+        assert self.native_candidates is not None
+        await self.native_candidates.add(f"candidate:{text}", mid if isinstance(mid, str) else None)
 
     # -- the data channel -----------------------------------------------------------------
 

@@ -198,3 +198,40 @@ async def test_a_killed_native_peer_is_dropped_and_resumes(
     async with p2pdb.create_database(str(path)) as restarted:
         docs = await restarted.add_collection("docs", schema=DOCS_SCHEMA)
         assert await contents(docs) == await contents(master.docs)
+
+
+async def test_local_names_are_resolved_before_libdatachannel_sees_them() -> None:
+    """A browser's ``<uuid>.local`` candidate reaches libdatachannel as the address it
+    resolves to (real mDNS on this host, published with aioice); an unresolvable one is
+    skipped without holding up the others."""
+    import uuid
+
+    from aioice import mdns
+
+    from p2pdb.plugins.replication_webrtc.native_candidates import NativeCandidateAdder
+
+    added: list[tuple[str, str | None]] = []
+    arrived = asyncio.Event()
+
+    async def add(text: str, mid: str | None) -> None:
+        added.append((text, mid))
+        arrived.set()
+
+    name, missing = f"{uuid.uuid4()}.local", f"{uuid.uuid4()}.local"
+    publisher = await mdns.create_mdns_protocol()
+    adder = NativeCandidateAdder(add, "remote")
+    try:
+        await publisher.publish(name, "127.0.0.1")
+        await adder.add(f"candidate:1 1 UDP 2122260223 {missing} 5000 typ host", "0")
+        await adder.add(f"candidate:2 1 UDP 2122260223 {name} 5001 typ host", "0")
+        await adder.add("candidate:3 1 UDP 2122260223 192.0.2.7 5002 typ host", None)
+        assert added == [("candidate:3 1 UDP 2122260223 192.0.2.7 5002 typ host", None)]
+        async with asyncio.timeout(10):
+            while len(added) < 2:
+                arrived.clear()
+                await arrived.wait()
+        assert added[1] == ("candidate:2 1 UDP 2122260223 127.0.0.1 5001 typ host", "0")
+    finally:
+        await adder.close()
+        await publisher.close()
+    assert len(added) == 2  # the missing name never resolved, and close() ended its wait

@@ -235,3 +235,36 @@ async def test_local_names_are_resolved_before_libdatachannel_sees_them() -> Non
         await adder.close()
         await publisher.close()
     assert len(added) == 2  # the missing name never resolved, and close() ended its wait
+
+
+async def test_relay_only_native_and_aiortc_replicate_through_turn(
+    tmp_path: Path, signaling: SignalingServer, sides: Callable[..., Any]
+) -> None:
+    """``relay_only`` maps to libdatachannel's relay transport policy and the TURN server
+    with its credentials to libdatachannel's URL form: the native side offers only relay
+    candidates, and documents cross coturn (on 127.0.0.1) between the two engines."""
+    from turn_helpers import TURN_PASSWORD, TURN_USER, running_turnserver
+
+    with running_turnserver(tmp_path) as turn_url:
+        ice = [{"urls": turn_url, "username": TURN_USER, "credential": TURN_PASSWORD}]
+        pools: list[ReplicationPool] = []
+        try:
+            collections = []
+            for engine in ("native", "aiortc"):
+                side = await sides(engine)
+                handler = aiortc_connection_handler(
+                    signaling.url, ice_servers=ice, relay_only=True, engine=engine
+                )
+                pools.append(await replicate_webrtc(side.docs, TOPIC, handler))
+                collections.append(side.docs)
+            await collections[0].bulk_insert(make_docs("n-", 200, size=500))
+            await collections[1].bulk_insert(make_docs("a-", 200, size=500))
+            await wait_equal(*collections, seconds=WAIT)
+            assert len(await contents(collections[0])) == 400
+            (link,) = pools[0].connection.links
+            assert isinstance(link, NativeLink) and link.native is not None
+            local = link.native.local_description or ""
+            assert " typ relay" in local and " typ host" not in local
+        finally:
+            for pool in pools:
+                await pool.cancel()  # before coturn stops: closing deletes the allocations

@@ -18,6 +18,9 @@ median over rounds and the range, and the per-round ratio native / aiortc.
   ``bulk_insert``s ``--docs`` documents of ``--size`` bytes; time until the fork holds them
   all (they travel as stream events and pulls).
 * ``push``: the same with the fork writing: it pushes ``masterWrite`` batches of 100.
+* ``rxdb`` (add it to ``--only``): RxDB 17.6 <-> RxDB 17.6 in Node on the same documents
+  (``tests/interop/bench_rxdb.mjs``: two peer processes, node-datachannel), the issue's
+  yardstick: the tables then give stream and push docs/s of both engines over RxDB's.
 """
 
 from __future__ import annotations
@@ -241,6 +244,18 @@ async def raw_round(engine: str, total: int) -> tuple[float, float]:
         await receiver.quit()
 
 
+async def rxdb_round(args: argparse.Namespace) -> tuple[float, float]:
+    """Seconds for RxDB <-> RxDB to move the same documents (CPU not measured: 0)."""
+    process = await asyncio.create_subprocess_exec(
+        "node", "bench_rxdb.mjs", "--docs", str(args.docs), "--size", str(args.size),
+        cwd=ROOT / "tests" / "interop", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(600):
+        out, _ = await process.communicate()
+    result = orjson.loads(out.strip().splitlines()[-1])
+    return float(result["seconds"]), 0.0
+
+
 # -- p2pdb peers ------------------------------------------------------------------------------
 
 
@@ -310,6 +325,10 @@ async def main(args: argparse.Namespace) -> None:
     server = await start_signaling_server(port=0)
     try:
         for round_no in range(args.rounds):
+            if "rxdb" in only:
+                seconds, _ = await rxdb_round(args)
+                results.setdefault(("rxdb", "node"), []).append((seconds, 0.0))
+                print(f"# round {round_no + 1} rxdb<->rxdb: {seconds:.3f} s", flush=True)
             for figure in ("raw", "stream", "push"):
                 if figure not in only:
                     continue
@@ -342,6 +361,11 @@ async def main(args: argparse.Namespace) -> None:
         less = [b / n for b, n in zip(cpus[0], cpus[1], strict=True)]
         print(f"| {figure} CPU s (both processes) | {summary(cpus[0])} | {summary(cpus[1])} | "
               f"{summary(less)}x less |")  # fmt: skip
+        if figure != "raw" and ("rxdb", "node") in results:
+            rx = [args.docs / s for s, _ in results[("rxdb", "node")]]
+            over = [[r / x for r, x in zip(rates[i], rx, strict=True)] for i in (0, 1)]
+            print(f"| {figure} / RxDB<->RxDB ({summary(rx)} docs/s) | {summary(over[0])} | "
+                  f"{summary(over[1])} | target >= 1.0 (aiortc), >= 2.0 (native) |")  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -349,7 +373,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=1000)
-    parser.add_argument("--only", default="raw,stream,push")
+    parser.add_argument("--only", default="raw,stream,push", help="raw,stream,push,rxdb")
     parser.add_argument("--raw-child", nargs=2, metavar=("ENGINE", "ROLE"))
     return parser.parse_args()
 

@@ -117,6 +117,13 @@ class NativeChannel:
 
     # -- receiving ----------------------------------------------------------------------
 
+    @property
+    def receive_overflowed(self) -> bool:
+        """Whether the receive backlog went over its limit (the channel then delivers no
+        more messages; ``overflow`` was or will be called). Safe from any thread."""
+        with self._lock:
+            return self._dead and not self._closed
+
     def listen(self, events: ChannelEvents, receive_limit: int) -> None:
         """Start delivering this channel's events (once)."""
         self._events = events

@@ -268,3 +268,61 @@ async def test_relay_only_native_and_aiortc_replicate_through_turn(
         finally:
             for pool in pools:
                 await pool.cancel()  # before coturn stops: closing deletes the allocations
+
+
+async def test_the_receive_backlog_is_bounded() -> None:
+    """libdatachannel keeps receiving while the loop is busy: what waits for the loop is
+    bounded, and going over the bound cuts the channel off (``overflow``) instead of
+    growing without limit or dropping messages silently."""
+    import time as clock
+
+    from p2pdb.plugins.replication_webrtc.native_bridge import (
+        ChannelEvents,
+        NativeChannel,
+        NativeConfig,
+        NativePeerConnection,
+    )
+    from p2pdb.plugins.replication_webrtc.native_engine import load_native
+    from p2pdb.plugins.replication_webrtc.native_link import filter_host_candidates
+
+    core, limit, frame = load_native(), 256 * 1024, "x" * 60_000
+    received: list[int] = []
+    overflow: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    opened = asyncio.Event()
+    channels: list[NativeChannel] = []
+
+    def receive(channel: NativeChannel) -> None:
+        channels.append(channel)
+        events = ChannelEvents(
+            opened.set, lambda m: received.append(len(m)), lambda: None, lambda: None,
+            overflow.set_result,
+        )  # fmt: skip
+        channel.listen(events, limit)
+
+    sender = NativePeerConnection(core, NativeConfig(), on_state=print, on_channel=print)
+    receiver = NativePeerConnection(core, NativeConfig(), on_state=print, on_channel=receive)
+    try:
+        out = sender.create_channel("bounded")
+        out.listen(ChannelEvents(opened.set, print, print, print, print), limit)
+        offer = filter_host_candidates(await sender.describe("offer"), ["127.0.0.1"])
+        await receiver.set_remote(offer, "offer")
+        answer = filter_host_candidates(await receiver.describe("answer"), ["127.0.0.1"])
+        await sender.set_remote(answer, "answer")
+        async with asyncio.timeout(WAIT):
+            while not (channels and out.readyState == "open"):
+                opened.clear()
+                await opened.wait()
+        for _ in range(40):  # 2.4 MB, ten times the limit, queued in libdatachannel
+            out.send(frame)
+        # keep the loop busy (as a long write would) while libdatachannel delivers
+        deadline = clock.monotonic() + WAIT
+        while not channels[0].receive_overflowed and clock.monotonic() < deadline:
+            clock.sleep(0.01)  # noqa: ASYNC251 - blocking the loop is the point here
+        assert channels[0].receive_overflowed
+        async with asyncio.timeout(WAIT):
+            size = await overflow
+        assert size > limit
+        assert sum(received) <= limit  # nothing past the cut was delivered
+    finally:
+        await sender.close()
+        await receiver.close()

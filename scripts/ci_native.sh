@@ -11,8 +11,7 @@
 # Tests that read aiortc internals (link.channel, candidate_pair, aioice's mDNS logs) are
 # deselected below: they test aiortc, not the engine-neutral behaviour (tests/webrtc/
 # test_native_replication.py covers the same ground on the native engine: raw frames are
-# bounded, TURN relays, .local names resolve). The loopback-only namespace test is
-# deselected because libdatachannel gathers no candidate on a host with only loopback.
+# bounded, TURN relays, .local names resolve).
 # Python 3.12 warns (DeprecationWarning, an error under our filterwarnings) about the
 # numbered SQL parameters of p2pdb/storage/replication_rows.py given as a sequence; the -W
 # below tolerates that one warning until the storage uses named parameters.
@@ -51,5 +50,4 @@ exec "$venv/bin/python" -m pytest tests/webrtc tests/interop -q -p no:cacheprovi
   --deselect tests/webrtc/test_webrtc_mdns.py::test_candidates_that_make_aioice_raise_are_skipped \
   --deselect tests/webrtc/test_webrtc_relay.py::test_pools_replicate_through_the_relay \
   --deselect tests/webrtc/test_webrtc_turn.py::test_relay_only_handlers_connect_through_turn \
-  --deselect tests/webrtc/test_webrtc_loopback_only.py::test_two_peers_connect_in_a_namespace_with_only_loopback \
   "$@"

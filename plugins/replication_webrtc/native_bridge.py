@@ -22,13 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ChannelEvents", "NativeChannel", "NativeConfig", "NativePeerConnection"]
+__all__ = [
+    "ChannelEvents",
+    "NativeChannel",
+    "NativeConfig",
+    "NativePeerConnection",
+    "free_udp_port",
+]
 
 logger = logging.getLogger("p2pdb.webrtc.native")
 
@@ -51,6 +58,15 @@ class NativeConfig:
     relay_only: bool = False
     receive_limit: int = 64 * 1024 * 1024
     """Most characters received and not yet read by the loop, per channel."""
+    port: int = 0
+    """The UDP port libdatachannel binds (0: any)."""
+
+
+def free_udp_port() -> int:
+    """A UDP port free on this host right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -225,6 +241,8 @@ class NativePeerConnection:
             list(config.ice_urls),
             disable_auto_negotiation=True,
             ice_transport_policy=_TRANSPORT_POLICY_RELAY if config.relay_only else 0,
+            port_range_begin=config.port,
+            port_range_end=config.port,
         )
         loop = self._loop
         self._native.set_on_state_change(lambda state: _schedule(loop, self._state, state))

@@ -26,6 +26,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_ENVIRONMENT_VARIABLE",
     "EngineName",
+    "host_has_network",
     "load_native",
     "native_ice_urls",
     "resolve_engine",
@@ -140,6 +141,13 @@ def native_ice_urls(servers: Sequence[object]) -> tuple[str, ...]:
             else:
                 result.append(str(url))
     return tuple(result)
+
+
+def host_has_network() -> bool:
+    """Whether this host has an address other than loopback (as aioice lists them)."""
+    import aioice.ice
+
+    return bool(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True))
 
 
 def _unavailable(message: str) -> ReplicationError:

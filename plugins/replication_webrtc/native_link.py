@@ -13,7 +13,8 @@ Differences from aiortc, each on purpose:
 - ``host_addresses``: libdatachannel binds one wildcard UDP socket and announces it on
   every interface but loopback (``aiolibdatachannel`` exposes no bind address), so the list
   selects which addresses we *announce* for that socket, loopback included; it does not
-  stop the socket from answering on the others.
+  stop the socket from answering on the others. On a host with only loopback (nothing
+  gathered) the socket gets a port we pick, announced on 127.0.0.1.
 - ``candidate_pair()`` is ``None``: the wheel does not expose libdatachannel's selected
   pair.
 - A peer that floods faster than the loop reads is dropped with
@@ -33,10 +34,17 @@ from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
 from .framing import ChannelWriter
+from .ice import LOOPBACK_FALLBACK
 from .link import Link
-from .native_bridge import ChannelEvents, NativeChannel, NativeConfig, NativePeerConnection
+from .native_bridge import (
+    ChannelEvents,
+    NativeChannel,
+    NativeConfig,
+    NativePeerConnection,
+    free_udp_port,
+)
 from .native_candidates import NativeCandidateAdder
-from .native_engine import load_native, native_ice_urls
+from .native_engine import host_has_network, load_native, native_ice_urls
 from .sdp import dtls_fingerprint, frame_limit
 
 __all__ = ["NativeLink", "filter_host_candidates"]
@@ -51,27 +59,30 @@ class _NativeLinkFailed(Exception):
     """Ends a native link's task after the cause was already reported."""
 
 
-def filter_host_candidates(sdp: str, host_addresses: Sequence[str] | None) -> str:
+def filter_host_candidates(
+    sdp: str, host_addresses: Sequence[str] | None, port: int | None = None
+) -> str:
     """``sdp`` with only the host candidates on ``host_addresses`` (``None``: unchanged).
 
     libdatachannel binds one wildcard UDP socket and announces it on every interface but
     loopback; a wanted address it did not announce (``127.0.0.1``) is announced on the same
-    socket's port, which the wildcard socket receives too.
+    socket's port, which the wildcard socket receives too (``port``: the socket's port when
+    it announced nothing at all, on a host with only loopback).
     """
     if host_addresses is None:
         return sdp
     allowed = set(host_addresses)
     lines = sdp.split("\r\n")
     kept: list[str] = []
-    ports: dict[bool, str] = {}  # IPv6? -> the port of our host candidates
+    ports: dict[bool, str] = {} if port is None else {False: str(port), True: str(port)}
     seen: set[str] = set()
     for line in lines:
         match = _CANDIDATE_LINE.match(line)
         if match is None:
             kept.append(line)
             continue
-        address, port = match.group(1), match.group(2)
-        ports.setdefault(":" in address, port)
+        address = match.group(1)
+        ports.setdefault(":" in address, match.group(2))
         if address in allowed:
             seen.add(address)
             kept.append(line)
@@ -100,6 +111,8 @@ class NativeLink(Link):
     """The native data channel (for diagnostics and tests that send raw frames)."""
     native_candidates: NativeCandidateAdder | None = None
     """Adds the remote's candidates (``.local`` names resolved in the background)."""
+    _announced: tuple[str, ...] | None = None  # the host addresses we announce (None: all)
+    _pinned_port: int | None = None  # our socket's port when we chose it
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
         """``(local, remote)`` DTLS fingerprints from the descriptions libdatachannel holds
@@ -124,10 +137,17 @@ class NativeLink(Link):
         deadline = asyncio.get_running_loop().time() + settings.connect_timeout
         try:
             core = load_native()
+            self._announced, port = settings.host_addresses, None
+            if self._announced is None and not settings.relay_only and not host_has_network():
+                # libdatachannel gathers nothing on a host with only loopback: bind its
+                # socket to a port we know and announce it on 127.0.0.1 (as aiortc does)
+                self._announced, port = LOOPBACK_FALLBACK, free_udp_port()
+            self._pinned_port = port
             config = NativeConfig(
                 ice_urls=native_ice_urls(settings.ice_servers),
                 relay_only=settings.relay_only,
                 receive_limit=settings.max_message_size,
+                port=port or 0,
             )
             self.native = native = NativePeerConnection(
                 core,
@@ -183,7 +203,9 @@ class NativeLink(Link):
 
     async def _signalled_sdp(self, native: NativePeerConnection, kind: str) -> str:
         """Our description with every candidate, as the remote should see it."""
-        sdp = filter_host_candidates(await native.describe(kind), self._settings.host_addresses)
+        sdp = filter_host_candidates(
+            await native.describe(kind), self._announced, self._pinned_port
+        )
         if self._settings.relay_only and " typ relay" not in sdp:
             self._report(
                 f"No TURN relay candidate for peer {self.remote_id} (relay_only=True): the "

@@ -146,3 +146,10 @@ def test_host_addresses_select_the_announced_host_candidates() -> None:
         "a=candidate:90 1 UDP 2130706431 127.0.0.1 53581 typ host"
     )
     assert "192.0.2.2" not in loopback
+
+
+def test_a_host_with_only_loopback_announces_the_chosen_port() -> None:
+    bare = "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=end-of-candidates\r\n"
+    assert filter_host_candidates(bare, ["127.0.0.1"]) == bare  # no port known: nothing
+    announced = filter_host_candidates(bare, ["127.0.0.1"], 5000).split("\r\n")
+    assert "a=candidate:90 1 UDP 2130706431 127.0.0.1 5000 typ host" in announced

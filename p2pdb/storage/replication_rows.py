@@ -67,10 +67,10 @@ _BATCH = 500  # rows re-encoded per statement by recode_assumed
 _KEYS_SQL = """
 WITH RECURSIVE k(key) AS (
     SELECT (SELECT min(replication_id) FROM p2pdb_replication
-            WHERE replication_id >= ?1 AND replication_id < ?2)
+            WHERE replication_id >= :lo AND replication_id < :hi)
     UNION ALL
     SELECT (SELECT min(replication_id) FROM p2pdb_replication
-            WHERE replication_id > k.key AND replication_id < ?2)
+            WHERE replication_id > k.key AND replication_id < :hi)
     FROM k WHERE k.key IS NOT NULL)
 SELECT key FROM k WHERE key IS NOT NULL
 """
@@ -238,7 +238,7 @@ class ReplicationRows:
         items = [_DOC + i for i in dict.fromkeys(ids)]
         if not items:
             return
-        keys = [k for (k,) in conn.execute(_KEYS_SQL, (collection + ":", collection + ";"))]
+        keys = [k for (k,) in conn.execute(_KEYS_SQL, {"lo": collection + ":", "hi": collection + ";"})]
         if not keys:
             return
         marked: list[tuple[str, str, str]] = []  # (key, doc id, revision)

@@ -1,8 +1,7 @@
 """WebRTC connections to the peers of one topic, following simple-peer/RxDB 17.6 rules.
 
-A :class:`ConnectionHandler` joins a signaling room and keeps one link
-(:class:`~.link.Link`: an ``RTCPeerConnection`` with one data channel) per
-remote peer:
+A :class:`ConnectionHandler` joins a signaling room and keeps one link (:class:`~.link.Link`:
+a peer connection with one data channel) per remote peer it links with (see mesh.py):
 
 - The **initiator** of a pair is the side whose remote peer id is greater
   (string compare of signaling ids). It connects when the remote id appears in
@@ -43,9 +42,7 @@ from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ReplicationError
 from p2pdb.tokens import random_token
 
-from .framing import (
-    JSONMessage,
-)
+from .framing import JSONMessage
 from .link import Link, LinkCallbacks, LinkSettings
 from .mesh import DEFAULT_MAX_LINKS, check_max_links, choose_links, surplus_links
 from .peer import Peer, PeerMessage
@@ -85,9 +82,11 @@ class ConnectionHandler:
         ping_interval: float = 60.0,
         signaling: SignalingAccess | None = None,
         max_links: int = DEFAULT_MAX_LINKS,
+        link_class: type[Link] = Link,
     ) -> None:
         self.topic = topic
         self.max_links = check_max_links(max_links)  # see mesh.py; set_max_links() changes it
+        self.link_class = link_class  # the engine: Link (aiortc) or native_link.NativeLink
         self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
@@ -368,7 +367,7 @@ class ConnectionHandler:
         previous = self._links.get((own, remote_id))
         if previous is not None:
             previous.end()
-        link = Link(
+        link = self.link_class(
             self._callbacks,
             self._settings,
             local_id=own,

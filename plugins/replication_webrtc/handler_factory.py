@@ -11,7 +11,9 @@ from p2pdb.errors import ValidationError
 
 from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
-from .link import LinkSettings
+from .link import Link, LinkSettings
+from .native_engine import load_native, resolve_engine
+from .native_link import NativeLink
 from .signal_crypto import TopicSecret
 from .signaling_client import SignalingAccess, signaling_urls
 
@@ -33,6 +35,7 @@ def aiortc_connection_handler(
     headers: Mapping[str, str] | None = None,
     compression: bool = True,
     delayed_sack: bool = True,
+    engine: str | None = None,
 ) -> ConnectionHandlerFactory:
     """Make a factory of aiortc connection handlers for one signaling server, or several.
 
@@ -66,6 +69,10 @@ def aiortc_connection_handler(
     second SCTP packet instead of each (RFC 4960 6.2; wire-compatible; a patch of aiortc
     applied only to the versions it was checked against; ``P2PDB_SCTP_DELAYED_SACK=0``
     switches it off for the process). Both save CPU; see docs/webrtc.md.
+    ``engine``: ``"aiortc"`` (the default) or ``"native"`` (libdatachannel, ``pip install
+    'p2pdb[native]'`` on Python >= 3.12; see docs/webrtc.md); ``None`` reads the
+    ``P2PDB_WEBRTC_ENGINE`` environment variable, else uses aiortc. Choosing ``"native"``
+    without it installed raises :class:`ReplicationError` ``WEBRTC_ENGINE_UNAVAILABLE``.
 
     ``await factory(topic)`` returns a started handler joined to ``topic``, or
     raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
@@ -84,6 +91,10 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
+    link_class: type[Link] = Link
+    if resolve_engine(engine) == "native":
+        load_native()  # WEBRTC_ENGINE_UNAVAILABLE now, not at the first connection
+        link_class = NativeLink
     urls = signaling_urls(signaling_url)
     access = SignalingAccess(secret=secret, ssl=ssl, headers=headers)
     settings = LinkSettings(
@@ -96,7 +107,7 @@ def aiortc_connection_handler(
     )
 
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(topic, urls, settings, signaling=access)
+        handler = ConnectionHandler(topic, urls, settings, signaling=access, link_class=link_class)
         await handler.start(join_timeout=connect_timeout)
         return handler
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The WebRTC and RxDB interop suites again, on the native engine (libdatachannel through
+# aiolibdatachannel), in a Python >= 3.12 virtual environment of their own.
+#
+#   scripts/ci_native.sh            # from the repository root, after the main suite
+#
+# PYTHON312 names the interpreter (default: the first python3.12 / python3.13 on PATH, then
+# pyenv's). NATIVE_VENV is where the venv goes (default .venv-native, reused when present).
+# P2PDB_WEBRTC_ENGINE=native makes aiortc_connection_handler() default to the native engine in
+# this process and in every peer process the tests start, so the unchanged suites exercise it.
+# Tests that read aiortc internals (link.channel, candidate_pair, aioice's mDNS logs) are
+# deselected below: they test aiortc, not the engine-neutral behaviour (tests/webrtc/
+# test_native_replication.py covers the same ground on the native engine: raw frames are
+# bounded, TURN relays, .local names resolve).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+python312="${PYTHON312:-}"
+if [ -z "$python312" ]; then
+  for candidate in python3.12 python3.13 ~/.pyenv/versions/3.12*/bin/python ~/.pyenv/versions/3.13*/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1; then python312="$candidate"; break; fi
+  done
+fi
+if [ -z "$python312" ]; then
+  echo "ci_native: no Python >= 3.12 found (set PYTHON312); the native engine needs one" >&2
+  exit 1
+fi
+
+venv="${NATIVE_VENV:-.venv-native}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$python312" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q -e '.[dev,native]'
+
+echo "== the native engine loads"
+"$venv/bin/python" -c "from p2pdb.plugins.replication_webrtc.native_engine import load_native; load_native()"
+
+echo "== tests/webrtc and tests/interop on the native engine"
+export P2PDB_WEBRTC_ENGINE=native
+exec "$venv/bin/python" -m pytest tests/webrtc tests/interop -q -p no:cacheprovider \
+  --deselect tests/webrtc/test_webrtc_connection.py::test_malformed_frame_reports_an_error_and_drops_the_peer \
+  --deselect tests/webrtc/test_webrtc_floods.py::test_a_deeply_nested_frame_drops_the_peer_without_recursion \
+  --deselect tests/webrtc/test_webrtc_hostile.py::test_invalid_chunk_frames_drop_the_peer \
+  --deselect tests/webrtc/test_webrtc_hostile.py::test_a_chunked_request_is_fine_and_a_forged_one_is_not \
+  --deselect tests/webrtc/test_webrtc_mdns.py::test_candidates_that_make_aioice_raise_are_skipped \
+  --deselect tests/webrtc/test_webrtc_relay.py::test_pools_replicate_through_the_relay \
+  --deselect tests/webrtc/test_webrtc_turn.py::test_relay_only_handlers_connect_through_turn \
+  "$@"

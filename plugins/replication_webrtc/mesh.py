@@ -10,12 +10,12 @@ link only with its own neighbours in that graph. The rules:
   do not depend on how many there are). Each links with its ring neighbours, which keeps
   the graph connected whatever else happens. Then, round after round, each member in ring
   order proposes one chord: to the member at 1/2, 1/4, 1/8 ... of the ring ahead of it
-  (a Chord-like skip list: few hops between any two members), and in the last two rounds
-  to a pseudo-random point of the ring (a hash of its id and the round: "random" links
-  that every member still computes alike; with ``max_links=4`` both chords are random,
-  which halves the hops of a ring with one finger). A chord is made only if both ends
-  have fewer than ``max_links`` links. The graph is undirected, so links are symmetric: if
-  A wants B, B wants A.
+  (a Chord-like skip list: few hops between any two members), and in the other rounds
+  (at least the last two) to a pseudo-random point of the ring (a hash of its id and the
+  round: "random" links that every member still computes alike; with ``max_links=4`` both
+  chords are random, which halves the hops of a ring with one finger). A chord is made
+  only if both ends have fewer than ``max_links`` links. The graph is undirected, so links
+  are symmetric: if A wants B, B wants A.
 - **Stable under churn.** Places and proposal points depend only on ids, so a member
   joining or leaving changes only the links around its own place and the chords that
   pointed at it (a few links, not a reshuffle).
@@ -51,7 +51,8 @@ __all__ = [
 
 #: Links per peer beyond which a topic's peers keep a partial mesh.
 DEFAULT_MAX_LINKS = 8
-#: How many of the ``max_links - 2`` chord rounds go to pseudo-random points (the last ones).
+#: How many of the ``max_links - 2`` chord rounds go to pseudo-random points at least (the
+#: last ones; also those whose finger would fall closer than the ring neighbours).
 RANDOM_ROUNDS = 2
 _RING = 1 << 64
 

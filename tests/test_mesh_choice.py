@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 
 from p2pdb.errors import ValidationError
-from p2pdb.plugins.replication_webrtc import WebRTCReplicationOptions
+from p2pdb.plugins.replication_webrtc import WebRTCReplicationOptions, aiortc_connection_handler
 from p2pdb.plugins.replication_webrtc.mesh import (
     DEFAULT_MAX_LINKS,
     check_max_links,
@@ -148,3 +148,6 @@ def test_max_links_is_checked() -> None:
         WebRTCReplicationOptions(max_links=1)
     assert WebRTCReplicationOptions(max_links=4).max_links == 4
     assert WebRTCReplicationOptions().max_links is None
+    with pytest.raises(ValidationError) as caught:
+        aiortc_connection_handler("ws://127.0.0.1:1", max_links=1)
+    assert caught.value.code == "WEBRTC_SETTING_INVALID"

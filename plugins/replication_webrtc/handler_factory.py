@@ -12,6 +12,7 @@ from p2pdb.errors import ValidationError
 from .connection import ConnectionHandler
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
 from .link import Link, LinkSettings
+from .mesh import DEFAULT_MAX_LINKS, check_max_links
 from .native_engine import load_native, resolve_engine
 from .native_link import NativeLink
 from .signal_crypto import TopicSecret
@@ -36,6 +37,7 @@ def aiortc_connection_handler(
     compression: bool = True,
     delayed_sack: bool = True,
     engine: str | None = None,
+    max_links: int = DEFAULT_MAX_LINKS,
 ) -> ConnectionHandlerFactory:
     """Make a factory of aiortc connection handlers for one signaling server, or several.
 
@@ -74,6 +76,9 @@ def aiortc_connection_handler(
     ``P2PDB_WEBRTC_ENGINE`` environment variable, else uses aiortc. Choosing ``"native"``
     without it installed raises :class:`ReplicationError` ``WEBRTC_ENGINE_UNAVAILABLE``.
 
+    ``max_links``: beyond this many links per peer a topic keeps a partial mesh (see
+    docs/webrtc.md); a pool's ``max_links`` option overrides it once the pool starts.
+
     ``await factory(topic)`` returns a started handler joined to ``topic``, or
     raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
     are checked here and raise :class:`ValidationError`.
@@ -91,6 +96,7 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
+    links = check_max_links(max_links)
     link_class: type[Link] = Link
     if resolve_engine(engine) == "native":
         load_native()  # WEBRTC_ENGINE_UNAVAILABLE now, not at the first connection
@@ -107,7 +113,9 @@ def aiortc_connection_handler(
     )
 
     async def factory(topic: str) -> ConnectionHandler:
-        handler = ConnectionHandler(topic, urls, settings, signaling=access, link_class=link_class)
+        handler = ConnectionHandler(
+            topic, urls, settings, signaling=access, link_class=link_class, max_links=links
+        )
         await handler.start(join_timeout=connect_timeout)
         return handler
 

@@ -19,7 +19,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 python312="${PYTHON312:-}"
 if [ -z "$python312" ]; then
   for candidate in python3.12 python3.13 ~/.pyenv/versions/3.12*/bin/python ~/.pyenv/versions/3.13*/bin/python; do
-    if command -v "$candidate" >/dev/null 2>&1; then python312="$candidate"; break; fi
+    # a pyenv shim may exist without that version selected: ask the interpreter itself
+    if "$candidate" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then
+      python312="$candidate"; break
+    fi
   done
 fi
 if [ -z "$python312" ]; then

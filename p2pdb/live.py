@@ -159,9 +159,6 @@ class _LiveQuery(Generic[R]):
                     self._result = result
                     self._observer.on_next(cast(R, result))
                 await self._dirty.wait()
-                # one more turn of the loop: the write that committed the batch resumes
-                # (and returns to its caller) before this query's work, not after it
-                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database closed, or the query failed

@@ -53,6 +53,8 @@ _CLOCK_EVERY = 64
 #: whichever is more (a re-run on a grown collection costs more than the last one did);
 #: a slower merge gives up and re-runs the query.
 MERGE_SECONDS_PER_DOC = 20e-6
+#: Inserted documents held for one merge at most; more wait for a re-run instead.
+_MAX_PENDING = 50_000
 
 
 def result_key(result: object) -> Hashable:
@@ -117,6 +119,8 @@ class _LiveQuery(Generic[R]):
             self._inserted = list(events)  # looked at in the query's task, not here
         elif self._inserted is not None:
             self._inserted += events
+            if len(self._inserted) > _MAX_PENDING:
+                self._inserted = None  # a re-run is cheaper than keeping them all
         self._dirty.set()
 
     def _relevant(self, events: list[ChangeEvent]) -> bool:
@@ -155,9 +159,6 @@ class _LiveQuery(Generic[R]):
                     self._result = result
                     self._observer.on_next(cast(R, result))
                 await self._dirty.wait()
-                # one more turn of the loop: the write that committed the batch resumes
-                # (and returns to its caller) before this query's work, not after it
-                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database closed, or the query failed

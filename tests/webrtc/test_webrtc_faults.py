@@ -9,6 +9,7 @@ loopback, SQLite files, and (for the killed peer) a separate OS process running
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -264,6 +265,9 @@ async def test_signaling_restart_keeps_links_and_lets_new_peers_in(
             await second.close()
 
 
+DOCS_10K = make_docs("big-", 10000)
+
+
 async def test_a_long_transfer_is_not_mistaken_for_a_dead_peer(
     signaling: SignalingServer, make_node: MakeNode
 ) -> None:
@@ -277,7 +281,10 @@ async def test_a_long_transfer_is_not_mistaken_for_a_dead_peer(
     link = await fork.wait(lambda: fork.peer_with_token(master.db.token), 10, "connected")
     await fork.wait(lambda: fork.pool.peer_states, 10, "the fork replicates")
     started = time.monotonic()
-    await master.docs.bulk_insert(make_docs("big-", 10000, size=1000))  # one 10 MB message
+    # one 10 MB message, of random printable text (p2pdb peers compress their frames)
+    printable = bytes(c for c in range(32, 127) if c not in b'"\\') * 3
+    big = [{**d, "text": os.urandom(960).translate(printable[:256]).decode()} for d in DOCS_10K]
+    await master.docs.bulk_insert(big)
     await wait_equal(master.docs, fork.docs, seconds=60)
     took = time.monotonic() - started
     codes = [getattr(e, "code", e) for e in fork.errors + master.errors]

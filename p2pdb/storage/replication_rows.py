@@ -238,7 +238,8 @@ class ReplicationRows:
         items = [_DOC + i for i in dict.fromkeys(ids)]
         if not items:
             return
-        keys = [k for (k,) in conn.execute(_KEYS_SQL, {"lo": collection + ":", "hi": collection + ";"})]
+        bounds = {"lo": collection + ":", "hi": collection + ";"}
+        keys = [k for (k,) in conn.execute(_KEYS_SQL, bounds)]
         if not keys:
             return
         marked: list[tuple[str, str, str]] = []  # (key, doc id, revision)

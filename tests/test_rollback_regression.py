@@ -128,27 +128,41 @@ async def pair(tmp_path: Path) -> Any:
 
 @pytest.mark.parametrize("make", list(handler_factories()))
 @pytest.mark.parametrize("last_write", ["update", "remove"])
+@pytest.mark.parametrize("master_restarts", [False, True])
 async def test_a_push_whose_answer_was_lost_is_not_rolled_back(
-    pair: tuple[p2pdb.Collection, p2pdb.Collection], make: str, last_write: str
+    tmp_path: Path, make: str, last_write: str, master_restarts: bool
 ) -> None:
-    master, fork = pair
     factory = handler_factories()[make]
-    doc = await fork.insert({"id": "x", "w": 1})
-    await lose_the_answer(fork, factory(master))
-    assert await state_of(master, "x") == {"id": "x", "w": 1}  # the master did store it
+    path = str(tmp_path / "master.db")
+    async with p2pdb.create_database(str(tmp_path / "fork.db")) as fork_db:
+        fork = await fork_db.add_collection("docs", schema=SCHEMA)
+        doc = await fork.insert({"id": "x", "w": 1})
+        master_db = await p2pdb.create_database(path)
+        try:
+            master = await master_db.add_collection("docs", schema=SCHEMA)
+            await lose_the_answer(fork, factory(master))
+            assert await state_of(master, "x") == {"id": "x", "w": 1}  # the master stored it
+            if master_restarts:  # what the master knows of that push must survive a restart
+                await master_db.close()
+                master_db = await p2pdb.create_database(path)
+                master = await master_db.add_collection("docs", schema=SCHEMA)
+            assert master.storage.origin("docs", "x") == ORIGIN  # who stored it: that peer
+            assert master.storage.origin("docs", "nothing") is None
 
-    # the owner writes on, acknowledged, before the next session
-    if last_write == "update":
-        await doc.patch({"w": 2})
-        expected: dict[str, Any] | None = {"id": "x", "w": 2}
-    else:
-        await doc.remove()
-        expected = None
+            # the owner writes on, acknowledged, before the next session
+            if last_write == "update":
+                await doc.patch({"w": 2})
+                expected: dict[str, Any] | None = {"id": "x", "w": 2}
+            else:
+                await doc.remove()
+                expected = None
 
-    resolved = await next_session(fork, factory(master))
-    assert await state_of(fork, "x") == expected, "the fork's acknowledged write was undone"
-    assert await state_of(master, "x") == expected
-    assert resolved == []  # its own earlier push is no conflict
+            resolved = await next_session(fork, factory(master))
+            assert await state_of(fork, "x") == expected, "the fork's own write was undone"
+            assert await state_of(master, "x") == expected
+            assert resolved == []  # its own earlier push is no conflict
+        finally:
+            await master_db.close()
 
 
 async def test_a_state_someone_else_stored_meanwhile_is_still_a_conflict(

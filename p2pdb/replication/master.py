@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +24,6 @@ __all__ = ["CollectionHandler", "collection_handler", "parse_checkpoint"]
 
 Doc = dict[str, Any]
 _MAX_ATTEMPTS = 20  # local writes racing a push: retry the rows they touched
-_REMEMBERED = 2_000  # per remote: revisions its last pushes stored (only the last can be lost)
-#: Per collection, per ``origin`` of a handler made with ``origin_is_remote=True``: the
-#: revision each document got from that remote's last accepted push (bounded, oldest out).
-_PUSHED: weakref.WeakKeyDictionary[Any, dict[str, dict[str, str]]] = weakref.WeakKeyDictionary()
 
 
 def parse_checkpoint(checkpoint: object) -> int:
@@ -77,11 +72,9 @@ class CollectionHandler:
         #: What the remote may read and write (``None``: everything).
         self.access = access
         self._check = None if access is None else AccessCheck(access, collection.schema)
-        # origin_is_remote: ``origin`` names one remote database and no other writer, so a
-        # stored state it wrote is that remote's own last push (see _write_once)
-        self._pushed: dict[str, str] | None = None
-        if origin_is_remote:
-            self._pushed = _PUSHED.setdefault(collection, {}).setdefault(origin, {})
+        #: ``origin`` names one remote database and no other writer, so a stored state it
+        #: wrote is that remote's own last push (see :meth:`write`).
+        self.origin_is_remote = origin_is_remote
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Documents written after ``checkpoint``, in write order."""
@@ -200,7 +193,7 @@ class CollectionHandler:
                 master, row.assumed_master_state
             ):
                 write = Write(user, deleted, expected=state["_rev"])  # type: ignore[index]
-            elif self._own_last_push(doc_id, state):
+            elif self.origin_is_remote and c.storage.origin(c.name, doc_id) == self.origin:
                 # The stored state is this remote's own last push, whose answer it never got
                 # (the link dropped, it crashed): it still assumes the state before. Its new
                 # state follows that push, so it is no conflict; resolving one would hand it
@@ -228,21 +221,7 @@ class CollectionHandler:
             for write, outcome in zip(writes, await c.bulk_write(writes, self.origin), strict=True):
                 if isinstance(outcome, P2PDBError):  # a local write got in between: redo
                     retry[write.document[pk]] = pending[write.document[pk]]
-                elif self._pushed is not None:
-                    self._remember(write.document[pk], outcome["_rev"])
         return retry
-
-    def _own_last_push(self, doc_id: str, state: Doc | None) -> bool:
-        pushed = self._pushed
-        return pushed is not None and state is not None and pushed.get(doc_id) == state["_rev"]
-
-    def _remember(self, doc_id: str, revision: str) -> None:
-        pushed = self._pushed
-        assert pushed is not None
-        pushed.pop(doc_id, None)  # re-inserted last: the oldest go first
-        pushed[doc_id] = revision
-        if len(pushed) > _REMEMBERED:
-            del pushed[next(iter(pushed))]
 
     def stream(self, *, skip_own: bool = False) -> Observable[ChangesBatch | Resync]:
         """Every later committed write to the collection, as batches.
@@ -288,7 +267,7 @@ def collection_handler(
     what the remote reads and writes (per-peer rules, a selector, modifiers; see
     :class:`~p2pdb.replication.access.DocumentAccess`). ``origin_is_remote=True`` says that
     ``origin`` names one remote database and nobody else (as each WebRTC peer's master
-    does): a push over a state that remote's own last push stored (in this process) is
-    then written, not answered as a conflict, since the remote missed only the answer.
+    does): a push over a state that remote's own last push stored is then written, not
+    answered as a conflict, since the remote missed only the answer.
     """
     return CollectionHandler(collection, origin, access, origin_is_remote)

@@ -9,9 +9,10 @@ default ``master_wins`` handed the fork its own older state back and undid its n
 acknowledged write (or brought a removed document back) on both sides.
 
 A master whose ``origin`` names one remote (``origin_is_remote=True``, as every WebRTC
-peer's master) knows the revision that remote's last push stored: a push over exactly that
-state is the remote's next state, not a conflict. Each session here is a new handler over
-a new :class:`~p2pdb.replication.testing.WirePipe`, as each WebRTC session is.
+peer's master) reads who stored the current state (the row's ``origin``, kept in the file):
+a push over a state that remote's own push stored is its next state, not a conflict, also
+after the master restarted. Each session here is a new handler over a new
+:class:`~p2pdb.replication.testing.WirePipe`, as each WebRTC session is.
 """
 
 from __future__ import annotations

@@ -38,6 +38,11 @@ class Arrivals:
         self.last_pull_end = -1
         self._pushed_at: dict[str, int] = {}
         self._pushed_state: dict[str, Doc] = {}  # what that push sent
+        #: Set when a newer replication with the same id started on the same collection
+        #: (a transport's new session while the old one still closes): what reaches this
+        #: one may predate the newer one's pushes, which its bookkeeping never saw, so it
+        #: applies nothing more.
+        self.superseded = False
         #: Held while one direction reads and updates documents and assumed master states:
         #: a push in flight and a pull must never interleave, or a state read by one side
         #: could be overwritten with a stale decision of the other.

@@ -142,6 +142,8 @@ class Downstream(DirectionTask):
         # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
         async with arrivals.persist_lock:
             incoming, complete = await self._incoming(documents, arrival)
+            if arrivals.superseded:  # a newer replication of this id runs (see Arrivals)
+                return True
             writes, update = self._decide(incoming)
             if complete:
                 update.set_checkpoint("down", checkpoint)

@@ -67,6 +67,7 @@ class CollectionHandler:
         collection: Collection,
         origin: str = "replication",
         access: DocumentAccess | None = None,
+        origin_is_remote: bool = False,
         *,
         causal: bool = False,
     ) -> None:
@@ -78,12 +79,17 @@ class CollectionHandler:
         #: ``p2pdb.replication.causal_order``).
         self.causal = causal
         self._check = None if access is None else AccessCheck(access, collection.schema)
+        #: ``origin`` names one remote database and no other writer, so a stored state it
+        #: wrote is that remote's own last push (see :meth:`write`).
+        self.origin_is_remote = origin_is_remote
 
     def with_causal_order(self) -> CollectionHandler:
         """This handler with causal vectors on its documents (a p2pdb fork asks for it)."""
         if self.causal:
             return self
-        return CollectionHandler(self.collection, self.origin, self.access, causal=True)
+        return CollectionHandler(
+            self.collection, self.origin, self.access, self.origin_is_remote, causal=True
+        )
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Documents written after ``checkpoint``, in write order."""
@@ -224,6 +230,18 @@ class CollectionHandler:
             ) or fast_forward(state_vector(state), vector):  # it descends from ours
                 rev = state["_rev"]  # type: ignore[index]
                 write = Write(user, deleted, rev, vector, new_event=not copied)
+            elif (
+                self.origin_is_remote
+                and (vector is None or state_vector(state) is None)
+                and c.storage.origin(c.name, doc_id) == self.origin
+            ):
+                # Without vectors to order them: the stored state is this remote's own last
+                # push, whose answer it never got (the link dropped, it crashed): it still
+                # assumes the state before. Its new state follows that push, so it is no
+                # conflict; resolving one would hand it its own older state back and undo
+                # its newer writes (issue #14).
+                rev = state["_rev"]  # type: ignore[index]
+                write = Write(user, deleted, rev, vector, new_event=not copied)
             else:  # a conflict, or a stale push (the fork sees it from the vectors)
                 found.append(attach(master, state_vector(state)) if self.causal else master)
                 continue
@@ -282,12 +300,18 @@ class CollectionHandler:
 
 
 def collection_handler(
-    collection: Collection, origin: str = "replication", access: DocumentAccess | None = None
+    collection: Collection,
+    origin: str = "replication",
+    access: DocumentAccess | None = None,
+    origin_is_remote: bool = False,
 ) -> CollectionHandler:
     """Serve ``collection`` as a master: pass the result to ``replicate()`` of a fork.
 
     ``origin`` is the ``origin`` of the change events its writes produce; ``access`` limits
     what the remote reads and writes (per-peer rules, a selector, modifiers; see
-    :class:`~p2pdb.replication.access.DocumentAccess`).
+    :class:`~p2pdb.replication.access.DocumentAccess`). ``origin_is_remote=True`` says that
+    ``origin`` names one remote database and nobody else (as each WebRTC peer's master
+    does): a push over a state that remote's own last push stored is then written, not
+    answered as a conflict, since the remote missed only the answer.
     """
-    return CollectionHandler(collection, origin, access)
+    return CollectionHandler(collection, origin, access, origin_is_remote)

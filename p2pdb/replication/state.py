@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Unpack
 
@@ -44,6 +45,10 @@ from .upstream import ResolvedConflict, Upstream
 __all__ = ["ReplicationState", "ResolvedConflict", "replicate"]
 
 Doc = dict[str, Any]
+#: The replication that started last, per collection (by id) and replication id.
+_LATEST: weakref.WeakValueDictionary[tuple[int, str], ReplicationState] = (
+    weakref.WeakValueDictionary()
+)
 log = logging.getLogger("p2pdb.replication.state")
 
 
@@ -147,6 +152,12 @@ class ReplicationState:
                 self.collection.name, self.cancel
             )
         self._paused = False
+        # one replication of an id applies what it pulls at a time: the one started last
+        older = _LATEST.get((id(self.collection), self.replication_id))
+        if older is not None and older is not self:
+            older._down.context.arrivals.superseded = True
+        _LATEST[(id(self.collection), self.replication_id)] = self
+        self._down.context.arrivals.superseded = False
         self._down.restart()
         if self.live:
             if self.pull:

@@ -252,6 +252,11 @@ class Storage(Protocol):
         """One stored state (tombstone included) or ``None``."""
         ...
 
+    def origin(self, collection: str, doc_id: str) -> str | None:
+        """The ``origin`` of the write that stored a document's current state (``None``:
+        not stored, or written before origins were kept); an inline read."""
+        ...
+
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:

@@ -180,6 +180,12 @@ def get_many(
     return out
 
 
+def origin_of(conn: sqlite3.Connection, info: CollectionInfo, doc_id: str) -> str | None:
+    """The ``origin`` of the write that stored a document's row (``None``: no row)."""
+    row = conn.execute(f"SELECT origin FROM {info.table} WHERE id = ?", (doc_id,)).fetchone()
+    return None if row is None else row[0]
+
+
 def get_or_damaged(
     conn: sqlite3.Connection, info: CollectionInfo, ids: list[str], damage: DamageLog
 ) -> dict[str, dict[str, Any] | DamagedDocument]:

@@ -153,6 +153,10 @@ class SQLiteStorage:
         state = documents.decode_row(info, row, self._damage)
         return state if state is not None else documents.to_state(info, row)  # raises
 
+    def origin(self, collection: str, doc_id: str) -> str | None:
+        """Who wrote a document's stored state (its write's ``origin``), ``None`` if none."""
+        return documents.origin_of(self._conns.reader(), self._catalog.get(collection), doc_id)
+
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
     ) -> list[dict[str, Any]]:

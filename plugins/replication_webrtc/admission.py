@@ -117,7 +117,8 @@ def peer_master(
         outgoing=options.push_modifier,
         incoming=options.pull_modifier,
     )
-    handler = collection_handler(collection, origin=origin, access=access)
+    # the origin names this peer's database alone (its token, and its key when proved)
+    handler = collection_handler(collection, origin=origin, access=access, origin_is_remote=True)
     if peer.public_key is not None:  # a p2pdb peer that proved its key: causal vectors travel
         return handler.with_causal_order()
     return handler

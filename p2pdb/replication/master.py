@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from reactivex import Observable
 from reactivex import operators as ops
 
-from ..causal import Vector, attach, state_vector, take
+from ..causal import Vector, attach, merge, state_vector, take
 from ..changes import ChangeEvent
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import ABSENT, Write
@@ -230,18 +230,16 @@ class CollectionHandler:
             ) or fast_forward(state_vector(state), vector):  # it descends from ours
                 rev = state["_rev"]  # type: ignore[index]
                 write = Write(user, deleted, rev, vector, new_event=not copied)
-            elif (
-                self.origin_is_remote
-                and (vector is None or state_vector(state) is None)
-                and c.storage.origin(c.name, doc_id) == self.origin
-            ):
-                # Without vectors to order them: the stored state is this remote's own last
-                # push, whose answer it never got (the link dropped, it crashed): it still
-                # assumes the state before. Its new state follows that push, so it is no
-                # conflict; resolving one would hand it its own older state back and undo
-                # its newer writes (issue #14).
+            elif self.origin_is_remote and c.storage.origin(c.name, doc_id) == self.origin:
+                # The stored state is this remote's own last push, whose answer it never got
+                # (the link dropped, it crashed): it still assumes the state before. Its new
+                # state follows that push, so it is no conflict; resolving one would hand it
+                # its own older state back and undo its newer writes (issue #14). Vectors
+                # may not show it (that push came without one and was stored as an event
+                # here): the state stored descends from both.
                 rev = state["_rev"]  # type: ignore[index]
-                write = Write(user, deleted, rev, vector, new_event=not copied)
+                after = merge(state_vector(state), vector) if copied else None
+                write = Write(user, deleted, rev, after or vector, new_event=not copied)
             else:  # a conflict, or a stale push (the fork sees it from the vectors)
                 found.append(attach(master, state_vector(state)) if self.causal else master)
                 continue

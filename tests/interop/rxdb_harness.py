@@ -646,6 +646,15 @@ class WireLog:
                 _original(channel, message)
 
             setattr_(RpcChannel, name, logged_post)
+        post_event = RpcChannel.post_event
+
+        def logged_post_event(channel: RpcChannel, result: object, **kw: Any) -> None:
+            session = sessions.get(id(channel))
+            if session is not None:  # stream events: {id: STREAM_ID, result}
+                log.append(("out", session.settings, {"id": STREAM_ID, "result": result}))
+            post_event(channel, result, **kw)
+
+        setattr_(RpcChannel, "post_event", logged_post_event)
 
     def requests(
         self, pool: ReplicationPool, direction: str, method: str

@@ -44,8 +44,6 @@ export P2PDB_WEBRTC_ENGINE=native
 exec "$venv/bin/python" -m pytest tests/webrtc tests/interop -q -p no:cacheprovider \
   --deselect tests/webrtc/test_webrtc_connection.py::test_malformed_frame_reports_an_error_and_drops_the_peer \
   --deselect tests/webrtc/test_webrtc_floods.py::test_a_deeply_nested_frame_drops_the_peer_without_recursion \
-  --deselect tests/webrtc/test_webrtc_hostile.py::test_invalid_chunk_frames_drop_the_peer \
-  --deselect tests/webrtc/test_webrtc_hostile.py::test_a_chunked_request_is_fine_and_a_forged_one_is_not \
   --deselect tests/webrtc/test_webrtc_mdns.py::test_candidates_that_make_aioice_raise_are_skipped \
   --deselect tests/webrtc/test_webrtc_relay.py::test_pools_replicate_through_the_relay \
   --deselect tests/webrtc/test_webrtc_turn.py::test_relay_only_handlers_connect_through_turn \

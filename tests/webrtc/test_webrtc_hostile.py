@@ -133,8 +133,7 @@ class Hostile:
         """Put one frame on the data channel as is, bypassing the framing layer."""
         assert self.peer is not None
         link = self.handler.link_to(self.peer)  # the test needs the raw channel
-        assert link is not None and link.channel is not None
-        link.channel.send(frame)
+        raw_send(link, frame)
 
     async def request(self, method: str, params: Any) -> str:
         request_id = f"hostile|{next(self._ids)}"
@@ -687,11 +686,17 @@ async def test_a_zip_bomb_is_cut_off_and_the_peer_dropped(
         seen = len(victim.errors)
         assert hostile.peer is not None
         link = hostile.handler.link_to(hostile.peer)
-        assert link is not None and link.channel is not None
-        link.channel.send(frame)  # binary, as is
+        raw_send(link, frame)  # binary, as is
         error = await victim.error(code, after=seen)
         assert error.parameters.get("peer_id") == hostile.handler.own_peer_id
         await hostile.dropped()
         await hostile.close()
         assert victim.snapshot() == before
     await honest_peer_replicates(tmp_path, signaling, victim)
+
+
+def raw_send(link: object, frame: str | bytes) -> None:
+    """Put ``frame`` on the link's data channel as it is, on either engine."""
+    channel = getattr(link, "native_channel", None) or getattr(link, "channel", None)
+    assert channel is not None
+    channel.send(frame)

@@ -39,8 +39,8 @@ async def peers(
         db = await p2pdb.create_database(str(tmp_path / f"{name}.db"))
         todos = await db.add_collection("todos", schema=SCHEMA)
         handler = aiortc_connection_handler(
-            signaling.url, ice_servers=[], host_addresses=["127.0.0.1"]
-        )
+            signaling.url, ice_servers=[], host_addresses=["127.0.0.1"], engine="aiortc"
+        )  # aiortc: the native engine moves the bulk too fast for anything to overtake
         pool = await replicate_webrtc(todos, TOPIC, handler)
         opened.append((db, pool))
         result.append((todos, pool))

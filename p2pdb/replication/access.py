@@ -26,15 +26,15 @@ from ..query import CompiledQuery, compile_query
 from ..schema import Schema
 
 __all__ = [
-    "refused_ids",
-    "PENDING",
     "AccessCheck",
     "DocumentAccess",
     "DocumentFilter",
     "Modifier",
+    "PENDING",
     "ReadRule",
     "WriteRule",
     "apply_modifier",
+    "refused_ids",
     "resolve",
 ]
 

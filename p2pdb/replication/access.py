@@ -26,11 +26,11 @@ from ..query import CompiledQuery, compile_query
 from ..schema import Schema
 
 __all__ = [
+    "PENDING",
     "AccessCheck",
     "DocumentAccess",
     "DocumentFilter",
     "Modifier",
-    "PENDING",
     "ReadRule",
     "WriteRule",
     "apply_modifier",

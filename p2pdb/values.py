@@ -25,6 +25,7 @@ MAX_DEPTH: Final = 255
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _SCALARS: Final = (str, int, float, bool, type(None))
+_isfinite: Final = math.isfinite
 _BRIEF: Final = reprlib.Repr()
 _BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 4, 60, 60, 40
 
@@ -93,59 +94,116 @@ def check_json_values(data: object, *, opaque: Collection[str] = ()) -> None:
 
 
 def json_copy(data: object, *, opaque: Collection[str] = ()) -> dict[str, Any]:
-    """A deep copy of the document ``data``, through JSON, holding exactly its values; or the
+    """A deep copy of the document ``data`` holding exactly its values; or the
     :class:`~p2pdb.errors.ValidationError` of :func:`check_json_values` (the same rules).
 
-    The common case costs one walk over exact types and one orjson round trip; only a
-    document that fails it (or holds a tuple, a dict subclass, a U+0000) takes the slower
-    walk that names the field and the reason.
+    The common case (exact types, no U+0000, no lone surrogate, not deeply nested) is one
+    walk that checks and copies at once; only a document that fails it (or holds a tuple, a
+    dict subclass, a U+0000 in an encrypted field) takes the slower walk that names the
+    field and the reason, then a copy through JSON.
     """
-    try:
-        plain = _plain(data)
-    except RecursionError:  # nested too deep: check_json_values words the error
-        plain = False
-    if plain:
-        try:
-            raw: bytes | None = orjson.dumps(data)
-        except orjson.JSONEncodeError:  # a lone surrogate, which _plain does not look for
-            raw = None
-        if raw is not None and b"\\u0000" not in raw:
-            copy: dict[str, Any] = orjson.loads(raw)
-            return copy
+    copy = _copy_dict(data, 0) if type(data) is dict else _ODD
+    if copy is not _ODD:
+        return copy  # type: ignore[return-value]
     check_json_values(data, opaque=opaque)
     try:
-        copy = orjson.loads(orjson.dumps(data))
+        slow: dict[str, Any] = orjson.loads(orjson.dumps(data))
     except (TypeError, orjson.JSONEncodeError) as exc:  # nested deeper than orjson goes
         raise ValidationError(
             f"A document must hold only JSON values: {exc}.", code="DOCUMENT_NOT_JSON"
         ) from exc
-    return copy
+    return slow
 
 
-def _plain(value: object) -> bool:
-    """True if ``value`` holds only exact dicts (string keys), lists, str, bool, None,
-    64-bit ints and finite floats; U+0000 and lone surrogates are left to the caller.
-    Scalars are checked inline: this runs on every document written."""
-    kind = type(value)
-    if kind is dict:
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str or not _plain_item(item):
-                return False
+#: What the fast copy returns when a value needs the slow walk (any oddity, even one that
+#: is accepted, such as a tuple): a marker, since ``None`` is a JSON value.
+_ODD: Final = object()
+#: The fast copy leaves deeper documents to the slow walk, which words the errors of
+#: nesting (orjson writes 254 levels; this is well inside it).
+_FAST_DEPTH: Final = 200
+
+
+def _text_ok(text: str) -> bool:
+    """True if ``text`` has no U+0000 and no lone surrogate (an ASCII one, the common
+    case, skips the encode)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
         return True
-    if kind is list:
-        return all(_plain_item(item) for item in value)  # type: ignore[attr-defined]
-    return _plain_item(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def _plain_item(item: object) -> bool:
-    kind = type(item)
-    if kind is str or kind is bool or item is None:
-        return True
-    if kind is int:
-        return _INT64_MIN <= item <= _INT64_MAX  # type: ignore[operator]
-    if kind is float:
-        return math.isfinite(item)  # type: ignore[arg-type]
-    return (kind is dict or kind is list) and _plain(item)
+# _copy_dict and _copy_list repeat the scalar dispatch inline on purpose: a call per value
+# is most of the cost of a walk (this runs on every document written).
+
+
+def _copy_dict(value: dict[Any, Any], depth: int) -> object:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str or not _text_ok(key):
+            return _ODD
+        kind = type(item)
+        if kind is str:
+            if not _text_ok(item):
+                return _ODD
+        elif kind is int:
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                return _ODD
+        elif kind is float:
+            if not _isfinite(item):
+                return _ODD
+        elif kind is bool or item is None:
+            pass
+        elif depth >= _FAST_DEPTH:
+            return _ODD
+        elif kind is dict:
+            item = _copy_dict(item, depth + 1)
+            if item is _ODD:
+                return _ODD
+        elif kind is list:
+            item = _copy_list(item, depth + 1)
+            if item is _ODD:
+                return _ODD
+        else:
+            return _ODD
+        out[key] = item
+    return out
+
+
+def _copy_list(value: list[Any], depth: int) -> object:
+    out: list[Any] = []
+    append = out.append
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            if not _text_ok(item):
+                return _ODD
+        elif kind is int:
+            if not _INT64_MIN <= item <= _INT64_MAX:
+                return _ODD
+        elif kind is float:
+            if not _isfinite(item):
+                return _ODD
+        elif kind is bool or item is None:
+            pass
+        elif depth >= _FAST_DEPTH:
+            return _ODD
+        elif kind is dict:
+            item = _copy_dict(item, depth + 1)
+            if item is _ODD:
+                return _ODD
+        elif kind is list:
+            item = _copy_list(item, depth + 1)
+            if item is _ODD:
+                return _ODD
+        else:
+            return _ODD
+        append(item)
+    return out
 
 
 def _check(value: object, path: str, opaque: frozenset[str], nul_ok: bool) -> None:

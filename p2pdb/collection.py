@@ -161,7 +161,7 @@ class Collection(LocalDocumentMethods):
 
     def prepare(self, data: object) -> dict[str, Any]:
         """A validated deep copy of ``data`` as it will be stored (raises ValidationError)."""
-        if not isinstance(data, Mapping):
+        if type(data) is not dict and not isinstance(data, Mapping):  # exact dict: no ABC check
             raise ValidationError(
                 f"A document must be a dict, got {type(data).__name__}.",
                 code="DOCUMENT_NOT_OBJECT",

@@ -317,7 +317,7 @@ def put(
             results.append(error)
             continue
         seq += 1
-        lwt_centi = max(now_centi, lwt_centi + 1)
+        lwt_centi = now_centi if now_centi > lwt_centi else lwt_centi + 1
         lwt = lwt_centi / 100
         stored_body = codec.encode(collection, doc_id, w.document) if codec else w.document
         raw = orjson.dumps(stored_body)

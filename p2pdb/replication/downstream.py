@@ -37,7 +37,7 @@ __all__ = ["FETCH_AHEAD", "SLICE_DOCS", "Downstream"]
 FETCH_AHEAD = True
 #: A received stream batch is written in transactions of at most this many documents, so a
 #: live change arriving meanwhile waits for one slice, not for the whole batch.
-SLICE_DOCS = 500
+SLICE_DOCS = 200
 _KEEP = object()  # stands for the checkpoint: store none (an unsaved slice, or a batch ahead)
 
 Doc = dict[str, Any]

@@ -4,11 +4,17 @@ Checkpoint iteration (``changes_since`` from the stored down-checkpoint until a 
 batch), then the live stream's batches; a ``RESYNC`` or a restart goes back to iteration.
 Each master state is written locally unless the fork holds unpushed changes of it (upstream
 pushes those and resolves the conflict).
+
+A stream batch of more than :data:`SLICE_DOCS` documents is written in slices, one
+transaction each, its checkpoint stored only with the last one; between slices, small live
+batches that arrived meanwhile and share no document with anything still unsaved are
+applied ahead, without moving the checkpoint (see ``docs/replication.md``, priority lanes).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -21,13 +27,18 @@ from .access import apply_modifier
 from .causal_order import fast_forward, speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
+from .lanes import LIVE_MAX_DOCS
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
 
-__all__ = ["FETCH_AHEAD", "Downstream"]
+__all__ = ["FETCH_AHEAD", "SLICE_DOCS", "Downstream"]
 
 #: Ask for the next batch while the current one is written (the master's read and the
 #: fork's write overlap).
 FETCH_AHEAD = True
+#: A received stream batch is written in transactions of at most this many documents, so a
+#: live change arriving meanwhile waits for one slice, not for the whole batch.
+SLICE_DOCS = 200
+_KEEP = object()  # stands for the checkpoint: store none (an unsaved slice, or a batch ahead)
 
 Doc = dict[str, Any]
 #: Per document id: the prepared user fields, the deleted flag and the master's wire state.
@@ -43,7 +54,14 @@ class Downstream(DirectionTask):
         super().__init__(context, context.options.pull)
         #: Stored states written from the master.
         self.received: EventStream[Doc] = EventStream()
-        self._queue: asyncio.Queue[tuple[int, ChangesBatch | Resync]] = asyncio.Queue()
+        self._queue: deque[tuple[int, ChangesBatch | Resync]] = deque()
+        # small live batches to apply before the queue and between slices (see _goes_ahead)
+        self._ahead: deque[tuple[int, ChangesBatch]] = deque()
+        # document ids of the queued batches and of the unsaved slices of the one being
+        # written: a batch holding one of them never goes ahead
+        self._held: Counter[object] = Counter()
+        self._slicing = False  # a stream batch is being written in slices
+        self._wake = asyncio.Event()
         # Stream events are applied only after a full pull since the last (re)start or
         # failure; before that a RESYNC is queued that covers them.
         self._caught_up = False
@@ -54,16 +72,64 @@ class Downstream(DirectionTask):
     def restart(self) -> None:
         """Forget queued stream items and start with a full pull (on start and resume)."""
         self._caught_up = False
-        self._queue = asyncio.Queue()
+        self._queue.clear()
+        self._ahead.clear()
+        self._held.clear()
+        self._slicing = False
         self.enqueue(RESYNC)
 
     def enqueue(self, item: ChangesBatch | Resync) -> None:
         """Queue an item of the master's stream (or a RESYNC), numbered as it arrives."""
-        self._queue.put_nowait((self.context.arrivals.next(), item))
+        arrival = self.context.arrivals.next()
+        if isinstance(item, ChangesBatch) and self._goes_ahead(item):
+            self._ahead.append((arrival, item))
+        else:
+            self._queue.append((arrival, item))
+            if isinstance(item, ChangesBatch):
+                self._held.update(self._ids(item.documents))
+        self._wake.set()
+
+    def _ids(self, documents: Sequence[object]) -> list[object]:
+        pk = self.context.collection.schema.primary_key
+        return [d.get(pk) if isinstance(d, Mapping) else None for d in documents]
+
+    def _release(self, documents: Sequence[object]) -> None:
+        """Those documents are saved (or dropped): no longer held against batches ahead."""
+        for doc_id in self._ids(documents):
+            self._held[doc_id] -= 1
+            if self._held[doc_id] <= 0:
+                del self._held[doc_id]
+
+    def _goes_ahead(self, item: ChangesBatch) -> bool:
+        """A small live batch is applied ahead of queued batches and unsaved slices that
+        hold none of its documents, when no RESYNC waits (it arrived after them: the
+        stale-state rule judges it by its own arrival number). A ``pull_modifier`` may
+        change ids, so with one nothing goes ahead."""
+        if (
+            not self._caught_up
+            or not (self._queue or self._slicing)
+            or len(item.documents) > LIVE_MAX_DOCS
+            or self.context.options.pull_modifier is not None
+            or any(not isinstance(queued, ChangesBatch) for _, queued in self._queue)
+        ):
+            return False
+        ids = self._ids(item.documents)
+        return None not in ids and not any(doc_id in self._held for doc_id in ids)
+
+    async def _next(self) -> tuple[int, ChangesBatch | Resync, bool]:
+        """The next item: a batch ahead first (True), else the queue's head (False)."""
+        while not (self._ahead or self._queue):
+            self._wake.clear()
+            await self._wake.wait()
+        if self._ahead:
+            arrival, batch = self._ahead.popleft()
+            return arrival, batch, True
+        arrival, item = self._queue.popleft()
+        return arrival, item, False
 
     def pending(self) -> bool:
         """True while stream items or a RESYNC wait in the queue."""
-        return not self._queue.empty()
+        return bool(self._queue or self._ahead)
 
     def failed(self) -> None:
         """Stop applying stream events until the next full pull."""
@@ -77,21 +143,58 @@ class Downstream(DirectionTask):
         """Take queued items: a RESYNC pulls everything, a stream batch is applied."""
         arrivals = self.context.arrivals
         while True:
-            arrival, item = await self._queue.get()
+            arrival, item, ahead = await self._next()
             if item == RESYNC:
                 await self._pull_all()
-            elif (
-                isinstance(item, ChangesBatch)
-                and self._caught_up
-                and arrival > arrivals.last_pull_end
-            ):
-                self.set_busy(True)
-                if not await self._persist(item.documents, item.checkpoint, arrival):
-                    self.enqueue(RESYNC)
-                self.succeeded()
+            elif not isinstance(item, ChangesBatch):
+                pass
+            elif ahead:
+                await self._apply_ahead(arrival, item)
+            elif self._caught_up and arrival > arrivals.last_pull_end:
+                await self._apply_sliced(arrival, item)
+            else:
+                self._release(item.documents)  # covered by a pull, or after a gap
             self.set_busy(False)
             if not self.context.options.live and self.first_done:
                 return
+
+    async def _apply_ahead(self, arrival: int, batch: ChangesBatch) -> None:
+        """Apply a batch that went ahead of older ones: its checkpoint is not stored (the
+        older ones store theirs), nor are pushes forgotten (they may still need them)."""
+        if not self._caught_up or arrival <= self.context.arrivals.last_pull_end:
+            return
+        self.set_busy(True)
+        if not await self._persist(batch.documents, _KEEP, arrival, forget=False):
+            self.enqueue(RESYNC)
+        self.succeeded()
+
+    async def _apply_sliced(self, arrival: int, batch: ChangesBatch) -> None:
+        """Apply a stream batch in slices of :data:`SLICE_DOCS`; the checkpoint is stored
+        with the last slice, if no slice was doubtful. A crash or cancellation between
+        slices leaves the checkpoint before them: they are pulled again (and found equal)."""
+        self.set_busy(True)
+        documents = batch.documents
+        bounds = list(range(0, len(documents), SLICE_DOCS)) or [0]
+        complete = True
+        done = 0
+        self._slicing = True
+        try:
+            for start in bounds:
+                part = documents[start : start + SLICE_DOCS]
+                last = start == bounds[-1]
+                checkpoint = batch.checkpoint if last and complete else _KEEP
+                complete = await self._persist(part, checkpoint, arrival) and complete
+                self._release(part)
+                done = start + len(part)
+                self.succeeded()
+                if not last:
+                    while self._ahead:  # live batches that arrived meanwhile
+                        await self._apply_ahead(*self._ahead.popleft())
+        finally:
+            self._slicing = False
+            self._release(documents[done:])
+        if not complete:
+            self.enqueue(RESYNC)
 
     async def _pull_all(self) -> None:
         """Pull batches from the stored checkpoint until a short one. The next batch is
@@ -136,8 +239,11 @@ class Downstream(DirectionTask):
         )
         return as_changes_batch(answer), self.context.arrivals.pull_answered()
 
-    async def _persist(self, documents: Sequence[object], checkpoint: Any, arrival: int) -> bool:
-        """Apply master states; False if some were doubtful and the checkpoint was kept."""
+    async def _persist(
+        self, documents: Sequence[object], checkpoint: Any, arrival: int, *, forget: bool = True
+    ) -> bool:
+        """Apply master states; False if some were doubtful and the checkpoint was kept.
+        ``checkpoint`` ``_KEEP``: none is stored."""
         arrivals = self.context.arrivals
         # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
         async with arrivals.persist_lock:
@@ -145,10 +251,11 @@ class Downstream(DirectionTask):
             if arrivals.superseded:  # a newer replication of this id runs (see Arrivals)
                 return True
             writes, update = self._decide(incoming)
-            if complete:
+            if complete and checkpoint is not _KEEP:
                 update.set_checkpoint("down", checkpoint)
             await self._write(writes, update)
-            arrivals.forget_before(arrival)
+            if forget:  # not while older items wait (a batch ahead)
+                arrivals.forget_before(arrival)
             return complete
 
     async def _incoming(self, documents: Sequence[object], arrival: int) -> tuple[Incoming, bool]:

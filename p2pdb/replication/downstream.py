@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..causal import Vector, state_vector, take
@@ -40,6 +41,15 @@ FETCH_AHEAD = True
 SLICE_DOCS = 200
 _KEEP = object()  # stands for the checkpoint: store none (an unsaved slice, or a batch ahead)
 
+
+@dataclass(frozen=True, slots=True)
+class _Floor:
+    """Queued behind the older items when a batch went ahead: its checkpoint, stored once
+    they are all saved, unless a newer one was stored by then or a RESYNC waits (an older
+    item was doubtful). Without it the checkpoint of a last live batch would never be stored."""
+
+    checkpoint: Any
+
 Doc = dict[str, Any]
 #: Per document id: the prepared user fields, the deleted flag and the master's wire state.
 Incoming = dict[str, tuple[Doc, bool, Doc]]
@@ -54,7 +64,8 @@ class Downstream(DirectionTask):
         super().__init__(context, context.options.pull)
         #: Stored states written from the master.
         self.received: EventStream[Doc] = EventStream()
-        self._queue: deque[tuple[int, ChangesBatch | Resync]] = deque()
+        self._queue: deque[tuple[int, ChangesBatch | Resync | _Floor]] = deque()
+        self._stored_arrival = 0  # the arrival number of the newest checkpoint stored
         # small live batches to apply before the queue and between slices (see _goes_ahead)
         self._ahead: deque[tuple[int, ChangesBatch]] = deque()
         # document ids of the queued batches and of the unsaved slices of the one being
@@ -110,13 +121,14 @@ class Downstream(DirectionTask):
             or not (self._queue or self._slicing)
             or len(item.documents) > LIVE_MAX_DOCS
             or self.context.options.pull_modifier is not None
-            or any(not isinstance(queued, ChangesBatch) for _, queued in self._queue)
+            or any(queued == RESYNC for _, queued in self._queue)
+            or not item.documents  # nothing to hurry (a checkpoint past unreadable rows)
         ):
             return False
         ids = self._ids(item.documents)
         return None not in ids and not any(doc_id in self._held for doc_id in ids)
 
-    async def _next(self) -> tuple[int, ChangesBatch | Resync, bool]:
+    async def _next(self) -> tuple[int, ChangesBatch | Resync | _Floor, bool]:
         """The next item: a batch ahead first (True), else the queue's head (False)."""
         while not (self._ahead or self._queue):
             self._wake.clear()
@@ -146,6 +158,13 @@ class Downstream(DirectionTask):
             arrival, item, ahead = await self._next()
             if item == RESYNC:
                 await self._pull_all()
+            elif isinstance(item, _Floor):
+                if (
+                    self._caught_up
+                    and arrival > max(self._stored_arrival, arrivals.last_pull_end)
+                    and not any(queued == RESYNC for _, queued in self._queue)
+                ):
+                    await self._persist([], item.checkpoint, arrival)
             elif not isinstance(item, ChangesBatch):
                 pass
             elif ahead:
@@ -166,6 +185,8 @@ class Downstream(DirectionTask):
         self.set_busy(True)
         if not await self._persist(batch.documents, _KEEP, arrival, forget=False):
             self.enqueue(RESYNC)
+        else:
+            self._queue.append((arrival, _Floor(batch.checkpoint)))
         self.succeeded()
 
     async def _apply_sliced(self, arrival: int, batch: ChangesBatch) -> None:
@@ -251,9 +272,12 @@ class Downstream(DirectionTask):
             if arrivals.superseded:  # a newer replication of this id runs (see Arrivals)
                 return True
             writes, update = self._decide(incoming)
-            if complete and checkpoint is not _KEEP:
+            stored = complete and checkpoint is not _KEEP
+            if stored:
                 update.set_checkpoint("down", checkpoint)
             await self._write(writes, update)
+            if stored:
+                self._stored_arrival = max(self._stored_arrival, arrival)
             if forget:  # not while older items wait (a batch ahead)
                 arrivals.forget_before(arrival)
             return complete

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import sys
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,8 +35,11 @@ class Recorder:
         self._changed.set()
 
     async def wait_for(self, count: int) -> list[Any]:
+        return await self.wait_until(lambda values: len(values) >= count)
+
+    async def wait_until(self, done: Callable[[list[Any]], bool]) -> list[Any]:
         async with asyncio.timeout(5):
-            while len(self.values) < count:
+            while not done(self.values):
                 self._changed.clear()
                 await self._changed.wait()
         return self.values
@@ -187,7 +191,9 @@ async def test_find_one_count_and_document_observe(todos: p2pdb.Collection) -> N
     await doc.remove()
     revisions = [d.revision[:2] for d in await states.wait_for(3)]
     assert revisions == ["1-", "2-", "3-"] and states.values[2].deleted
-    assert (await one.wait_for(4))[3] is None
+    # a live query re-runs once per burst of commits: the patch's result may be skipped
+    seen = await one.wait_until(lambda values: len(values) > 2 and values[-1] is None)
+    assert [d and d.revision[:2] for d in seen[2:]] in (["2-", None], [None])
     assert (await count.wait_for(3))[2] == 0
 
 

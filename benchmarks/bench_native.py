@@ -38,7 +38,14 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "webrtc")]
+sys.path[:0] = [
+    str(ROOT),
+    str(ROOT / "benchmarks"),
+    str(ROOT / "tests"),
+    str(ROOT / "tests" / "webrtc"),
+]
+
+from _child import JsonChild, emit  # noqa: E402
 
 ENGINES = ("aiortc", "native")
 TOPIC = "bench-native-room"
@@ -51,11 +58,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (every thread)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def emit(**fields: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(fields) + b"\n")
-    sys.stdout.buffer.flush()
 
 
 # -- raw children -----------------------------------------------------------------------------
@@ -185,48 +187,10 @@ async def raw_child(engine: str, role: str) -> None:
     await close()
 
 
-class Child:
-    """A child process driven by JSON lines."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, *args: str) -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, *args,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**24,
-        )  # fmt: skip
-        return cls(process)
-
-    def send(self, **fields: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(orjson.dumps(fields) + b"\n")
-
-    async def read(self, within: float = 120) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        async with asyncio.timeout(within):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("child exited")
-        result: dict[str, Any] = orjson.loads(line)
-        return result
-
-    async def quit(self) -> None:
-        with_timeout = asyncio.timeout(10)
-        try:
-            self.send(cmd="quit")
-            async with with_timeout:
-                await self.process.wait()
-        except (TimeoutError, BrokenPipeError, ConnectionResetError):
-            self.process.kill()
-            await self.process.wait()
-
-
 async def raw_round(engine: str, total: int) -> tuple[float, float]:
     """Seconds and CPU seconds (both processes) to move ``total`` bytes."""
-    sender = await Child.start("--raw-child", engine, "sender")
-    receiver = await Child.start("--raw-child", engine, "receiver")
+    sender = await JsonChild.start(__file__, "--raw-child", engine, "sender")
+    receiver = await JsonChild.start(__file__, "--raw-child", engine, "receiver")
     try:
         receiver.send(**await sender.read())
         sender.send(**await receiver.read())

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from _child import JsonChild, emit  # noqa: E402
 from _common import SCHEMA, machine_line, make_docs  # noqa: E402
 
 TOPIC = "p2pdb-bench-transport"
@@ -57,11 +58,6 @@ CONFIGS: dict[str, tuple[bool, bool, bool]] = {
 
 
 # -- a peer process -------------------------------------------------------------------------
-
-
-def emit(**fields: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(fields) + b"\n")
-    sys.stdout.buffer.flush()
 
 
 async def child(args: argparse.Namespace) -> None:
@@ -130,58 +126,23 @@ async def child(args: argparse.Namespace) -> None:
         await db.close()
 
 
-class Child:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.ready: dict[str, Any] = {}
+class Child(JsonChild):
+    """A peer process; ``ready`` is what it said once its pool was up."""
+
+    ready: dict[str, Any]
 
     @classmethod
-    async def start(cls, db: Path, url: str, config: str) -> Child:
+    async def peer(cls, db: Path, url: str, config: str) -> Child:
         sack, zlib_on, uvloop_on = CONFIGS[config]
         env = {**os.environ, "P2PDB_UVLOOP": "1" if uvloop_on else "0"}
         flags = (["--sack"] if sack else []) + (["--zlib"] if zlib_on else [])
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--child",
-            "--db",
-            str(db),
-            "--signaling",
-            url,
-            *flags,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            limit=2**24,
+        return await cls.start(
+            __file__, "--child", "--db", str(db), "--signaling", url, *flags, env=env, within=WAIT
         )
-        return cls(process)
-
-    def send(self, cmd: str, **fields: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(orjson.dumps({"cmd": cmd, **fields}) + b"\n")
-
-    async def read(self, event: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        async with asyncio.timeout(WAIT):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("a peer process exited")
-        result: dict[str, Any] = orjson.loads(line)
-        assert result["event"] == event, result
-        return result
 
     async def request(self, cmd: str, event: str, **fields: Any) -> dict[str, Any]:
-        self.send(cmd, **fields)
-        return await self.read(event)
-
-    async def quit(self) -> None:
-        self.send("quit")
-        try:
-            async with asyncio.timeout(30):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        self.send(cmd=cmd, **fields)
+        return await self.read(event=event)
 
 
 # -- the parent -----------------------------------------------------------------------------
@@ -218,10 +179,10 @@ async def one_pair(
     paths = [folder / "x.db", folder / "y.db"]
     tokens = [await token_of(p) for p in paths]
     master, fork = (paths[0], paths[1]) if is_master(tokens[0], tokens[1]) else (paths[1], paths[0])
-    a = await Child.start(master, url, config)
-    b = await Child.start(fork, url, config)
+    a = await Child.peer(master, url, config)
+    b = await Child.peer(fork, url, config)
     try:
-        a.ready, b.ready = await a.read("ready"), await b.read("ready")
+        a.ready, b.ready = await a.read(event="ready"), await b.read(event="ready")
         want_loop = "uvloop" if CONFIGS[config][2] else "asyncio"
         assert a.ready["loop"] == b.ready["loop"] == want_loop, (config, a.ready)
         seed = 1000 * round_no

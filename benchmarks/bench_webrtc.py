@@ -51,6 +51,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "webrtc"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _child import JsonChild, emit  # noqa: E402
 
 HIGH_WATER, LOW_WATER = 512 * 1024, 128 * 1024
 RAW_MESSAGE = 64 * 1024
@@ -58,11 +61,6 @@ TOPIC = "p2pdb-bench-room"
 
 
 # -- raw aiortc child -----------------------------------------------------------------------
-
-
-def emit(**fields: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(fields) + b"\n")
-    sys.stdout.buffer.flush()
 
 
 async def raw_child(role: str) -> None:
@@ -157,48 +155,12 @@ async def raw_child(role: str) -> None:
     await pc.close()
 
 
-class RawChild:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def start(cls, role: str) -> RawChild:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--raw-child",
-            role,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=2**24,
-        )
-        return cls(process)
-
-    def send(self, **fields: Any) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(orjson.dumps(fields) + b"\n")
-
-    async def read(self, within: float = 60) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        async with asyncio.timeout(within):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("raw child exited")
-        result: dict[str, Any] = orjson.loads(line)
-        return result
-
-    async def quit(self) -> None:
-        self.send(cmd="quit")
-        try:
-            async with asyncio.timeout(10):
-                await self.process.wait()
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+async def raw_child_process(role: str) -> JsonChild:
+    return await JsonChild.start(__file__, "--raw-child", role, within=60)
 
 
 async def raw_baseline(total_bytes: int, rounds: int = 3) -> dict[str, float]:
-    sender, receiver = await RawChild.start("sender"), await RawChild.start("receiver")
+    sender, receiver = await raw_child_process("sender"), await raw_child_process("receiver")
     try:
         offer = await sender.read()
         receiver.send(**offer)

@@ -11,7 +11,7 @@ aiortc data channels, in RxDB 17's message format.
 
 from .connection import ConnectionHandler
 from .election import is_master, sha256_hex
-from .handler_factory import aiortc_connection_handler
+from .handler_factory import ConnectionOptions, aiortc_connection_handler
 from .options import WebRTCReplicationOptions
 from .peer import Peer, PeerMessage
 from .pool import ReplicationPool, replicate_webrtc
@@ -22,6 +22,7 @@ from .signaling_server import SignalingServer, start_signaling_server
 __all__ = [
     "CloseReason",
     "ConnectionHandler",
+    "ConnectionOptions",
     "Peer",
     "PeerMessage",
     "ReplicationPool",

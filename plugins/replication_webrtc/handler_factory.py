@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from p2pdb.errors import ValidationError
@@ -18,10 +19,31 @@ from .native_link import NativeLink
 from .signal_crypto import TopicSecret
 from .signaling_client import SignalingAccess, signaling_urls
 
-__all__ = ["ConnectionHandlerFactory", "aiortc_connection_handler"]
+__all__ = ["ConnectionHandlerFactory", "ConnectionOptions", "aiortc_connection_handler"]
 
 ConnectionHandlerFactory: TypeAlias = Callable[[str], Awaitable[ConnectionHandler]]
 """``await factory(topic)`` returns a started :class:`ConnectionHandler` in that room."""
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How the handlers of a factory connect: the keywords of
+    :func:`aiortc_connection_handler` as one typed, reusable object
+    (``aiortc_connection_handler(url, options=ConnectionOptions(relay_only=True, ...))``).
+    Each field means what the keyword of the same name does; they are checked when the
+    factory is made."""
+
+    ice_servers: Sequence[Mapping[str, Any]] | None = None
+    host_addresses: Sequence[str] | None = None
+    relay_only: bool = False
+    connect_timeout: float = 15.0
+    secret: str | bytes | TopicSecret | None = None
+    ssl: ssl_module.SSLContext | None = None
+    headers: Mapping[str, str] | None = None
+    compression: bool = True
+    delayed_sack: bool = True
+    engine: str | None = None
+    max_links: int = DEFAULT_MAX_LINKS
 
 
 def aiortc_connection_handler(
@@ -38,8 +60,13 @@ def aiortc_connection_handler(
     delayed_sack: bool = True,
     engine: str | None = None,
     max_links: int = DEFAULT_MAX_LINKS,
+    options: ConnectionOptions | None = None,
 ) -> ConnectionHandlerFactory:
     """Make a factory of aiortc connection handlers for one signaling server, or several.
+
+    The settings come as keywords, or all together as ``options``
+    (:class:`ConnectionOptions`); giving both raises :class:`ValidationError`
+    ``WEBRTC_SETTING_INVALID``.
 
     ``signaling_url``: ``"ws://host:port"``, or a list of URLs of signaling nodes that share
     rooms (``p2pdb signaling --redis``): the handler uses one at a time and moves to the next
@@ -83,8 +110,32 @@ def aiortc_connection_handler(
     raises :class:`ReplicationError` ``WEBRTC_SIGNALING_UNREACHABLE``. Settings
     are checked here and raise :class:`ValidationError`.
     """
-    servers = to_rtc_ice_servers(ice_servers)
-    hosts = validate_host_addresses(host_addresses)
+    keywords = ConnectionOptions(
+        ice_servers=ice_servers, host_addresses=host_addresses, relay_only=relay_only,
+        connect_timeout=connect_timeout, secret=secret, ssl=ssl, headers=headers,
+        compression=compression, delayed_sack=delayed_sack, engine=engine, max_links=max_links,
+    )  # fmt: skip
+    if options is None:
+        options = keywords
+    elif keywords != ConnectionOptions():
+        raise ValidationError(
+            "aiortc_connection_handler takes its settings as keywords or as options=, not both",
+            code="WEBRTC_SETTING_INVALID",
+        )
+    return _factory(signaling_url, options)
+
+
+def _factory(
+    signaling_url: str | Sequence[str], options: ConnectionOptions
+) -> ConnectionHandlerFactory:
+    """Check ``options`` once; the factory shares the checked settings among its handlers."""
+    servers = to_rtc_ice_servers(
+        None if options.ice_servers is None else [dict(s) for s in options.ice_servers]
+    )
+    hosts = validate_host_addresses(
+        None if options.host_addresses is None else list(options.host_addresses)
+    )
+    relay_only, connect_timeout = options.relay_only, options.connect_timeout
     if relay_only and not ice_servers_have_turn(servers):
         raise ValidationError(
             "relay_only=True needs a TURN server in ice_servers",
@@ -96,20 +147,20 @@ def aiortc_connection_handler(
             code="WEBRTC_SETTING_INVALID",
         )
 
-    links = check_max_links(max_links)
+    links = check_max_links(options.max_links)
     link_class: type[Link] = Link
-    if resolve_engine(engine) == "native":
+    if resolve_engine(options.engine) == "native":
         load_native()  # WEBRTC_ENGINE_UNAVAILABLE now, not at the first connection
         link_class = NativeLink
     urls = signaling_urls(signaling_url)
-    access = SignalingAccess(secret=secret, ssl=ssl, headers=headers)
+    access = SignalingAccess(secret=options.secret, ssl=options.ssl, headers=options.headers)
     settings = LinkSettings(
         ice_servers=tuple(servers),
         relay_only=relay_only,
         host_addresses=hosts,
         connect_timeout=connect_timeout,
-        compression=compression,
-        delayed_sack=delayed_sack,
+        compression=options.compression,
+        delayed_sack=options.delayed_sack,
     )
 
     async def factory(topic: str) -> ConnectionHandler:

@@ -4,6 +4,8 @@ values, the documented calls type-check, and no task before ``start()``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ from schemas import PEER_SCHEMA
 import p2pdb
 from p2pdb.errors import ValidationError
 from p2pdb.plugins.replication_webrtc import (
+    ConnectionOptions,
     Peer,
     ReplicationPool,
     WebRTCReplicationOptions,
@@ -46,6 +49,34 @@ def test_keyword_shortcuts_mirror_the_options() -> None:
     assert {name: keywords[name] for name in option_names()} == {
         name: defaults[name] for name in option_names()
     }
+
+
+def test_connection_options_mirror_the_handler_keywords() -> None:
+    """Every field of ConnectionOptions is a keyword of aiortc_connection_handler, with the
+    same default, and the other way round (but the URL and ``options`` itself)."""
+    params = inspect.signature(aiortc_connection_handler).parameters
+    keywords = {name: p.default for name, p in params.items()}
+    del keywords["signaling_url"], keywords["options"]
+    fields = {f.name: f.default for f in dataclasses.fields(ConnectionOptions)}
+    assert fields == keywords
+
+
+def test_connection_options_are_checked_like_keywords() -> None:
+    with pytest.raises(ValidationError) as caught:
+        aiortc_connection_handler("ws://127.0.0.1:1", options=ConnectionOptions(relay_only=True))
+    assert caught.value.code == "WEBRTC_ICE_SERVER_INVALID"
+    with pytest.raises(ValidationError) as caught:
+        aiortc_connection_handler("ws://127.0.0.1:1", options=ConnectionOptions(max_links=0))
+    assert caught.value.code == "WEBRTC_SETTING_INVALID"
+
+
+def test_options_and_keywords_together_are_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        aiortc_connection_handler(
+            "ws://127.0.0.1:1", ice_servers=[], options=ConnectionOptions(connect_timeout=5)
+        )
+    assert caught.value.code == "WEBRTC_SETTING_INVALID"
+    assert "not both" in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from turn_helpers import TURN_PASSWORD, TURN_USER, running_turnserver
 import p2pdb
 from p2pdb.errors import P2PDBError
 from p2pdb.plugins.replication_webrtc import (
+    ConnectionOptions,
     ReplicationPool,
     aiortc_connection_handler,
     replicate_webrtc,
@@ -66,9 +67,11 @@ async def make_node(
         db = await p2pdb.create_database(str(tmp_path / f"{name}.db"))
         docs = await db.add_collection("docs", schema=SCHEMA)
         ice = [{"urls": turn_server, "username": username, "credential": credential}]
-        handler = aiortc_connection_handler(
-            signaling.url, ice_servers=ice, relay_only=True, connect_timeout=connect_timeout
+        # the settings as one object (the keywords are the same path: test_webrtc_options)
+        options = ConnectionOptions(
+            ice_servers=ice, relay_only=True, connect_timeout=connect_timeout
         )
+        handler = aiortc_connection_handler(signaling.url, options=options)
         pool = await replicate_webrtc(docs, TOPIC, handler)
         made.append((db, pool))
         return docs, pool

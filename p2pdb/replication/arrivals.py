@@ -24,8 +24,8 @@ class Arrivals:
       result (the master read its state after sending the event);
     - a master state that arrived before the answer to a push of the same document may
       predate that push (or not: the master may have served it after applying the push).
-      It is not applied, and the checkpoint does not move past it: the batch is pulled
-      again, now after the push's answer.
+      It is not applied, and the checkpoint does not move past it (nor does a later
+      stream batch's): the batch is pulled again, now after the push's answer.
 
     Applying such stale states would roll the fork back, and in a mesh another replication
     would then push the rolled-back state on as a new write; skipping them for good would

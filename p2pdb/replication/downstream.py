@@ -164,6 +164,7 @@ class Downstream(DirectionTask):
                     and arrival > max(self._stored_arrival, arrivals.last_pull_end)
                     and not any(queued == RESYNC for _, queued in self._queue)
                 ):
+                    self.set_busy(True)  # a write of the pull: `active` says so
                     await self._persist([], item.checkpoint, arrival)
             elif not isinstance(item, ChangesBatch):
                 pass
@@ -184,7 +185,7 @@ class Downstream(DirectionTask):
             return
         self.set_busy(True)
         if not await self._persist(batch.documents, _KEEP, arrival, forget=False):
-            self.enqueue(RESYNC)
+            self._doubtful()
         else:
             self._queue.append((arrival, _Floor(batch.checkpoint)))
         self.succeeded()
@@ -215,7 +216,16 @@ class Downstream(DirectionTask):
             self._slicing = False
             self._release(documents[done:])
         if not complete:
-            self.enqueue(RESYNC)
+            self._doubtful()
+
+    def _doubtful(self) -> None:
+        """A stream batch held a doubtful state (see Arrivals), so its checkpoint was not
+        stored: pull again from the stored one, and apply nothing queued before that pull.
+        A later batch would store its checkpoint, past the doubtful state for good (the
+        pull would start after it, and the fork keep its older state of the document);
+        the pull covers those batches."""
+        self._caught_up = False
+        self.enqueue(RESYNC)
 
     async def _pull_all(self) -> None:
         """Pull batches from the stored checkpoint until a short one. The next batch is

@@ -18,7 +18,6 @@ persist lock) and ``options``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from reactivex.subject import BehaviorSubject
 from ..changes import ChangeEvent
 from ..errors import P2PDBError, ReplicationError
 from ..streams import EventStream
+from ..tasks import cancel_and_wait
 from .access import DocumentFilter
 from .arrivals import Arrivals
 from .causal_order import negotiate
@@ -183,14 +183,13 @@ class ReplicationState:
             subscription.dispose()
         self._subscriptions.clear()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._down.busy = self._up.busy = False
-        self._resync_held = False  # start() pulls everything anyway
-        self._changed()
+        try:
+            # a cancellation of our caller meanwhile is raised once they ended (p2pdb.tasks)
+            await cancel_and_wait(tasks)
+        finally:
+            self._down.busy = self._up.busy = False
+            self._resync_held = False  # start() pulls everything anyway
+            self._changed()
 
     async def re_sync(self) -> None:
         """Pull everything after the stored checkpoint again (as after a reconnect)."""
@@ -203,7 +202,13 @@ class ReplicationState:
         self._canceled = True  # first: pause() below must not be undone by a restart
         if self._unregister is not None:
             self._unregister()
-        await self.pause()
+        try:
+            await self.pause()
+        finally:  # final even if our caller is cancelled meanwhile
+            await self._close()
+
+    async def _close(self) -> None:
+        """The end of :meth:`cancel`: close the transport, complete the streams."""
         for close in self._closers:
             await close()
         self._changed()

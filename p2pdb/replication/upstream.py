@@ -20,7 +20,6 @@ the bulk lane holds for its batch, or takes it itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
+from ..tasks import cancel_and_wait, settle
 from .access import apply_modifier, refused_ids
 from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
@@ -137,7 +137,7 @@ class Upstream(DirectionTask):
                 await self._local_change.wait()
         finally:
             self._noticed = None
-            await _cancel(self._live)
+            await cancel_and_wait(self._live)  # never loses a cancellation of ours (p2pdb.tasks)
 
     async def _push_all(self) -> None:
         c = self.context.collection
@@ -425,20 +425,10 @@ class Upstream(DirectionTask):
 
 
 async def _settle(tasks: set[asyncio.Task[None]]) -> None:
-    """Wait for ``tasks`` to end; cancel them instead if we are being cancelled."""
+    """Wait for ``tasks`` to end; cancel them instead if we are being cancelled (now or
+    meanwhile: the cancellation is raised once they ended, never lost)."""
     current = asyncio.current_task()
     if current is not None and current.cancelling():
-        await _cancel(tasks)
-    elif tasks:
-        await asyncio.wait(list(tasks))
-
-
-async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait for them to end."""
-    pending = list(tasks)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
+        await cancel_and_wait(tasks)
+    else:
+        await settle(tasks)

@@ -54,8 +54,10 @@ async def wait_holds(collection: p2pdb.Collection, ids: set[str], seconds: float
     sub = collection.changes.subscribe(lambda _e: changed.set())
     try:
         async with asyncio.timeout(seconds):
-            while not ids <= set(await contents(collection)):
-                changed.clear()
+            while True:
+                changed.clear()  # before reading: a commit during the read sets it again
+                if ids <= set(await contents(collection)):
+                    return
                 await changed.wait()
     finally:
         sub.dispose()

@@ -130,6 +130,26 @@ class NativeLink(Link):
         """Always ``None``: aiolibdatachannel does not expose the selected pair."""
         return None
 
+    async def send(self, message: object) -> None:
+        """Send one message; a channel that cannot take it any more ends the link first.
+
+        libdatachannel closes a channel (the remote closed it, or the connection went
+        away) in its own threads; the ``closed`` event reaches the loop later. A send in
+        between finds the channel closed or has its frame refused (``rtcSendMessage``
+        fails, -2, "DataChannel is closed" / "transport is not open"). That is the peer
+        leaving, as on aiortc, where the channel's state and its ``close`` event change
+        together on the loop and the link has ended before any send sees the state: so the
+        link ends here, at once (the session stops before the failed send's
+        ``WEBRTC_PEER_GONE`` reaches it), and that error is raised to the sender.
+        """
+        try:
+            await super().send(message)
+        except PeerError as error:
+            if self.connected and not self.ended and error.code == "WEBRTC_PEER_GONE":
+                logger.info("data channel to %s is closing: %s", self.remote_id, error)
+                self.end()
+            raise
+
     # -- negotiation ----------------------------------------------------------------------
 
     async def _run(self) -> None:

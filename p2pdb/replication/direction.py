@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ from .fork import ForkCollection
 from .options import ReplicationOptions
 from .protocol import ReplicationHandler
 
-__all__ = ["DirectionTask", "ReplicationContext"]
+__all__ = ["DirectionTask", "ReplicationContext", "cancel_all", "settle"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +92,22 @@ class DirectionTask(ABC):
     @abstractmethod
     def retry(self) -> None:
         """The backoff delay after a failure is over: queue the work again."""
+
+
+async def settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Wait for ``tasks`` to end; cancel them instead if we are being cancelled."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        await cancel_all(tasks)
+    elif tasks:
+        await asyncio.wait(list(tasks))
+
+
+async def cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -45,7 +45,7 @@ from .native_bridge import (
 )
 from .native_candidates import NativeCandidateAdder
 from .native_engine import host_has_network, load_native, native_ice_urls
-from .sdp import dtls_fingerprint, frame_limit
+from .sdp import answer_as_dtls_server, dtls_fingerprint, frame_limit
 
 __all__ = ["NativeLink", "filter_host_candidates"]
 
@@ -248,7 +248,7 @@ class NativeLink(Link):
             )
             raise _NativeLinkFailed
         try:
-            await native.set_remote(sdp, kind)
+            await native.set_remote(answer_as_dtls_server(sdp) if kind == "offer" else sdp, kind)
         except Exception as error:
             self._report(
                 f"Peer {self.remote_id} sent an unusable {kind}: {error!r}",

@@ -134,6 +134,14 @@ async def test_native_to_native_replicates_authenticated(
     await b.join(signaling.url, "native", lambda _id: True)
     await exercise(a, b)
     assert all(isinstance(link, NativeLink) for link in links(a) + links(b))
+    setups = sorted(
+        line
+        for link in links(a) + links(b)
+        if link.native is not None
+        for line in (link.native.local_description or "").split("\r\n")
+        if line.startswith("a=setup:")
+    )
+    assert setups == ["a=setup:actpass", "a=setup:passive"]  # the offer, and our answer
     assert links(a)[0].dtls_fingerprints() == tuple(reversed(links(b)[0].dtls_fingerprints()))
 
 
@@ -156,6 +164,9 @@ async def test_native_and_aiortc_replicate_in_every_role(
     (link,) = links(native)
     assert isinstance(link, NativeLink) and link.initiator == native_initiates
     assert type(links(aiortc)[0]).__name__ == "Link"
+    # an answering native side is the DTLS server (sdp.answer_as_dtls_server)
+    local = link.native.local_description if link.native is not None else None
+    assert local is not None and ("a=setup:passive" in local) == (not native_initiates)
     assert link.dtls_fingerprints() == tuple(reversed(links(aiortc)[0].dtls_fingerprints()))
 
 

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "settle"]
+__all__ = ["cancel_and_wait", "settle", "settle_unless_cancelling"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -37,6 +37,17 @@ async def settle(tasks: Iterable[asyncio.Future[Any]]) -> None:
     an error.
     """
     await _wait_all(list(tasks), cancel=True)
+
+
+async def settle_unless_cancelling(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """:func:`settle`, or :func:`cancel_and_wait` if the caller is being cancelled already
+    (a ``finally`` on its way out: its cancellation was delivered, and waiting for the
+    tasks to finish on their own would hold it up)."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        await cancel_and_wait(tasks)
+    else:
+        await settle(tasks)
 
 
 async def _wait_all(every: list[asyncio.Future[Any]], *, cancel: bool) -> None:

@@ -30,6 +30,15 @@ class Arrivals:
     Applying such stale states would roll the fork back, and in a mesh another replication
     would then push the rolled-back state on as a new write; skipping them for good would
     lose the newer ones.
+
+    The other way round, a conflict answer may be older than a master state that arrived
+    while the push was in flight: RxDB's master reads the state it answers with before it
+    writes, unserialized with its other writes, so it can stream a newer state and then
+    answer with the one it read before (seen in a three-peer mesh: RxDB answered one fork's
+    push with the old state 50 ms after it had streamed another fork's newer one).
+    :meth:`landed` names the documents of which a state arrived during the push; the fork
+    asks again instead of resolving such an answer (``master_wins`` would write the old
+    state back as a new revision).
     """
 
     def __init__(self) -> None:
@@ -38,6 +47,8 @@ class Arrivals:
         self.last_pull_end = -1
         self._pushed_at: dict[str, int] = {}
         self._pushed_state: dict[str, Doc] = {}  # what that push sent
+        #: Documents in a push in flight -> whether a master state of one arrived meanwhile.
+        self._flying: dict[str, bool] = {}
         #: Set when a newer replication with the same id started on the same collection
         #: (a transport's new session while the old one still closes): what reaches this
         #: one may predate the newer one's pushes, which its bookkeeping never saw, so it
@@ -63,6 +74,23 @@ class Arrivals:
         for doc_id, state in pushed:
             self._pushed_at[doc_id] = answered_at
             self._pushed_state[doc_id] = state
+
+    def flying(self, ids: Iterable[str]) -> None:
+        """A push of these documents goes out (a document is in one push at a time)."""
+        for doc_id in ids:
+            self._flying[doc_id] = False
+
+    def seen(self, ids: Iterable[object]) -> None:
+        """Master states of these documents arrived (a stream event, a pull's answer)."""
+        if self._flying:
+            for doc_id in ids:
+                if isinstance(doc_id, str) and doc_id in self._flying:
+                    self._flying[doc_id] = True
+
+    def landed(self, ids: Iterable[str]) -> set[str]:
+        """The push of ``ids`` was answered: those of which a master state arrived while it
+        was in flight (a conflict answer for them may be older than that state)."""
+        return {doc_id for doc_id in ids if self._flying.pop(doc_id, False)}
 
     def pushed_after(self, doc_id: str, arrival: int) -> bool:
         """True if a push of ``doc_id`` was answered after ``arrival``: a master state of it

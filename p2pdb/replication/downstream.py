@@ -92,6 +92,8 @@ class Downstream(DirectionTask):
     def enqueue(self, item: ChangesBatch | Resync) -> None:
         """Queue an item of the master's stream (or a RESYNC), numbered as it arrives."""
         arrival = self.context.arrivals.next()
+        if isinstance(item, ChangesBatch):
+            self.context.arrivals.seen(self._ids(item.documents))
         if isinstance(item, ChangesBatch) and self._goes_ahead(item):
             self._ahead.append((arrival, item))
         else:
@@ -268,7 +270,9 @@ class Downstream(DirectionTask):
         answer = await self.context.handler.changes_since(
             checkpoint, self.context.options.batch_size
         )
-        return as_changes_batch(answer), self.context.arrivals.pull_answered()
+        batch = as_changes_batch(answer)
+        self.context.arrivals.seen(self._ids(batch.documents))
+        return batch, self.context.arrivals.pull_answered()
 
     async def _persist(
         self, documents: Sequence[object], checkpoint: Any, arrival: int, *, forget: bool = True

@@ -29,7 +29,7 @@ from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
-from ..tasks import cancel_and_wait, settle
+from ..tasks import cancel_and_wait, settle_unless_cancelling
 from .access import apply_modifier, refused_ids
 from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
@@ -41,6 +41,7 @@ __all__ = ["LIVE_PUSH_MAX", "ResolvedConflict", "Upstream"]
 Doc = dict[str, Any]
 #: Most documents of a local commit that the live lane pushes beside a bulk push.
 LIVE_PUSH_MAX = 16
+_ASK_AGAIN = 3  # times a doubtful conflict answer is asked again before it is resolved
 
 
 class ResolvedConflict:
@@ -155,7 +156,7 @@ class Upstream(DirectionTask):
                     await self._push([state for _, state in pairs], last)
                 finally:
                     self._holding = False
-                    await _settle(self._hosted)  # before the lock goes
+                    await settle_unless_cancelling(self._hosted)  # before the lock goes
             self.succeeded()
 
     async def _live_push(self, since: int, until: int) -> None:
@@ -256,8 +257,6 @@ class Upstream(DirectionTask):
         unsent: set[str] = set()
         for start in range(0, len(rows), batch_size):
             chunk, wire = await self._outgoing(rows[start : start + batch_size], unsent)
-            if not wire:
-                continue
             if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
                 wire = [
                     WriteRow(
@@ -266,28 +265,55 @@ class Upstream(DirectionTask):
                     )
                     for r in wire
                 ]
-            answer = await self._write_allowed(chunk, wire, unsent)
-            if answer is None:
-                continue
-            self.context.arrivals.push_answered(
-                (row.new_document_state[pk], row.new_document_state) for row in chunk
-            )
-            if not isinstance(answer, list):
-                raise _bad_response("write() must return a list of conflicting documents.")
-            sent_ids = {row.new_document_state[pk] for row in chunk}
-            for answered in answer:
-                if not isinstance(answered, Mapping) or answered.get(pk) not in sent_ids:
-                    raise _bad_response(
-                        "write() returned a conflict for a document that was not sent."
-                    )
-                doc_id = answered[pk]
-                answered, vectors.theirs[doc_id] = self._take_vector(answered)
-                state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
-                if state is None:
-                    unsent.add(doc_id)
-                else:
-                    real[doc_id] = to_wire(state)
+            for _ in range(_ASK_AGAIN + 1):
+                doubtful = await self._send_chunk(chunk, wire, unsent, real, vectors)
+                if not doubtful:
+                    break
+                # ask again for those only: the answer is read after that state arrived
+                chunk = [r for r in chunk if r.new_document_state[pk] in doubtful]
+                wire = [r for r in wire if r.new_document_state[pk] in doubtful]
         return real, unsent
+
+    async def _send_chunk(
+        self,
+        chunk: list[WriteRow],
+        wire: list[WriteRow],
+        unsent: set[str],
+        real: dict[str, Doc],
+        vectors: _Vectors,
+    ) -> set[str]:
+        """Send one batch; put its conflict answers in ``real``. Returns the ids whose
+        answer may be older than a master state that arrived while the push was in flight
+        (see :class:`~.arrivals.Arrivals`): to ask again rather than resolve."""
+        pk, arrivals = self.context.collection.schema.primary_key, self.context.arrivals
+        ids = [row.new_document_state[pk] for row in wire]
+        if not ids:
+            return set()
+        arrivals.flying(ids)
+        try:
+            answer = await self._write_allowed(chunk, wire, unsent)
+        finally:
+            seen = arrivals.landed(ids)
+        if answer is None:
+            return set()
+        sent = {row.new_document_state[pk]: row.new_document_state for row in chunk}
+        arrivals.push_answered(sent.items())
+        for doc_id in sent:  # an earlier answer of a row asked again is replaced
+            real.pop(doc_id, None)
+        if not isinstance(answer, list):
+            raise _bad_response("write() must return a list of conflicting documents.")
+        for answered in answer:
+            if not isinstance(answered, Mapping) or answered.get(pk) not in sent:
+                raise _bad_response("write() returned a conflict for a document that was not sent.")
+            doc_id = answered[pk]
+            answered, vectors.theirs[doc_id] = self._take_vector(answered)
+            state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
+            if state is None:
+                unsent.add(doc_id)
+            else:
+                real[doc_id] = to_wire(state)
+        is_equal = self.context.collection.conflict_handler.is_equal
+        return {i for i in seen & real.keys() if not is_equal(real[i], sent[i])}
 
     def _take_vector(self, answered: Mapping[str, Any]) -> tuple[Doc, Vector | None]:
         """A conflict answer without its vector, and the vector (a bad one: a bad answer)."""
@@ -422,13 +448,3 @@ class Upstream(DirectionTask):
             error.__cause__ = exc
             self.context.report("up", error)
             return conflict.real_master_state
-
-
-async def _settle(tasks: set[asyncio.Task[None]]) -> None:
-    """Wait for ``tasks`` to end; cancel them instead if we are being cancelled (now or
-    meanwhile: the cancellation is raised once they ended, never lost)."""
-    current = asyncio.current_task()
-    if current is not None and current.cancelling():
-        await cancel_and_wait(tasks)
-    else:
-        await settle(tasks)

@@ -45,7 +45,7 @@ from .native_bridge import (
 )
 from .native_candidates import NativeCandidateAdder
 from .native_engine import host_has_network, load_native, native_ice_urls
-from .sdp import dtls_fingerprint, frame_limit
+from .sdp import answer_as_dtls_server, dtls_fingerprint, frame_limit
 
 __all__ = ["NativeLink", "filter_host_candidates"]
 
@@ -129,6 +129,26 @@ class NativeLink(Link):
     def candidate_pair(self) -> tuple[str, str] | None:
         """Always ``None``: aiolibdatachannel does not expose the selected pair."""
         return None
+
+    async def send(self, message: object) -> None:
+        """Send one message; a channel that cannot take it any more ends the link first.
+
+        libdatachannel closes a channel (the remote closed it, or the connection went
+        away) in its own threads; the ``closed`` event reaches the loop later. A send in
+        between finds the channel closed or has its frame refused (``rtcSendMessage``
+        fails, -2, "DataChannel is closed" / "transport is not open"). That is the peer
+        leaving, as on aiortc, where the channel's state and its ``close`` event change
+        together on the loop and the link has ended before any send sees the state: so the
+        link ends here, at once (the session stops before the failed send's
+        ``WEBRTC_PEER_GONE`` reaches it), and that error is raised to the sender.
+        """
+        try:
+            await super().send(message)
+        except PeerError as error:
+            if self.connected and not self.ended and error.code == "WEBRTC_PEER_GONE":
+                logger.info("data channel to %s is closing: %s", self.remote_id, error)
+                self.end()
+            raise
 
     # -- negotiation ----------------------------------------------------------------------
 
@@ -228,7 +248,7 @@ class NativeLink(Link):
             )
             raise _NativeLinkFailed
         try:
-            await native.set_remote(sdp, kind)
+            await native.set_remote(answer_as_dtls_server(sdp) if kind == "offer" else sdp, kind)
         except Exception as error:
             self._report(
                 f"Peer {self.remote_id} sent an unusable {kind}: {error!r}",

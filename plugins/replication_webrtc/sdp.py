@@ -7,7 +7,13 @@ import re
 
 from aiortc import RTCPeerConnection
 
-__all__ = ["dtls_fingerprint", "frame_limit", "local_sdp", "sha256_fingerprint_only"]
+__all__ = [
+    "answer_as_dtls_server",
+    "dtls_fingerprint",
+    "frame_limit",
+    "local_sdp",
+    "sha256_fingerprint_only",
+]
 
 _MAX_MESSAGE_SIZE_RE = re.compile(r"^a=max-message-size:(\d+)", re.MULTILINE)
 _SHA256_FINGERPRINT = "a=fingerprint:sha-256 "
@@ -40,6 +46,22 @@ def sha256_fingerprint_only(sdp: str) -> str:
         if not line.lower().startswith("a=fingerprint:")
         or line.lower().startswith(_SHA256_FINGERPRINT)
     )
+
+
+def answer_as_dtls_server(offer_sdp: str) -> str:
+    """The remote's offer as our native engine should read it, so that it answers
+    ``a=setup:passive`` (the DTLS server) instead of ``active``.
+
+    An offer says ``actpass``: the answerer chooses. libdatachannel always chooses active,
+    the DTLS client, and sends its ClientHello as soon as ICE connects. Our ICE checks reach
+    the offerer before our answer does (the signaling server is the slower path), and
+    libdatachannel 0.24 (RxDB's node-datachannel) then verifies our certificate before it
+    has our fingerprint: "DTLS alert: unknown CA", a failed connection and a retry. Read as
+    ``active``, the offer makes libdatachannel answer ``passive``; the offerer becomes the
+    DTLS client, which it can only be once it has our answer, fingerprint included
+    (RFC 5763 section 5 lets the answerer take either role; every stack accepts both).
+    """
+    return offer_sdp.replace("a=setup:actpass", "a=setup:active")
 
 
 def frame_limit(remote_sdp: str, wanted: int) -> int:

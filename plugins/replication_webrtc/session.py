@@ -215,8 +215,8 @@ class PeerSession:
                 self.state.active.subscribe(lambda _active: self._changed())
             self._changed()
         except P2PDBError as exc:
-            if self.closed or self._dropping:
-                return  # the peer went away or was dropped during the handshake
+            if self.closed or self._dropping or self.channel.closed:
+                return  # the peer went away (we are closing) or was dropped during the handshake
             self.callbacks.report(exc)
             await self.callbacks.disconnect(self.peer)
 

@@ -21,8 +21,10 @@ pytest.importorskip("aiolibdatachannel")
 
 from peer_process import DOCS_SCHEMA, ChildPeer, make_docs  # noqa: E402
 from replication_helpers import contents, wait_equal  # noqa: E402
+from webrtc_helpers import HandlerMaker  # noqa: E402
 
 import p2pdb  # noqa: E402
+from p2pdb.errors import PeerError  # noqa: E402
 from p2pdb.plugins.replication_webrtc import (  # noqa: E402
     ConnectionHandler,
     ReplicationPool,
@@ -132,6 +134,14 @@ async def test_native_to_native_replicates_authenticated(
     await b.join(signaling.url, "native", lambda _id: True)
     await exercise(a, b)
     assert all(isinstance(link, NativeLink) for link in links(a) + links(b))
+    setups = sorted(
+        line
+        for link in links(a) + links(b)
+        if link.native is not None
+        for line in (link.native.local_description or "").split("\r\n")
+        if line.startswith("a=setup:")
+    )
+    assert setups == ["a=setup:actpass", "a=setup:passive"]  # the offer, and our answer
     assert links(a)[0].dtls_fingerprints() == tuple(reversed(links(b)[0].dtls_fingerprints()))
 
 
@@ -154,6 +164,9 @@ async def test_native_and_aiortc_replicate_in_every_role(
     (link,) = links(native)
     assert isinstance(link, NativeLink) and link.initiator == native_initiates
     assert type(links(aiortc)[0]).__name__ == "Link"
+    # an answering native side is the DTLS server (sdp.answer_as_dtls_server)
+    local = link.native.local_description if link.native is not None else None
+    assert local is not None and ("a=setup:passive" in local) == (not native_initiates)
     assert link.dtls_fingerprints() == tuple(reversed(links(aiortc)[0].dtls_fingerprints()))
 
 
@@ -326,3 +339,38 @@ async def test_the_receive_backlog_is_bounded() -> None:
     finally:
         await sender.close()
         await receiver.close()
+
+
+async def test_a_send_on_a_channel_the_remote_closed_is_the_peer_leaving(
+    make_handler: HandlerMaker,
+) -> None:
+    """libdatachannel closes a channel in its own threads and tells the loop later; a send
+    in between finds it closed (or has its frame refused: ``rtcSendMessage`` -2). That is
+    the peer leaving, as on aiortc (whose channel state and ``close`` event change together,
+    so the link has ended before a send can see the state): the link ends at the send and
+    announces the disconnect before the send's ``WEBRTC_PEER_GONE`` comes back, so a
+    session stops before that error reaches its replication, and nothing is reported."""
+    a_handler, a = await make_handler(engine="native")
+    b_handler, b = await make_handler(engine="native")
+    peer_b, peer_a = await a.connect(), await b.connect()
+    link_a, link_b = a_handler.link_to(peer_b), b_handler.link_to(peer_a)
+    assert isinstance(link_a, NativeLink) and isinstance(link_b, NativeLink)
+    ours, theirs = link_a.native_channel, link_b.native_channel
+    assert ours is not None and theirs is not None and ours.readyState == "open"
+    await a_handler.send(peer_b, {"before": True})
+    assert (await b.message()).data == {"before": True}
+    theirs.close()  # the remote closes its end: libdatachannel resets the stream
+    # keep the loop from running the "closed" event while libdatachannel closes our end
+    deadline = time.monotonic() + WAIT
+    while ours.readyState != "closed" and time.monotonic() < deadline:
+        time.sleep(0.005)  # noqa: ASYNC251 - the loop must not run here: that is the point
+    assert ours.readyState == "closed" and not link_a.ended
+    with pytest.raises(PeerError) as caught:
+        await a_handler.send(peer_b, {"after": True})
+    assert caught.value.code == "WEBRTC_PEER_GONE"
+    assert link_a.ended  # ended by the send itself, not by the event still queued
+    assert a.disconnects.get_nowait() == peer_b  # announced before the error came back
+    assert a_handler.peers == []
+    async with asyncio.timeout(WAIT):  # the queued "closed" event runs: it changes nothing
+        await link_a.wait_closed()
+    assert a.errors.empty() and a.disconnects.empty()

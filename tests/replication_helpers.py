@@ -1,9 +1,12 @@
-"""Helpers for replication tests: a handler wrapper that counts calls and injects faults."""
+"""Helpers for replication tests: handler wrappers (one that passes every call on, one that
+counts calls and injects faults), a fork/master pair of collections, and waits."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from reactivex import Observable
@@ -12,12 +15,54 @@ import p2pdb
 from p2pdb.errors import PeerError
 from p2pdb.replication import ChangesBatch, ReplicationHandler, Resync, WriteRow
 
+#: Documents of an id and one integer: what the fixed-order replication tests write.
+ID_W_SCHEMA: dict[str, Any] = {
+    "version": 0,
+    "primaryKey": "id",
+    "type": "object",
+    "properties": {"id": {"type": "string", "maxLength": 40}, "w": {"type": "integer"}},
+    "required": ["id", "w"],
+}
 
-class FaultyHandler:
-    """Wraps a handler: counts calls, and fails or delays them on demand."""
+
+class HandlerWrapper:
+    """A replication handler that passes every call to ``inner``: a test subclasses it and
+    overrides the call it watches, holds or answers differently."""
 
     def __init__(self, inner: ReplicationHandler) -> None:
         self.inner = inner
+
+    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
+        return await self.inner.changes_since(checkpoint, batch_size)
+
+    async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
+        return await self.inner.write(rows)
+
+    def stream(self) -> Observable[ChangesBatch | Resync]:
+        return self.inner.stream()
+
+
+@asynccontextmanager
+async def collection_pair(
+    folder: Path, schema: dict[str, Any]
+) -> AsyncIterator[tuple[p2pdb.Collection, p2pdb.Collection]]:
+    """``(fork, master)``: collection "docs" of ``schema`` in two database files."""
+    fork_db = await p2pdb.create_database(str(folder / "fork.db"))
+    master_db = await p2pdb.create_database(str(folder / "master.db"))
+    try:
+        fork = await fork_db.add_collection("docs", schema=schema)
+        master = await master_db.add_collection("docs", schema=schema)
+        yield fork, master
+    finally:
+        await fork_db.close()
+        await master_db.close()
+
+
+class FaultyHandler(HandlerWrapper):
+    """Wraps a handler: counts calls, and fails or delays them on demand."""
+
+    def __init__(self, inner: ReplicationHandler) -> None:
+        super().__init__(inner)
         self.failing = False
         self.delay = 0.0
         self.pulled = 0  # documents handed out by changes_since
@@ -41,9 +86,6 @@ class FaultyHandler:
         await self._gate()
         self.pushed += len(rows)
         return await self.inner.write(rows)
-
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
 
 
 async def contents(collection: p2pdb.Collection) -> dict[str, dict[str, Any]]:

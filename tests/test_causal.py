@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from reactivex import Observable
+from replication_helpers import HandlerWrapper
 
 import p2pdb
 from p2pdb.causal import (
@@ -243,11 +244,11 @@ class Recorder:
         return conflict.real_master_state
 
 
-class Plain:
+class Plain(HandlerWrapper):
     """A handler without causal order (as an RxDB peer's), recording what it carries."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.seen: list[dict[str, Any]] = []
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:

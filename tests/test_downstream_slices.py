@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from replication_helpers import collection_pair
 
 import p2pdb
 from p2pdb.changes import ChangeEvent
@@ -35,13 +36,8 @@ SCHEMA = {
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> Any:
-    fork_db = await p2pdb.create_database(str(tmp_path / "fork.db"))
-    master_db = await p2pdb.create_database(str(tmp_path / "master.db"))
-    fork = await fork_db.add_collection("docs", schema=SCHEMA)
-    master = await master_db.add_collection("docs", schema=SCHEMA)
-    yield fork, master
-    await fork_db.close()
-    await master_db.close()
+    async with collection_pair(tmp_path, SCHEMA) as collections:
+        yield collections
 
 
 class Recorder:

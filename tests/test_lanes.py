@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactivex import Observable
+from replication_helpers import HandlerWrapper, collection_pair
 
 import p2pdb
-from p2pdb.replication import ChangesBatch, Resync, WriteRow, collection_handler, replicate
+from p2pdb.replication import WriteRow, collection_handler, replicate
 from p2pdb.replication.checkpoints import Checkpoints
 from p2pdb.replication.lanes import LIVE_MAX_DOCS
 from p2pdb.replication.limits import json_size
@@ -215,20 +215,17 @@ async def test_large_or_anonymous_events_stay_in_order() -> None:
 # -- the push lanes ------------------------------------------------------------------------
 
 
-class GatedMaster:
+class GatedMaster(HandlerWrapper):
     """A master handler whose bulk pushes after the first one wait for :attr:`gate`, and
     which records the ids of every push it got (in arrival order)."""
 
     def __init__(self, collection: p2pdb.Collection) -> None:
-        self.inner = collection_handler(collection)
+        super().__init__(collection_handler(collection))
         self.gate = asyncio.Event()
         self.blocked = asyncio.Event()
         self.pushes: list[list[str]] = []
         self.done: list[list[str]] = []
         self.changed = asyncio.Condition()
-
-    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
-        return await self.inner.changes_since(checkpoint, batch_size)
 
     async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
         ids = [row.new_document_state["id"] for row in rows]
@@ -247,19 +244,11 @@ class GatedMaster:
         """Wait until a push of exactly ``ids`` was written."""
         await until(self.changed, lambda: ids in self.done)
 
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
-
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> Any:
-    fork_db = await p2pdb.create_database(str(tmp_path / "fork.db"))
-    master_db = await p2pdb.create_database(str(tmp_path / "master.db"))
-    fork = await fork_db.add_collection("docs", schema=SCHEMA)
-    master = await master_db.add_collection("docs", schema=SCHEMA)
-    yield fork, master
-    await fork_db.close()
-    await master_db.close()
+    async with collection_pair(tmp_path, SCHEMA) as collections:
+        yield collections
 
 
 def seqs(collection: p2pdb.Collection) -> dict[str, int]:

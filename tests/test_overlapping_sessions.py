@@ -19,34 +19,26 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from reactivex import Observable
+from replication_helpers import ID_W_SCHEMA, HandlerWrapper
 
 import p2pdb
 from p2pdb.replication import (
     ChangesBatch,
     ReplicationHandler,
-    Resync,
-    WriteRow,
     collection_handler,
     replicate,
 )
 
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "w": {"type": "integer"}},
-    "required": ["id", "w"],
-}
+SCHEMA = ID_W_SCHEMA
 WAIT = 10.0
 
 
-class LateAnswer:
+class LateAnswer(HandlerWrapper):
     """A master whose next pull is read now (from the start) but answered only when
     ``release`` is set: an answer that was on its way over the old link."""
 
     def __init__(self, inner: ReplicationHandler) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.asked = asyncio.Event()
         self.release = asyncio.Event()
 
@@ -55,12 +47,6 @@ class LateAnswer:
         self.asked.set()
         await self.release.wait()
         return answer
-
-    async def write(self, rows: list[WriteRow]) -> list[dict[str, Any]]:
-        return await self.inner.write(rows)
-
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
 
 
 async def state_of(collection: p2pdb.Collection, doc_id: str) -> dict[str, Any] | None:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactivex import Observable
+from replication_helpers import HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.errors import PeerError
-from p2pdb.replication import ChangesBatch, Resync, WriteRow, collection_handler, replicate
+from p2pdb.replication import WriteRow, collection_handler, replicate
 from p2pdb.replication.lanes import LIVE_MAX_DOCS
 from p2pdb.tasks import cancel_and_wait, settle
 
@@ -39,16 +39,13 @@ SCHEMA = {
 }
 
 
-class ScriptedMaster:
+class ScriptedMaster(HandlerWrapper):
     """A master collection's handler whose pushes run a test's script: ``on_write(ids)``
     runs after the master stored a push and before it is answered (or fails it)."""
 
     def __init__(self, collection: p2pdb.Collection) -> None:
-        self.inner = collection_handler(collection)
+        super().__init__(collection_handler(collection))
         self.on_write: Callable[[list[str]], Awaitable[None]] | None = None
-
-    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
-        return await self.inner.changes_since(checkpoint, batch_size)
 
     async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
         script, self.on_write = self.on_write, None  # once
@@ -60,19 +57,11 @@ class ScriptedMaster:
             await script(ids)
         return result
 
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
-
 
 @pytest.fixture
 async def pair(tmp_path: Path) -> Any:
-    fork_db = await p2pdb.create_database(str(tmp_path / "fork.db"))
-    master_db = await p2pdb.create_database(str(tmp_path / "master.db"))
-    fork = await fork_db.add_collection("docs", schema=SCHEMA)
-    master = await master_db.add_collection("docs", schema=SCHEMA)
-    yield fork, master
-    await fork_db.close()
-    await master_db.close()
+    async with collection_pair(tmp_path, SCHEMA) as collections:
+        yield collections
 
 
 async def text(collection: p2pdb.Collection, doc_id: str) -> str | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactivex import Observable
+from replication_helpers import ID_W_SCHEMA, HandlerWrapper
 
 import p2pdb
 from p2pdb.errors import PeerError
@@ -31,22 +31,14 @@ from p2pdb.plugins.replication_webrtc.admission import peer_master
 from p2pdb.plugins.replication_webrtc.options import WebRTCReplicationOptions
 from p2pdb.plugins.replication_webrtc.peer import Peer
 from p2pdb.replication import (
-    ChangesBatch,
     ReplicationHandler,
-    Resync,
     WriteRow,
     collection_handler,
     replicate,
 )
 from p2pdb.replication.testing import WirePipe
 
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "w": {"type": "integer"}},
-    "required": ["id", "w"],
-}
+SCHEMA = ID_W_SCHEMA
 ORIGIN = "webrtc:topic:KEY||fork-token"  # what a WebRTC master names one peer's pushes
 WAIT = 10.0
 
@@ -63,23 +55,17 @@ def handler_factories() -> dict[str, Master]:
     }
 
 
-class AnswerLost:
+class AnswerLost(HandlerWrapper):
     """A master that stores a push, then fails like a link dropped before the answer."""
 
     def __init__(self, inner: ReplicationHandler) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.stored = asyncio.Event()
-
-    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
-        return await self.inner.changes_since(checkpoint, batch_size)
 
     async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
         await self.inner.write(rows)
         self.stored.set()
         raise PeerError("The link dropped before the answer.", code="WIRE_PEER_GONE")
-
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
 
 
 async def state_of(collection: p2pdb.Collection, doc_id: str) -> dict[str, Any] | None:

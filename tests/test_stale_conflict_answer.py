@@ -19,26 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reactivex import Observable
+from replication_helpers import ID_W_SCHEMA, HandlerWrapper
 
 import p2pdb
 from p2pdb.replication import (
-    ChangesBatch,
     ReplicationHandler,
-    Resync,
     WriteRow,
     collection_handler,
     replicate,
 )
 from p2pdb.replication.testing import WirePipe
 
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "w": {"type": "integer"}},
-    "required": ["id", "w"],
-}
+SCHEMA = ID_W_SCHEMA
 WAIT = 10.0
 
 
@@ -47,7 +39,7 @@ async def wire_state(collection: p2pdb.Collection, doc_id: str) -> dict[str, Any
     return None if doc is None else {**doc.to_dict(), "_deleted": False}
 
 
-class ReadThenAnswer:
+class ReadThenAnswer(HandlerWrapper):
     """A master that answers as RxDB's ``masterWrite`` does: it reads the current states
     first; meanwhile (once) another peer's write of ``other`` lands and is streamed; then
     it answers every row it did not write with the state it read."""
@@ -57,9 +49,6 @@ class ReadThenAnswer:
         self.inner: ReplicationHandler = collection_handler(collection)
         self.other: dict[str, Any] | None = other
         self.answers: list[list[dict[str, Any]]] = []
-
-    async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
-        return await self.inner.changes_since(checkpoint, batch_size)
 
     async def write(self, rows: Sequence[WriteRow]) -> list[dict[str, Any]]:
         read = [await wire_state(self.collection, row.new_document_state["id"]) for row in rows]
@@ -75,9 +64,6 @@ class ReadThenAnswer:
                 conflicts.append(current)
         self.answers.append(conflicts)
         return conflicts
-
-    def stream(self) -> Observable[ChangesBatch | Resync]:
-        return self.inner.stream()
 
 
 @pytest.mark.parametrize(
@@ -120,8 +106,6 @@ async def test_a_conflict_answer_older_than_a_state_in_flight_is_asked_again(
         # the first answer was the state read before the other write: stale; asked again
         assert handler.answers[0] == [{"id": "x", "w": 1, "_deleted": False}]
         assert len(handler.answers) >= 2
-        assert [r.conflict.real_master_state["w"] for r in resolved] == (
-            [] if final == 2 else [3]
-        )
+        assert [r.conflict.real_master_state["w"] for r in resolved] == ([] if final == 2 else [3])
         doc = await fork.find_one("x")
         assert doc is not None and doc.revision.startswith("1-" if final == 2 else "2-")

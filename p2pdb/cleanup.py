@@ -17,7 +17,6 @@ protection, as in RxDB. Purging writes no change events and keeps replication st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ from typing import Protocol, Self
 from .errors import P2PDBError, StorageError, ValidationError
 from .storage import Storage
 from .streams import EventStream
+from .tasks import cancel_and_wait
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -251,11 +251,11 @@ class BackgroundCleanup:
             self._unregister = None
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            self.reports.on_completed()
-            self.errors.on_completed()
+            try:
+                await cancel_and_wait([task])
+            finally:
+                self.reports.on_completed()
+                self.errors.on_completed()
 
     async def __aenter__(self) -> Self:
         return await self.start()

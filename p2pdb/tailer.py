@@ -14,12 +14,12 @@ revision, ``UPDATE`` otherwise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from .changes import ChangeEvent, Operation
 from .storage import SQLiteStorage, revision_height
+from .tasks import cancel_and_wait
 
 __all__ = ["ForeignWriteTailer"]
 
@@ -69,11 +69,9 @@ class ForeignWriteTailer:
 
     async def close(self) -> None:
         """Stop polling (the polling task is cancelled and awaited)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait([task])
 
     async def __aenter__(self) -> ForeignWriteTailer:
         return await self.start()

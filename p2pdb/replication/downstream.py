@@ -14,6 +14,7 @@ applied ahead, without moving the checkpoint (see ``docs/replication.md``, prior
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from ..errors import ConflictError, ValidationError
 from ..storage import ABSENT, Write, WriteTxn
 from ..storage.base import DamagedDocument
 from ..streams import EventStream
+from ..tasks import cancel_and_wait
 from .access import apply_modifier
 from .causal_order import fast_forward, speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
@@ -403,13 +405,7 @@ class Downstream(DirectionTask):
 
 
 async def _drop(task: asyncio.Future[Any]) -> None:
-    """Cancel a fetch ahead that is no longer wanted and wait for it to end."""
-    task.cancel()  # nothing if it is done
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # we are cancelled ourselves, not just the fetch
-    except Exception:  # noqa: S110 - its outcome (a result or an error) is not wanted
-        pass
+    """Cancel a fetch ahead that is no longer wanted and wait for it to end (a cancellation
+    of ours meanwhile is raised then)."""
+    with contextlib.suppress(Exception):  # its outcome (a result or an error) is not wanted
+        await cancel_and_wait([task])

@@ -13,11 +13,11 @@ transport's ``over_limit`` :class:`~p2pdb.errors.PeerError`: the transport drops
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ..errors import PeerError
+from ..tasks import cancel_and_wait
 from .limits import ErrorRate, PeerLimits
 from .rpc import Request, RpcChannel
 
@@ -183,12 +183,7 @@ class RequestGate:
             self._timer = None
         self._watch(False)
         self.channel.sent_listeners.discard(self._sent)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
 
 
 class UnknownMethods:

@@ -23,7 +23,6 @@ can make it hold (see :mod:`p2pdb.replication.limits`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import P2PDBError, PeerError
+from ..tasks import cancel_and_wait
 from ..tokens import random_token
 from .lanes import STREAM_ID, URGENT_SEND, LiveLane, Outgoing, batch_ids
 from .limits import PROCESS_BUDGET, MemoryBudget, json_size
@@ -398,13 +398,10 @@ class RpcChannel:
         """Stop sending and fail the pending requests."""
         self._closed = True
         self.fail_pending(self.error("peer_gone", f"{self.label} disconnected."))
-        tasks = [t for t in (self._sender, *self._urgent) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while self._outbox:  # never sent: give the budget back
-            self._uncharge(self._outbox.popleft().size)
-        self.sent_listeners.clear()
-        self.idle.set()
+        try:
+            await cancel_and_wait(t for t in (self._sender, *self._urgent) if t is not None)
+        finally:  # our caller cancelled meanwhile or not
+            while self._outbox:  # never sent: give the budget back
+                self._uncharge(self._outbox.popleft().size)
+            self.sent_listeners.clear()
+            self.idle.set()

@@ -14,7 +14,6 @@ alone); :class:`WirePipe` is also the smallest complete transport, a model for r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from reactivex.abc import DisposableBase
 from reactivex.subject import Subject
 
 from ..errors import P2PDBError, PeerError
+from ..tasks import cancel_and_wait
 from .causal_order import negotiate, speaks_causal
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync
 from .rpc import WIRE_CODES, Request, RpcChannel, StreamEvent
@@ -170,9 +170,7 @@ class WirePipe:
         self.master_end.close()
         await self.fork_channel.close()
         await self.master_channel.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._events.on_completed()
+        try:
+            await cancel_and_wait(self._tasks)
+        finally:
+            self._events.on_completed()

@@ -44,6 +44,7 @@ from p2pdb.replication.wire import (
     parse_stream_event,
     stream_event_json,
 )
+from p2pdb.tasks import cancel_and_wait
 
 from .admission import fork_options, peer_master, remote_master
 from .election import is_master
@@ -441,9 +442,7 @@ class PeerSession:
         await self.gate.close()  # requests being served are cancelled
         if self.state is not None:
             await self.state.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._stream.on_completed()
+        try:
+            await cancel_and_wait(self._tasks)
+        finally:
+            self._stream.on_completed()

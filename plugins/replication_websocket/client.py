@@ -11,7 +11,6 @@ own backoff), and each new connection starts with a RESYNC, as RxDB's client doe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from p2pdb.errors import P2PDBError, PeerError, ValidationError
 from p2pdb.replication import RESYNC, ChangesBatch, ReplicationState, Resync, WriteRow, replicate
 from p2pdb.replication.rpc import RpcChannel, StreamEvent
 from p2pdb.replication.wire import RemoteMaster, in_arrival_order, parse_stream_event
+from p2pdb.tasks import cancel_and_wait
 from p2pdb.tokens import random_token
 
 from .messages import AUTH, CODES, SUBSCRIBE, WS_STREAM_ID, SocketSink, decode, violation
@@ -90,9 +90,7 @@ class WebSocketMaster:
         task = self._task
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
     @property
     def closed(self) -> bool:

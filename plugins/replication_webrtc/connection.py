@@ -223,10 +223,8 @@ class ConnectionHandler:
         return None if link is None else link.dtls_fingerprints()
 
     def candidate_pair(self, peer: Peer) -> tuple[str, str] | None:
-        """Types of the selected ICE candidates, e.g. ``("relay", "host")`` (diagnostic).
-
-        Reads aiortc/aioice internals; ``None`` when unknown.
-        """
+        """Types of the selected ICE candidates, e.g. ``("relay", "host")`` (diagnostic;
+        reads aiortc/aioice internals; ``None`` when unknown)."""
         link = self._connected.get(peer)
         return None if link is None else link.candidate_pair()
 
@@ -240,14 +238,16 @@ class ConnectionHandler:
             task.cancel()
         for link in list(self._links.values()):
             link.end()
-        await self._client.close()
-        pending = set(self._link_tasks) | set(self._reconnects.values())
-        if pending:
-            await asyncio.wait(pending)
-        for subject in (self._connects, self._disconnects, self._messages, self._errors):
-            subject.on_completed()
-        self._closed.set()
-        logger.info("connection handler for %r closed", self.topic)
+        try:
+            await self._client.close()
+            pending = set(self._link_tasks) | set(self._reconnects.values())
+            if pending:
+                await asyncio.wait(pending)
+        finally:  # also if our caller is cancelled: a second close() then returns
+            for subject in (self._connects, self._disconnects, self._messages, self._errors):
+                subject.on_completed()
+            self._closed.set()
+        logger.info("connection handler for %r closed", self.topic)  # not when cancelled
 
     async def __aenter__(self) -> ConnectionHandler:
         await self.start()

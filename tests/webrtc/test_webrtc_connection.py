@@ -143,6 +143,28 @@ async def test_close_leaves_no_tasks_behind() -> None:
     assert not left, f"tasks left behind: {left}"
 
 
+async def test_a_close_cancelled_midway_still_lets_a_second_close_return() -> None:
+    """The caller of ``close()`` is cancelled while it closes the signaling socket: the
+    cancellation reaches the caller, the observables complete, and a second ``close()``
+    returns instead of waiting for the first one for ever."""
+    async with await start_signaling_server(port=0) as server:
+        factory = aiortc_connection_handler(
+            server.url, ice_servers=[], host_addresses=["127.0.0.1"]
+        )
+        handler = await factory(TOPIC)
+        completed = asyncio.Event()
+        handler.connects.subscribe(on_completed=completed.set)
+        closing = asyncio.ensure_future(handler.close())
+        await asyncio.sleep(0)  # close() has started and waits on the socket
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert completed.is_set()
+        async with asyncio.timeout(WAIT):
+            await handler.close()
+
+
 async def test_unreachable_signaling_server_fails_within_the_timeout() -> None:
     server = await start_signaling_server(port=0)
     url = server.url

@@ -101,6 +101,17 @@ def make_link(owner: Owner, *, initiator: bool, timeout: float = 10.0) -> Link:
     )
 
 
+async def open_link(owner: Owner) -> tuple[Link, ScriptedEngine]:
+    """An initiator link whose channel opened (its offer sent)."""
+    link = make_link(owner, initiator=True)
+    engine = ScriptedEngine.made[0]
+    link.start()
+    await asyncio.wait_for(owner.signals.get(), 5)
+    engine.events.opened()
+    await asyncio.wait_for(owner.opened.wait(), 5)
+    return link, engine
+
+
 async def test_a_responder_answers_applies_early_candidates_and_carries_messages() -> None:
     owner = Owner()
     link = make_link(owner, initiator=False)
@@ -142,12 +153,7 @@ async def test_an_engine_error_is_reported_once_and_ends_the_link() -> None:
 @pytest.mark.parametrize("how", ["failed", "overflow"])
 async def test_a_failed_connection_or_an_engine_report_ends_an_open_link(how: str) -> None:
     owner = Owner()
-    link = make_link(owner, initiator=True)
-    engine = ScriptedEngine.made[0]
-    link.start()
-    await asyncio.wait_for(owner.signals.get(), 5)
-    engine.events.opened()
-    await asyncio.wait_for(owner.opened.wait(), 5)
+    link, engine = await open_link(owner)
     if how == "failed":
         engine.events.state("failed")
     else:
@@ -161,11 +167,7 @@ async def test_a_failed_connection_or_an_engine_report_ends_an_open_link(how: st
 
 async def test_a_send_on_a_channel_that_closed_underneath_ends_the_link() -> None:
     owner = Owner()
-    link = make_link(owner, initiator=True)
-    engine = ScriptedEngine.made[0]
-    link.start()
-    await asyncio.wait_for(owner.signals.get(), 5)
-    engine.events.opened()
+    link, engine = await open_link(owner)
     engine.channel.readyState = "closed"  # the engine's threads closed it; no event yet
     with pytest.raises(PeerError) as raised:
         await link.send({"x": 1})

@@ -19,7 +19,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from replication_helpers import ID_W_SCHEMA, HandlerWrapper
+from replication_helpers import ID_W_SCHEMA, HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.replication import (
@@ -57,12 +57,7 @@ async def state_of(collection: p2pdb.Collection, doc_id: str) -> dict[str, Any] 
 async def test_an_old_sessions_late_pull_does_not_undo_the_new_sessions_push(
     tmp_path: Path,
 ) -> None:
-    async with (
-        p2pdb.create_database(str(tmp_path / "master.db")) as master_db,
-        p2pdb.create_database(str(tmp_path / "fork.db")) as fork_db,
-    ):
-        master = await master_db.add_collection("docs", schema=SCHEMA)
-        fork = await fork_db.add_collection("docs", schema=SCHEMA)
+    async with collection_pair(tmp_path, SCHEMA) as (fork, master):
         await master.insert({"id": "x", "w": 1})
         async with replicate(fork, collection_handler(master), "r", live=False) as first:
             async with asyncio.timeout(WAIT):

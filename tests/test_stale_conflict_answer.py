@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replication_helpers import ID_W_SCHEMA, HandlerWrapper
+from replication_helpers import ID_W_SCHEMA, HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.replication import (
@@ -79,12 +79,7 @@ class ReadThenAnswer(HandlerWrapper):
 async def test_a_conflict_answer_older_than_a_state_in_flight_is_asked_again(
     tmp_path: Path, other: dict[str, Any], final: int
 ) -> None:
-    async with (
-        p2pdb.create_database(str(tmp_path / "master.db")) as master_db,
-        p2pdb.create_database(str(tmp_path / "fork.db")) as fork_db,
-    ):
-        master = await master_db.add_collection("docs", schema=SCHEMA)
-        fork = await fork_db.add_collection("docs", schema=SCHEMA)
+    async with collection_pair(tmp_path, SCHEMA) as (fork, master):
         await master.insert({"id": "x", "w": 1})
         # the fork got w=2 through another replication: no assumed state here, so it pushes
         await fork.insert({"id": "x", "w": 2})

@@ -81,6 +81,18 @@ class Downstream(DirectionTask):
         # the causal vectors of the master states being applied, by id (p2pdb.causal; set
         # and read under the persist lock, in one _persist)
         self._vectors: dict[str, Vector | None] = {}
+        # cleared while a master's RESYNC waits for our pushes (see state.py): no request
+        # goes out meanwhile, so the next one shows the master that we pushed
+        self._may_pull = asyncio.Event()
+        self._may_pull.set()
+
+    def hold_pulls(self, hold: bool) -> None:
+        """Hold back (True) or let go (False) this direction's ``masterChangesSince``
+        requests; a pull under way waits before its next request."""
+        if hold:
+            self._may_pull.clear()
+        else:
+            self._may_pull.set()
 
     def restart(self) -> None:
         """Forget queued stream items and start with a full pull (on start and resume)."""
@@ -269,6 +281,7 @@ class Downstream(DirectionTask):
 
     async def _fetch(self, checkpoint: Any) -> tuple[ChangesBatch, int]:
         """One batch after ``checkpoint`` and its arrival number (taken as it arrives)."""
+        await self._may_pull.wait()
         answer = await self.context.handler.changes_since(
             checkpoint, self.context.options.batch_size
         )

@@ -188,7 +188,7 @@ class ReplicationState:
             await cancel_and_wait(tasks)
         finally:
             self._down.busy = self._up.busy = False
-            self._resync_held = False  # start() pulls everything anyway
+            self._hold_resync(False)  # start() pulls everything anyway
             self._changed()
 
     async def re_sync(self) -> None:
@@ -275,7 +275,7 @@ class ReplicationState:
 
     def _changed(self) -> None:
         if self._resync_held and (self._paused or self._up.settled() or self._up.failing):
-            self._resync_held = False
+            self._hold_resync(False)
             self._down.enqueue(RESYNC)
         self._state_changed.set()
         active = self._down.busy or self._up.busy
@@ -287,11 +287,16 @@ class ReplicationState:
             # A master asks for a RESYNC to learn what we hold (its next changesSince
             # request carries our checkpoint, see the WebRTC pool's wait_for_in_sync):
             # answering it only after our pending pushes went out tells it that we pushed
-            # what we had, too.
-            self._resync_held = True
+            # what we had, too. No other pull request goes out meanwhile: the master may
+            # take the next one for that answer.
+            self._hold_resync(True)
         else:
             self._down.enqueue(item)
         self._changed()
+
+    def _hold_resync(self, hold: bool) -> None:
+        self._resync_held = hold
+        self._down.hold_pulls(hold)
 
     def _on_stream_error(self, error: Exception) -> None:
         """The master's stream broke: report, then listen again and resync."""

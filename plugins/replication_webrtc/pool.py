@@ -201,13 +201,14 @@ class ReplicationPool:
             if session.is_master is None:
                 return False  # handshake in progress
             if session.is_master:
+                acks = session.acks
                 if session not in rounds:
-                    rounds[session] = session.ask_ack()
+                    rounds[session] = acks.ask()
                 if not session.acked_since(rounds[session], target):
-                    if session.acked_round >= rounds[session] and session.acked_seq < target:
+                    if acks.acked_round >= rounds[session] and acks.acked_seq < target:
                         # it answered from behind (that pull brought it our documents):
                         # ask again, its next request shows where it is now
-                        rounds[session] = session.ask_ack()
+                        rounds[session] = acks.ask()
                     return False
             elif not session.in_sync():
                 return False

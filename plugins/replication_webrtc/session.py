@@ -46,6 +46,7 @@ from p2pdb.replication.wire import (
 )
 from p2pdb.tasks import cancel_and_wait
 
+from .acks import AckRounds
 from .admission import fork_options, peer_master, remote_master
 from .election import is_master
 from .handshake import PeerHandshake
@@ -131,11 +132,8 @@ class PeerSession:
         self.valid: bool | None = None
         self.is_master: bool | None = None
         self.state: ReplicationState | None = None
-        #: As the master: the checkpoint (sequence number) the fork last asked from, and
-        #: the :meth:`ask_ack` round it answered.
-        self.acked_seq = 0
-        self.acked_round = 0
-        self.ack_rounds = 0
+        #: As the master: what the fork acknowledged (see acks.py).
+        self.acks = AckRounds(lambda: self.channel.post_event(RESYNC))
         #: As the fork: the highest checkpoint of a stream batch with documents.
         self.streamed_seq = 0
         #: Requests answered so far (their answers queued).
@@ -314,7 +312,7 @@ class PeerSession:
         if request.method not in MASTER_METHODS:
             self._answer_at_once(request)
             return
-        asked = self.ack_rounds  # the ask_ack rounds this request may answer
+        rounds = self.acks.arrived()  # the RESYNC rounds this request may answer
         try:
             result = await answer_request(self.channel, self._master, request)
             self.requests_seen += 1
@@ -327,9 +325,11 @@ class PeerSession:
         if request.method == "masterChangesSince" and self.is_master and result is not None:
             # The fork asks from the checkpoint it stored with the documents before it:
             # it holds everything up to there (its acknowledgement; the answer is queued).
-            with contextlib.suppress(P2PDBError):
-                self.acked_seq = max(self.acked_seq, parse_checkpoint(request.params[0]))
-                self.acked_round = max(self.acked_round, asked)
+            try:
+                seq: int | None = parse_checkpoint(request.params[0])
+            except P2PDBError:
+                seq = None
+            self.acks.served(rounds, seq)
             self._changed()
 
     # -- state -----------------------------------------------------------------------------
@@ -345,29 +345,13 @@ class PeerSession:
         if self.is_master is None or not self.channel.idle.is_set():
             return False
         if self.is_master:
-            return self.acked_seq >= self._last_seq()
+            return self.acks.acked_seq >= self._last_seq()
         return self.state is not None and self.state.is_in_sync()
-
-    def ask_ack(self) -> int:
-        """As the master: ask the fork to show what it holds; return the round's number,
-        for :meth:`acked_since`.
-
-        We send a ``RESYNC``: the fork pulls from the checkpoint it stored, and a p2pdb
-        fork does so only after pushing what it had. A ``masterChangesSince`` arriving
-        after that is taken as its answer (one that crossed the ``RESYNC`` is taken too:
-        the fork holds what it asks from, only the promise about its pushes is weaker)."""
-        self.ack_rounds += 1
-        self.channel.post_event(RESYNC)
-        return self.ack_rounds
 
     def acked_since(self, round_number: int, seq: int) -> bool:
         """As the master: the fork answered round ``round_number`` (or a later one) of
-        :meth:`ask_ack` with a checkpoint at or past ``seq``, and our answer went out."""
-        return (
-            self.acked_round >= round_number
-            and self.acked_seq >= seq
-            and self.channel.idle.is_set()
-        )
+        ``acks.ask()`` with a checkpoint at or past ``seq``, and our answer went out."""
+        return self.acks.since(round_number, seq) and self.channel.idle.is_set()
 
     def _last_seq(self) -> int:
         collection = self.settings.collection
@@ -378,7 +362,7 @@ class PeerSession:
         if self.closed or self.is_master is None:
             return
         if self.is_master:
-            self.synced_seq = max(self.synced_seq, self.acked_seq)
+            self.synced_seq = max(self.synced_seq, self.acks.acked_seq)
         elif self.in_sync() or (leaving and self._holds_all_streamed()):
             self.synced_seq = max(self.synced_seq, self._last_seq())
 

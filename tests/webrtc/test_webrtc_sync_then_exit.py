@@ -34,14 +34,24 @@ async def open_pool(
 
 
 async def script(
-    path: Path, topic: str, signaling: SignalingServer, doc_id: str, write_after_join: bool
+    path: Path,
+    topic: str,
+    signaling: SignalingServer,
+    doc_id: str,
+    write_after_join: bool,
+    written: asyncio.Barrier,
 ) -> str:
-    """One side of the documented pattern; returns its database token."""
+    """One side of the documented pattern; returns its database token.
+
+    Both sides write before either waits (``written``): a side whose wait returned may leave
+    at once, so a write the other side makes after that cannot reach it (and that side's
+    wait then times out, as documented)."""
     db, todos, pool = await open_pool(path, topic, signaling)
     try:
         if write_after_join:  # the document then travels on the live stream / a push
             await pool.wait_for_first_peer()
         await todos.insert({"id": doc_id, "text": "hello"})
+        await written.wait()
         await pool.wait_for_in_sync(peers=1, timeout=20)
         return db.token
     finally:
@@ -63,9 +73,10 @@ async def test_write_wait_cancel_exit_50_times(tmp_path: Path, signaling: Signal
         topic = f"sync-then-exit-{trial}"
         path_a, path_b = tmp_path / f"a{trial}.db", tmp_path / f"b{trial}.db"
         ids = {f"a{trial}", f"b{trial}"}
+        written = asyncio.Barrier(2)
         token_a, token_b = await asyncio.gather(
-            script(path_a, topic, signaling, f"a{trial}", trial % 2 == 1),
-            script(path_b, topic, signaling, f"b{trial}", trial % 2 == 1),
+            script(path_a, topic, signaling, f"a{trial}", trial % 2 == 1, written),
+            script(path_b, topic, signaling, f"b{trial}", trial % 2 == 1, written),
         )
         masters["a" if is_master(token_a, token_b) else "b"] += 1
         assert await stored_ids(path_a) == ids, f"trial {trial}: side a misses a document"

@@ -7,6 +7,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from p2pdb.tasks import cancel_and_wait
+
 
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` in MB (VmRSS of /proc/<pid>/status)."""
@@ -43,9 +45,7 @@ class PeakRss:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait([self._task])
         with contextlib.suppress(OSError):
             self.peak = max(self.peak, rss_mb(self.pid))
 

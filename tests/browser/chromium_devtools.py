@@ -19,6 +19,8 @@ from typing import Any
 from system_packages import find_or_install
 from websockets.asyncio.client import ClientConnection, connect
 
+from p2pdb.tasks import cancel_and_wait
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 # Headless in a container: no sandbox, GPU, QUIC or background traffic, a fresh profile.
@@ -166,9 +168,7 @@ class Browser:
                     os.killpg(process.pid, signal.SIGKILL)  # the session started for it
                 await process.wait()
         if self._stderr is not None:
-            self._stderr.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._stderr
+            await cancel_and_wait([self._stderr])
 
     async def __aenter__(self) -> Browser:
         await self.start()

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import p2pdb
+from p2pdb.tasks import cancel_and_wait
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chromium_devtools import Browser, BrowserError, chromium_executable  # noqa: E402
@@ -89,9 +90,7 @@ class Server:
                         os.kill(self.process.pid, sig)
             await self.process.wait()
         if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
+            await cancel_and_wait([self._drain])
 
 
 @contextlib.asynccontextmanager

@@ -184,6 +184,7 @@ async def digest(docs: Any) -> tuple[str, int]:
 
 async def main_async(args: argparse.Namespace) -> None:
     import p2pdb
+    from p2pdb.tasks import cancel_and_wait
 
     log = WriteLog(Path(args.log))
     rng = random.Random(f"{args.seed}/{args.name}/{log.restarts}")
@@ -226,13 +227,7 @@ async def main_async(args: argparse.Namespace) -> None:
             elif cmd == "quit":
                 break
     finally:
-        if writing is not None:
-            writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writing
-        joining.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await joining
+        await cancel_and_wait([joining] if writing is None else [writing, joining])
         if pool is not None:
             await pool.cancel()
         await db.close()

@@ -49,6 +49,8 @@ from typing import Any
 
 import orjson
 
+from p2pdb.tasks import cancel_and_wait
+
 SCRIPT = Path(__file__).resolve()
 DOCS_SCHEMA: dict[str, Any] = {
     "version": 0,
@@ -167,9 +169,7 @@ async def child_main(args: argparse.Namespace) -> None:
         options["heartbeat_timeout"] = args.heartbeat_timeout
     started = time.monotonic()
     pool = await replicate_webrtc(docs, args.topic, handler, batch_size=args.batch_size, **options)
-    emit(
-        "ready", token=db.token, peer_id=pool.connection.own_peer_id, count=live, started=started
-    )
+    emit("ready", token=db.token, peer_id=pool.connection.own_peer_id, count=live, started=started)
 
     def on_peers(peers: frozenset[Any]) -> None:
         emit("peers", count=len(peers))
@@ -246,9 +246,7 @@ async def child_main(args: argparse.Namespace) -> None:
             else:
                 emit("unknown_command", cmd=name)
     finally:
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
+        await cancel_and_wait([background])
         await pool.cancel()
         await db.close()
         emit("bye")

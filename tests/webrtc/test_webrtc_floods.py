@@ -39,6 +39,7 @@ from p2pdb.plugins.replication_webrtc import ConnectionHandler, aiortc_connectio
 from p2pdb.plugins.replication_webrtc.framing import Reassembler
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 from p2pdb.replication.wire import STREAM_ID
+from p2pdb.tasks import cancel_and_wait
 
 TOPIC = "p2pdb-flood-room"
 DOCS = 3_000
@@ -113,11 +114,7 @@ class Attacker:
         assert await self.events.disconnect(within) == self.peer
 
     async def close(self) -> None:
-        for task in [self._task, *self._answers]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait([t for t in [self._task, *self._answers] if t is not None])
         await self.handler.close()
 
 

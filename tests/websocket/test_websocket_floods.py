@@ -34,6 +34,7 @@ from ws_helpers import RawClient
 import p2pdb
 from p2pdb.errors import PeerError
 from p2pdb.plugins.replication_websocket import ClientOptions, replicate_websocket
+from p2pdb.tasks import cancel_and_wait
 
 SCRIPT = Path(__file__).resolve().parent / "server_process.py"
 RSS_BOUND_MB = 150
@@ -81,9 +82,7 @@ class ServerProcess:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
+        await cancel_and_wait([self._reader])
 
 
 @pytest.fixture

@@ -12,10 +12,6 @@
 # deselected below: they test aiortc, not the engine-neutral behaviour (tests/webrtc/
 # test_native_replication.py covers the same ground on the native engine: raw frames are
 # bounded, TURN relays, .local names resolve).
-# Also deselected, as a known open bug rather than a pass: a topic of one native peer and two
-# RxDB peers sometimes loses its first connections to the RxDB peers (WEBRTC_CONNECTION_FAILED
-# with libdatachannel 0.24.5 on the RxDB side) and misses the test's 30 s window; it failed
-# 1 clean-clone native stage in 4 (session 5). It runs on aiortc in the main suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -51,5 +47,4 @@ exec "$venv/bin/python" -m pytest tests/webrtc tests/interop -q -p no:cacheprovi
   --deselect tests/webrtc/test_webrtc_mdns.py::test_candidates_that_make_aioice_raise_are_skipped \
   --deselect tests/webrtc/test_webrtc_relay.py::test_pools_replicate_through_the_relay \
   --deselect tests/webrtc/test_webrtc_turn.py::test_relay_only_handlers_connect_through_turn \
-  --deselect tests/interop/test_rxdb_meshes.py::test_mesh_one_p2pdb_peer_and_two_rxdb_peers \
   "$@"

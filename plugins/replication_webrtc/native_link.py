@@ -17,6 +17,10 @@ Differences from aiortc, each on purpose:
   gathered) the socket gets a port we pick, announced on 127.0.0.1.
 - ``candidate_pair()`` is ``None``: the wheel does not expose libdatachannel's selected
   pair.
+- As the answerer, the remote's candidates (those in the offer and those trickled) are
+  held back until our ICE connects, at most ``CANDIDATE_HOLD`` seconds after our answer
+  went out, so that our connectivity checks never reach a libdatachannel 0.24 offerer
+  (RxDB's node-datachannel) before our answer: see :mod:`.native_candidates`.
 - A peer that floods faster than the loop reads is dropped with
   ``WEBRTC_PEER_OVER_LIMIT`` (``limit="receive_backlog"``) once ``max_message_size``
   characters wait; aiortc instead reads the socket only as fast as the loop runs.
@@ -45,13 +49,16 @@ from .native_bridge import (
 )
 from .native_candidates import NativeCandidateAdder
 from .native_engine import host_has_network, load_native, native_ice_urls
-from .sdp import answer_as_dtls_server, dtls_fingerprint, frame_limit
+from .sdp import answer_as_dtls_server, dtls_fingerprint, frame_limit, split_candidates
 
-__all__ = ["NativeLink", "filter_host_candidates"]
+__all__ = ["CANDIDATE_HOLD", "NativeLink", "filter_host_candidates"]
 
 logger = logging.getLogger("p2pdb.webrtc.native")
 
 _TEARDOWN_TIMEOUT = 5.0
+#: Seconds the answerer holds the offerer's candidates after sending its answer, at most
+#: (it releases them as soon as its ICE connects, through the offerer's own checks).
+CANDIDATE_HOLD = 1.0
 _CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) (\d+) typ host\b")
 
 
@@ -113,6 +120,7 @@ class NativeLink(Link):
     """Adds the remote's candidates (``.local`` names resolved in the background)."""
     _announced: tuple[str, ...] | None = None  # the host addresses we announce (None: all)
     _pinned_port: int | None = None  # our socket's port when we chose it
+    _hold_timer: asyncio.TimerHandle | None = None  # releases held candidates (answerer)
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
         """``(local, remote)`` DTLS fingerprints from the descriptions libdatachannel holds
@@ -174,8 +182,11 @@ class NativeLink(Link):
                 config,
                 on_state=self._guarded(self._on_native_state),
                 on_channel=self._guarded(self._on_native_channel),
+                on_ice_state=self._guarded(self._on_native_ice_state),
             )
-            self.native_candidates = NativeCandidateAdder(native.add_candidate, self.remote_id)
+            self.native_candidates = NativeCandidateAdder(
+                native.add_candidate, self.remote_id, hold=not self.initiator
+            )
             async with asyncio.timeout_at(deadline):
                 if self.initiator:
                     self._attach_native(native.create_channel(random_token(20)))
@@ -205,6 +216,8 @@ class NativeLink(Link):
             await self._close_native()
 
     async def _close_native(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         if self.native_candidates is not None:
             await self.native_candidates.close()
         if self.native is None:
@@ -247,8 +260,12 @@ class NativeLink(Link):
                 f"Peer {self.remote_id} sent an {kind} without SDP", "WEBRTC_SIGNAL_INVALID"
             )
             raise _NativeLinkFailed
+        held: list[tuple[str, str | None]] = []
+        remote_sdp = sdp
+        if kind == "offer":  # its candidates are held back (see the module docstring)
+            remote_sdp, held = split_candidates(answer_as_dtls_server(sdp))
         try:
-            await native.set_remote(answer_as_dtls_server(sdp) if kind == "offer" else sdp, kind)
+            await native.set_remote(remote_sdp, kind)
         except Exception as error:
             self._report(
                 f"Peer {self.remote_id} sent an unusable {kind}: {error!r}",
@@ -257,9 +274,15 @@ class NativeLink(Link):
             raise _NativeLinkFailed from error
         self._remote_description_set = True
         self._max_frame_bytes = frame_limit(sdp, self._settings.max_frame_bytes)
+        assert self.native_candidates is not None
+        for text, mid in held:
+            await self.native_candidates.add(text, mid)
         if kind == "offer":
             answer = await self._signalled_sdp(native, "answer")
             await self._on.send_signal(self, {"type": "answer", "sdp": answer})
+            self._hold_timer = asyncio.get_running_loop().call_later(
+                CANDIDATE_HOLD, self.native_candidates.release
+            )
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(candidate)
@@ -324,6 +347,10 @@ class NativeLink(Link):
         elif state in ("disconnected", "closed"):
             logger.info("connection to %s %s", self.remote_id, state)
             self.end()
+
+    def _on_native_ice_state(self, state: str) -> None:
+        if state in ("connected", "completed") and self.native_candidates is not None:
+            self.native_candidates.release()  # the offerer reached us: it has our answer
 
     def _on_overflow(self, size: int) -> None:
         if self.ended:

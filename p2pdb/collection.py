@@ -232,10 +232,11 @@ class Collection(LocalDocumentMethods):
         result = BulkWriteResult()
         writes: list[Write] = []
         positions: list[int] = []
+        prepare, add_write, add_position = self.prepare, writes.append, positions.append
         for index, data in enumerate(docs):
             try:
-                writes.append(Write(self.prepare(data), expected=expected))
-                positions.append(index)
+                add_write(Write(prepare(data), expected=expected))
+                add_position(index)
             except ValidationError as exc:
                 doc_id = data.get(self.schema.primary_key) if isinstance(data, Mapping) else None
                 exc.parameters.setdefault("document_id", doc_id)

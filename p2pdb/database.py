@@ -207,15 +207,22 @@ class Database(LocalDocumentMethods):
 
     def _on_commit(self, events: list[ChangeEvent]) -> None:
         """Called on the loop, in commit order, once per committed transaction."""
-        by_collection: dict[str, list[ChangeEvent]] = {}
-        for event in events:
-            by_collection.setdefault(event.collection, []).append(event)
+        if not events:
+            return
+        first = events[0].collection
+        if all(event.collection == first for event in events):
+            by_collection = {first: list(events)}  # the usual case: one collection's writes
+        else:
+            by_collection = {}
+            for event in events:
+                by_collection.setdefault(event.collection, []).append(event)
         for name, batch in by_collection.items():
             streams = self._streams.get(name)
             if streams is not None:
                 streams.emit(batch)
-        for event in events:
-            self._events.on_next(event)
+        if self._events.observers:  # nobody listens to db.changes: nothing to hand out
+            for event in events:
+                self._events.on_next(event)
 
     def close_with(self, closer: Callable[[], Awaitable[None]]) -> Callable[[], None]:
         """Have :meth:`close` await ``closer()`` first, before the file closes: how a

@@ -144,11 +144,12 @@ def _text_ok(text: str) -> bool:
 def _copy_dict(value: dict[Any, Any], depth: int) -> object:
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if type(key) is not str or not _text_ok(key):
+        # _text_ok inline (a call per string is a good part of the walk)
+        if type(key) is not str or "\x00" in key or not (key.isascii() or _text_ok(key)):
             return _ODD
         kind = type(item)
         if kind is str:
-            if not _text_ok(item):
+            if "\x00" in item or not (item.isascii() or _text_ok(item)):
                 return _ODD
         elif kind is int:
             if not _INT64_MIN <= item <= _INT64_MAX:
@@ -180,7 +181,7 @@ def _copy_list(value: list[Any], depth: int) -> object:
     for item in value:
         kind = type(item)
         if kind is str:
-            if not _text_ok(item):
+            if "\x00" in item or not (item.isascii() or _text_ok(item)):
                 return _ODD
         elif kind is int:
             if not _INT64_MIN <= item <= _INT64_MAX:

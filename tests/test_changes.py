@@ -383,3 +383,28 @@ async def test_a_big_insert_is_merged_into_a_scanning_live_query(
     latest = await w.settled()
     assert [d.id for d in latest] == ["new198", "new197", "new196"] and w.runs == 2
     w.subscription.dispose()
+
+
+async def test_a_transaction_over_two_collections_splits_into_batches(
+    db: p2pdb.Database, todos: p2pdb.Collection
+) -> None:
+    """Each collection's ``batches`` gets its own events of a commit, in order; ``db.changes``
+    gets them all, even when a batch subscriber empties the list it was given."""
+    other = await db.add_collection("other", schema=TODO_SCHEMA)
+    mine, theirs, everything = Recorder(), Recorder(), Recorder()
+    todos.batches.subscribe(lambda batch: (mine(list(batch)), batch.clear()))
+    other.batches.subscribe(theirs)
+    await todos.bulk_insert([{"id": "solo", "text": "x"}])  # nobody on db.changes yet
+    db.changes.subscribe(everything)
+
+    def both(txn: Any) -> None:
+        txn.put("todos", [p2pdb.storage.Write({"id": "t1", "text": "x"})])
+        txn.put("other", [p2pdb.storage.Write({"id": "o1", "text": "x"})])
+        txn.put("todos", [p2pdb.storage.Write({"id": "t2", "text": "x"})])
+
+    await db.storage.write(both)
+    (solo, pair) = await mine.wait_for(2)
+    assert [e.id for e in solo] == ["solo"] and [e.id for e in pair] == ["t1", "t2"]
+    assert [[e.id for e in b] for b in await theirs.wait_for(1)] == [["o1"]]
+    assert [e.id for e in await everything.wait_for(3)] == ["t1", "o1", "t2"]
+    assert [e.seq for e in everything.values] == [2, 3, 4]

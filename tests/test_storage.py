@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from schemas import TODO_SCHEMA
 
 import p2pdb
+from p2pdb.causal import stored_vector
 from p2pdb.changes import ChangeEvent
-from p2pdb.errors import ClosedError, NotFoundError
+from p2pdb.errors import ClosedError, ConflictError, NotFoundError
 from p2pdb.replication import collection_handler, replicate
 from p2pdb.schema import Schema
 from p2pdb.storage import (
@@ -29,6 +31,7 @@ from p2pdb.storage import (
     WriteTxn,
     replication_origin,
 )
+from p2pdb.storage.documents import revision_token
 
 SCHEMA = Schema(TODO_SCHEMA)
 
@@ -318,3 +321,78 @@ async def test_a_memory_database_removes_its_file_on_close() -> None:
     with pytest.raises(ClosedError) as caught:
         storage.get("todos", ["a"])
     assert caught.value.code == "DATABASE_CLOSED"
+
+
+async def test_put_writes_what_the_reference_helpers_define(storage: SQLiteStorage) -> None:
+    """documents.put inlines the revision token and the causal vector of the common case
+    (a new local document): every state, row and event still equals what
+    ``revision_token`` and ``stored_vector`` define, on every path through the loop."""
+    await storage.ensure_collection("todos", SCHEMA)
+    await storage.ensure_collection("shout", SCHEMA, Shouting())
+    token = storage.token
+    batches: list[list[ChangeEvent]] = []
+    storage.on_commit = batches.append
+
+    def first(txn: WriteTxn) -> list[Any]:
+        return txn.put(
+            "todos",
+            [
+                Write({"id": "a", "text": "new"}, expected=None),
+                Write({"id": "b", "text": "any"}),
+                Write({"id": "c", "text": "absent"}, expected=ABSENT),
+                Write({"id": "d", "text": "stale"}, expected="1-0000000000000000"),
+                Write({"id": "a", "text": "again"}, expected=None),  # written just above
+                Write({"id": "b", "text": "twice"}),  # an update inside the same call
+                Write({"id": "e", "text": "peer"}, new_event=False, vector={"peer": 3}),
+                Write({"id": "f", "text": "merged"}, vector={"peer": 2}),
+            ],
+        )
+
+    out = await storage.write(first)
+    assert [o.code if isinstance(o, ConflictError) else o["_rev"][:2] for o in out] == [
+        "1-", "1-", "1-", "CONFLICT", "DOCUMENT_EXISTS", "2-", "1-", "1-"
+    ]  # fmt: skip
+    states = [o for o in out if not isinstance(o, ConflictError)]
+    vectors = [
+        {token: 1}, {token: 2}, {token: 3}, {token: 4}, {"peer": 3}, {"peer": 2, token: 6}
+    ]  # fmt: skip
+    for state, vector in zip(states, vectors, strict=True):
+        body = {k: v for k, v in state.items() if not k.startswith("_")}
+        height = state["_rev"].split("-")[0]
+        assert state["_rev"] == f"{height}-{revision_token(orjson.dumps(body), False)}"
+        assert state["_meta"]["vv"] == vector
+        assert state["_deleted"] is False
+        assert list(state)[-3:] == ["_deleted", "_rev", "_meta"]
+    assert stored_vector({token: 2}, None, True, token, 4) == {token: 4}  # b over b
+    assert stored_vector(None, {"peer": 2}, True, token, 6) == {"peer": 2, token: 6}
+    (events,) = batches
+    assert [(e.operation, e.id, e.seq) for e in events] == [
+        ("INSERT", "a", 1), ("INSERT", "b", 2), ("INSERT", "c", 3), ("UPDATE", "b", 4),
+        ("INSERT", "e", 5), ("INSERT", "f", 6),
+    ]  # fmt: skip
+    assert [e.document for e in events] == states
+    assert events[3].previous == states[1]
+    assert all(e.previous is None for i, e in enumerate(events) if i != 3)
+    rows = raw_rows(storage.path, "SELECT id, seq, rev, deleted, body, vv FROM col_todos")
+    stored = {row[0]: row for row in rows}
+    for state in [states[0], *states[2:]]:
+        doc_id, seq, rev, deleted, body, vv = stored[state["id"]]
+        clean = {k: v for k, v in state.items() if not k.startswith("_")}
+        assert (rev, deleted, body) == (state["_rev"], 0, orjson.dumps(clean).decode())
+        assert orjson.loads(vv) == state["_meta"]["vv"]
+
+    # over existing rows: a tombstone, and a codec's body (the revision hashes what is stored)
+    def second(txn: WriteTxn) -> list[Any]:
+        (gone,) = txn.put("todos", [Write({"id": "a", "text": "new"}, deleted=True)])
+        (shouted,) = txn.put("shout", [Write({"id": "s", "text": "hi"}, expected=None)])
+        return [gone, shouted]
+
+    gone, shouted = await storage.write(second)
+    assert gone["_rev"] == f"2-{revision_token(orjson.dumps({'id': 'a', 'text': 'new'}), True)}"
+    assert gone["_meta"]["vv"] == {token: 7} and gone["_deleted"] is True
+    encoded = orjson.dumps({"id": "s", "text": "ENC:ih"})
+    assert shouted["_rev"] == f"1-{revision_token(encoded, False)}"
+    assert shouted["text"] == "hi" and shouted["_meta"]["vv"] == {token: 8}
+    assert [(e.operation, e.id, e.previous) for e in batches[1]] == [
+        ("DELETE", "a", states[0]), ("INSERT", "s", None)
+    ]  # fmt: skip

@@ -41,6 +41,8 @@ logger = logging.getLogger("p2pdb.webrtc.native")
 
 #: libdatachannel's rtcState values.
 _STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
+#: libdatachannel's rtcIceState values.
+_ICE_STATES = ("new", "checking", "connected", "completed", "failed", "disconnected", "closed")
 _GATHERING_COMPLETE = 2
 _TRANSPORT_POLICY_RELAY = 1
 
@@ -229,11 +231,13 @@ class NativePeerConnection:
         *,
         on_state: Callable[[str], None],
         on_channel: Callable[[NativeChannel], None],
+        on_ice_state: Callable[[str], None] | None = None,
     ) -> None:
         self._core = core
         self._loop = asyncio.get_running_loop()
         self._on_state = on_state
         self._on_channel = on_channel
+        self._on_ice_state = on_ice_state
         self._gathered = asyncio.Event()
         self._channels: list[NativeChannel] = []
         self._closed = False
@@ -250,6 +254,10 @@ class NativePeerConnection:
             lambda state: _schedule(loop, self._gathering, state)
         )
         self._native.set_on_data_channel(lambda handle: _schedule(loop, self._incoming, handle))
+        if on_ice_state is not None:
+            self._native.set_on_ice_state_change(
+                lambda state: _schedule(loop, self._ice_state, state)
+            )
 
     @property
     def local_description(self) -> str | None:
@@ -307,6 +315,10 @@ class NativePeerConnection:
     def _state(self, state: int) -> None:
         if not self._closed and 0 <= state < len(_STATES):
             self._on_state(_STATES[state])
+
+    def _ice_state(self, state: int) -> None:
+        if not self._closed and self._on_ice_state is not None and 0 <= state < len(_ICE_STATES):
+            self._on_ice_state(_ICE_STATES[state])
 
     def _gathering(self, state: int) -> None:
         if state == _GATHERING_COMPLETE:

@@ -25,6 +25,7 @@ from p2pdb.errors import ReplicationError, ValidationError
 __all__ = [
     "ENGINES",
     "ENGINE_ENVIRONMENT_VARIABLE",
+    "NATIVE_LOG_ENVIRONMENT_VARIABLE",
     "EngineName",
     "host_has_network",
     "load_native",
@@ -37,6 +38,11 @@ EngineName = Literal["aiortc", "native"]
 ENGINES: tuple[EngineName, ...] = ("aiortc", "native")
 #: The environment variable that sets the engine when ``engine=`` is not given.
 ENGINE_ENVIRONMENT_VARIABLE = "P2PDB_WEBRTC_ENGINE"
+#: Set to a libdatachannel log level (``error``, ``warning``, ``info``, ``debug``,
+#: ``verbose``) to route libdatachannel's own log into the ``p2pdb.webrtc.libdatachannel``
+#: logger (a diagnostic switch: ICE checks, DTLS and SCTP as libdatachannel sees them).
+NATIVE_LOG_ENVIRONMENT_VARIABLE = "P2PDB_NATIVE_RTC_LOG"
+_NATIVE_LOGGER = "p2pdb.webrtc.libdatachannel"
 
 #: What p2pdb calls on ``aiolibdatachannel._core`` (checked once, so a changed wheel fails
 #: with a clear message instead of an AttributeError in the middle of a connection).
@@ -44,6 +50,7 @@ _CORE_NAMES = ("PeerConnection", "DataChannel", "ERR_SUCCESS")
 _PC_METHODS = (
     "set_on_state_change",
     "set_on_gathering_state_change",
+    "set_on_ice_state_change",
     "set_on_data_channel",
     "set_local_description",
     "set_remote_description",
@@ -118,7 +125,30 @@ def load_native() -> ModuleType:
             "This aiolibdatachannel lacks what the native engine uses "
             f"({', '.join(missing)}); {_INSTALL_HINT} installs a tested version."
         )
+    _install_native_log()
     return core
+
+
+def _install_native_log() -> None:
+    """Route libdatachannel's log to Python logging if ``$P2PDB_NATIVE_RTC_LOG`` asks (once)."""
+    global _native_log_installed
+    wanted = os.environ.get(NATIVE_LOG_ENVIRONMENT_VARIABLE, "").strip().upper()
+    if not wanted or _native_log_installed:
+        return
+    wheel = importlib.import_module("aiolibdatachannel")  # load_native() imported it
+    levels = wheel.LogLevel
+    if wanted not in levels.__members__:
+        raise ValidationError(
+            f"{NATIVE_LOG_ENVIRONMENT_VARIABLE} must be one of "
+            f"{', '.join(name.lower() for name in levels.__members__)}, got {wanted.lower()!r}",
+            code="WEBRTC_SETTING_INVALID",
+            setting=NATIVE_LOG_ENVIRONMENT_VARIABLE,
+        )
+    wheel.install_python_logger(_NATIVE_LOGGER, level=levels[wanted])
+    _native_log_installed = True
+
+
+_native_log_installed = False
 
 
 def native_ice_urls(servers: Sequence[object]) -> tuple[str, ...]:

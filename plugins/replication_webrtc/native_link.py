@@ -17,6 +17,10 @@ Differences from aiortc, each on purpose:
   gathered) the socket gets a port we pick, announced on 127.0.0.1.
 - ``candidate_pair()`` is ``None``: the wheel does not expose libdatachannel's selected
   pair.
+- As the answerer, the remote's candidates (those in the offer and those trickled) are
+  held back until our ICE connects, at most ``CANDIDATE_HOLD`` seconds after our answer
+  went out, so that our connectivity checks never reach a libdatachannel 0.24 offerer
+  (RxDB's node-datachannel) before our answer: see :mod:`.native_candidates`.
 - A peer that floods faster than the loop reads is dropped with
   ``WEBRTC_PEER_OVER_LIMIT`` (``limit="receive_backlog"``) once ``max_message_size``
   characters wait; aiortc instead reads the socket only as fast as the loop runs.
@@ -52,11 +56,14 @@ from .native_bridge import (
 )
 from .native_candidates import NativeCandidateAdder
 from .native_engine import host_has_network, load_native, native_ice_urls
-from .sdp import answer_as_dtls_server, dtls_fingerprint
+from .sdp import answer_as_dtls_server, dtls_fingerprint, split_candidates
 
-__all__ = ["NativeEngine", "filter_host_candidates"]
+__all__ = ["CANDIDATE_HOLD", "NativeEngine", "filter_host_candidates"]
 
 logger = logging.getLogger("p2pdb.webrtc.native")
+#: Seconds the answerer holds the offerer's candidates after sending its answer, at most
+#: (it releases them as soon as its ICE connects, through the offerer's own checks).
+CANDIDATE_HOLD = 1.0
 _CANDIDATE_LINE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) (\d+) typ host\b")
 
 
@@ -118,6 +125,7 @@ class NativeEngine:
         self._events = events
         self._announced: tuple[str, ...] | None = None  # host addresses we announce (None: all)
         self._pinned_port: int | None = None  # our socket's port when we chose it
+        self._hold_timer: asyncio.TimerHandle | None = None  # releases held candidates
 
     async def open(self, initiator: bool) -> str | None:
         """See :meth:`.engine.LinkEngine.open`."""
@@ -139,23 +147,37 @@ class NativeEngine:
             core,
             config,
             on_state=self._events.state,
+            on_ice_state=guarded(logger, self.remote_id, self._on_native_ice_state),
             on_channel=guarded(logger, self.remote_id, self._on_native_channel),
         )
-        self.native_candidates = NativeCandidateAdder(native.add_candidate, self.remote_id)
+        self.native_candidates = NativeCandidateAdder(
+            native.add_candidate, self.remote_id, hold=not initiator
+        )
         if not initiator:
             return None
         self._attach(native.create_channel(random_token(20)))
         return await self._signalled_sdp(native, "offer")
 
     async def apply_remote(self, kind: str, sdp: str) -> str | None:
-        """See :meth:`.engine.LinkEngine.apply_remote`; we answer as the DTLS server."""
-        native = self.native
-        assert native is not None
+        """See :meth:`.engine.LinkEngine.apply_remote`; we answer as the DTLS server, and
+        hold the offer's candidates back (see the module docstring)."""
+        native, candidates = self.native, self.native_candidates
+        assert native is not None and candidates is not None
+        held: list[tuple[str, str | None]] = []
+        if kind == "offer":
+            sdp, held = split_candidates(answer_as_dtls_server(sdp))
         try:
-            await native.set_remote(answer_as_dtls_server(sdp) if kind == "offer" else sdp, kind)
+            await native.set_remote(sdp, kind)
         except Exception as error:
             raise unusable_description(self.remote_id, kind, error) from error
-        return await self._signalled_sdp(native, "answer") if kind == "offer" else None
+        for text, mid in held:
+            await candidates.add(text, mid)
+        if kind != "offer":
+            return None
+        answer = await self._signalled_sdp(native, "answer")
+        # the link sends it at once; the hold ends at most CANDIDATE_HOLD after that
+        self._hold_timer = asyncio.get_running_loop().call_later(CANDIDATE_HOLD, candidates.release)
+        return answer
 
     async def add_candidate(self, text: str, mid: str | None, index: int | None) -> None:
         """See :meth:`.engine.LinkEngine.add_candidate`; an unusable candidate is logged
@@ -183,6 +205,8 @@ class NativeEngine:
 
     async def close(self) -> None:
         """See :meth:`.engine.LinkEngine.close`."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         if self.native_candidates is not None:
             await self.native_candidates.close()
         if self.native is not None:
@@ -223,6 +247,10 @@ class NativeEngine:
             channel.close()
             return
         self._attach(channel)
+
+    def _on_native_ice_state(self, state: str) -> None:
+        if state in ("connected", "completed") and self.native_candidates is not None:
+            self.native_candidates.release()  # the offerer reached us: it has our answer
 
     def _on_overflow(self, size: int) -> None:
         limit = self._settings.max_message_size

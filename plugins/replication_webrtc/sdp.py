@@ -13,6 +13,7 @@ __all__ = [
     "frame_limit",
     "local_sdp",
     "sha256_fingerprint_only",
+    "split_candidates",
 ]
 
 _MAX_MESSAGE_SIZE_RE = re.compile(r"^a=max-message-size:(\d+)", re.MULTILINE)
@@ -53,15 +54,33 @@ def answer_as_dtls_server(offer_sdp: str) -> str:
     ``a=setup:passive`` (the DTLS server) instead of ``active``.
 
     An offer says ``actpass``: the answerer chooses. libdatachannel always chooses active,
-    the DTLS client, and sends its ClientHello as soon as ICE connects. Our ICE checks reach
-    the offerer before our answer does (the signaling server is the slower path), and
-    libdatachannel 0.24 (RxDB's node-datachannel) then verifies our certificate before it
-    has our fingerprint: "DTLS alert: unknown CA", a failed connection and a retry. Read as
-    ``active``, the offer makes libdatachannel answer ``passive``; the offerer becomes the
-    DTLS client, which it can only be once it has our answer, fingerprint included
-    (RFC 5763 section 5 lets the answerer take either role; every stack accepts both).
+    the DTLS client, and sends its ClientHello as soon as ICE connects, which can be before
+    a libdatachannel 0.24 offerer (RxDB's node-datachannel) has stored our answer: it then
+    checks our certificate against no fingerprint ("DTLS alert: unknown CA"). As the DTLS
+    server we answer only the offerer's ClientHello, which narrows that window; the native
+    answerer's held candidates (:class:`~.native_candidates.NativeCandidateAdder`) close it.
+    RFC 5763 section 5 lets the answerer take either role; every stack accepts both.
     """
     return offer_sdp.replace("a=setup:actpass", "a=setup:active")
+
+
+def split_candidates(sdp: str) -> tuple[str, list[tuple[str, str | None]]]:
+    """``sdp`` without its ``a=candidate`` and ``a=end-of-candidates`` lines, and those
+    candidates as ``("candidate:...", mid)`` (the ``a=mid`` of their media section)."""
+    kept: list[str] = []
+    found: list[tuple[str, int]] = []  # (candidate, its media section)
+    mids: dict[int, str] = {}
+    section = -1  # the session part, before the first m= line
+    for line in sdp.split("\r\n"):
+        if line.startswith("m="):
+            section += 1
+        elif line.startswith("a=mid:"):
+            mids[section] = line.removeprefix("a=mid:").strip()
+        if line.startswith("a=candidate:"):
+            found.append((line.removeprefix("a="), section))
+        elif not line.startswith("a=end-of-candidates"):
+            kept.append(line)
+    return "\r\n".join(kept), [(text, mids.get(index) or None) for text, index in found]
 
 
 def frame_limit(remote_sdp: str, wanted: int) -> int:

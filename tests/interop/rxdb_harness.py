@@ -583,7 +583,13 @@ class P2pdbPeer:
         async def check() -> bool:
             return await contents(self.collection) == expected
 
-        await wait_for(self.collection, check, within, "the expected documents")
+        try:
+            await wait_for(self.collection, check, within, "the expected documents")
+        except TimeoutError as error:  # say which documents differ
+            have = await contents(self.collection)
+            missing = [doc for doc in expected if doc not in have][:5]
+            unexpected = [doc for doc in have if doc not in expected][:5]
+            raise TimeoutError(f"{error}; missing {missing!r}; unexpected {unexpected!r}") from None
 
     async def wait_in_sync(self, within: float = 30.0) -> None:
         assert self.pool is not None

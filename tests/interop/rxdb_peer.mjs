@@ -57,8 +57,11 @@ const log = (...a) => console.error('[rxdb_peer]', ...a);
 
 const config = JSON.parse(process.argv[2] ?? '{}');
 // RXDB_PEER_RTC_LOG=Debug|Info|Warning|...: libdatachannel's own log, on stderr.
+// The version is read once: getLibraryVersion() logs a Debug line itself, so calling it in the
+// callback would log one more line per line logged.
 if (process.env.RXDB_PEER_RTC_LOG) {
-    initLogger(process.env.RXDB_PEER_RTC_LOG, (level, message) => log(`libdatachannel ${getLibraryVersion()} ${level}: ${message}`));
+    const version = getLibraryVersion();
+    initLogger(process.env.RXDB_PEER_RTC_LOG, (level, message) => log(`${new Date().toISOString().slice(11, 23)} libdatachannel ${version} ${level}: ${message}`));
 }
 for (const key of ['signalingUrl', 'topic', 'schema']) {
     if (!config[key]) {

@@ -48,8 +48,12 @@ class Expected:
         )
 
 
-def rxdb_errors(*peers: RxdbPeer) -> list[str]:
-    return [e for p in peers for e in p.errors() if RXDB_TO_RXDB_RACE not in e]
+def rxdb_errors(*peers: RxdbPeer, since: dict[str, int] | None = None) -> list[str]:
+    """The RxDB peers' pool errors (after ``since[name]`` of each, if given)."""
+    start = since or {}
+    return [
+        e for p in peers for e in p.errors()[start.get(p.name, 0) :] if RXDB_TO_RXDB_RACE not in e
+    ]
 
 
 @pytest.mark.slow
@@ -111,6 +115,11 @@ async def test_mesh_one_p2pdb_peer_and_two_rxdb_peers(stack: Stack) -> None:
     await rx1.call("remove", docId="rx1-002")
     want.delete("rx1-002")
 
+    # The two RxDB peers' own first connection may fail before p2pdb joins, and RxDB retries
+    # it (seen: RXDB_TO_RXDB_RACE on one side and "Ice connection closed." on the other;
+    # libdatachannel 0.24 between RxDB peers also shows native_candidates.py's DTLS race).
+    # Not p2pdb's to assert: only what the RxDB peers report from here on counts.
+    before_py = {rx.name: len(rx.errors()) for rx in (rx1, rx2)}
     py = await stack.p2pdb("py")  # the late joiner
     await py.collection.insert(todo("py-0", "from p2pdb"))
     want.put(todo("py-0", "from p2pdb"))
@@ -131,7 +140,7 @@ async def test_mesh_one_p2pdb_peer_and_two_rxdb_peers(stack: Stack) -> None:
     await want.reached([py], [rx1, rx2])
 
     assert py.errors == []
-    assert rxdb_errors(rx1, rx2) == []
+    assert rxdb_errors(rx1, rx2, since=before_py) == []
 
 
 @pytest.mark.parametrize("p2pdb_master", [True, False], ids=["p2pdb-master", "p2pdb-fork"])

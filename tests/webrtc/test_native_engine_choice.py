@@ -153,3 +153,41 @@ def test_a_host_with_only_loopback_announces_the_chosen_port() -> None:
     assert filter_host_candidates(bare, ["127.0.0.1"]) == bare  # no port known: nothing
     announced = filter_host_candidates(bare, ["127.0.0.1"], 5000).split("\r\n")
     assert "a=candidate:90 1 UDP 2130706431 127.0.0.1 5000 typ host" in announced
+
+
+def test_the_native_log_switch_routes_libdatachannel_into_logging() -> None:
+    """``P2PDB_NATIVE_RTC_LOG`` (a diagnostic switch) sends libdatachannel's own log to the
+    ``p2pdb.webrtc.libdatachannel`` logger; an unknown level is refused by name."""
+    pytest.importorskip("aiolibdatachannel")
+    code = """
+        import asyncio, logging
+        from p2pdb.plugins.replication_webrtc import native_bridge as bridge
+        from p2pdb.plugins.replication_webrtc.native_engine import load_native
+
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("p2pdb.webrtc.libdatachannel").addHandler(handler)
+        logging.getLogger("p2pdb.webrtc.libdatachannel").setLevel(logging.DEBUG)
+
+        async def main():
+            quiet = lambda value: None
+            core, config = load_native(), bridge.NativeConfig()
+            pc = bridge.NativePeerConnection(core, config, on_state=quiet, on_channel=quiet)
+            pc.create_channel("log")
+            await pc.describe("offer")
+            await pc.close()
+
+        asyncio.run(main())
+        print("gathering" in " ".join(r.getMessage() for r in records))
+    """
+    done = run_python(code, P2PDB_NATIVE_RTC_LOG="debug")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    refused = run_python(
+        "from p2pdb.plugins.replication_webrtc.native_engine import load_native; load_native()",
+        P2PDB_NATIVE_RTC_LOG="chatty",
+    )
+    assert refused.returncode != 0
+    assert "WEBRTC_SETTING_INVALID" in refused.stderr or "P2PDB_NATIVE_RTC_LOG" in refused.stderr
+    assert "chatty" in refused.stderr

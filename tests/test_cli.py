@@ -253,19 +253,24 @@ async def test_two_peers_serve_encrypted_files_and_agree_on_their_counts(tmp_pat
     try:
         async with await start_signaling_server(port=0) as server:
             a = await PeerProcess.start(
-                a_path, schema, server.url, "--password-stdin", password=PASSWORD
+                a_path, schema, server.url, "--password-stdin", password=PASSWORD, verbose=True
             )
             b = await PeerProcess.start(
                 b_path, schema, server.url, "--password-env", "P2PDB_TEST_PEER_PASSWORD"
             )
+            synced = False
             try:
                 async with asyncio.timeout(60):
                     await a.wait_for(r"docs 5 .* in sync")
                     await b.wait_for(r"docs 5 .* in sync")
+                synced = True
+            except TimeoutError:
+                pass  # reported below, with what each peer printed
             finally:
                 a_last, b_last = await a.stop(), await b.stop()
     finally:
         del os.environ["P2PDB_TEST_PEER_PASSWORD"]
+    assert synced, f"not in sync within 60 s; a: {a_last}\n{a.log.decode()[-4000:]}\nb: {b_last}"
     a_sent, a_received = counts(a_last)
     b_sent, b_received = counts(b_last)
     assert (a_sent, a_received) == (b_received, b_sent), (a_last, b_last)

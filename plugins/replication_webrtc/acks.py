@@ -18,6 +18,7 @@ what it held then; an RxDB fork promises the documents only.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 __all__ = ["AckRounds"]
@@ -36,6 +37,22 @@ class AckRounds:
         #: request answered.
         self.acked_seq = 0
         self.acked_round = 0
+        self._own: deque[tuple[int, int]] = deque(maxlen=64)  # see own_push
+
+    def own_push(self, after: int, to: int) -> None:
+        """A push of the fork took every sequence number in ``(after, to]``: it holds
+        those states (its own), though no request of it may follow to say so (they come
+        back to it as an empty stream batch). The last 64 are kept."""
+        self._own.append((after, to))
+
+    def held(self) -> int:
+        """The fork holds everything up to here: what it acknowledged, and its own pushes
+        right after that."""
+        held = self.acked_seq
+        for after, to in sorted(self._own):
+            if held >= after:
+                held = max(held, to)
+        return held
 
     def ask(self) -> int:
         """Post a ``RESYNC``; return the round's number, for :meth:`since`."""

@@ -134,6 +134,7 @@ class PeerSession:
         self.state: ReplicationState | None = None
         #: As the master: what the fork acknowledged (see acks.py).
         self.acks = AckRounds(lambda: self.channel.post_event(RESYNC))
+        self._missed_stream = False  # a stream event came before our roles were settled
         #: As the fork: the highest checkpoint of a stream batch with documents.
         self.streamed_seq = 0
         #: Requests answered so far (their answers queued).
@@ -212,6 +213,8 @@ class PeerSession:
                     self.callbacks.replication_error
                 )
                 self.state.active.subscribe(lambda _active: self._changed())
+                if self._missed_stream:
+                    self._stream.on_next(RESYNC)
             self._changed()
         except P2PDBError as exc:
             if self.closed or self._dropping or self.channel.closed:
@@ -296,7 +299,10 @@ class PeerSession:
                 "protocol_violation", "A stream event from a peer that is not our master."
             )
         if self.is_master is None:
-            return  # roles not settled yet (a benign race): the fork starts with a RESYNC
+            # roles not settled yet (a benign race): the fork starts with a full pull, and a
+            # RESYNC after it shows the master what it stored (see start)
+            self._missed_stream = True
+            return
         item = parse_stream_event(result, WEBRTC_CODES, self.settings.options.limits)
         if isinstance(item, ChangesBatch) and item.documents:  # an empty one brings nothing
             with contextlib.suppress(P2PDBError):
@@ -313,6 +319,7 @@ class PeerSession:
             self._answer_at_once(request)
             return
         rounds = self.acks.arrived()  # the RESYNC rounds this request may answer
+        before = self._last_seq()
         try:
             result = await answer_request(self.channel, self._master, request)
             self.requests_seen += 1
@@ -331,6 +338,11 @@ class PeerSession:
                 seq = None
             self.acks.served(rounds, seq)
             self._changed()
+        elif request.method == "masterWrite" and self.is_master and isinstance(result, list):
+            now = self._last_seq()  # did the rows written take every number since before?
+            if 0 < len(request.params[0]) - len(result) == now - before:
+                self.acks.own_push(before, now)
+                self._changed()
 
     # -- state -----------------------------------------------------------------------------
 
@@ -345,7 +357,7 @@ class PeerSession:
         if self.is_master is None or not self.channel.idle.is_set():
             return False
         if self.is_master:
-            return self.acks.acked_seq >= self._last_seq()
+            return self.acks.held() >= self._last_seq()
         return self.state is not None and self.state.is_in_sync()
 
     def acked_since(self, round_number: int, seq: int) -> bool:

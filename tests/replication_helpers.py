@@ -24,6 +24,15 @@ ID_W_SCHEMA: dict[str, Any] = {
     "required": ["id", "w"],
 }
 
+#: Documents of an id and a text.
+ID_TEXT_SCHEMA: dict[str, Any] = {
+    "version": 0,
+    "primaryKey": "id",
+    "type": "object",
+    "properties": {"id": {"type": "string", "maxLength": 40}, "text": {"type": "string"}},
+    "required": ["id", "text"],
+}
+
 
 class HandlerWrapper:
     """A replication handler that passes every call to ``inner``: a test subclasses it and

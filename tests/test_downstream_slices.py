@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replication_helpers import collection_pair
+from replication_helpers import ID_TEXT_SCHEMA, collection_pair
 
 import p2pdb
 from p2pdb.changes import ChangeEvent
@@ -25,13 +25,7 @@ from p2pdb.replication.testing import WirePipe
 
 WAIT = 20.0
 BULK = 6 * SLICE_DOCS
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "text": {"type": "string"}},
-    "required": ["id", "text"],
-}
+SCHEMA = ID_TEXT_SCHEMA
 
 
 @pytest.fixture

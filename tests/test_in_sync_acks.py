@@ -18,20 +18,14 @@ from typing import Any
 import pytest
 from reactivex import Observable
 from reactivex.subject import Subject
-from replication_helpers import HandlerWrapper, collection_pair
+from replication_helpers import ID_TEXT_SCHEMA, HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.plugins.replication_webrtc.acks import AckRounds
 from p2pdb.replication import RESYNC, ChangesBatch, Resync, WriteRow, collection_handler, replicate
 
 WAIT = 10.0
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "text": {"type": "string"}},
-    "required": ["id", "text"],
-}
+SCHEMA = ID_TEXT_SCHEMA
 
 
 class Posts:

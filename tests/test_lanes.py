@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replication_helpers import HandlerWrapper, collection_pair
+from replication_helpers import ID_TEXT_SCHEMA, HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.replication import WriteRow, collection_handler, replicate
@@ -27,13 +27,7 @@ from p2pdb.replication.rpc import STREAM_ID, RpcChannel
 from p2pdb.replication.testing import WirePipe
 
 WAIT = 10.0
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "text": {"type": "string"}},
-    "required": ["id", "text"],
-}
+SCHEMA = ID_TEXT_SCHEMA
 
 
 async def until(changed: asyncio.Condition, condition: Callable[[], bool]) -> None:

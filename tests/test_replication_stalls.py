@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replication_helpers import HandlerWrapper, collection_pair
+from replication_helpers import ID_TEXT_SCHEMA, HandlerWrapper, collection_pair
 
 import p2pdb
 from p2pdb.errors import PeerError
@@ -30,13 +30,7 @@ from p2pdb.replication.lanes import LIVE_MAX_DOCS
 from p2pdb.tasks import cancel_and_wait, settle
 
 WAIT = 10.0
-SCHEMA = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {"id": {"type": "string", "maxLength": 40}, "text": {"type": "string"}},
-    "required": ["id", "text"],
-}
+SCHEMA = ID_TEXT_SCHEMA
 
 
 class ScriptedMaster(HandlerWrapper):

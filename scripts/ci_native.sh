@@ -8,7 +8,7 @@
 # pyenv's). NATIVE_VENV is where the venv goes (default .venv-native, reused when present).
 # P2PDB_WEBRTC_ENGINE=native makes aiortc_connection_handler() default to the native engine in
 # this process and in every peer process the tests start, so the unchanged suites exercise it.
-# Tests that read aiortc internals (link.channel, candidate_pair, aioice's mDNS logs) are
+# Tests that read aiortc internals (link.engine.channel, candidate_pair, aioice's mDNS logs) are
 # deselected below: they test aiortc, not the engine-neutral behaviour (tests/webrtc/
 # test_native_replication.py covers the same ground on the native engine: raw frames are
 # bounded, TURN relays, .local names resolve).

@@ -1,19 +1,18 @@
 """WebRTC connections to the peers of one topic, following simple-peer/RxDB 17.6 rules.
 
-A :class:`ConnectionHandler` joins a signaling room and keeps one link (:class:`~.link.Link`:
-a peer connection with one data channel) per remote peer it links with (see mesh.py):
+A :class:`ConnectionHandler` joins a signaling room and keeps one link (:class:`~.link.Link`
+over an engine, :mod:`.engine`) per remote peer it links with (see mesh.py):
 
 - The **initiator** of a pair is the side whose remote peer id is greater
   (string compare of signaling ids). It connects when the remote id appears in
   ``joined``, with a fresh ``connectionId`` (10 a-z) on every signal of that
   attempt, and sends ``{"type": "offer", "sdp"}`` with every candidate inside
-  the SDP (no trickle before the offer). It drops signals that carry another
-  ``connectionId``. After any drop it retries: 0.5 s, doubling up to 15 s
-  (reset once connected), each time with a new ``connectionId``.
-- The **responder** builds a link only on an ``offer`` with a new
-  ``connectionId`` (replacing the older one) and echoes that id. Candidates
-  trickled before their offer are kept for it (RxDB sends them that way).
-  It never initiates.
+  the SDP (no trickle before the offer). It drops signals with another ``connectionId``.
+  After any drop it retries: 0.5 s, doubling up to 15 s (reset once connected), each
+  time with a new ``connectionId``.
+- The **responder** builds a link only on an ``offer`` with a new ``connectionId``
+  (replacing the older one) and echoes that id. Candidates trickled before their offer
+  are kept for it (RxDB sends them that way). It never initiates.
 - A link that does not open within ``connect_timeout`` is closed
   (``WEBRTC_CONNECT_TIMEOUT``). A peer that leaves the room is dropped only if
   it never connected; a working link survives a signaling outage, and after
@@ -23,8 +22,7 @@ a peer connection with one data channel) per remote peer it links with (see mesh
 Events are reactivex observables; every ``connects`` emission is followed by
 exactly one ``disconnects`` emission for the same :class:`Peer` (also on
 :meth:`ConnectionHandler.close`). Messages are de-chunked and emitted in
-arrival order on the event loop; subscribers that raise are logged, never
-propagated into aiortc.
+arrival order on the event loop; subscribers that raise are logged, never propagated.
 """
 
 from __future__ import annotations
@@ -42,8 +40,10 @@ from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ReplicationError
 from p2pdb.tokens import random_token
 
+from .aiortc_engine import AiortcEngine
+from .engine import EngineFactory, LinkSettings
 from .framing import JSONMessage
-from .link import Link, LinkCallbacks, LinkSettings
+from .link import Link, LinkCallbacks
 from .mesh import DEFAULT_MAX_LINKS, check_max_links, choose_links, surplus_links
 from .peer import Peer, PeerMessage
 from .signaling_client import SignalingAccess, SignalingClient
@@ -82,11 +82,11 @@ class ConnectionHandler:
         ping_interval: float = 60.0,
         signaling: SignalingAccess | None = None,
         max_links: int = DEFAULT_MAX_LINKS,
-        link_class: type[Link] = Link,
+        engine: EngineFactory = AiortcEngine,
     ) -> None:
         self.topic = topic
         self.max_links = check_max_links(max_links)  # see mesh.py; set_max_links() changes it
-        self.link_class = link_class  # the engine: Link (aiortc) or native_link.NativeLink
+        self.engine = engine  # under each link: AiortcEngine or native_link.NativeEngine
         self._settings = settings or LinkSettings()
         self._client = SignalingClient(
             signaling_url,
@@ -367,13 +367,14 @@ class ConnectionHandler:
         previous = self._links.get((own, remote_id))
         if previous is not None:
             previous.end()
-        link = self.link_class(
+        link = Link(
             self._callbacks,
             self._settings,
             local_id=own,
             remote_id=remote_id,
             initiator=initiator,
             connection_id=connection_id,
+            engine=self.engine,
         )
         self._links[link.key] = link
         task = link.start()

@@ -10,12 +10,13 @@ from typing import Any, TypeAlias
 
 from p2pdb.errors import ValidationError
 
+from .aiortc_engine import AiortcEngine
 from .connection import ConnectionHandler
+from .engine import EngineFactory, LinkSettings
 from .ice import ice_servers_have_turn, to_rtc_ice_servers, validate_host_addresses
-from .link import Link, LinkSettings
 from .mesh import DEFAULT_MAX_LINKS, check_max_links
 from .native_engine import load_native, resolve_engine
-from .native_link import NativeLink
+from .native_link import NativeEngine
 from .signal_crypto import TopicSecret
 from .signaling_client import SignalingAccess, signaling_urls
 
@@ -148,10 +149,10 @@ def _factory(
         )
 
     links = check_max_links(options.max_links)
-    link_class: type[Link] = Link
+    engine: EngineFactory = AiortcEngine
     if resolve_engine(options.engine) == "native":
         load_native()  # WEBRTC_ENGINE_UNAVAILABLE now, not at the first connection
-        link_class = NativeLink
+        engine = NativeEngine
     urls = signaling_urls(signaling_url)
     access = SignalingAccess(secret=options.secret, ssl=options.ssl, headers=options.headers)
     settings = LinkSettings(
@@ -165,7 +166,7 @@ def _factory(
 
     async def factory(topic: str) -> ConnectionHandler:
         handler = ConnectionHandler(
-            topic, urls, settings, signaling=access, link_class=link_class, max_links=links
+            topic, urls, settings, signaling=access, engine=engine, max_links=links
         )
         await handler.start(join_timeout=connect_timeout)
         return handler

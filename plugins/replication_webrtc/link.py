@@ -1,11 +1,13 @@
-"""One WebRTC link: an ``RTCPeerConnection`` attempt to one remote peer and its data channel.
+"""One WebRTC link: a connection attempt to one remote peer and its data channel.
 
-A :class:`Link` negotiates as initiator (offer, one ordered in-band channel
-labelled with 40 hex chars) or responder (answer, takes the channel it is
-given), applies trickled candidates in either form whenever they arrive,
-enforces the connect timeout, and turns channel frames into messages
-(:mod:`.framing`). Its owner (the connection handler) decides when links are
-made and ended, and hears about them through :class:`LinkCallbacks`.
+A :class:`Link` negotiates as initiator (offer, one ordered in-band channel labelled with
+40 hex chars) or responder (answer, takes the channel it is given), applies trickled
+candidates in either form whenever they arrive, enforces the connect timeout, and turns
+channel frames into messages (:mod:`.framing`) and messages into flow-controlled frames
+(:class:`~.writer.ChannelWriter`). What touches the peer connection is its engine's
+(:mod:`.engine`: :class:`~.aiortc_engine.AiortcEngine` by default, or the native
+:class:`~.native_link.NativeEngine`). Its owner (the connection handler) decides when
+links are made and ended, and hears about them through :class:`LinkCallbacks`.
 """
 
 from __future__ import annotations
@@ -16,34 +18,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import (
-    RTCConfiguration,
-    RTCDataChannel,
-    RTCIceServer,
-    RTCPeerConnection,
-    RTCSessionDescription,
-)
-from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.sdp import candidate_from_sdp
-
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
-from . import sctp_sack
-from .candidates import CandidateAdder
+from .aiortc_engine import AiortcEngine
 from .compression import FrameCompression
-from .framing import (
-    DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_MESSAGE_SIZE,
-    DEFAULT_MAX_PARTIAL_MESSAGES,
-    JSONMessage,
-    Reassembler,
-    encode_message,
-)
-from .ice import host_addresses_override
+from .engine import EngineEvents, EngineFactory, LinkEngine, LinkSettings, guarded
+from .framing import JSONMessage, Reassembler, encode_message
 from .peer import Peer
-from .sdp import dtls_fingerprint, frame_limit, local_sdp
-from .writer import DEFAULT_HIGH_WATER_MARK, DEFAULT_LOW_WATER_MARK, ChannelWriter
+from .sdp import frame_limit
+from .writer import ChannelWriter, SendChannel
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
@@ -51,29 +35,6 @@ logger = logging.getLogger("p2pdb.webrtc.link")
 
 _MAX_QUEUED_SIGNALS = 256
 _MAX_PENDING_CANDIDATES = 32
-_TEARDOWN_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class LinkSettings:
-    """Settings shared by the links of one handler."""
-
-    ice_servers: tuple[RTCIceServer, ...] = ()
-    relay_only: bool = False
-    host_addresses: tuple[str, ...] | None = None
-    connect_timeout: float = 15.0
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_partial_messages: int = DEFAULT_MAX_PARTIAL_MESSAGES
-    high_water_mark: int = DEFAULT_HIGH_WATER_MARK
-    low_water_mark: int = DEFAULT_LOW_WATER_MARK
-    compression: bool = True  # accept and offer zlib frames (p2pdb peers: compression.py)
-    delayed_sack: bool = True  # RFC 4960 6.2 delayed SACKs (sctp_sack.py)
-
-    def rtc_configuration(self) -> RTCConfiguration:
-        """A fresh aiortc configuration (never ``iceServers=None``: no public STUN)."""
-        policy = RTCIceTransportPolicy.RELAY if self.relay_only else RTCIceTransportPolicy.ALL
-        return RTCConfiguration(iceServers=list(self.ice_servers), iceTransportPolicy=policy)
 
 
 @dataclass(frozen=True)
@@ -108,6 +69,7 @@ class Link:
         remote_id: str,
         initiator: bool,
         connection_id: str | None,
+        engine: EngineFactory = AiortcEngine,
     ) -> None:
         self.local_id = local_id
         self.remote_id = remote_id
@@ -117,11 +79,10 @@ class Link:
         self.connected = False
         self.ended = False
         self.task: asyncio.Task[None] | None = None
-        self.pc: RTCPeerConnection | None = None
-        self.channel: RTCDataChannel | None = None
-        self._candidates: CandidateAdder | None = None
         self._on = callbacks
         self._settings = settings
+        self.engine: LinkEngine = engine(settings, remote_id, self._engine_events())
+        """The peer connection under this link (an :class:`~.engine.LinkEngine`)."""
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending_candidates: list[dict[str, Any]] = []
         self._remote_description_set = False
@@ -168,7 +129,17 @@ class Link:
             await asyncio.wait([self.task])
 
     async def send(self, message: object) -> None:
-        """Send one message (chunked and flow controlled)."""
+        """Send one message (chunked and flow controlled).
+
+        A channel that cannot take it any more ends the link first. The native engine
+        closes a channel (the remote closed it, or the connection went away) in its own
+        threads and tells the loop later; a send in between finds the channel closed or
+        has its frame refused. That is the peer leaving, as on aiortc (where the channel's
+        state and its ``close`` event change together on the loop, and the link has ended
+        before any send sees the state): so the link ends here, at once (the session stops
+        before the failed send's ``WEBRTC_PEER_GONE`` reaches it), and that error is raised
+        to the sender.
+        """
         if self.ended or not self.connected or self._writer is None:
             raise PeerError(
                 f"Peer {self.remote_id} ({self.peer.connection_id}) is not connected",
@@ -178,28 +149,23 @@ class Link:
         frames = self.compression.encode(message, self._max_frame_bytes) or encode_message(
             message, max_frame_bytes=self._max_frame_bytes
         )
-        await self._writer.send_frames(frames)
+        try:
+            await self._writer.send_frames(frames)
+        except PeerError as error:
+            if self.connected and not self.ended and error.code == "WEBRTC_PEER_GONE":
+                logger.info("data channel to %s is closing: %s", self.remote_id, error)
+                self.end()
+            raise
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
         """``(local, remote)``: the DTLS certificate fingerprints of this very connection as
-        our local and remote descriptions carry them (aiortc refuses a certificate that does
-        not match the remote one); ``None`` before both descriptions are set."""
-        pc = self.pc
-        if pc is None or pc.localDescription is None or pc.remoteDescription is None:
-            return None
-        local = dtls_fingerprint(pc.localDescription.sdp)
-        remote = dtls_fingerprint(pc.remoteDescription.sdp)
-        return None if local is None or remote is None else (local, remote)
+        our local and remote descriptions carry them (the engine refuses a certificate that
+        does not match the remote one); ``None`` before both descriptions are set."""
+        return self.engine.dtls_fingerprints()
 
     def candidate_pair(self) -> tuple[str, str] | None:
-        """Types of the selected local and remote ICE candidates (reads aioice internals)."""
-        try:
-            assert self.pc is not None and self.pc.sctp is not None
-            connection = self.pc.sctp.transport.transport._connection
-            pair = next(iter(connection._nominated.values()))
-            return (str(pair.local_candidate.type), str(pair.remote_candidate.type))
-        except (AssertionError, AttributeError, StopIteration):
-            return None
+        """Types of the selected local and remote ICE candidates (``None`` if unknown)."""
+        return self.engine.candidate_pair()
 
     # -- negotiation ----------------------------------------------------------------------
 
@@ -207,22 +173,14 @@ class Link:
         timeout = self._settings.connect_timeout
         deadline = asyncio.get_running_loop().time() + timeout
         try:
-            with host_addresses_override(self._settings.host_addresses):
-                self.pc = pc = RTCPeerConnection(self._settings.rtc_configuration())
-                self._candidates = CandidateAdder(pc, self.remote_id)
-                pc.on("connectionstatechange", self._guarded(self._on_pc_state))
-                pc.on("datachannel", self._guarded(self._on_datachannel))
-                async with asyncio.timeout_at(deadline):
-                    if self.initiator:
-                        channel = pc.createDataChannel(random_token(20), ordered=True)
-                        self._attach_channel(channel)
-                        await pc.setLocalDescription(await pc.createOffer())
-                        self._check_relay_candidates(pc)
-                        await self._on.send_signal(self, {"type": "offer", "sdp": local_sdp(pc)})
-                    while not self.connected:
-                        await self._apply_signal(await self._inbox.get())
-                while True:
+            async with asyncio.timeout_at(deadline):
+                offer = await self.engine.open(self.initiator)
+                if offer is not None:
+                    await self._on.send_signal(self, {"type": "offer", "sdp": offer})
+                while not self.connected:
                     await self._apply_signal(await self._inbox.get())
+            while True:
+                await self._apply_signal(await self._inbox.get())
         except TimeoutError:
             if not self.ended:
                 self._report(
@@ -231,7 +189,9 @@ class Link:
                 )
         except _LinkFailed:
             pass
-        except Exception as error:  # aiortc failed in a way we did not foresee
+        except PeerError as error:  # the engine cannot go on, and said why
+            self._on.error(self, error)
+        except Exception as error:  # the engine failed in a way we did not foresee
             # the error goes out once, on the errors stream; the traceback only at debug
             logger.debug("link to %s failed", self.remote_id, exc_info=True)
             self._report(
@@ -240,27 +200,7 @@ class Link:
             )
         finally:
             self.end()
-            await self._teardown()
-
-    async def _teardown(self) -> None:
-        if self._candidates is not None:
-            await self._candidates.close()
-        if self.channel is not None:
-            self.channel.close()
-        if self.pc is None:
-            return
-        try:
-            async with asyncio.timeout(_TEARDOWN_TIMEOUT):
-                await self.pc.close()
-        except TimeoutError:
-            # e.g. aioice retrying to delete a TURN allocation on a server that is gone
-            logger.warning(
-                "closing the connection to %s took over %g s; abandoned",
-                self.remote_id,
-                _TEARDOWN_TIMEOUT,
-            )
-        except Exception:
-            logger.exception("closing the connection to %s failed", self.remote_id)
+            await self.engine.close()
 
     async def _apply_signal(self, data: dict[str, Any] | None) -> None:
         if data is None:  # the wake-up sent when the channel opened
@@ -279,8 +219,6 @@ class Link:
             logger.info("unknown signal %r from %s ignored", kind, self.remote_id)
 
     async def _apply_description(self, kind: str, sdp: object) -> None:
-        pc = self.pc
-        assert pc is not None
         if kind != ("answer" if self.initiator else "offer") or self._remote_description_set:
             logger.info("unexpected %r from %s ignored", kind, self.remote_id)
             return
@@ -289,46 +227,18 @@ class Link:
                 f"Peer {self.remote_id} sent an {kind} without SDP", "WEBRTC_SIGNAL_INVALID"
             )
             raise _LinkFailed
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        except Exception as error:
-            self._report(
-                f"Peer {self.remote_id} sent an unusable {kind}: {error!r}",
-                "WEBRTC_SIGNAL_INVALID",
-            )
-            raise _LinkFailed from error
+        answer = await self.engine.apply_remote(kind, sdp)
         self._remote_description_set = True
         self._max_frame_bytes = frame_limit(sdp, self._settings.max_frame_bytes)
-        if kind == "offer":
-            await pc.setLocalDescription(await pc.createAnswer())
-            self._check_relay_candidates(pc)
-            await self._on.send_signal(self, {"type": "answer", "sdp": local_sdp(pc)})
+        if answer is not None:
+            await self._on.send_signal(self, {"type": "answer", "sdp": answer})
         pending, self._pending_candidates = self._pending_candidates, []
         for candidate in pending:
             await self._add_candidate(candidate)
 
-    def _check_relay_candidates(self, pc: RTCPeerConnection) -> None:
-        """With ``relay_only``, fail at once if gathering found no relay candidate: aioice
-        drops a failed TURN allocation silently, and the link would only time out."""
-        if not self._settings.relay_only or " typ relay" in local_sdp(pc):
-            return
-        urls = [
-            url
-            for server in self._settings.ice_servers
-            for url in ([server.urls] if isinstance(server.urls, str) else server.urls)
-            if url.startswith(("turn:", "turns:"))
-        ]
-        self._report(
-            f"No TURN relay candidate for peer {self.remote_id} (relay_only=True): the TURN "
-            f"server {', '.join(urls)} refused the allocation or did not answer. Check its "
-            "URL, username and credential (short-lived credentials may have expired).",
-            "WEBRTC_TURN_FAILED",
-        )
-        raise _LinkFailed
-
     async def _add_candidate(self, data: dict[str, Any]) -> None:
-        """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}`` (any form)."""
-        assert self._candidates is not None
+        """Add ``{"candidate": {"candidate", "sdpMLineIndex", "sdpMid"}}`` (any form); a
+        malformed or unreadable one is reported and skipped, never fatal."""
         body = data.get("candidate")
         text = body.get("candidate") if isinstance(body, dict) else None
         if not isinstance(body, dict) or not isinstance(text, str):
@@ -339,60 +249,46 @@ class Link:
             )
             return
         text = text.strip().removeprefix("a=").removeprefix("candidate:")
-        if not text:
-            await self._candidates.add(None)  # end of candidates
-            return
-        try:
-            candidate = candidate_from_sdp(text)
-        except (AssertionError, ValueError, IndexError):
-            self._report(
-                f"Peer {self.remote_id} sent an unreadable candidate {text[:80]!r}",
-                "WEBRTC_SIGNAL_INVALID",
-                drop=False,
-            )
-            return
         mid, index = body.get("sdpMid"), body.get("sdpMLineIndex")
-        candidate.sdpMid = mid if isinstance(mid, str) else None
-        candidate.sdpMLineIndex = index if type(index) is int else None
-        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
-            candidate.sdpMLineIndex = 0  # one m-line: the data channel
-        await self._candidates.add(candidate)  # never raises: one bad candidate is skipped
+        try:
+            await self.engine.add_candidate(
+                text,
+                mid if isinstance(mid, str) else None,
+                index if type(index) is int else None,
+            )
+        except PeerError as error:
+            self._on.error(self, error)
 
-    # -- aiortc callbacks (never raise into aiortc) ---------------------------------------
+    # -- what the engine tells us (guarded: never raises into the engine) ----------------
 
-    def _guarded(self, method: Callable[..., None]) -> Callable[..., None]:
-        def call(*args: Any) -> None:
-            try:
-                method(*args)
-            except Exception:
-                logger.exception("error in a WebRTC callback for %s", self.remote_id)
+    def _engine_events(self) -> EngineEvents:
+        def call(method: Callable[..., Any]) -> Callable[..., Any]:
+            return guarded(logger, self.remote_id, method)
 
-        return call
+        return EngineEvents(
+            channel=self._on_channel,
+            opened=call(self._on_channel_open),
+            frame=call(self._on_frame),
+            low=call(self._on_low),
+            closed=call(self._on_closed),
+            state=call(self._on_state),
+            error=call(self._on_engine_error),
+        )
 
-    def _attach_channel(self, channel: RTCDataChannel) -> None:
-        self.channel = channel
-        if self._settings.delayed_sack:
-            sctp_sack.enable(channel.transport)
-        self._writer = writer = ChannelWriter(
+    def _on_channel(self, channel: SendChannel) -> bool:
+        if self.ended:
+            return False
+        self._writer = ChannelWriter(
             channel,
             high_water_mark=self._settings.high_water_mark,
             low_water_mark=self._settings.low_water_mark,
             peer_id=self.remote_id,
         )
-        channel.on("message", self._guarded(self._on_frame))
-        channel.on("bufferedamountlow", writer.notify_low)
-        channel.on("open", self._guarded(self._on_channel_open))
-        channel.on("close", self._guarded(self._on_channel_close))
-        if channel.readyState == "open":  # a responder's channel arrives open
-            self._on_channel_open()
+        return True
 
-    def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if self.ended:
-            return
-        if self.channel is not None:
-            logger.info("extra data channel %r from %s ignored", channel.label, self.remote_id)
-            return
-        self._attach_channel(channel)
+    def _on_low(self) -> None:
+        if self._writer is not None:
+            self._writer.notify_low()
 
     def _on_channel_open(self) -> None:
         if self.ended or self.connected:
@@ -401,21 +297,25 @@ class Link:
         self._inbox.put_nowait(None)  # let the task leave the connect timeout
         self._on.opened(self)
 
-    def _on_channel_close(self) -> None:
+    def _on_closed(self) -> None:
         if not self.ended:
             logger.info("data channel to %s closed", self.remote_id)
             self.end()
 
-    def _on_pc_state(self) -> None:
-        assert self.pc is not None
-        state = self.pc.connectionState
-        if state in ("failed", "closed") and not self.ended:
-            if state == "failed":
-                self._report(
-                    f"Connection to peer {self.remote_id} failed",
-                    "WEBRTC_CONNECTION_FAILED",
-                    drop=False,
-                )
+    def _on_state(self, state: str) -> None:
+        if self.ended:
+            return
+        if state == "failed":
+            self._report(f"Connection to peer {self.remote_id} failed", "WEBRTC_CONNECTION_FAILED")
+        elif state in ("disconnected", "closed"):
+            logger.info("connection to %s %s", self.remote_id, state)
+            self.end()
+
+    def _on_engine_error(self, error: PeerError, end: bool) -> None:
+        if self.ended:
+            return
+        self._on.error(self, error)  # logged once, by whoever reads the errors stream
+        if end:
             self.end()
 
     def _on_frame(self, frame: str | bytes) -> None:

@@ -20,7 +20,7 @@ pytest.importorskip("aiolibdatachannel")
 
 from p2pdb.errors import PeerError  # noqa: E402
 from p2pdb.plugins.replication_webrtc import native_link  # noqa: E402
-from p2pdb.plugins.replication_webrtc.link import LinkCallbacks, LinkSettings  # noqa: E402
+from p2pdb.plugins.replication_webrtc.link import Link, LinkCallbacks, LinkSettings  # noqa: E402
 from p2pdb.plugins.replication_webrtc.native_bridge import (  # noqa: E402
     NativeConfig,
     NativePeerConnection,
@@ -136,13 +136,14 @@ async def test_the_native_answerer_sends_no_check_before_its_hold_ends(
         error=lambda link, error: errors.append(error),
         ended=lambda link: None,
     )
-    link = native_link.NativeLink(
+    link = Link(
         callbacks,
         LinkSettings(host_addresses=("127.0.0.1",), connect_timeout=30.0),
         local_id="answerer",
         remote_id="offerer",
         initiator=False,
         connection_id="hold-test",
+        engine=native_link.NativeEngine,
     )
     try:
         rest, _ = split_candidates(await template.describe("offer"))

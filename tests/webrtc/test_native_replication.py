@@ -33,7 +33,7 @@ from p2pdb.plugins.replication_webrtc import (  # noqa: E402
     replicate_webrtc,
 )
 from p2pdb.plugins.replication_webrtc.native_engine import ENGINE_ENVIRONMENT_VARIABLE  # noqa: E402
-from p2pdb.plugins.replication_webrtc.native_link import NativeLink  # noqa: E402
+from p2pdb.plugins.replication_webrtc.native_link import NativeEngine  # noqa: E402
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer  # noqa: E402
 
 TOPIC = "p2pdb-native-room"
@@ -133,12 +133,13 @@ async def test_native_to_native_replicates_authenticated(
     await a.join(signaling.url, "native", lambda _id: True)
     await b.join(signaling.url, "native", lambda _id: True)
     await exercise(a, b)
-    assert all(isinstance(link, NativeLink) for link in links(a) + links(b))
+    engines = [link.engine for link in links(a) + links(b)]
+    assert all(isinstance(engine, NativeEngine) for engine in engines)
     setups = sorted(
         line
-        for link in links(a) + links(b)
-        if link.native is not None
-        for line in (link.native.local_description or "").split("\r\n")
+        for engine in engines
+        if isinstance(engine, NativeEngine) and engine.native is not None
+        for line in (engine.native.local_description or "").split("\r\n")
         if line.startswith("a=setup:")
     )
     assert setups == ["a=setup:actpass", "a=setup:passive"]  # the offer, and our answer
@@ -164,10 +165,11 @@ async def test_native_and_aiortc_replicate_in_every_role(
     await aiortc.join(signaling.url, "aiortc", lambda own: (own > native_id) == native_initiates)
     await exercise(native, aiortc)
     (link,) = links(native)
-    assert isinstance(link, NativeLink) and link.initiator == native_initiates
-    assert type(links(aiortc)[0]).__name__ == "Link"
+    engine = link.engine
+    assert isinstance(engine, NativeEngine) and link.initiator == native_initiates
+    assert type(links(aiortc)[0].engine).__name__ == "AiortcEngine"
     # an answering native side is the DTLS server (sdp.answer_as_dtls_server)
-    local = link.native.local_description if link.native is not None else None
+    local = engine.native.local_description if engine.native is not None else None
     assert local is not None and ("a=setup:passive" in local) == (not native_initiates)
     assert link.dtls_fingerprints() == tuple(reversed(links(aiortc)[0].dtls_fingerprints()))
 
@@ -277,8 +279,9 @@ async def test_relay_only_native_and_aiortc_replicate_through_turn(
             await wait_equal(*collections, seconds=WAIT)
             assert len(await contents(collections[0])) == 400
             (link,) = pools[0].connection.links
-            assert isinstance(link, NativeLink) and link.native is not None
-            local = link.native.local_description or ""
+            engine = link.engine
+            assert isinstance(engine, NativeEngine) and engine.native is not None
+            local = engine.native.local_description or ""
             assert " typ relay" in local and " typ host" not in local
         finally:
             for pool in pools:
@@ -356,8 +359,10 @@ async def test_a_send_on_a_channel_the_remote_closed_is_the_peer_leaving(
     b_handler, b = await make_handler(engine="native")
     peer_b, peer_a = await a.connect(), await b.connect()
     link_a, link_b = a_handler.link_to(peer_b), b_handler.link_to(peer_a)
-    assert isinstance(link_a, NativeLink) and isinstance(link_b, NativeLink)
-    ours, theirs = link_a.native_channel, link_b.native_channel
+    assert link_a is not None and link_b is not None
+    engine_a, engine_b = link_a.engine, link_b.engine
+    assert isinstance(engine_a, NativeEngine) and isinstance(engine_b, NativeEngine)
+    ours, theirs = engine_a.native_channel, engine_b.native_channel
     assert ours is not None and theirs is not None and ours.readyState == "open"
     await a_handler.send(peer_b, {"before": True})
     assert (await b.message()).data == {"before": True}

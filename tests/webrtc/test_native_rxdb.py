@@ -26,7 +26,7 @@ from node_setup import ensure_node, ensure_node_modules  # noqa: E402
 from rxdb_harness import P2pdbPeer, Stack  # noqa: E402
 
 from p2pdb.plugins.replication_webrtc.native_engine import ENGINE_ENVIRONMENT_VARIABLE  # noqa: E402
-from p2pdb.plugins.replication_webrtc.native_link import NativeLink  # noqa: E402
+from p2pdb.plugins.replication_webrtc.native_link import NativeEngine  # noqa: E402
 
 WAIT_MS = 30_000
 
@@ -76,8 +76,9 @@ async def test_native_aiortc_and_rxdb_in_one_topic(
     )
     assert native.pool is not None and classic.pool is not None
     native_links = native.pool.connection.links
-    assert len(native_links) == 2 and all(isinstance(link, NativeLink) for link in native_links)
-    assert not any(isinstance(link, NativeLink) for link in classic.pool.connection.links)
+    assert len(native_links) == 2
+    assert all(isinstance(link.engine, NativeEngine) for link in native_links)
+    assert not any(isinstance(link.engine, NativeEngine) for link in classic.pool.connection.links)
 
     want = {f"rx-{i:03d}" for i in range(100)} | {f"nt-{i:03d}" for i in range(100)} | {"ai-000"}
     await asyncio.gather(native.wait_count(len(want), 40), classic.wait_count(len(want), 40))

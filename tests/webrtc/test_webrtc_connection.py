@@ -18,6 +18,7 @@ from p2pdb.plugins.replication_webrtc import (
     aiortc_connection_handler,
     start_signaling_server,
 )
+from p2pdb.plugins.replication_webrtc.aiortc_engine import AiortcEngine
 from p2pdb.plugins.replication_webrtc.ice import host_addresses_override
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
@@ -115,7 +116,8 @@ async def test_malformed_frame_reports_an_error_and_drops_the_peer(
     a, peer_b, b, peer_a = await connected_pair(make_handler)
     # Play a hostile peer: write a raw frame on b's data channel.
     link = b.handler.link_to(peer_a)
-    channel = link.channel if link is not None else None
+    engine = link.engine if link is not None else None
+    channel = engine.channel if isinstance(engine, AiortcEngine) else None
     assert channel is not None
     channel.send('{"chunk": {"id": "x", "index": 7, "total": 2, "data": ""}}')
     error = await a.error()

@@ -36,6 +36,7 @@ from webrtc_helpers import Events
 import p2pdb
 from p2pdb.errors import PeerError
 from p2pdb.plugins.replication_webrtc import ConnectionHandler, aiortc_connection_handler, is_master
+from p2pdb.plugins.replication_webrtc.aiortc_engine import AiortcEngine
 from p2pdb.plugins.replication_webrtc.framing import Reassembler
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 from p2pdb.replication.wire import STREAM_ID
@@ -107,8 +108,9 @@ class Attacker:
 
     def send_raw(self, frame: str) -> None:
         link = self.handler.link_to(self.peer)
-        assert link is not None and link.channel is not None
-        link.channel.send(frame)
+        assert link is not None and isinstance(link.engine, AiortcEngine)
+        assert link.engine.channel is not None
+        link.engine.channel.send(frame)
 
     async def dropped(self, within: float) -> None:
         assert await self.events.disconnect(within) == self.peer

@@ -697,6 +697,7 @@ async def test_a_zip_bomb_is_cut_off_and_the_peer_dropped(
 
 def raw_send(link: object, frame: str | bytes) -> None:
     """Put ``frame`` on the link's data channel as it is, on either engine."""
-    channel = getattr(link, "native_channel", None) or getattr(link, "channel", None)
+    engine = getattr(link, "engine", None)  # an AiortcEngine or a NativeEngine
+    channel = getattr(engine, "native_channel", None) or getattr(engine, "channel", None)
     assert channel is not None
     channel.send(frame)

@@ -9,6 +9,8 @@ import pytest
 from turn_helpers import TURN_PASSWORD, TURN_USER, running_turnserver
 from webrtc_helpers import HandlerMaker
 
+from p2pdb.plugins.replication_webrtc.aiortc_engine import AiortcEngine
+
 
 @pytest.fixture
 def turn_server(tmp_path: Path) -> Iterator[str]:
@@ -31,7 +33,9 @@ async def test_relay_only_handlers_connect_through_turn(
     assert b.candidate_pair(peer_a) == ("relay", "relay")
     for handler, peer in ((a, peer_b), (b, peer_a)):  # no host candidate was even offered
         link = handler.link_to(peer)  # the test inspects the SDP sent
-        pc = link.pc if link is not None else None
+        engine = link.engine if link is not None else None
+        assert isinstance(engine, AiortcEngine)
+        pc = engine.pc
         assert pc is not None and pc.localDescription is not None
         candidates = [
             line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=candidate")

@@ -12,6 +12,7 @@ from reactivex import Observable
 from reactivex.abc import DisposableBase
 from reactivex.subject import BehaviorSubject
 
+from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ReplicationError, ValidationError
 from p2pdb.identity import key_fingerprint
 from p2pdb.replication import ReplicationState
@@ -32,6 +33,11 @@ if TYPE_CHECKING:
 __all__ = ["ReplicationPool", "replicate_webrtc"]
 
 log = logging.getLogger("p2pdb.webrtc.pool")
+
+RESYNC_RETRY = 1.0
+"""Seconds ``wait_for_in_sync`` waits for a fork's answer to its ``RESYNC`` before it asks
+again (doubling, with jitter, up to :data:`RESYNC_RETRY_MAX`)."""
+RESYNC_RETRY_MAX = 8.0
 
 
 class ReplicationPool:
@@ -180,10 +186,15 @@ class ReplicationPool:
             )
         rounds: dict[PeerSession, int] = {}  # the ack round asked of each fork
         target = self._last_seq()
+        silence = Backoff(RESYNC_RETRY, RESYNC_RETRY_MAX)
         try:
             async with asyncio.timeout(timeout):
                 while not self._in_sync_with(peers, target, rounds):
-                    await self.wait_for_change()
+                    try:
+                        async with asyncio.timeout(silence.next_delay()):
+                            await self.wait_for_change()
+                    except TimeoutError:
+                        self._ask_silent_forks(rounds)
         except TimeoutError:
             raise ReplicationError(
                 f"Not in sync with {max(peers, 1)} peer(s) of topic {self.topic!r} "
@@ -219,6 +230,16 @@ class ReplicationPool:
         now = self._last_seq()
         count += sum(1 for t, seq in self._departed.items() if t not in connected and seq >= now)
         return count >= peers
+
+    def _ask_silent_forks(self, rounds: dict[PeerSession, int]) -> None:
+        """Post the ``RESYNC`` again to each fork that has not answered its round: RxDB
+        17.6 drops a ``RESYNC`` queued right behind stream events (its downstream drains
+        its tasks in one go and breaks off at a ``RESYNC`` that is not first, having taken
+        it out of the queue), which it delays while its own push runs. Harmless to a p2pdb
+        fork (it holds one ``RESYNC`` until its pushes went out, however many came)."""
+        for session, round_number in rounds.items():
+            if session.acks.acked_round < round_number:
+                rounds[session] = session.acks.ask()
 
     def _last_seq(self) -> int:
         return self.collection.database.storage.last_seq(self.collection.name)

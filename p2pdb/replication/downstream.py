@@ -32,6 +32,7 @@ from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .lanes import LIVE_MAX_DOCS
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
+from .revs import fill_stubs, speaks_revs
 
 __all__ = ["FETCH_AHEAD", "SLICE_DOCS", "Downstream"]
 
@@ -318,7 +319,11 @@ class Downstream(DirectionTask):
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
         modifier = self.context.options.pull_modifier
-        causal = speaks_causal(self.context.handler)
+        handler = self.context.handler
+        causal = speaks_causal(handler)
+        if speaks_revs(handler):  # stubs of relayed states: the fork's own, or fetched
+            report = self._report
+            documents = await fill_stubs(handler, c, documents, report, modified=bool(modifier))
         self._vectors = {}
         incoming: Incoming = {}
         complete = True
@@ -350,6 +355,9 @@ class Downstream(DirectionTask):
             incoming[prepared[pk]] = (prepared, deleted, wire)
             self._vectors[prepared[pk]] = vector
         return incoming, complete
+
+    def _report(self, error: Exception) -> None:
+        self.context.report("down", error)
 
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
         """The local writes and assumed master states that apply ``incoming``.

@@ -25,6 +25,7 @@ from ..errors import P2PDBError, PeerError
 from ..tasks import cancel_and_wait
 from .causal_order import negotiate, speaks_causal
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync
+from .revs import speaks_revs
 from .rpc import WIRE_CODES, Request, RpcChannel, StreamEvent
 from .wire import (
     MASTER_METHODS,
@@ -100,7 +101,10 @@ class WirePipe:
         )
         self._events: Subject[ChangesBatch | Resync] = Subject()
         self.handler = RemoteMaster(
-            self.fork_channel, self._events, causal=speaks_causal(self.master)
+            self.fork_channel,
+            self._events,
+            causal=speaks_causal(self.master),
+            revs=speaks_revs(self.master),
         )
         self.errors: list[Exception] = []
         self._tasks: set[asyncio.Task[Any]] = set()

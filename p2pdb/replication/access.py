@@ -32,10 +32,10 @@ __all__ = [
     "DocumentAccess",
     "DocumentFilter",
     "Modifier",
-    "outgoing_rows",
     "ReadRule",
     "WriteRule",
     "apply_modifier",
+    "outgoing_rows",
     "refused_ids",
     "resolve",
 ]

@@ -59,6 +59,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "REVS_METHODS",
     "Revs",
+    "bodies_in",
     "fill_stubs",
     "is_stub",
     "make_stub",
@@ -117,6 +118,24 @@ def relayed(vector: Vector | None, seq: int, writer: str) -> bool:
     """True for a stored state that ``writer`` (this file) did not write itself at ``seq``
     (a copy of another peer's state): it may travel as a stub."""
     return vector is not None and vector.get(writer) != seq
+
+
+def bodies_in(message: object) -> int:
+    """How many document bodies a replication message carries (stubs not counted): the rows
+    of a ``masterWrite`` request, the documents of a ``masterChangesSince`` answer or a
+    stream batch, and the documents of a list answer (``p2pdbDocs``, conflict answers)."""
+    if not isinstance(message, Mapping):
+        return 0
+    docs: object = None
+    if message.get("method") == "masterWrite":
+        params = message.get("params")
+        docs = params[0] if isinstance(params, list) and params else None
+    else:
+        result = message.get("result")
+        docs = result.get("documents") if isinstance(result, Mapping) else result
+    if not isinstance(docs, list):
+        return 0
+    return sum(1 for doc in docs if isinstance(doc, Mapping) and not is_stub(doc))
 
 
 def relayed_ids(pairs: Iterable[tuple[int, Doc]], writer: str, pk: str) -> set[str]:

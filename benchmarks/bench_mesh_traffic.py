@@ -64,6 +64,8 @@ class Run:
     sync_s: float | None
     bodies: int
     needed: int
+    stubs: int = 0
+    messages: int = 0
 
     @property
     def ratio(self) -> float:
@@ -106,6 +108,9 @@ async def one_topic(
         bodies = sum(int(s.get("bodies", 0)) for s in synced) - sum(
             int(s.get("bodies", 0)) for s in before
         )
+        def delta(key: str) -> int:
+            return sum(int(s.get(key, 0)) for s in synced) - sum(int(s.get(key, 0)) for s in before)
+
         return Run(
             f"{peers_n}x{docs}",
             peers_n,
@@ -116,6 +121,8 @@ async def one_topic(
             sync_s,
             bodies,
             peers_n * (peers_n - 1) * docs,
+            delta("stubs"),
+            delta("messages"),
         )
     finally:
         await asyncio.gather(*(p.quit(within=10) for p in peers), return_exceptions=True)

@@ -68,12 +68,17 @@ async def child_main(args: argparse.Namespace) -> None:
         emit("peers", count=len(peers), most=state["most"], ids=ids)
 
     pool.peers.subscribe(on_peers)
-    from p2pdb.replication.revs import bodies_in
+    from p2pdb.replication.revs import bodies_in, is_stub
 
-    def on_message(message: Any) -> None:  # document bodies received (stubs not counted)
+    def on_message(message: Any) -> None:  # document bodies received, and stubs apart
         state["bodies"] += bodies_in(message.data)
+        result = message.data.get("result") if isinstance(message.data, dict) else None
+        docs = result.get("documents") if isinstance(result, dict) else None
+        if isinstance(docs, list):
+            state["stubs"] += sum(1 for doc in docs if is_stub(doc))
+        state["messages"] += 1
 
-    state["bodies"] = 0
+    state["bodies"] = state["stubs"] = state["messages"] = 0
     pool.connection.messages.subscribe(on_message)
     emit("ready", token=db.token, peer_id=pool.connection.own_peer_id, pid=os.getpid())
     reader = asyncio.StreamReader(limit=2**20)
@@ -97,7 +102,14 @@ async def child_main(args: argparse.Namespace) -> None:
             elif command["cmd"] == "in_sync":
                 try:
                     await pool.wait_for_in_sync(timeout=command.get("timeout", 60))
-                    emit("in_sync", t=time.monotonic(), bodies=state["bodies"], count=state["live"])
+                    emit(
+                        "in_sync",
+                        t=time.monotonic(),
+                        bodies=state["bodies"],
+                        stubs=state["stubs"],
+                        messages=state["messages"],
+                        count=state["live"],
+                    )
                 except P2PDBError:
                     emit("sync_timeout", bodies=state["bodies"], count=state["live"])
             elif command["cmd"] == "quit":

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOCS_METHOD",
+    "ENV_VARIABLE",
     "HAVE_METHOD",
     "MAX_IDS",
     "MAX_ID_LENGTH",
@@ -86,11 +87,13 @@ MAX_IDS = 1000
 #: Longest id a stub may name (a longer one always travels with its body).
 MAX_ID_LENGTH = 1024
 _STUB_META = frozenset({"vv", "stub"})
+#: ``P2PDB_REVS=0`` switches the extension off for the process (neither offered nor used).
+ENV_VARIABLE = "P2PDB_REVS"
 
 
 def revs_enabled() -> bool:
     """False when ``P2PDB_REVS=0``: the process neither offers nor uses the extension."""
-    return os.environ.get("P2PDB_REVS", "1") != "0"
+    return os.environ.get(ENV_VARIABLE, "1") != "0"
 
 
 @runtime_checkable

@@ -64,9 +64,10 @@ __all__ = [
     "stream_event_json",
 ]
 
-#: The methods a master answers (RxDB's names, and the revs-diff extension's between p2pdb
-#: peers that agreed on it: ``p2pdb.replication.revs``; refused as unknown otherwise).
-MASTER_METHODS = frozenset({"masterChangesSince", "masterWrite"}) | REVS_METHODS
+#: The methods a master answers (RxDB's names). Between p2pdb peers that agreed on the
+#: revs-diff extension a transport also routes :data:`~p2pdb.replication.revs.REVS_METHODS`
+#: to :func:`answer_request` (else they stay unknown methods, as before).
+MASTER_METHODS = frozenset({"masterChangesSince", "masterWrite"})
 #: The largest batch the other side may ask for or push at once.
 MAX_BATCH = 10_000
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from ..causal import Vector, attach, check_vector, compare, state_vector, take
@@ -56,6 +57,7 @@ __all__ = [
     "DOCS_METHOD",
     "ENV_VARIABLE",
     "HAVE_METHOD",
+    "Held",
     "MAX_IDS",
     "MAX_ID_LENGTH",
     "REVS_METHODS",
@@ -110,6 +112,21 @@ class Revs(Protocol):
     async def have(self, stubs: list[Doc]) -> list[str]:
         """The ids of the stubs whose state it holds exactly."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A stub equal to the fork's own state (:func:`fill_stubs`): the master holds exactly
+    what the fork holds, so only the assumed master state is to be recorded."""
+
+    doc_id: str
+    #: The fork's state in wire form (what the master holds).
+    wire: Doc
+    vector: Vector
+
+    def document(self) -> Doc:
+        """The state as a master document with its vector (for the full path)."""
+        return attach(self.wire, self.vector)
 
 
 def speaks_revs(handler: object) -> TypeGuard[Revs]:
@@ -274,9 +291,10 @@ async def fill_stubs(
     modified: bool,
 ) -> list[object]:
     """``documents`` with each stub replaced by the state it names, or dropped (see the
-    module docstring). ``modified``: the fork has a ``pull_modifier`` (its rows are not the
-    master's form, so a stub equal to one is fetched too). A malformed stub is reported and
-    dropped."""
+    module docstring): a stub equal to the fork's own state becomes a :class:`Held`, one it
+    lacked the fetched document. ``modified``: the fork has a ``pull_modifier`` (its rows are
+    not the master's form, so a stub equal to one is fetched too). A malformed stub is
+    reported and dropped."""
     pk = collection.schema.primary_key
     stubs: dict[int, tuple[str, bool, Vector]] = {}
     for index, doc in enumerate(documents):
@@ -303,7 +321,7 @@ async def fill_stubs(
             continue  # the stub names an ancestor of the fork's state: never applied
         same = isinstance(fork, dict) and bool(fork.get("_deleted")) == deleted
         if order == "equal" and same and not modified:
-            named[index] = attach(to_wire(fork), vector)  # type: ignore[arg-type]
+            named[index] = Held(doc_id, to_wire(fork), vector)  # type: ignore[arg-type]
         else:
             wanted[doc_id] = vector
     fetched = await _fetch(handler, wanted, pk)

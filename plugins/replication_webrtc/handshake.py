@@ -88,7 +88,7 @@ class _Hello:
         offered = tuple(m for m in compress if isinstance(m, str) and len(m) <= 32)
         try:
             raw_nonce = base64.b64decode(nonce, validate=True)
-            revs = value.get("revs") == 1
+            revs = type(value.get("revs")) is int and value["revs"] == 1  # not true, not 1.0
             return cls(token, parse_public_key(key), raw_nonce, offered, revs)
         except (binascii.Error, ValueError):
             return None

@@ -133,3 +133,23 @@ async def test_a_full_mesh_moves_each_body_once_per_link_when_needed(
             await pool.cancel()
         for db in dbs:
             await db.close()
+
+
+def test_the_hello_offers_revs_and_reads_only_an_exact_offer() -> None:
+    """``"revs": 1`` in a hello offers the extension; anything else (absent, true, "1")
+    is no offer, never a failed handshake."""
+    from p2pdb.plugins.replication_webrtc.handshake import _Hello
+
+    key = bytes(range(32))
+    hello = _Hello("token-a", key, b"n" * 16, (), True)
+    wire = hello.to_json()
+    assert wire["revs"] == 1
+    parsed = _Hello.parse(wire)
+    assert parsed is not None and parsed.revs
+    for odd in (None, True, "1", 2, [1]):
+        other = {k: v for k, v in wire.items() if k != "revs"}
+        if odd is not None:
+            other["revs"] = odd
+        parsed = _Hello.parse(other)
+        assert parsed is not None and not parsed.revs
+    assert "revs" not in _Hello("token-a", key, b"n" * 16).to_json()

@@ -12,6 +12,8 @@ measures:
 * **converged s**: from the writes until every peer holds every document (the last peer's
   last arrival, ``time.monotonic()`` read in the children: one clock for all processes);
 * **in sync s**: from the writes until every peer's pool reports in sync with all others;
+* **CPU s/peer**: the median peer's CPU seconds (user + system, ``/proc/<pid>/stat``) from
+  the writes until in sync: on a shared machine a steadier figure than the times;
 * **bodies/needed**: the document bodies every peer received over the wire after the writes
   (stubs not counted; read once all are in sync; the mesh was in sync before the writes)
   over the deliveries that were needed, ``N(N-1)D``
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bench_mesh import spread, wait_reached  # noqa: E402
 from mesh_peer import links_settle, start_mesh_peer  # noqa: E402
 from peer_process import ChildPeer  # noqa: E402
+from process_stats import cpu_seconds  # noqa: E402
 
 FULL = 1000  # max_links: a full mesh
 
@@ -66,6 +70,7 @@ class Run:
     needed: int
     stubs: int = 0
     messages: int = 0
+    cpu: float = 0.0  # CPU seconds per peer from the writes until in sync (median)
 
     @property
     def ratio(self) -> float:
@@ -94,6 +99,7 @@ async def one_topic(
         # every pair's roles settled and first pulls done: only the writes below are counted
         before = await asyncio.gather(*(in_sync(p, within) for p in peers))
         total = peers_n * docs
+        cpu0 = [cpu_seconds(p.pid) for p in peers]
         start = time.monotonic()
         for i, peer in enumerate(peers):
             peer.send("insert", prefix=f"p{i:02d}-", count=docs)
@@ -103,6 +109,7 @@ async def one_topic(
             max(float(r["t"]) for r in reached) - start if len(reached) == peers_n else None
         )
         synced = await asyncio.gather(*(in_sync(p, within) for p in peers))
+        cpu = statistics.median(cpu_seconds(p.pid) - c for p, c in zip(peers, cpu0, strict=True))
         done = [s for s in synced if s["event"] == "in_sync"]
         sync_s = max(float(s["t"]) for s in done) - start if len(done) == peers_n else None
         bodies = sum(int(s.get("bodies", 0)) for s in synced) - sum(
@@ -123,6 +130,7 @@ async def one_topic(
             peers_n * (peers_n - 1) * docs,
             delta("stubs"),
             delta("messages"),
+            cpu,
         )
     finally:
         await asyncio.gather(*(p.quit(within=10) for p in peers), return_exceptions=True)
@@ -143,9 +151,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"\nfull mesh, {args.rounds} round(s), bound {args.within:g} s, load: {load()}\n")
     print(
         "| config (peers x docs each) | revs | converged s | in sync s | bodies/needed "
-        f"| converged / {args.configs[0]} | on / off |"
+        f"| converged / {args.configs[0]} | on / off | CPU s/peer |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for config in args.configs:
         for revs in args.revs:
             mine = [r for r in runs if r.config == config and r.revs == revs]
@@ -173,7 +181,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
                 f"| {config} | {revs} | {spread(conv, 2) if len(conv) == len(mine) else 'timeout'} "
                 f"| {spread(sync, 2) if len(sync) == len(mine) else 'timeout'} "
                 f"| {spread([r.ratio for r in mine], 2)} | {spread(scale, 2) if scale else '-'} "
-                f"| {spread(gain, 2) if gain else '-'} |"
+                f"| {spread(gain, 2) if gain else '-'} | {spread([r.cpu for r in mine], 2)} |"
             )
 
 

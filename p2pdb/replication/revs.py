@@ -170,10 +170,12 @@ def make_stub(pk: str, doc_id: str, deleted: bool, vector: Vector) -> Doc:
 
 def is_stub(doc: object) -> bool:
     """True for a document that says it is a stub (checked by :func:`parse_stub`)."""
-    if not isinstance(doc, Mapping):
+    if type(doc) is not dict and not isinstance(doc, Mapping):  # dict first: ABCs are slow
         return False
     meta = doc.get("_meta")
-    return isinstance(meta, Mapping) and meta.get("stub") is True
+    if meta is None:
+        return False
+    return (type(meta) is dict or isinstance(meta, Mapping)) and meta.get("stub") is True
 
 
 def _bad_stub(message: str) -> ValidationError:

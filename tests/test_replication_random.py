@@ -141,9 +141,28 @@ class ChaosLink:
         return self._stream
 
 
+class RevsChaosLink(ChaosLink):
+    """A ChaosLink to a master with causal vectors and the revs-diff extension
+    (``p2pdb.replication.revs``): relayed states come as stubs, bodies are fetched."""
+
+    causal = True
+    revs = True
+
+    def with_causal_order(self) -> RevsChaosLink:
+        return self
+
+    async def docs(self, ids: list[str]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._request(lambda: self.master.docs(ids))
+        return result
+
+    async def have(self, stubs: list[dict[str, Any]]) -> list[str]:
+        result: list[str] = await self._request(lambda: self.master.have(stubs))
+        return result
+
+
 class World:
-    def __init__(self, tmp: Path, rng: random.Random, size: int) -> None:
-        self.tmp, self.rng, self.size = tmp, rng, size
+    def __init__(self, tmp: Path, rng: random.Random, size: int, revs: bool = False) -> None:
+        self.tmp, self.rng, self.size, self.revs = tmp, rng, size, revs
         self.dbs: list[p2pdb.Database] = []
         self.cols: list[p2pdb.Collection] = []
         self.links: dict[tuple[int, int], tuple[ChaosLink, ReplicationState]] = {}
@@ -164,7 +183,11 @@ class World:
     async def link(self, fork: int, master: int) -> None:
         if (fork, master) in self.links or fork == master:
             return
-        chaos = ChaosLink(collection_handler(self.cols[master]), self.rng)
+        handler = collection_handler(self.cols[master])
+        if self.revs:  # p2pdb on both ends: vectors, stubs and revs-diff
+            chaos: ChaosLink = RevsChaosLink(handler.with_causal_order(revs=True), self.rng)
+        else:
+            chaos = ChaosLink(handler, self.rng)
         state = replicate(
             self.cols[fork],
             chaos,
@@ -260,12 +283,14 @@ SEEDS = [int(os.environ["P2PDB_SEED"])] if "P2PDB_SEED" in os.environ else list(
 STEPS = int(os.environ.get("P2PDB_STEPS", 150))
 
 
-async def run_seed(tmp: Path, seed: int, steps: int = 150) -> dict[str, int]:
+async def run_seed(
+    tmp: Path, seed: int, steps: int = 150, *, revs: bool = False
+) -> dict[str, int]:
     """One seeded run in the folder ``tmp``: random steps, heal, check. Raises
     AssertionError naming the seed on a lost write, a divergence or a resurrected delete;
     returns counts (``scripts/convergence_seeds.py`` sums them)."""
     rng = random.Random(seed)
-    world = World(tmp, rng, size=rng.randint(3, 5))
+    world = World(tmp, rng, size=rng.randint(3, 5), revs=revs)
     try:
         for i in range(world.size):
             await world.open(i)
@@ -301,6 +326,18 @@ async def test_random_topologies_converge(tmp_path: Path, seed: int) -> None:
         await run_seed(tmp_path, seed, STEPS)
     except BaseException:
         print(f"randomized replication failed with P2PDB_SEED={seed} P2PDB_STEPS={STEPS}")
+        raise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_random_topologies_converge_with_revs_diff(tmp_path: Path, seed: int) -> None:
+    """The same, between p2pdb peers: causal vectors, relayed states as stubs whose bodies
+    are fetched when needed, and pushes of relayed states asked before they are sent."""
+    try:
+        await run_seed(tmp_path, seed, STEPS, revs=True)
+    except BaseException:
+        print(f"randomized revs-diff replication failed with P2PDB_SEED={seed} P2PDB_STEPS={STEPS}")
         raise
 
 

@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 from ..errors import P2PDBError, ReplicationError
 from ..query import CompiledQuery, compile_query
 from ..schema import Schema
+from .protocol import WriteRow
 
 __all__ = [
     "PENDING",
@@ -34,6 +35,7 @@ __all__ = [
     "ReadRule",
     "WriteRule",
     "apply_modifier",
+    "outgoing_rows",
     "refused_ids",
     "resolve",
 ]
@@ -95,6 +97,29 @@ async def resolve(value: T | Awaitable[T]) -> T:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def outgoing_rows(
+    modifier: Modifier | None, rows: list[WriteRow], pk: str, unsent: set[str]
+) -> tuple[list[WriteRow], list[WriteRow]]:
+    """The rows a fork sends, as it holds them and as ``modifier`` (its ``push_modifier``)
+    makes them (RxDB's rule: the modifier applies to both states; ``None`` leaves a row
+    unsent, its id added to ``unsent``)."""
+    if modifier is None:
+        return rows, rows
+    kept: list[WriteRow] = []
+    wire: list[WriteRow] = []
+    for row in rows:
+        new = await apply_modifier(modifier, row.new_document_state)
+        if new is None:
+            unsent.add(row.new_document_state[pk])
+            continue
+        assumed = row.assumed_master_state
+        if assumed is not None:
+            assumed = await apply_modifier(modifier, assumed)
+        kept.append(row)
+        wire.append(WriteRow(new, assumed))
+    return kept, wire
 
 
 async def apply_modifier(modifier: Modifier | None, doc: Doc) -> Doc | None:

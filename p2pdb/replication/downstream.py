@@ -32,6 +32,7 @@ from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .lanes import LIVE_MAX_DOCS
 from .protocol import RESYNC, ChangesBatch, Resync, as_changes_batch, from_wire, to_wire
+from .revs import Held, fill_stubs, speaks_revs
 
 __all__ = ["FETCH_AHEAD", "SLICE_DOCS", "Downstream"]
 
@@ -78,9 +79,11 @@ class Downstream(DirectionTask):
         # Stream events are applied only after a full pull since the last (re)start or
         # failure; before that a RESYNC is queued that covers them.
         self._caught_up = False
-        # the causal vectors of the master states being applied, by id (p2pdb.causal; set
-        # and read under the persist lock, in one _persist)
+        # the causal vectors of the master states being applied, by id (p2pdb.causal), and
+        # the stubs equal to our own states (revs.Held: only their assumed state is
+        # recorded); set and read under the persist lock, in one _persist
         self._vectors: dict[str, Vector | None] = {}
+        self._same: dict[str, Doc] = {}
         # cleared while a master's RESYNC waits for our pushes (see state.py): no request
         # goes out meanwhile, so the next one shows the master that we pushed
         self._may_pull = asyncio.Event()
@@ -318,11 +321,20 @@ class Downstream(DirectionTask):
         pk = c.schema.primary_key
         is_equal = c.conflict_handler.is_equal
         modifier = self.context.options.pull_modifier
-        causal = speaks_causal(self.context.handler)
-        self._vectors = {}
+        handler = self.context.handler
+        causal = speaks_causal(handler)
+        if speaks_revs(handler):  # stubs of relayed states: the fork's own, or fetched
+            report = self._report
+            documents = await fill_stubs(handler, c, documents, report, modified=bool(modifier))
+        self._vectors, self._same = {}, {}
         incoming: Incoming = {}
         complete = True
         for doc in documents:
+            if isinstance(doc, Held):  # the master holds exactly our state
+                if not self.context.arrivals.pushed_after(doc.doc_id, arrival):
+                    self._same[doc.doc_id] = doc.wire
+                    continue
+                doc = doc.document()  # a push of it was answered since: the full path
             try:
                 vector = None
                 if causal and isinstance(doc, Mapping):  # before any hook sees the document
@@ -351,6 +363,9 @@ class Downstream(DirectionTask):
             self._vectors[prepared[pk]] = vector
         return incoming, complete
 
+    def _report(self, error: Exception) -> None:
+        self.context.report("down", error)
+
     def _decide(self, incoming: Incoming) -> tuple[list[Write], StateUpdate]:
         """The local writes and assumed master states that apply ``incoming``.
 
@@ -362,9 +377,13 @@ class Downstream(DirectionTask):
         selected = self.context.filter.matches
         is_equal = c.conflict_handler.is_equal
         forks = c.database.storage.get_or_damaged(c.name, list(incoming))
-        assumed = self.context.checkpoints.assumed(incoming)
+        assumed = self.context.checkpoints.assumed([*incoming, *self._same])
         writes: list[Write] = []
         update = self.context.checkpoints.update()
+        for doc_id, held in self._same.items():  # the master's state is the fork's own
+            known = assumed.get(doc_id)
+            if doc_id not in incoming and (known is None or not is_equal(known, held)):
+                update.set_assumed(doc_id, held)
         for doc_id, (user, deleted, master) in incoming.items():
             fork = forks.get(doc_id)
             if isinstance(fork, DamagedDocument):  # unreadable here: the master's copy repairs it

@@ -18,6 +18,15 @@ from ..storage.base import DamagedDocument
 from .access import PENDING, AccessCheck, DocumentAccess
 from .causal_order import fast_forward, stale
 from .protocol import RESYNC, ChangesBatch, Resync, WriteRow, from_wire, to_wire
+from .revs import (
+    MAX_ID_LENGTH,
+    make_stub,
+    parse_stub,
+    relayed,
+    revs_enabled,
+    serve_docs,
+    serve_have,
+)
 
 if TYPE_CHECKING:
     from ..collection import Collection
@@ -70,6 +79,7 @@ class CollectionHandler:
         origin_is_remote: bool = False,
         *,
         causal: bool = False,
+        revs: bool = False,
     ) -> None:
         self.collection = collection
         self.origin = origin
@@ -78,18 +88,50 @@ class CollectionHandler:
         #: Documents carry causal vectors (``_meta.vv``; the remote is p2pdb, see
         #: ``p2pdb.replication.causal_order``).
         self.causal = causal
+        #: Relayed states go as stubs, and ``docs``/``have`` are served (the remote is a
+        #: p2pdb peer that offered it, see ``p2pdb.replication.revs``); needs ``causal``.
+        self.revs = revs and causal
+        # stubs only when the remote sees stored states as they are (no outgoing modifier)
+        self._stubs = self.revs and (access is None or access.outgoing is None)
         self._check = None if access is None else AccessCheck(access, collection.schema)
         #: ``origin`` names one remote database and no other writer, so a stored state it
         #: wrote is that remote's own last push (see :meth:`write`).
         self.origin_is_remote = origin_is_remote
 
-    def with_causal_order(self) -> CollectionHandler:
-        """This handler with causal vectors on its documents (a p2pdb fork asks for it)."""
-        if self.causal:
+    def with_causal_order(self, revs: bool | None = None) -> CollectionHandler:
+        """This handler with causal vectors on its documents (a p2pdb fork asks for it),
+        and with the revs-diff extension when ``revs`` (``None``: unless ``P2PDB_REVS=0``)."""
+        revs = revs_enabled() if revs is None else revs
+        if self.causal and self.revs == revs:
             return self
         return CollectionHandler(
-            self.collection, self.origin, self.access, self.origin_is_remote, causal=True
+            self.collection, self.origin, self.access, self.origin_is_remote, causal=True,
+            revs=revs,
         )
+
+    def _out(self, seq: int, state: Doc, view: Doc) -> Doc:
+        """What a causal remote gets of ``state`` (whose outgoing form is ``view``): a
+        stub when it is relayed and stubs are agreed, else the view with its vector."""
+        vector = state_vector(state)
+        if self._stubs and relayed(vector, seq, self.collection.storage.token):
+            pk = self.collection.schema.primary_key
+            doc_id = state[pk]
+            if vector is not None and isinstance(doc_id, str) and len(doc_id) <= MAX_ID_LENGTH:
+                return make_stub(pk, doc_id, view["_deleted"], vector)
+        return attach(view, vector)
+
+    async def docs(self, ids: list[str]) -> list[Doc]:
+        """The current states of ``ids`` the remote may read, with vectors (``p2pdbDocs``)."""
+        self.collection.check_open()
+        return await serve_docs(self.collection, self._check, ids)
+
+    async def have(self, stubs: list[Doc]) -> list[str]:
+        """The ids of ``stubs`` whose state this master holds exactly (``p2pdbHave``; a
+        malformed stub raises ``ValidationError`` ``REPLICATION_BAD_STUB``)."""
+        self.collection.check_open()
+        pk = self.collection.schema.primary_key
+        parsed = [parse_stub(stub, pk) for stub in stubs]
+        return await serve_have(self.collection, self._check, parsed)
 
     async def changes_since(self, checkpoint: Any, batch_size: int) -> ChangesBatch:
         """Documents written after ``checkpoint``, in write order."""
@@ -103,7 +145,7 @@ class CollectionHandler:
         seq = parse_checkpoint(checkpoint)
         pairs, last = c.storage.changes_since(c.name, seq, batch_size)
         if self._check is None and self.causal:
-            docs = [attach(to_wire(state), state_vector(state)) for _, state in pairs]
+            docs = [self._out(seq, state, to_wire(state)) for seq, state in pairs]
             return ChangesBatch(docs, {"seq": last})
         if self._check is None:
             return ChangesBatch([to_wire(state) for _, state in pairs], {"seq": last})
@@ -124,7 +166,7 @@ class CollectionHandler:
             for seq, state in pairs:
                 view = await check.view(to_wire(state))
                 if view is not None:
-                    documents.append(attach(view, state_vector(state)) if self.causal else view)
+                    documents.append(self._out(seq, state, view) if self.causal else view)
                     if len(documents) == batch_size:
                         return ChangesBatch(documents, {"seq": seq})
             if len(pairs) < batch_size:
@@ -291,7 +333,7 @@ class CollectionHandler:
                 if view is PENDING:
                     return RESYNC
                 if isinstance(view, dict):
-                    docs.append(attach(view, state_vector(event.document)) if causal else view)
+                    docs.append(self._out(event.seq, event.document, view) if causal else view)
             return ChangesBatch(docs, {"seq": seq})
 
         return self.collection.batches.pipe(ops.map(batch))

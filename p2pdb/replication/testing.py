@@ -25,6 +25,7 @@ from ..errors import P2PDBError, PeerError
 from ..tasks import cancel_and_wait
 from .causal_order import negotiate, speaks_causal
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync
+from .revs import REVS_METHODS, speaks_revs
 from .rpc import WIRE_CODES, Request, RpcChannel, StreamEvent
 from .wire import (
     MASTER_METHODS,
@@ -100,7 +101,10 @@ class WirePipe:
         )
         self._events: Subject[ChangesBatch | Resync] = Subject()
         self.handler = RemoteMaster(
-            self.fork_channel, self._events, causal=speaks_causal(self.master)
+            self.fork_channel,
+            self._events,
+            causal=speaks_causal(self.master),
+            revs=speaks_revs(self.master),
         )
         self.errors: list[Exception] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -141,7 +145,8 @@ class WirePipe:
             self.errors.append(exc)
             return
         if isinstance(incoming, Request):
-            if incoming.method in MASTER_METHODS:
+            revs = incoming.method in REVS_METHODS and speaks_revs(self.master)
+            if incoming.method in MASTER_METHODS or revs:
                 task = asyncio.get_running_loop().create_task(self._serve(incoming))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -30,11 +30,12 @@ from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationErro
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
 from ..tasks import cancel_and_wait, settle_unless_cancelling
-from .access import apply_modifier, refused_ids
+from .access import apply_modifier, outgoing_rows, refused_ids
 from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
+from .revs import push_missing, relayed_ids, speaks_revs
 
 __all__ = ["LIVE_PUSH_MAX", "ResolvedConflict", "Upstream"]
 
@@ -97,6 +98,7 @@ class Upstream(DirectionTask):
         self._hosted: set[asyncio.Task[None]] = set()  # those running under the bulk's lock
         #: Live pushes started so far (each a commit of at most LIVE_PUSH_MAX documents).
         self.live_pushes = 0
+        self._relayed: set[str] = set()  # relayed states to push: asked first (revs.py)
 
     def local_change(self) -> None:
         """The collection committed a write: push it (at once in the live lane, if the
@@ -151,6 +153,7 @@ class Upstream(DirectionTask):
                 )
                 if not pairs:
                     return
+                self._note(pairs)
                 self._holding = True  # live pushes may run beside this batch
                 try:
                     await self._push([state for _, state in pairs], last)
@@ -182,6 +185,7 @@ class Upstream(DirectionTask):
         c = self.context.collection
         pk = c.schema.primary_key
         pairs, _ = c.database.storage.changes_since(c.name, since, LIVE_PUSH_MAX + 1)
+        self._note(pairs)
         states = [state for seq, state in pairs if seq <= until]
         if len(states) > LIVE_PUSH_MAX:
             return  # a bulk write: the bulk lane's
@@ -212,6 +216,7 @@ class Upstream(DirectionTask):
             await self._write(outcome)
         finally:
             self._pushing -= ids
+            self._relayed.difference_update(revisions)
         for row in rows:
             if row.new_document_state[pk] not in real:
                 self.sent.on_next(row.new_document_state)
@@ -256,7 +261,9 @@ class Upstream(DirectionTask):
         real: dict[str, Doc] = {}
         unsent: set[str] = set()
         for start in range(0, len(rows), batch_size):
-            chunk, wire = await self._outgoing(rows[start : start + batch_size], unsent)
+            chunk, wire = await outgoing_rows(
+                self.context.options.push_modifier, rows[start : start + batch_size], pk, unsent
+            )
             if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
                 wire = [
                     WriteRow(
@@ -334,7 +341,8 @@ class Upstream(DirectionTask):
         pk = self.context.collection.schema.primary_key
         while True:
             try:
-                return await self.context.handler.write(wire)
+                rest = await self._unheld(wire)
+                return await self.context.handler.write(rest) if rest else []
             except P2PDBError as exc:
                 sent = {row.new_document_state[pk] for row in wire}
                 refused = refused_ids(exc) & sent
@@ -347,28 +355,17 @@ class Upstream(DirectionTask):
                 if not wire:
                     return None
 
-    async def _outgoing(
-        self, rows: list[WriteRow], unsent: set[str]
-    ) -> tuple[list[WriteRow], list[WriteRow]]:
-        """The rows to send, as the fork holds them and as ``push_modifier`` makes them
-        (RxDB's rule: the modifier applies to both states; ``None`` leaves a row unsent)."""
-        modifier = self.context.options.push_modifier
-        if modifier is None:
-            return rows, rows
-        pk = self.context.collection.schema.primary_key
-        kept: list[WriteRow] = []
-        wire: list[WriteRow] = []
-        for row in rows:
-            new = await apply_modifier(modifier, row.new_document_state)
-            if new is None:
-                unsent.add(row.new_document_state[pk])
-                continue
-            assumed = row.assumed_master_state
-            if assumed is not None:
-                assumed = await apply_modifier(modifier, assumed)
-            kept.append(row)
-            wire.append(WriteRow(new, assumed))
-        return kept, wire
+    def _note(self, pairs: list[tuple[int, Doc]]) -> None:
+        """Remember which of these states are relayed copies (asked before pushed)."""
+        c = self.context.collection
+        self._relayed |= relayed_ids(pairs, c.database.storage.token, c.schema.primary_key)
+
+    async def _unheld(self, wire: list[WriteRow]) -> list[WriteRow]:
+        """``wire`` without the relayed states the master holds exactly (revs.py)."""
+        handler, pk = self.context.handler, self.context.collection.schema.primary_key
+        if not speaks_revs(handler) or self.context.options.push_modifier is not None:
+            return wire
+        return await push_missing(handler, wire, self._relayed, pk)
 
     async def _decide(
         self,

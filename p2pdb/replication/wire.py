@@ -42,6 +42,7 @@ from reactivex.abc import DisposableBase, ObserverBase, SchedulerBase
 from ..errors import P2PDBError, PeerError, ValidationError
 from .limits import PeerLimits, json_size, value_too_deep
 from .protocol import RESYNC, ChangesBatch, ReplicationHandler, Resync, WriteRow
+from .revs import DOCS_METHOD, HAVE_METHOD, REVS_METHODS, parse_ids, parse_stubs, speaks_revs
 from .rpc import STREAM_ID, WIRE_CODES, Request, RpcChannel, StreamEvent, WireErrorCodes
 
 __all__ = [
@@ -63,7 +64,9 @@ __all__ = [
     "stream_event_json",
 ]
 
-#: The methods a master answers (RxDB's names).
+#: The methods a master answers (RxDB's names). Between p2pdb peers that agreed on the
+#: revs-diff extension a transport also routes :data:`~p2pdb.replication.revs.REVS_METHODS`
+#: to :func:`answer_request` (else they stay unknown methods, as before).
 MASTER_METHODS = frozenset({"masterChangesSince", "masterWrite"})
 #: The largest batch the other side may ask for or push at once.
 MAX_BATCH = 10_000
@@ -191,11 +194,14 @@ class RemoteMaster:
         limits: PeerLimits = DEFAULT_LIMITS,
         *,
         causal: bool = False,
+        revs: bool = False,
     ) -> None:
         self.rpc = rpc
         self.limits = limits
         #: Documents carry causal vectors (``_meta.vv``) both ways.
         self.causal = causal
+        #: The revs-diff extension is agreed (``p2pdb.replication.revs``; needs ``causal``).
+        self.revs = revs and causal
         self._stream = stream
 
     def with_causal_order(self) -> RemoteMaster:
@@ -214,6 +220,22 @@ class RemoteMaster:
             raise self.rpc.error(
                 "bad_answer", "The peer answered masterWrite without a list of conflicts."
             )
+        return result
+
+    async def docs(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Ask the master for the current states of ``ids`` (``p2pdbDocs``)."""
+        return await self._list(DOCS_METHOD, ids)
+
+    async def have(self, stubs: list[dict[str, Any]]) -> list[str]:
+        """Ask the master which of ``stubs`` it holds exactly (``p2pdbHave``)."""
+        return await self._list(HAVE_METHOD, stubs)
+
+    async def _list(self, method: str, items: list[Any]) -> list[Any]:
+        if not self.revs:
+            raise self.rpc.error("protocol_violation", f"{method} was not agreed with the peer.")
+        result = await self.rpc.request(method, [items])
+        if not isinstance(result, list):
+            raise self.rpc.error("bad_answer", f"The peer answered {method} without a list.")
         return result
 
     def stream(self) -> Observable[ChangesBatch | Resync]:
@@ -278,6 +300,11 @@ async def serve_request(
         return changes_to_json(await handler.changes_since(checkpoint, batch_size))
     if method == "masterWrite":
         return await handler.write(parse_write_rows(params, codes))
+    if method in REVS_METHODS and speaks_revs(handler):
+        if method == DOCS_METHOD:
+            return await handler.docs(parse_ids(params, codes))
+        # each stub is checked by the handler (ValidationError REPLICATION_BAD_STUB)
+        return await handler.have(parse_stubs(params, codes))
     raise _violation(codes, f"Unknown method {method!r}.")
 
 

@@ -120,7 +120,8 @@ def peer_master(
     # the origin names this peer's database alone (its token, and its key when proved)
     handler = collection_handler(collection, origin=origin, access=access, origin_is_remote=True)
     if peer.public_key is not None:  # a p2pdb peer that proved its key: causal vectors travel
-        return handler.with_causal_order()
+        # and, when both offered it, the revs-diff extension (p2pdb.replication.revs)
+        return handler.with_causal_order(revs=peer.revs)
     return handler
 
 
@@ -131,8 +132,10 @@ def remote_master(
     peer: Peer,
 ) -> RemoteMaster:
     """The fork's handler of ``peer``, its elected master: with causal vectors
-    (``p2pdb.replication.causal_order``) when it proved a p2pdb key; plain for RxDB peers."""
-    return RemoteMaster(channel, stream, options.limits, causal=peer.public_key is not None)
+    (``p2pdb.replication.causal_order``) when it proved a p2pdb key, and the revs-diff
+    extension when both hellos offered it; plain for RxDB peers."""
+    causal = peer.public_key is not None
+    return RemoteMaster(channel, stream, options.limits, causal=causal, revs=causal and peer.revs)
 
 
 def fork_pull_modifier(

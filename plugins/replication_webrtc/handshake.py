@@ -6,9 +6,11 @@ An extension of RxDB's ``token`` exchange that RxDB peers never notice:
    *hello* ``{"p2pdb": 1, "token", "key", "nonce"}`` (database token, Ed25519 public key,
    16 fresh random bytes), and ``"compress": ["zlib"]`` when its side accepts compressed
    frames (:mod:`.compression`; each side compresses only once the other's hello listed
-   it). A p2pdb peer answers with its own hello; RxDB (and p2pdb with
-   ``authenticate=False``) answers with the bare token string: that peer is
-   *unauthenticated* (``peer.public_key is None``).
+   it), and ``"revs": 1`` when it speaks the revs-diff extension
+   (``p2pdb.replication.revs``: relayed states as stubs; used only when both hellos say
+   it, and the peer's key is proved: ``peer.revs``). A p2pdb peer answers with its own
+   hello; RxDB (and p2pdb with ``authenticate=False``) answers with the bare token
+   string: that peer is *unauthenticated* (``peer.public_key is None``).
 2. Each side then sends ``p2pdbProof`` ``[{"fingerprints": [local, remote], "signature"}]``:
    its Ed25519 signature over the transcript: a context string, the topic, the DTLS
    certificate fingerprints of this connection as the signer sees them in its local and
@@ -43,6 +45,7 @@ from p2pdb.identity import (
     public_key_text,
     verify_signature,
 )
+from p2pdb.replication.revs import revs_enabled
 from p2pdb.replication.rpc import Request, RpcChannel
 
 from .admission import Admission
@@ -67,6 +70,7 @@ class _Hello:
     key: bytes
     nonce: bytes
     compress: tuple[str, ...] = ()  # the frame compressions this side accepts
+    revs: bool = False  # this side speaks the revs-diff extension (p2pdb.replication.revs)
 
     @classmethod
     def parse(cls, value: object) -> _Hello | None:
@@ -84,7 +88,8 @@ class _Hello:
         offered = tuple(m for m in compress if isinstance(m, str) and len(m) <= 32)
         try:
             raw_nonce = base64.b64decode(nonce, validate=True)
-            return cls(token, parse_public_key(key), raw_nonce, offered)
+            revs = type(value.get("revs")) is int and value["revs"] == 1  # not true, not 1.0
+            return cls(token, parse_public_key(key), raw_nonce, offered, revs)
         except (binascii.Error, ValueError):
             return None
 
@@ -95,6 +100,8 @@ class _Hello:
             "key": public_key_text(self.key),
             "nonce": base64.b64encode(self.nonce).decode("ascii"),
         }
+        if self.revs:
+            hello["revs"] = 1
         return hello | {"compress": list(self.compress)} if self.compress else hello
 
 
@@ -192,7 +199,9 @@ class PeerHandshake:
                     task.cancel()
         hello = self._hello
         assert hello is not None
-        self.peer = dataclasses.replace(self.peer, public_key=hello.key)
+        # the revs-diff extension when both hellos offered it
+        revs = hello.revs and revs_enabled()
+        self.peer = dataclasses.replace(self.peer, public_key=hello.key, revs=revs)
         self.peer_token = hello.token
         context.admission.check(self.peer)
         return self.peer
@@ -317,7 +326,7 @@ class PeerHandshake:
     def _own_hello(self) -> _Hello:
         assert self.context is not None
         offers = () if self._compression is None else self._compression.offers
-        return _Hello(self.context.token, self._own_key(), self._nonce, offers)
+        return _Hello(self.context.token, self._own_key(), self._nonce, offers, revs_enabled())
 
     def _find_compression(self, channel: RpcChannel) -> None:
         """Our link's compression, through the channel's sink (``None`` on a transport

@@ -21,13 +21,16 @@ class Peer:
     ``initiator`` says whether we opened the link (not part of equality).
     ``public_key`` is the peer's Ed25519 public key (32 bytes) once the handshake verified
     it, ``None`` for a peer that did not authenticate (an RxDB peer) or before the
-    handshake (not part of equality: a verified ``Peer`` equals the link's).
+    handshake (not part of equality: a verified ``Peer`` equals the link's). ``revs``: both
+    hellos offered the revs-diff extension (``p2pdb.replication.revs``), so relayed states
+    travel as stubs between us (not part of equality).
     """
 
     peer_id: str
     connection_id: str
     initiator: bool = field(default=False, compare=False)
     public_key: bytes | None = field(default=None, compare=False)
+    revs: bool = field(default=False, compare=False)
 
     @property
     def fingerprint(self) -> str | None:

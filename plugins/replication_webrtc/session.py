@@ -37,6 +37,7 @@ from p2pdb.replication import (
 )
 from p2pdb.replication.gate import RequestGate, UnknownMethods
 from p2pdb.replication.master import parse_checkpoint
+from p2pdb.replication.revs import REVS_METHODS
 from p2pdb.replication.rpc import MessageSink, Request, RpcChannel, StreamEvent
 from p2pdb.replication.wire import (
     MASTER_METHODS,
@@ -273,10 +274,14 @@ class PeerSession:
     def _admit(self, request: Request) -> None:
         if self.valid is False:
             return  # an invalid peer gets no answers at all
-        if self.valid and request.method not in MASTER_METHODS:
+        if self.valid and not self._serves(request.method):
             self._answer_at_once(request)  # cheap: not worth a slot (heartbeats never wait)
         else:
             self.gate.push(request)  # raises the over_limit PeerError when too many wait
+
+    def _serves(self, method: str) -> bool:
+        """A master method (the revs-diff ones only when agreed with this peer)."""
+        return method in MASTER_METHODS or (method in REVS_METHODS and self.peer.revs)
 
     def _answer_at_once(self, request: Request) -> None:
         if request.method == "token":
@@ -315,7 +320,7 @@ class PeerSession:
         await self._validity_known.wait()
         if not self.valid:
             return  # an invalid peer gets no answers at all
-        if request.method not in MASTER_METHODS:
+        if not self._serves(request.method):
             self._answer_at_once(request)
             return
         rounds = self.acks.arrived()  # the RESYNC rounds this request may answer

@@ -8,7 +8,9 @@ It opens the SQLite file, adds the ``docs`` collection of ``peer_process.py``, j
 with ``replicate_webrtc(..., max_links=N)`` (loopback host candidates, no ICE servers) and
 obeys JSON-line commands on stdin: ``insert`` (``prefix``, ``count``: one bulk insert;
 answers ``inserted``), ``wait_count`` (``count``, ``timeout``: answers ``reached`` with the
-``time.monotonic()`` of the write that made the count, or ``wait_timeout``), ``quit``.
+``time.monotonic()`` of the write that made the count, or ``wait_timeout``), ``in_sync``
+(``timeout``: answers ``in_sync`` once the pool is in sync with every connected peer, with
+its time and the document bodies received so far, or ``sync_timeout``), ``quit``.
 Unprompted events: ``ready`` (token, signaling id), ``peers`` (the signaling ids of the
 connected peers and their count, on every change, and the most it ever had). Imported (the
 parent), :func:`start_mesh_peer` starts one as a :class:`~peer_process.ChildPeer`.
@@ -36,6 +38,7 @@ async def child_main(args: argparse.Namespace) -> None:
     import logging
 
     import p2pdb
+    from p2pdb.errors import P2PDBError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("p2pdb.webrtc.connection").setLevel(logging.INFO)
@@ -65,6 +68,18 @@ async def child_main(args: argparse.Namespace) -> None:
         emit("peers", count=len(peers), most=state["most"], ids=ids)
 
     pool.peers.subscribe(on_peers)
+    from p2pdb.replication.revs import bodies_in, is_stub
+
+    def on_message(message: Any) -> None:  # document bodies received, and stubs apart
+        state["bodies"] += bodies_in(message.data)
+        result = message.data.get("result") if isinstance(message.data, dict) else None
+        docs = result.get("documents") if isinstance(result, dict) else None
+        if isinstance(docs, list):
+            state["stubs"] += sum(1 for doc in docs if is_stub(doc))
+        state["messages"] += 1
+
+    state["bodies"] = state["stubs"] = state["messages"] = 0
+    pool.connection.messages.subscribe(on_message)
     emit("ready", token=db.token, peer_id=pool.connection.own_peer_id, pid=os.getpid())
     reader = asyncio.StreamReader(limit=2**20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -84,6 +99,19 @@ async def child_main(args: argparse.Namespace) -> None:
                     emit("reached", count=state["live"], t=state["at"])
                 except TimeoutError:
                     emit("wait_timeout", count=state["live"])
+            elif command["cmd"] == "in_sync":
+                try:
+                    await pool.wait_for_in_sync(timeout=command.get("timeout", 60))
+                    emit(
+                        "in_sync",
+                        t=time.monotonic(),
+                        bodies=state["bodies"],
+                        stubs=state["stubs"],
+                        messages=state["messages"],
+                        count=state["live"],
+                    )
+                except P2PDBError:
+                    emit("sync_timeout", bodies=state["bodies"], count=state["live"])
             elif command["cmd"] == "quit":
                 break
     finally:

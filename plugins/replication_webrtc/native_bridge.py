@@ -124,6 +124,13 @@ class NativeChannel:
             return "closed"
         return "open" if self._native.is_open() else "connecting"
 
+    @property
+    def label(self) -> str:
+        """The channel's label (``""`` once released)."""
+        if self._destroyed:
+            return ""
+        return str(self._native.label() or "")
+
     def send(self, data: bytes | str) -> None:
         """Queue one message (raises ``RuntimeError`` subclasses if the channel is gone)."""
         if self._destroyed:

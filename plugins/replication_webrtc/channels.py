@@ -17,6 +17,7 @@ an RxDB peer's (simple-peer labels its one channel with 40 random hex characters
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,6 +119,10 @@ class LinkChannel:
         self.compression = compression or FrameCompression(settings.compression)
         self.opened = False
         self.closed = False
+        self.opened_here = False
+        """Whether this side opened it (else the remote did)."""
+        self.open_or_closed = asyncio.Event()
+        """Set once it opened, or closed without opening."""
         self._hooks = hooks
         self._frame_limit = frame_limit
         self._writer = ChannelWriter(
@@ -170,6 +175,7 @@ class LinkChannel:
         if self.opened or self.closed:
             return
         self.opened = True
+        self.open_or_closed.set()
         self._hooks.opened(self)
 
     def mark_closed(self) -> None:
@@ -177,6 +183,7 @@ class LinkChannel:
         if self.closed:
             return
         self.closed = True
+        self.open_or_closed.set()
         self._route = None
         self._held, self._held_bytes = [], 0
         self._reassembler.clear()
@@ -224,6 +231,17 @@ class LinkChannel:
             )
             self.close()
             self._hooks.failed(self, overflow)
+
+    def send_now(self, message: object) -> None:
+        """Send one small message at once, ahead of any queued one (a channel's first)."""
+        if self.closed:
+            return
+        for frame in encode_message(message, max_frame_bytes=self._frame_limit()):
+            try:
+                self.channel.send(frame)
+            except Exception as error:  # closed underneath: its close event follows
+                logger.debug("sending on %r failed: %r", self.label, error)
+                return
 
     async def send(self, message: object) -> None:
         """Send one message (chunked, compressed when agreed, flow controlled); raises

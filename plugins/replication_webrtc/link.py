@@ -61,6 +61,8 @@ class LinkCallbacks:
     """Something went wrong with this link (it may end next)."""
     ended: Callable[[Link], None]
     """The link ended (called once); its task is tearing it down."""
+    label: Callable[[Link], str | None] = lambda _link: None
+    """The first channel's label, asked when the initiator makes it (``None``: random)."""
     channel: Callable[[Link, LinkChannel], bool] = lambda _link, _channel: False
     """The remote opened one more channel: take it (``False``: it is closed)."""
     channel_opened: Callable[[Link, LinkChannel], None] = lambda _link, _channel: None
@@ -191,11 +193,10 @@ class Link:
         holder: list[LinkChannel] = []
         raw = self.engine.open_channel(label, deferred_events(holder))
         channel = self._make_channel(raw, label, peer)
+        channel.opened_here = True
         holder.append(channel)
         self.extra_channels.append(channel)
-        if raw.readyState == "open":
-            channel.mark_open()
-        return channel
+        return channel  # its open event follows (both engines deliver it later)
 
     def channel_peer(self) -> Peer:
         """A fresh :class:`Peer` for one more channel of this link (its own identity, so the
@@ -235,7 +236,8 @@ class Link:
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                engine, label = self.engine, self.label
+                engine = self.engine
+                label = self.label = self.label or self._on.label(self)
                 offer = await (
                     engine.open(self.initiator, label) if label else engine.open(self.initiator)
                 )

@@ -91,7 +91,6 @@ class ReplicationPool:
         if self._started:
             return
         self.collection.database.check_open()
-        self.connection.attach()  # WEBRTC_SETTING_INVALID: this collection is there already
         self._started = True
         identity = self.collection.database.identity if self.options.authenticate else None
         self._trust = TrustContext(
@@ -111,6 +110,13 @@ class ReplicationPool:
             c.errors.subscribe(on_next=self._report),
             self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
         ]
+        try:  # attached once listening: a channel routed to us at once is not missed
+            c.attach()  # WEBRTC_SETTING_INVALID: this collection is there already
+        except BaseException:
+            for subscription in self._subscriptions:
+                subscription.dispose()
+            self._unregister()
+            raise
 
     # -- public API ------------------------------------------------------------------------
 

@@ -227,8 +227,7 @@ class CollectionPort:
             return
         self.closed = True
         try:
-            if self.attached:
-                await self.handler.detach(self)
+            await self.handler.detach(self)  # (never attached: closes a handler left with none)
         finally:
             for peer in list(self._channels):
                 self._emit(self._disconnects, peer)
@@ -367,7 +366,9 @@ class CollectionPort:
 # -- handlers shared by the pools of one database ------------------------------------------
 
 _Key = tuple[int, str, int]
-_shared: dict[_Key, tuple[weakref.ref[object], asyncio.Future[PortHost]]] = {}
+_Entry = tuple[weakref.ref[object], object, asyncio.Future[PortHost]]
+#: (database, topic, factory) -> the database (weakly), the factory, its handler
+_shared: dict[_Key, _Entry] = {}
 
 
 async def shared_handler(
@@ -376,25 +377,27 @@ async def shared_handler(
     topic: str,
     factory: Callable[[str], Awaitable[_H]],
 ) -> CollectionPort:
-    """An attached port of ``collection`` on the handler that ``database``'s pools share in
-    ``topic`` through ``factory`` (made with ``await factory(topic)`` by the first)."""
+    """A port of ``collection`` on the handler that ``database``'s pools share in ``topic``
+    through ``factory`` (made with ``await factory(topic)`` by the first). The caller
+    attaches it (:meth:`CollectionPort.attach`) once it listens, before its next ``await``:
+    a second pool of the collection there gets a handler of its own."""
     key = (id(database), topic, id(factory))
     entry = _shared.get(key)
-    if entry is not None and entry[0]() is database:
+    if entry is not None and entry[0]() is database and entry[1] is factory:
         try:
-            handler = await asyncio.shield(entry[1])
+            handler = await asyncio.shield(entry[2])
         except Exception:
             handler = None  # the first pool's factory call failed: try our own
         if handler is not None and not handler.closing and not handler.has_port(collection):
-            return CollectionPort(handler, collection).attach()
+            return CollectionPort(handler, collection)
         if handler is not None and not handler.closing:
-            return CollectionPort(await factory(topic), collection).attach()  # not shared
+            return CollectionPort(await factory(topic), collection)  # not shared
     made: asyncio.Future[PortHost] = asyncio.get_running_loop().create_future()
-    _shared[key] = (weakref.ref(database), made)
+    _shared[key] = (weakref.ref(database), factory, made)
     try:
         handler = await factory(topic)
     except BaseException as error:
-        if _shared.get(key, (None, None))[1] is made:
+        if key in _shared and _shared[key][2] is made:
             del _shared[key]
         made.set_exception(error if isinstance(error, Exception) else RuntimeError("canceled"))
         made.exception()  # retrieved: nobody may be waiting
@@ -402,11 +405,11 @@ async def shared_handler(
     made.set_result(handler)
 
     def forget() -> None:
-        if _shared.get(key, (None, None))[1] is made:
+        if key in _shared and _shared[key][2] is made:
             del _shared[key]
 
     handler.on_close(forget)
-    return CollectionPort(handler, collection).attach()
+    return CollectionPort(handler, collection)
 
 
 def check_unique(ports: dict[str, object], collection: str) -> None:

@@ -20,6 +20,7 @@ from p2pdb.tokens import random_token
 from . import sctp_sack
 from .candidates import CandidateAdder
 from .engine import (
+    ChannelEvents,
     EngineEvents,
     LinkSettings,
     close_within,
@@ -48,7 +49,7 @@ class AiortcEngine:
         self._events = events
         self._candidates: CandidateAdder | None = None
 
-    async def open(self, initiator: bool) -> str | None:
+    async def open(self, initiator: bool, label: str | None = None) -> str | None:
         """See :meth:`.engine.LinkEngine.open`."""
         with host_addresses_override(self._settings.host_addresses):
             self.pc = pc = RTCPeerConnection(self._settings.rtc_configuration())
@@ -57,10 +58,18 @@ class AiortcEngine:
         pc.on("datachannel", guarded(logger, self.remote_id, self._on_datachannel))
         if not initiator:
             return None
-        self._attach(pc.createDataChannel(random_token(20), ordered=True))
+        self._attach(pc.createDataChannel(label or random_token(20), ordered=True))
         with host_addresses_override(self._settings.host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
         return self._signalled_sdp(pc)
+
+    def open_channel(self, label: str, events: ChannelEvents) -> RTCDataChannel:
+        """See :meth:`.engine.LinkEngine.open_channel` (aiortc opens it at once on an
+        established association)."""
+        assert self.pc is not None
+        channel = self.pc.createDataChannel(label, ordered=True)
+        self._wire(channel, events)
+        return channel
 
     async def apply_remote(self, kind: str, sdp: str) -> str | None:
         """See :meth:`.engine.LinkEngine.apply_remote`."""
@@ -151,11 +160,24 @@ class AiortcEngine:
         if channel.readyState == "open":  # a responder's channel arrives open
             on.opened()
 
+    def _wire(self, channel: RTCDataChannel, events: ChannelEvents) -> None:
+        channel.on("message", events.frame)
+        channel.on("bufferedamountlow", events.low)
+        channel.on("open", events.opened)
+        channel.on("close", events.closed)
+        if channel.readyState == "open":  # a remote's channel arrives open
+            events.opened()
+
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if self.channel is not None:
-            logger.info("extra data channel %r from %s ignored", channel.label, self.remote_id)
+        if self.channel is None:
+            self._attach(channel)
             return
-        self._attach(channel)
+        events = self._events.extra_channel(channel)
+        if events is None:
+            logger.info("extra data channel %r from %s refused", channel.label, self.remote_id)
+            channel.close()
+            return
+        self._wire(channel, events)
 
     def _on_pc_state(self) -> None:
         assert self.pc is not None

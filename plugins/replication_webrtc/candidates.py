@@ -18,7 +18,7 @@ from typing import Any
 
 from aiortc import RTCIceCandidate, RTCPeerConnection
 
-__all__ = ["CandidateAdder", "is_mdns_name"]
+__all__ = ["CandidateAdder", "EarlyCandidates", "is_mdns_name"]
 
 logger = logging.getLogger("p2pdb.webrtc.candidates")
 
@@ -83,3 +83,41 @@ class CandidateAdder:
             what = "end of candidates" if candidate is None else f"candidate {candidate.ip!r}"
             # repr, not the error: its traceback would keep aioice's frames (and sockets) alive
             logger.info("%s from %s ignored: %s", what, self._remote_id, repr(error))
+
+
+class EarlyCandidates:
+    """Candidates that arrive before their offer (RxDB sends them that way), kept for the
+    offer's link: per remote peer, those of one ``connectionId``, at most
+    :attr:`MAX_PER_PEER`."""
+
+    MAX_PER_PEER = 32
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
+
+    def keep(self, remote_id: str, connection_id: str | None, data: dict[str, Any]) -> None:
+        """Keep a ``candidate`` signal (anything else is dropped)."""
+        if data.get("type") != "candidate":
+            logger.debug("signal %r from %s before any offer dropped", data.get("type"), remote_id)
+            return
+        early_id, early = self._kept.get(remote_id, (connection_id, []))
+        if early_id != connection_id:
+            early = []
+        if len(early) < self.MAX_PER_PEER:
+            early.append(data)
+        self._kept[remote_id] = (connection_id, early)
+
+    def take(self, remote_id: str, connection_id: str | None) -> list[dict[str, Any]]:
+        """The candidates kept for the offer of ``connection_id`` (forgotten here)."""
+        early_id, early = self._kept.pop(remote_id, (None, []))
+        return early if early_id == connection_id else []
+
+    def keep_only(self, members: set[str]) -> None:
+        """Forget the candidates of peers that left the room."""
+        for remote_id in list(self._kept):
+            if remote_id not in members:
+                del self._kept[remote_id]
+
+    def clear(self) -> None:
+        """Forget everything (a new signaling id)."""
+        self._kept.clear()

@@ -39,7 +39,6 @@ __all__ = [
     "MAX_INFLATED",
     "MIN_BYTES",
     "ZLIB",
-    "CompressedLink",
     "CompressionCounts",
     "FrameCompression",
     "LinkLookup",
@@ -185,20 +184,11 @@ class FrameCompression:
         return text
 
 
-class CompressedLink(Protocol):
-    """A link with a :class:`FrameCompression` (``link.Link``)."""
-
-    @property
-    def compression(self) -> FrameCompression:
-        """The link's compression."""
-        ...
-
-
 @runtime_checkable
 class LinkLookup(Protocol):
-    """What finds a peer's link (``ConnectionHandler.link_to``): how the handshake reaches
-    the compression of the link it negotiates for."""
+    """What finds the compression of a peer's channel (``ConnectionHandler`` and a pool's
+    ``CollectionPort``): how the handshake reaches the compression it negotiates for."""
 
-    def link_to(self, peer: Peer) -> CompressedLink | None:
-        """The open link to ``peer``, if any."""
+    def compression_for(self, peer: Peer) -> FrameCompression | None:
+        """The compression of the open channel to ``peer``, if any."""
         ...

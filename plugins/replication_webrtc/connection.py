@@ -23,6 +23,8 @@ Events are reactivex observables; every ``connects`` emission is followed by
 exactly one ``disconnects`` emission for the same :class:`Peer` (also on
 :meth:`ConnectionHandler.close`). Messages are de-chunked and emitted in
 arrival order on the event loop; subscribers that raise are logged, never propagated.
+Pools talk through a :class:`~.ports.CollectionPort` per collection: several collections
+share the handler and each link, a channel each (:mod:`.multiplex`).
 """
 
 from __future__ import annotations
@@ -41,11 +43,13 @@ from p2pdb.errors import PeerError, ReplicationError
 from p2pdb.tokens import random_token
 
 from .aiortc_engine import AiortcEngine
+from .candidates import EarlyCandidates
 from .engine import EngineFactory, LinkSettings
 from .framing import JSONMessage
 from .link import Link, LinkCallbacks
 from .mesh import DEFAULT_MAX_LINKS, check_max_links, choose_links, surplus_links
 from .peer import Peer, PeerMessage
+from .ports import PortHub
 from .signaling_client import SignalingAccess, SignalingClient
 
 __all__ = ["ConnectionHandler"]
@@ -54,23 +58,19 @@ logger = logging.getLogger("p2pdb.webrtc.connection")
 
 RECONNECT_DELAY_MIN = 0.5
 RECONNECT_DELAY_MAX = 15.0
-_MAX_EARLY_CANDIDATES = 32
 
 _T = TypeVar("_T")
 
 
-class ConnectionHandler:
+class ConnectionHandler(PortHub):
     """The WebRTC links of one topic; see the module docstring for the rules.
 
-    Usually made by :func:`aiortc_connection_handler`. Observables:
-
-    - ``connects``: a :class:`Peer` whose data channel just opened.
-    - ``disconnects``: a connected :class:`Peer` that closed, failed or was dropped.
-    - ``messages``: :class:`PeerMessage` values, in arrival order.
-    - ``errors``: :class:`~p2pdb.errors.PeerError` values (bad frames, timeouts, ...).
-
-    All complete when :meth:`close` returns. Subscribing right after
-    ``await factory(topic)`` misses nothing: a link needs network round trips.
+    Usually made by :func:`aiortc_connection_handler`. Observables, about each link's first
+    channel: ``connects`` (a :class:`Peer` whose channel just opened), ``disconnects`` (a
+    connected one that closed, failed or was dropped), ``messages`` (:class:`PeerMessage`,
+    in arrival order; not those routed to a pool's port), ``errors`` (typed
+    :class:`~p2pdb.errors.PeerError`: bad frames, timeouts, ...). All complete when
+    :meth:`close` returns. Subscribing right after ``await factory(topic)`` misses nothing.
     """
 
     def __init__(
@@ -104,7 +104,12 @@ class ConnectionHandler:
             message=self._link_message,
             error=self._link_error,
             ended=self._link_ended,
+            label=self.first_label,
+            channel=self.router_channel,
+            channel_opened=self.router_channel_opened,
+            channel_closed=self.router_channel_closed,
         )
+        PortHub.__init__(self)
         self._connects: Subject[Peer] = Subject()
         self._disconnects: Subject[Peer] = Subject()
         self._messages: Subject[PeerMessage] = Subject()
@@ -114,7 +119,7 @@ class ConnectionHandler:
         self._link_tasks: set[asyncio.Task[None]] = set()  # includes links still tearing down
         self._members: set[str] = set()
         self._wanted: frozenset[str] = frozenset()  # the members the mesh links us with
-        self._early_candidates: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
+        self._early_candidates = EarlyCandidates()
         self._reconnects: dict[str, asyncio.Task[None]] = {}
         self._reconnect_delay: dict[str, Backoff] = {}
         self._started = False
@@ -156,8 +161,9 @@ class ConnectionHandler:
         return list(self._connected)
 
     def link_to(self, peer: Peer) -> Link | None:
-        """The open link to ``peer`` (for diagnostics: its ``pc`` and ``channel``)."""
-        return self._connected.get(peer)
+        """The open link to ``peer`` (for diagnostics: its ``engine``), also for the peer of
+        a collection's channel."""
+        return self._connected.get(peer) or self.port_link(peer)
 
     @property
     def links(self) -> list[Link]:
@@ -246,6 +252,7 @@ class ConnectionHandler:
         finally:  # also if our caller is cancelled: a second close() then returns
             for subject in (self._connects, self._disconnects, self._messages, self._errors):
                 subject.on_completed()
+            self.closed_now()
             self._closed.set()
         logger.info("connection handler for %r closed", self.topic)  # not when cancelled
 
@@ -291,9 +298,7 @@ class ConnectionHandler:
             if remote_id not in wanted:
                 self._reconnects.pop(remote_id).cancel()
                 self._reconnect_delay.pop(remote_id, None)
-        for remote_id in list(self._early_candidates):
-            if remote_id not in self._members:
-                del self._early_candidates[remote_id]
+        self._early_candidates.keep_only(self._members)
         for remote_id in sorted(wanted):
             if self._should_initiate(own, remote_id):
                 self._new_link(own, remote_id, initiator=True, connection_id=random_token(10))
@@ -335,29 +340,15 @@ class ConnectionHandler:
                 return
         elif link is None or link.signal_connection_id != connection_id:
             if data.get("type") != "offer":
-                self._keep_early_candidate(remote_id, connection_id, data)
+                if remote_id in self._members:
+                    self._early_candidates.keep(remote_id, connection_id, data)
                 return
             link = self._new_link(own, remote_id, initiator=False, connection_id=connection_id)
             link.queue_signal(data)
-            early_id, early = self._early_candidates.pop(remote_id, (None, []))
-            for candidate in early if early_id == connection_id else []:
+            for candidate in self._early_candidates.take(remote_id, connection_id):
                 link.queue_signal(candidate)
             return
         link.queue_signal(data)
-
-    def _keep_early_candidate(
-        self, remote_id: str, connection_id: str | None, data: dict[str, Any]
-    ) -> None:
-        """Keep candidates that arrive before their offer, for the offer's link."""
-        if data.get("type") != "candidate" or remote_id not in self._members:
-            logger.debug("signal %r from %s before any offer dropped", data.get("type"), remote_id)
-            return
-        early_id, early = self._early_candidates.get(remote_id, (connection_id, []))
-        if early_id != connection_id:
-            early = []
-        if len(early) < _MAX_EARLY_CANDIDATES:
-            early.append(data)
-        self._early_candidates[remote_id] = (connection_id, early)
 
     # -- links ----------------------------------------------------------------------------
 
@@ -376,6 +367,7 @@ class ConnectionHandler:
             connection_id=connection_id,
             engine=self.engine,
         )
+        self.add_router(link, self._report_all, self._settings.connect_timeout)
         self._links[link.key] = link
         task = link.start()
         self._link_tasks.add(task)
@@ -422,6 +414,7 @@ class ConnectionHandler:
         self._connected[link.peer] = link
         logger.info("peer %s connected (%s)", link.remote_id, link.peer.connection_id)
         self._emit(self._connects, link.peer)
+        self.link_opened(link)
         self._drop_surplus()
 
     def _link_message(self, link: Link, message: JSONMessage) -> None:
@@ -431,12 +424,17 @@ class ConnectionHandler:
     def _link_error(self, link: Link, error: PeerError) -> None:
         """A link reports an error (not while closing: those are expected)."""
         if not self._closing:
-            self._emit(self._errors, error)
+            self._report_all(error)
+
+    def _report_all(self, error: PeerError) -> None:
+        self._emit(self._errors, error)
+        self.report_to_ports(error)
 
     def _link_ended(self, link: Link) -> None:
         """Forget an ended link, announce it, and let the initiator retry."""
         if self._links.get(link.key) is link:
             del self._links[link.key]
+        self.link_ended(link)
         if self._connected.pop(link.peer, None) is not None:
             logger.info("peer %s disconnected", link.remote_id)
             self._emit(self._disconnects, link.peer)

@@ -29,6 +29,8 @@ from .framing import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_
 from .writer import DEFAULT_HIGH_WATER_MARK, DEFAULT_LOW_WATER_MARK, SendChannel
 
 __all__ = [
+    "ChannelEvents",
+    "DataChannel",
     "EngineEvents",
     "EngineFactory",
     "LinkEngine",
@@ -66,6 +68,31 @@ class LinkSettings:
         return RTCConfiguration(iceServers=list(self.ice_servers), iceTransportPolicy=policy)
 
 
+class DataChannel(SendChannel, Protocol):
+    """A data channel as a link sees it: :class:`~.writer.SendChannel` with its label, and
+    ``close()``."""
+
+    @property
+    def label(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChannelEvents:
+    """What an engine tells about one more data channel on a connection (beyond the first,
+    which :class:`EngineEvents` covers); on the event loop, never raising."""
+
+    opened: Callable[[], None]
+    """The channel opened."""
+    frame: Callable[[str | bytes], None]
+    """A frame arrived on it."""
+    low: Callable[[], None]
+    """Its buffered amount fell to its low threshold."""
+    closed: Callable[[], None]
+    """It closed."""
+
+
 @dataclass(frozen=True)
 class EngineEvents:
     """What an engine tells its link (on the event loop; none of these raises)."""
@@ -86,6 +113,9 @@ class EngineEvents:
     ``"disconnected"`` and ``"closed"`` end it."""
     error: Callable[[PeerError, bool], None]
     """Report an error; ``True``: the link ends too."""
+    extra_channel: Callable[[DataChannel], ChannelEvents | None] = lambda _channel: None
+    """The remote opened one more channel on this connection: the channel's events, or
+    ``None`` when the link refuses it (the engine closes it)."""
 
 
 class LinkEngine(Protocol):
@@ -95,9 +125,15 @@ class LinkEngine(Protocol):
     it and ends); any other exception is reported as ``WEBRTC_CONNECTION_FAILED``.
     """
 
-    async def open(self, initiator: bool) -> str | None:
-        """Make the peer connection; as ``initiator`` also the data channel, and return
-        the offer's SDP (``None`` for a responder, which waits for the offer)."""
+    async def open(self, initiator: bool, label: str | None = None) -> str | None:
+        """Make the peer connection; as ``initiator`` also the data channel (labelled
+        ``label``, or 40 random hex characters as simple-peer does), and return the offer's
+        SDP (``None`` for a responder, which waits for the offer)."""
+        ...
+
+    def open_channel(self, label: str, events: ChannelEvents) -> DataChannel:
+        """One more ordered, reliable channel on the open connection (in-band: DCEP), its
+        events delivered to ``events``."""
         ...
 
     async def apply_remote(self, kind: str, sdp: str) -> str | None:

@@ -334,8 +334,7 @@ class PeerHandshake:
         sink = channel.sink
         if self._compression is None and isinstance(sink, PeerSink):
             if isinstance(sink.connection, LinkLookup):
-                link = sink.connection.link_to(sink.peer)
-                self._compression = None if link is None else link.compression
+                self._compression = sink.connection.compression_for(sink.peer)
 
     def _note_hello(self, hello: _Hello) -> None:
         if self._hello is None:

@@ -13,21 +13,31 @@ links are made and ended, and hears about them through :class:`LinkCallbacks`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
 from .aiortc_engine import AiortcEngine
+from .channels import ChannelHooks, LinkChannel, deferred_events
 from .compression import FrameCompression
-from .engine import EngineEvents, EngineFactory, LinkEngine, LinkSettings, guarded
-from .framing import JSONMessage, Reassembler, encode_message
+from .engine import (
+    ChannelEvents,
+    DataChannel,
+    EngineEvents,
+    EngineFactory,
+    LinkEngine,
+    LinkSettings,
+    guarded,
+)
+from .framing import JSONMessage
 from .peer import Peer
 from .sdp import frame_limit
-from .writer import ChannelWriter, SendChannel
+from .writer import SendChannel
 
 __all__ = ["Link", "LinkCallbacks", "LinkSettings"]
 
@@ -51,6 +61,15 @@ class LinkCallbacks:
     """Something went wrong with this link (it may end next)."""
     ended: Callable[[Link], None]
     """The link ended (called once); its task is tearing it down."""
+    label: Callable[[Link], str | None] = lambda _link: None
+    """The first channel's label, asked when the initiator makes it (``None``: random)."""
+    channel: Callable[[Link, LinkChannel], bool] = lambda _link, _channel: False
+    """The remote opened one more channel: take it (``False``: it is closed)."""
+    channel_opened: Callable[[Link, LinkChannel], None] = lambda _link, _channel: None
+    """One more channel (ours or the remote's) opened."""
+    channel_closed: Callable[[Link, LinkChannel], None] = lambda _link, _channel: None
+    """A channel closed while the link goes on (the first one too: then the link ends,
+    unless :attr:`Link.multiplexed`)."""
 
 
 class _LinkFailed(Exception):
@@ -70,6 +89,7 @@ class Link:
         initiator: bool,
         connection_id: str | None,
         engine: EngineFactory = AiortcEngine,
+        label: str | None = None,
     ) -> None:
         self.local_id = local_id
         self.remote_id = remote_id
@@ -86,13 +106,20 @@ class Link:
         self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending_candidates: list[dict[str, Any]] = []
         self._remote_description_set = False
-        self._writer: ChannelWriter | None = None
         self._max_frame_bytes = settings.max_frame_bytes
         self.compression = FrameCompression(settings.compression)
-        self._reassembler = Reassembler(
-            max_message_size=settings.max_message_size,
-            max_partial_messages=settings.max_partial_messages,
-        )
+        """The first channel's frame compression."""
+        self.label = label
+        """The label of the first channel as initiator (``None``: random, as simple-peer)."""
+        self.primary: LinkChannel | None = None
+        """The first data channel (made by the initiator), once the engine has it."""
+        self.extra_channels: list[LinkChannel] = []
+        """The other channels on this connection, open or opening (see multiplex.py)."""
+        self.multiplexed = False
+        """Set once the remote proved to be p2pdb (multiplex.py): the first channel closing
+        then ends only that channel, not the link."""
+        self._channel_count = 0
+        self._hooks = ChannelHooks(self._channel_opened, self._channel_closed, self._bad_frame)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,9 +143,9 @@ class Link:
         if self.ended:
             return
         self.ended = True
-        self._reassembler.clear()
-        if self._writer is not None:
-            self._writer.close()
+        for channel in [self.primary, *self.extra_channels]:
+            if channel is not None:
+                channel.mark_closed()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         self._on.ended(self)
@@ -140,22 +167,57 @@ class Link:
         before the failed send's ``WEBRTC_PEER_GONE`` reaches it), and that error is raised
         to the sender.
         """
-        if self.ended or not self.connected or self._writer is None:
+        if self.ended or not self.connected or self.primary is None:
             raise PeerError(
                 f"Peer {self.remote_id} ({self.peer.connection_id}) is not connected",
                 code="WEBRTC_PEER_GONE",
                 peer_id=self.remote_id,
             )
-        frames = self.compression.encode(message, self._max_frame_bytes) or encode_message(
-            message, max_frame_bytes=self._max_frame_bytes
-        )
+        await self.send_on(self.primary, message)
+
+    async def send_on(self, channel: LinkChannel, message: object) -> None:
+        """Send one message on one of this link's channels (see :meth:`send`)."""
         try:
-            await self._writer.send_frames(frames)
+            await channel.send(message)
         except PeerError as error:
             if self.connected and not self.ended and error.code == "WEBRTC_PEER_GONE":
-                logger.info("data channel to %s is closing: %s", self.remote_id, error)
-                self.end()
+                logger.info(
+                    "data channel %r to %s is closing: %s", channel.label, self.remote_id, error
+                )
+                channel.mark_closed()
             raise
+
+    def open_channel(self, label: str) -> LinkChannel:
+        """Open one more channel on this connection (between p2pdb peers only)."""
+        peer = self.channel_peer()
+        holder: list[LinkChannel] = []
+        raw = self.engine.open_channel(label, deferred_events(holder))
+        channel = self._make_channel(raw, label, peer)
+        channel.opened_here = True
+        holder.append(channel)
+        self.extra_channels.append(channel)
+        return channel  # its open event follows (both engines deliver it later)
+
+    def channel_peer(self) -> Peer:
+        """A fresh :class:`Peer` for one more channel of this link (its own identity, so the
+        sessions on two channels, or on a channel and its successor, never mix)."""
+        self._channel_count += 1
+        return dataclasses.replace(
+            self.peer, connection_id=f"{self.peer.connection_id}.{self._channel_count}"
+        )
+
+    def _make_channel(
+        self, raw: DataChannel, label: str, peer: Peer, compression: FrameCompression | None = None
+    ) -> LinkChannel:
+        return LinkChannel(
+            raw,
+            label,
+            peer,
+            self._settings,
+            self._hooks,
+            frame_limit=lambda: self._max_frame_bytes,
+            compression=compression,
+        )
 
     def dtls_fingerprints(self) -> tuple[str, str] | None:
         """``(local, remote)``: the DTLS certificate fingerprints of this very connection as
@@ -174,7 +236,11 @@ class Link:
         deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
-                offer = await self.engine.open(self.initiator)
+                engine = self.engine
+                label = self.label = self.label or self._on.label(self)
+                offer = await (
+                    engine.open(self.initiator, label) if label else engine.open(self.initiator)
+                )
                 if offer is not None:
                     await self._on.send_signal(self, {"type": "offer", "sdp": offer})
                 while not self.connected:
@@ -265,42 +331,83 @@ class Link:
         def call(method: Callable[..., Any]) -> Callable[..., Any]:
             return guarded(logger, self.remote_id, method)
 
+        def frame(data: str | bytes) -> None:
+            if self.primary is not None:
+                self.primary.feed(data)
+
+        def low() -> None:
+            if self.primary is not None:
+                self.primary.notify_low()
+
         return EngineEvents(
             channel=self._on_channel,
             opened=call(self._on_channel_open),
-            frame=call(self._on_frame),
-            low=call(self._on_low),
+            frame=call(frame),
+            low=call(low),
             closed=call(self._on_closed),
             state=call(self._on_state),
             error=call(self._on_engine_error),
+            extra_channel=self._on_extra_channel,
         )
 
     def _on_channel(self, channel: SendChannel) -> bool:
         if self.ended:
             return False
-        self._writer = ChannelWriter(
-            channel,
-            high_water_mark=self._settings.high_water_mark,
-            low_water_mark=self._settings.low_water_mark,
-            peer_id=self.remote_id,
+        label = str(getattr(channel, "label", "") or "")
+        self.primary = self._make_channel(
+            cast(DataChannel, channel), label, self.peer, self.compression
         )
+        self.primary.route(lambda _channel, message: self._on.message(self, message))
         return True
 
-    def _on_low(self) -> None:
-        if self._writer is not None:
-            self._writer.notify_low()
+    def _on_extra_channel(self, raw: DataChannel) -> ChannelEvents | None:
+        if self.ended or not self.connected:
+            return None
+        try:
+            label = str(raw.label)
+            channel = self._make_channel(raw, label, self.channel_peer())
+            if not self._on.channel(self, channel):
+                return None
+        except Exception:
+            logger.exception("an extra channel from %s failed", self.remote_id)
+            return None
+        self.extra_channels.append(channel)
+        return channel.events()
 
     def _on_channel_open(self) -> None:
-        if self.ended or self.connected:
+        if self.ended or self.connected or self.primary is None:
             return
         self.connected = True
+        self.primary.mark_open()  # its hook calls back here: connected already
         self._inbox.put_nowait(None)  # let the task leave the connect timeout
         self._on.opened(self)
+
+    def _channel_opened(self, channel: LinkChannel) -> None:
+        if channel is self.primary:
+            self._on_channel_open()
+        elif not self.ended:
+            self._on.channel_opened(self, channel)
+
+    def _channel_closed(self, channel: LinkChannel) -> None:
+        if channel in self.extra_channels:
+            self.extra_channels.remove(channel)
+        if self.ended:
+            return
+        self._on.channel_closed(self, channel)
+        if channel is self.primary and not self.multiplexed:
+            self.end()  # RxDB's rule: its one channel closing ends the connection
+
+    def _bad_frame(self, channel: LinkChannel, error: PeerError) -> None:
+        if self.ended:
+            return
+        self._on.error(self, error)  # logged once, by whoever reads the errors stream
+        self.end()
 
     def _on_closed(self) -> None:
         if not self.ended:
             logger.info("data channel to %s closed", self.remote_id)
-            self.end()
+            if self.primary is not None:
+                self.primary.mark_closed()
 
     def _on_state(self, state: str) -> None:
         if self.ended:
@@ -317,21 +424,6 @@ class Link:
         self._on.error(self, error)  # logged once, by whoever reads the errors stream
         if end:
             self.end()
-
-    def _on_frame(self, frame: str | bytes) -> None:
-        if self.ended:
-            return
-        if not self.connected:
-            self._on_channel_open()
-        try:
-            message = self.compression.feed(self._reassembler, frame)
-        except PeerError as error:
-            error.parameters["peer_id"] = self.remote_id
-            self._on.error(self, error)  # logged once, by whoever reads the errors stream
-            self.end()
-            return
-        if message is not None:
-            self._on.message(self, message)
 
     def _report(self, message: str, code: str, *, drop: bool = True) -> None:
         # not logged here: the handler's errors stream carries it, and the pool logs it once

@@ -124,6 +124,13 @@ class NativeChannel:
             return "closed"
         return "open" if self._native.is_open() else "connecting"
 
+    @property
+    def label(self) -> str:
+        """The channel's label (``""`` once released)."""
+        if self._destroyed:
+            return ""
+        return str(self._native.label() or "")
+
     def send(self, data: bytes | str) -> None:
         """Queue one message (raises ``RuntimeError`` subclasses if the channel is gone)."""
         if self._destroyed:
@@ -142,18 +149,30 @@ class NativeChannel:
         with self._lock:
             return self._dead and not self._closed
 
+    def capture(self, receive_limit: int) -> None:
+        """Keep its messages from now on, before :meth:`listen` (safe from any thread: the
+        peer connection calls it in libdatachannel's thread as the remote's channel arrives,
+        since aiolibdatachannel drops what arrives on a channel before its message callback
+        is set)."""
+        self._receive_limit = receive_limit
+        # an open callback first: libdatachannel hands over the messages that came before
+        # the message callback only once an open callback exists (else: at the next one)
+        self._native.set_on_open(lambda: _schedule(self._loop, self._deliver_open))
+        self._native.set_on_message(self._on_message_thread)
+
     def listen(self, events: ChannelEvents, receive_limit: int) -> None:
-        """Start delivering this channel's events (once)."""
+        """Start delivering this channel's events (once); messages kept before come first."""
         self._events = events
         self._receive_limit = receive_limit
         native = self._native
-        native.set_on_message(self._on_message_thread)
         native.set_on_open(lambda: _schedule(self._loop, self._deliver_open))
         native.set_on_closed(lambda: _schedule(self._loop, self._deliver_closed))
         native.set_on_error(lambda text: _schedule(self._loop, self._deliver_error, text))
         native.set_on_buffered_amount_low(lambda: _schedule(self._loop, events.low))
+        native.set_on_message(self._on_message_thread)
         if native.is_open():  # a responder's channel may be open already
             _schedule(self._loop, self._deliver_open)
+        _schedule(self._loop, self._drain)  # what capture() kept
 
     def _on_message_thread(self, data: str | bytes) -> None:
         """In a libdatachannel thread: keep the message, wake the loop once per burst."""
@@ -173,6 +192,10 @@ class NativeChannel:
         _schedule(self._loop, self._drain)
 
     def _drain(self) -> None:
+        if self._events is None and not self._closed:
+            with self._lock:
+                self._drain_scheduled = False  # kept for listen()
+            return
         with self._lock:
             batch, self._backlog, self._backlog_size = self._backlog, [], 0
             self._drain_scheduled = False
@@ -253,7 +276,8 @@ class NativePeerConnection:
         self._native.set_on_gathering_state_change(
             lambda state: _schedule(loop, self._gathering, state)
         )
-        self._native.set_on_data_channel(lambda handle: _schedule(loop, self._incoming, handle))
+        self._receive_limit = config.receive_limit
+        self._native.set_on_data_channel(self._channel_thread)
         if on_ice_state is not None:
             self._native.set_on_ice_state_change(
                 lambda state: _schedule(loop, self._ice_state, state)
@@ -324,8 +348,13 @@ class NativePeerConnection:
         if state == _GATHERING_COMPLETE:
             self._gathered.set()
 
-    def _incoming(self, handle: int) -> None:
+    def _channel_thread(self, handle: int) -> None:
+        """In libdatachannel's thread: the remote's channel, its messages kept at once."""
         channel = NativeChannel(self._core, handle, self._loop)
+        channel.capture(self._receive_limit)
+        _schedule(self._loop, self._incoming, channel)
+
+    def _incoming(self, channel: NativeChannel) -> None:
         self._channels.append(channel)
         if self._closed:
             channel.close()

@@ -39,6 +39,7 @@ from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
 from .engine import (
+    ChannelEvents,
     EngineEvents,
     LinkSettings,
     close_within,
@@ -48,7 +49,9 @@ from .engine import (
 )
 from .ice import LOOPBACK_FALLBACK
 from .native_bridge import (
-    ChannelEvents,
+    ChannelEvents as ChannelEventsNative,
+)
+from .native_bridge import (
     NativeChannel,
     NativeConfig,
     NativePeerConnection,
@@ -127,7 +130,7 @@ class NativeEngine:
         self._pinned_port: int | None = None  # our socket's port when we chose it
         self._hold_timer: asyncio.TimerHandle | None = None  # releases held candidates
 
-    async def open(self, initiator: bool) -> str | None:
+    async def open(self, initiator: bool, label: str | None = None) -> str | None:
         """See :meth:`.engine.LinkEngine.open`."""
         settings = self._settings
         core = load_native()
@@ -155,8 +158,28 @@ class NativeEngine:
         )
         if not initiator:
             return None
-        self._attach(native.create_channel(random_token(20)))
+        self._attach(native.create_channel(label or random_token(20)))
         return await self._signalled_sdp(native, "offer")
+
+    def open_channel(self, label: str, events: ChannelEvents) -> NativeChannel:
+        """See :meth:`.engine.LinkEngine.open_channel` (libdatachannel opens it at once on
+        an established SCTP association)."""
+        assert self.native is not None
+        channel = self.native.create_channel(label)
+        self._listen(channel, events)
+        return channel
+
+    def _listen(self, channel: NativeChannel, events: ChannelEvents) -> None:
+        channel.listen(
+            ChannelEventsNative(
+                opened=events.opened,
+                message=events.frame,
+                closed=events.closed,
+                low=events.low,
+                overflow=guarded(logger, self.remote_id, self._on_overflow),
+            ),
+            self._settings.max_message_size,
+        )
 
     async def apply_remote(self, kind: str, sdp: str) -> str | None:
         """See :meth:`.engine.LinkEngine.apply_remote`; we answer as the DTLS server, and
@@ -230,23 +253,18 @@ class NativeEngine:
             return
         self.native_channel = channel
         on = self._events
-        channel.listen(
-            ChannelEvents(
-                opened=on.opened,
-                message=on.frame,
-                closed=on.closed,
-                low=on.low,
-                overflow=guarded(logger, self.remote_id, self._on_overflow),
-            ),
-            self._settings.max_message_size,
-        )
+        self._listen(channel, ChannelEvents(on.opened, on.frame, on.low, on.closed))
 
     def _on_native_channel(self, channel: NativeChannel) -> None:
-        if self.native_channel is not None:
-            logger.info("extra data channel from %s ignored", self.remote_id)
+        if self.native_channel is None:
+            self._attach(channel)
+            return
+        events = self._events.extra_channel(channel)
+        if events is None:
+            logger.info("extra data channel %r from %s refused", channel.label, self.remote_id)
             channel.close()
             return
-        self._attach(channel)
+        self._listen(channel, events)
 
     def _on_native_ice_state(self, state: str) -> None:
         if state in ("connected", "completed") and self.native_candidates is not None:

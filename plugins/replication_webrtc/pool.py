@@ -24,6 +24,7 @@ from .handler_factory import ConnectionHandlerFactory
 from .handshake import TrustContext
 from .options import WebRTCOptionKeywords, WebRTCReplicationOptions
 from .peer import Peer, PeerMessage
+from .ports import CollectionPort, shared_handler
 from .rpc import PeerSink
 from .session import PeerSession, SessionCallbacks, SessionSettings
 
@@ -46,18 +47,23 @@ class ReplicationPool:
     ``peers`` emits the set of connected peers; ``peer_states`` maps each peer for which we
     are the fork to its :class:`~p2pdb.replication.ReplicationState`; ``errors`` emits every
     error (transport, protocol, replication). :func:`replicate_webrtc` makes and starts one;
-    use ``async with`` or :meth:`cancel` (which also closes the connection handler).
+    use ``async with`` or :meth:`cancel` (which detaches from the connection handler, and
+    closes it when no other collection of the database replicates through it).
     """
 
     def __init__(
         self,
         collection: Collection,
         topic: str,
-        connection: ConnectionHandler,
+        connection: ConnectionHandler | CollectionPort,
         options: WebRTCReplicationOptions | None = None,
     ) -> None:
         self.collection = collection
         self.topic = topic
+        if not isinstance(connection, CollectionPort):
+            connection = CollectionPort(connection, collection.name)
+        #: This collection's port on the connection handler (shared with the database's
+        #: other collections in the topic: ports.py); ``connection.handler`` is the handler.
         self.connection = connection
         self.options = options or WebRTCReplicationOptions()
         self.token = collection.database.token
@@ -110,6 +116,13 @@ class ReplicationPool:
             c.errors.subscribe(on_next=self._report),
             self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
         ]
+        try:  # attached once listening: a channel routed to us at once is not missed
+            c.attach()  # WEBRTC_SETTING_INVALID: this collection is there already
+        except BaseException:
+            for subscription in self._subscriptions:
+                subscription.dispose()
+            self._unregister()
+            raise
 
     # -- public API ------------------------------------------------------------------------
 
@@ -370,7 +383,8 @@ async def replicate_webrtc(
     """
     settings = dataclasses.replace(options or WebRTCReplicationOptions(), **shortcuts)
     collection.database.check_open()  # before joining the topic
-    connection = await handler(topic)
+    # the database's pools in this topic through this factory share one handler (ports.py)
+    connection = await shared_handler(collection.database, collection.name, topic, handler)
     pool = ReplicationPool(collection, topic, connection, settings)
     try:
         await pool.start()

@@ -362,10 +362,13 @@ class WebRTCPair(Pair):
 
 
 class TappedConnection:
-    """A WebRTC connection handler whose incoming messages pass through a tap first."""
+    """A WebRTC connection handler whose incoming messages pass through a tap first: those
+    of each link's first channel (``messages``), and those routed to a pool's port (a pool
+    reads its collection's port, ports.py)."""
 
     def __init__(self, inner: Any, tap: Callable[[object], Any], message_type: Any) -> None:
         self._inner = inner
+        self._tap = tap
 
         def through_tap(message: Any) -> Any:
             data = tap(message.data)
@@ -374,6 +377,17 @@ class TappedConnection:
         self.messages = inner.messages.pipe(
             ops.map(through_tap), ops.filter(lambda m: m is not None)
         )
+
+    def attach(self, port: Any) -> None:
+        deliver, tap = port.deliver, self._tap
+
+        def through_tap(channel: Any, message: Any) -> None:
+            data = tap(message)
+            if data is not None:
+                deliver(channel, data)
+
+        port.deliver = through_tap  # the router reads it when it routes a channel here
+        self._inner.attach(port)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

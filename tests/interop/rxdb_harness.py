@@ -43,7 +43,7 @@ from p2pdb.plugins.replication_webrtc import (
     replicate_webrtc,
     start_signaling_server,
 )
-from p2pdb.plugins.replication_webrtc import link as link_module
+from p2pdb.plugins.replication_webrtc import channels as link_module  # sends frames
 from p2pdb.plugins.replication_webrtc.session import PeerSession, SessionSettings
 from p2pdb.replication.rpc import STREAM_ID, RpcChannel
 

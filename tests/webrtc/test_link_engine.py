@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from p2pdb.errors import PeerError
-from p2pdb.plugins.replication_webrtc.engine import EngineEvents, LinkSettings
+from p2pdb.plugins.replication_webrtc.engine import ChannelEvents, EngineEvents, LinkSettings
 from p2pdb.plugins.replication_webrtc.framing import JSONMessage
 from p2pdb.plugins.replication_webrtc.link import Link, LinkCallbacks
 
@@ -21,6 +21,10 @@ class Channel:
         self.readyState = "open"
         self.bufferedAmount = 0
         self.bufferedAmountLowThreshold = 0
+        self.label = ""
+
+    def close(self) -> None:
+        self.readyState = "closed"
 
     def send(self, data: str | bytes) -> None:
         if self.readyState != "open":
@@ -40,11 +44,19 @@ class ScriptedEngine:
         self.closed = asyncio.Event()
         self.channel = Channel()
         self.refuse_remote = False
+        self.opened_channels: list[tuple[Channel, ChannelEvents]] = []
         ScriptedEngine.made.append(self)
 
-    async def open(self, initiator: bool) -> str | None:
+    async def open(self, initiator: bool, label: str | None = None) -> str | None:
+        self.channel.label = label or "0" * 40
         assert self.events.channel(self.channel)
         return "offer-sdp" if initiator else None
+
+    def open_channel(self, label: str, events: ChannelEvents) -> Channel:
+        channel = Channel()
+        channel.label = label
+        self.opened_channels.append((channel, events))
+        return channel
 
     async def apply_remote(self, kind: str, sdp: str) -> str | None:
         if self.refuse_remote:

@@ -115,14 +115,15 @@ async def test_pool_constructor_starts_nothing(
 ) -> None:
     handler = aiortc_connection_handler(signaling.url, ice_servers=[], host_addresses=["127.0.0.1"])
     connection = await handler("p2pdb-options-room")
-    connects = connection.connects
-    assert isinstance(connects, Subject)
     tasks = asyncio.all_tasks()
     pool = ReplicationPool(docs, "p2pdb-options-room", connection)
+    connects = pool.connection.connects  # its collection's port on the handler
+    assert isinstance(connects, Subject) and pool.connection.handler is connection
     assert asyncio.all_tasks() == tasks and not connects.observers
+    assert not connection.has_port(docs.name)  # not attached before start()
     async with pool:  # starts, then cancels (closing the connection handler)
-        assert connects.observers
-    assert pool.sessions == {} and not connects.observers
+        assert connects.observers and connection.has_port(docs.name)
+    assert pool.sessions == {} and not connects.observers and connection.closing
 
 
 def test_documented_calls_type_check(tmp_path: Path) -> None:

@@ -197,18 +197,24 @@ def parse_stub(doc: object, pk: str) -> tuple[str, bool, Vector]:
     return doc_id, deleted, check_vector(meta["vv"])
 
 
+def _one_list(params: object, method: str, what: str, codes: WireErrorCodes) -> list[Any]:
+    """The one list of untrusted ``[items]`` params, at most :data:`MAX_IDS` long."""
+    if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], list):
+        raise PeerError(f"{method} takes [{what}].", code=codes.protocol_violation)
+    items: list[Any] = params[0]
+    if len(items) > MAX_IDS:
+        raise PeerError(
+            f"{method} with {len(items)} {what}; at most {MAX_IDS}.",
+            code=codes.protocol_violation,
+        )
+    return items
+
+
 def parse_ids(params: object, codes: WireErrorCodes) -> list[str]:
     """The ids of untrusted ``p2pdbDocs`` params ``[ids]``; the ``protocol_violation``
     PeerError for anything else (more than :data:`MAX_IDS`, an id that is no string of
     1..:data:`MAX_ID_LENGTH` characters)."""
-    if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], list):
-        raise PeerError(f"{DOCS_METHOD} takes [ids].", code=codes.protocol_violation)
-    ids = params[0]
-    if len(ids) > MAX_IDS:
-        raise PeerError(
-            f"{DOCS_METHOD} with {len(ids)} ids; at most {MAX_IDS}.",
-            code=codes.protocol_violation,
-        )
+    ids = _one_list(params, DOCS_METHOD, "ids", codes)
     for doc_id in ids:
         if not isinstance(doc_id, str) or not 0 < len(doc_id) <= MAX_ID_LENGTH:
             raise PeerError(
@@ -222,14 +228,7 @@ def parse_stubs(params: object, codes: WireErrorCodes) -> list[Doc]:
     """The stubs of untrusted ``p2pdbHave`` params ``[stubs]``: at most :data:`MAX_IDS`
     objects (the ``protocol_violation`` PeerError for anything else); the handler checks
     each with :func:`parse_stub`."""
-    if not isinstance(params, list) or len(params) != 1 or not isinstance(params[0], list):
-        raise PeerError(f"{HAVE_METHOD} takes [stubs].", code=codes.protocol_violation)
-    stubs = params[0]
-    if len(stubs) > MAX_IDS:
-        raise PeerError(
-            f"{HAVE_METHOD} with {len(stubs)} stubs; at most {MAX_IDS}.",
-            code=codes.protocol_violation,
-        )
+    stubs = _one_list(params, HAVE_METHOD, "stubs", codes)
     if not all(isinstance(stub, dict) for stub in stubs):
         raise PeerError(f"{HAVE_METHOD}: each stub is an object.", code=codes.protocol_violation)
     return list(stubs)

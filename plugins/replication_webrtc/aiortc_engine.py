@@ -153,19 +153,14 @@ class AiortcEngine:
         if self._settings.delayed_sack:
             sctp_sack.enable(channel.transport)
         on = self._events
-        channel.on("message", on.frame)
-        channel.on("bufferedamountlow", on.low)
-        channel.on("open", on.opened)
-        channel.on("close", on.closed)
-        if channel.readyState == "open":  # a responder's channel arrives open
-            on.opened()
+        self._wire(channel, ChannelEvents(on.opened, on.frame, on.low, on.closed))
 
     def _wire(self, channel: RTCDataChannel, events: ChannelEvents) -> None:
         channel.on("message", events.frame)
         channel.on("bufferedamountlow", events.low)
         channel.on("open", events.opened)
         channel.on("close", events.closed)
-        if channel.readyState == "open":  # a remote's channel arrives open
+        if channel.readyState == "open":  # a responder's or remote's channel arrives open
             events.opened()
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:

@@ -65,6 +65,7 @@ RXDB, P2PDB = "RxDB<->RxDB", "p2pdb<->p2pdb"
 P2PDB_MASTER, P2PDB_FORK = "p2pdb master + RxDB fork", "p2pdb fork + RxDB master"
 PAIRS = (RXDB, P2PDB, P2PDB_MASTER, P2PDB_FORK)
 STREAM, PUSH = "stream", "push"
+PAIR_NAMES = {"rxdb": RXDB, "p2pdb": P2PDB, "p2pdb-master": P2PDB_MASTER, "p2pdb-fork": P2PDB_FORK}
 ENGINE_ENV = "P2PDB_WEBRTC_ENGINE"
 
 
@@ -72,6 +73,17 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (every thread) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chosen_pairs(spec: str) -> tuple[str, ...]:
+    """The pairs ``--pairs`` names, in the usual order (``all``: every pair)."""
+    if spec == "all":
+        return PAIRS
+    names = {name.strip() for name in spec.split(",")}
+    unknown = names - PAIR_NAMES.keys()
+    if unknown:
+        raise SystemExit(f"--pairs: unknown {sorted(unknown)}; choose from {sorted(PAIR_NAMES)}")
+    return tuple(pair for name, pair in PAIR_NAMES.items() if name in names)
 
 
 def load() -> str:
@@ -218,6 +230,7 @@ class HeadToHead:
         self.args = args
         self.rounds: list[Round] = []
         self.notes: list[str] = []
+        self.inserted = 0.0  # seconds the last transfer's bulk insert took on the sender
         self.serial = 0
 
     def topic(self) -> str:
@@ -258,6 +271,7 @@ class HeadToHead:
         try:
             started = time.perf_counter()
             await sender.insert(prefix, count, self.args.size, within)
+            self.inserted = time.perf_counter() - started
             await arrived
             seconds = time.perf_counter() - started
         finally:
@@ -309,7 +323,7 @@ class HeadToHead:
                 print(
                     f"    {pair:25} {sender.kind:>5} -> {receiver.kind:5} {mechanism:6} "
                     f"{n / seconds:8,.0f} docs/s  CPU {cpu_s:5.2f} s sender, "
-                    f"{cpu_r:5.2f} s receiver",
+                    f"{cpu_r:5.2f} s receiver (insert {self.inserted:.2f} s)",
                     flush=True,
                 )
         finally:
@@ -327,7 +341,7 @@ class HeadToHead:
                 with tempfile.TemporaryDirectory(prefix="p2pdb-bench-h2h-") as folder:
                     try:
                         async with asyncio.timeout(self.args.round_timeout):
-                            for pair in PAIRS:
+                            for pair in chosen_pairs(self.args.pairs):
                                 try:
                                     await self.run_pair(pair, server.url, Path(folder), results)
                                 except (AssertionError, RuntimeError, OSError) as exc:
@@ -509,6 +523,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--round-timeout", type=float, default=900.0)
     parser.add_argument("--transfer-timeout", type=float, default=300.0)
     parser.add_argument("--settle-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--pairs",
+        default="all",
+        help="comma-separated subset of rxdb,p2pdb,p2pdb-master,p2pdb-fork (default: all)",
+    )
     return parser.parse_args(argv)
 
 

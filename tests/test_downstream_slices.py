@@ -3,7 +3,9 @@
 A stream batch of more than ``SLICE_DOCS`` documents is written one slice per transaction,
 its checkpoint stored with the last slice only; a small live batch that arrives meanwhile and
 shares no document with the unsaved slices is stored between two slices, without moving the
-checkpoint. Everything runs over the in-memory wire (``WirePipe``) against a real master.
+checkpoint. Everything runs over the in-memory wire (``WirePipe``) against a real master
+that sends a commit as one stream event, as RxDB's master does (p2pdb's own master splits a
+large commit into batches of ``STREAM_BATCH_DOCS``: ``test_a_large_commit_streams_in_batches``).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from replication_helpers import ID_TEXT_SCHEMA, collection_pair
+from replication_helpers import ID_TEXT_SCHEMA, collection_pair, wait_equal
 
 import p2pdb
 from p2pdb.changes import ChangeEvent
 from p2pdb.replication import collection_handler, replicate
+from p2pdb.replication import master as master_module
 from p2pdb.replication.checkpoints import Checkpoints
 from p2pdb.replication.downstream import SLICE_DOCS
 from p2pdb.replication.testing import WirePipe
+from p2pdb.storage import Write
 
 WAIT = 20.0
 BULK = 6 * SLICE_DOCS
@@ -29,7 +33,8 @@ SCHEMA = ID_TEXT_SCHEMA
 
 
 @pytest.fixture
-async def pair(tmp_path: Path) -> Any:
+async def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(master_module, "STREAM_BATCH_DOCS", 10 * BULK)  # one event per commit
     async with collection_pair(tmp_path, SCHEMA) as collections:
         yield collections
 
@@ -163,3 +168,43 @@ async def test_cancelled_between_slices_resumes_from_a_sound_checkpoint(pair: An
 
 def _ids(recorder: Recorder) -> list[str]:
     return [doc_id for doc_id, _, _ in recorder.log]
+
+
+async def test_a_large_commit_streams_in_batches(tmp_path: Path) -> None:
+    """p2pdb's master sends a commit of more than ``STREAM_BATCH_DOCS`` documents as
+    several stream batches, in order, each with the checkpoint of its own last document
+    (never past one it does not hold), the last one past every event of the commit."""
+    size = master_module.STREAM_BATCH_DOCS
+    async with collection_pair(tmp_path, SCHEMA) as (fork, master):
+        handler = collection_handler(master, origin="peer")
+        seen: list[Any] = []
+        subscription = handler.stream(skip_own=True).subscribe(on_next=seen.append)
+        try:
+            await master.bulk_insert(bulk(2 * size + 50))
+            assert [len(b.documents) for b in seen] == [size, size, 50]
+            rows, _ = master.database.storage.changes_since(master.name, 0, 10 * size)
+            seq_of = {doc["id"]: seq for seq, doc in rows}
+            for batch in seen:
+                assert batch.checkpoint == {"seq": seq_of[batch.documents[-1]["id"]]}
+            assert [d["id"] for b in seen for d in b.documents] == [
+                f"bulk-{i:05}" for i in range(2 * size + 50)
+            ]
+            # the handler's own writes are skipped; the last batch still moves past them
+            seen.clear()
+            own = [Write(master.prepare({"id": f"own-{i}", "text": "o"})) for i in range(size)]
+            await master.bulk_write(own, origin="peer")
+            assert [len(b.documents) for b in seen] == [0]
+            assert seen[0].checkpoint == {"seq": master.database.storage.last_seq(master.name)}
+        finally:
+            subscription.dispose()
+        # and a fork over the wire ends up with all of it and the master's last checkpoint
+        async with WirePipe(collection_handler(master)) as pipe:
+            state = replicate(fork, pipe.handler, "batches")
+            await state.wait_for_in_sync()
+            assert await fork.count() == 3 * size + 50
+            await master.bulk_insert([{"id": f"late-{i}", "text": "l"} for i in range(size + 1)])
+            await wait_equal(fork, master, seconds=WAIT)
+            await state.wait_for_in_sync()
+            stored = Checkpoints(fork.database.storage, fork.name, "batches").down()
+            assert stored == {"seq": master.database.storage.last_seq(master.name)}
+            await state.cancel()

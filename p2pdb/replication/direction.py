@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..backoff import Backoff
@@ -14,6 +14,7 @@ from .checkpoints import Checkpoints, Direction
 from .fork import ForkCollection
 from .options import ReplicationOptions
 from .protocol import ReplicationHandler
+from .pulled import PulledRevisions
 
 __all__ = ["DirectionTask", "ReplicationContext"]
 
@@ -35,6 +36,8 @@ class ReplicationContext:
     notify: Callable[[], None]
     #: ``options.selector`` compiled for the collection (partial replication).
     filter: DocumentFilter
+    #: The revisions the pull wrote, which the push passes over (see :mod:`.pulled`).
+    pulled: PulledRevisions = field(default_factory=PulledRevisions)
 
 
 class DirectionTask(ABC):

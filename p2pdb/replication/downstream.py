@@ -53,6 +53,7 @@ class _Floor:
 
     checkpoint: Any
 
+
 Doc = dict[str, Any]
 #: Per document id: the prepared user fields, the deleted flag and the master's wire state.
 Incoming = dict[str, tuple[Doc, bool, Doc]]
@@ -418,6 +419,8 @@ class Downstream(DirectionTask):
         pk = c.schema.primary_key
         origin = self.context.origin
 
+        note = self.context.pulled.note if self.context.options.push else None
+
         def persist(txn: WriteTxn) -> list[Doc]:
             written: list[Doc] = []
             if writes:
@@ -426,6 +429,8 @@ class Downstream(DirectionTask):
                         update.keep_assumed(write.document[pk])
                     else:
                         written.append(outcome)
+                        if note is not None:  # stored with it as its assumed state
+                            note(outcome[pk], outcome["_rev"])
             update.write(txn)
             return written
 

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from reactivex import Observable
-from reactivex import operators as ops
 
 from ..causal import Vector, attach, merge, state_vector, take
 from ..changes import ChangeEvent
@@ -35,6 +34,10 @@ __all__ = ["CollectionHandler", "collection_handler", "parse_checkpoint"]
 
 Doc = dict[str, Any]
 _MAX_ATTEMPTS = 20  # local writes racing a push: retry the rows they touched
+#: Most documents in one stream batch: a large commit goes out as several, so the fork
+#: applies the first while the rest are still being encoded and sent (a fork writes what
+#: it receives in slices of the same size, ``downstream.SLICE_DOCS``).
+STREAM_BATCH_DOCS = 200
 
 
 def parse_checkpoint(checkpoint: object) -> int:
@@ -46,8 +49,7 @@ def parse_checkpoint(checkpoint: object) -> int:
         if type(seq) is int and seq >= 0:
             return seq
     raise ValidationError(
-        f"Not a checkpoint of this master: {checkpoint!r}. Send null or a checkpoint it "
-        "returned.",
+        f"Not a checkpoint of this master: {checkpoint!r}. Send null or a checkpoint it returned.",
         code="REPLICATION_BAD_CHECKPOINT",
     )
 
@@ -105,7 +107,11 @@ class CollectionHandler:
         if self.causal and self.revs == revs:
             return self
         return CollectionHandler(
-            self.collection, self.origin, self.access, self.origin_is_remote, causal=True,
+            self.collection,
+            self.origin,
+            self.access,
+            self.origin_is_remote,
+            causal=True,
             revs=revs,
         )
 
@@ -267,8 +273,7 @@ class CollectionHandler:
                 found.append(attach(master, state_vector(state)))
                 continue
             elif (
-                row.assumed_master_state is not None
-                and is_equal(master, row.assumed_master_state)
+                row.assumed_master_state is not None and is_equal(master, row.assumed_master_state)
             ) or fast_forward(state_vector(state), vector):  # it descends from ours
                 rev = state["_rev"]  # type: ignore[index]
                 write = Write(user, deleted, rev, vector, new_event=not copied)
@@ -321,9 +326,10 @@ class CollectionHandler:
         check = self._check
         causal = self.causal
 
-        def batch(events: list[ChangeEvent]) -> ChangesBatch | Resync:
+        def batches(events: list[ChangeEvent]) -> Sequence[ChangesBatch | Resync]:
             # never promise a checkpoint past a write not yet emitted (other processes)
-            seq = min(events[-1].seq, db.safe_seq)
+            safe = db.safe_seq
+            out: list[ChangesBatch] = []
             docs: list[Doc] = []
             for event in events:
                 if skip_own and event.origin == origin:
@@ -331,12 +337,40 @@ class CollectionHandler:
                 wire = to_wire(event.document)
                 view = wire if check is None else check.view_now(wire)
                 if view is PENDING:
-                    return RESYNC
+                    return [RESYNC]
                 if isinstance(view, dict):
                     docs.append(self._out(event.seq, event.document, view) if causal else view)
-            return ChangesBatch(docs, {"seq": seq})
+                    if len(docs) == STREAM_BATCH_DOCS:
+                        out.append(ChangesBatch(docs, {"seq": min(event.seq, safe)}))
+                        docs = []
+            # the last batch carries the checkpoint past every event, skipped ones too
+            last = {"seq": min(events[-1].seq, safe)}
+            if docs or not out:
+                out.append(ChangesBatch(docs, last))
+            else:
+                out[-1] = ChangesBatch(out[-1].documents, last)
+            return out
 
-        return self.collection.batches.pipe(ops.map(batch))
+        return _each(self.collection.batches, batches)
+
+
+def _each(
+    source: Observable[list[ChangeEvent]],
+    split: Callable[[list[ChangeEvent]], Sequence[ChangesBatch | Resync]],
+) -> Observable[ChangesBatch | Resync]:
+    """``source`` with each item replaced by the items ``split`` makes of it, emitted at
+    once, in order (``flat_map`` would go through a scheduler)."""
+
+    def subscribe(observer: Any, scheduler: Any = None) -> Any:
+        def on_next(events: list[ChangeEvent]) -> None:
+            for item in split(events):
+                observer.on_next(item)
+
+        return source.subscribe(
+            on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+        )
+
+    return Observable(subscribe)
 
 
 def collection_handler(

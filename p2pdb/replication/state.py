@@ -94,6 +94,7 @@ class ReplicationState:
             filter=DocumentFilter(self.options.selector, collection.schema),
         )
         self._checkpoints = checkpoints
+        self._pulled = context.pulled
         self._down = Downstream(context)
         self._up = Upstream(context)
         #: Stored states written from the master.
@@ -309,7 +310,11 @@ class ReplicationState:
         self._down.enqueue(RESYNC)
 
     def _on_local_batch(self, events: list[ChangeEvent]) -> None:
-        self._up.local_change()
+        # a commit of the pull's own (see .pulled) has nothing to push: the next walk of
+        # the push passes over its rows
+        holds, key = self._pulled.holds, self.key
+        if not all(e.origin == key and holds(e.id, e.document["_rev"]) for e in events):
+            self._up.local_change()
         self._changed()
 
     def _report(self, direction: Direction, error: BaseException) -> None:

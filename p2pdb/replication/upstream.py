@@ -148,11 +148,12 @@ class Upstream(DirectionTask):
             # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
             # read under the lock, the listed states are current: no pull writes meanwhile
             async with self.context.arrivals.persist_lock:
+                up = self.context.checkpoints.up()
                 pairs, last = c.database.storage.changes_since(
-                    c.name, self.context.checkpoints.up(), self.context.options.batch_size
+                    c.name, up, self.context.options.batch_size, self.context.pulled.passes
                 )
-                if not pairs:
-                    return
+                if not pairs and last == up:
+                    return  # (rows the pull wrote only: the checkpoint moves past them)
                 self._note(pairs)
                 self._holding = True  # live pushes may run beside this batch
                 try:
@@ -184,7 +185,9 @@ class Upstream(DirectionTask):
     async def _push_range(self, since: int, until: int) -> None:
         c = self.context.collection
         pk = c.schema.primary_key
-        pairs, _ = c.database.storage.changes_since(c.name, since, LIVE_PUSH_MAX + 1)
+        # what the pull wrote is left for the bulk lane's walk to pass over (see .pulled)
+        skip = self.context.pulled.holds
+        pairs, _ = c.database.storage.changes_since(c.name, since, LIVE_PUSH_MAX + 1, skip)
         self._note(pairs)
         states = [state for seq, state in pairs if seq <= until]
         if len(states) > LIVE_PUSH_MAX:

@@ -24,6 +24,7 @@ __all__ = [
     "BodyCodec",
     "DamagedDocument",
     "Direction",
+    "Skip",
     "Storage",
     "Write",
     "WriteCheck",
@@ -35,6 +36,8 @@ T = TypeVar("T")
 
 #: Which checkpoint of a replication: ``"up"`` (pushes) or ``"down"`` (pulls).
 Direction = Literal["up", "down"]
+#: Rows of the change sequence to pass over unread: called with a row's id and revision.
+Skip = Callable[[str, str], bool]
 
 
 class _AnyRevision:
@@ -272,9 +275,10 @@ class Storage(Protocol):
         ...
 
     def changes_since(
-        self, collection: str, seq: int, limit: int
+        self, collection: str, seq: int, limit: int, skip: Skip | None = None
     ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-        """``(seq, state)`` pairs written after ``seq``, and the last sequence listed."""
+        """``(seq, state)`` pairs written after ``seq``, and the last sequence listed (rows
+        for which ``skip(id, rev)`` is true are passed over: not read, not counted)."""
         ...
 
     def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
@@ -356,6 +360,7 @@ class Storage(Protocol):
 
     async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
         """Delete a local document; what it was, or ``None``."""
+
     def get_or_damaged(
         self, collection: str, ids: Sequence[str]
     ) -> dict[str, dict[str, Any] | DamagedDocument]:

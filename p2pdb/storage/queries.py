@@ -13,6 +13,8 @@ from .documents import COLUMNS, WIDTH, DamageLog, decode_row
 
 __all__ = ["QueryRun", "changes_since", "count", "last_seq", "plan_query"]
 
+#: Rows read per query while rows are being skipped (see :func:`changes_since`).
+_SKIP_PAGE = 512
 #: Runs a planned query on a connection.
 QueryRun = Callable[[sqlite3.Connection], list[dict[str, Any]]]
 
@@ -88,25 +90,35 @@ def last_seq(conn: sqlite3.Connection, info: CollectionInfo) -> int:
 
 
 def changes_since(
-    conn: sqlite3.Connection, info: CollectionInfo, seq: int, limit: int, damage: DamageLog
+    conn: sqlite3.Connection,
+    info: CollectionInfo,
+    seq: int,
+    limit: int,
+    damage: DamageLog,
+    skip: Callable[[str, str], bool] | None = None,
 ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
     """``(seq, state)`` pairs written after ``seq`` in sequence order, and the last one's
     sequence (``seq`` if none). A damaged row is reported and skipped (the sequence moves
-    past it), and the batch is filled up behind it: a short batch still means "no more"."""
+    past it), and the batch is filled up behind it: a short batch still means "no more".
+    A row for which ``skip(id, rev)`` is true is passed over the same way, unread."""
     out: list[tuple[int, dict[str, Any]]] = []
     last = seq
     while len(out) < limit:
-        want = limit - len(out)
+        # skipping, read ahead in pages: rows passed over do not count towards ``limit``
+        want = limit - len(out) if skip is None else max(limit - len(out), _SKIP_PAGE)
         rows = conn.execute(
             f"SELECT {COLUMNS}, seq FROM {info.table} WHERE seq > ? ORDER BY seq LIMIT ?",
             (last, want),
         ).fetchall()
         for row in rows:
+            last = row[WIDTH]
+            if skip is not None and skip(row[0], row[1]):
+                continue
             state = decode_row(info, row[:WIDTH], damage)
             if state is not None:
-                out.append((row[WIDTH], state))
-        if rows:
-            last = rows[-1][WIDTH]
+                out.append((last, state))
+                if len(out) == limit:
+                    return out, last
         if len(rows) < want:
             break
     return out, last

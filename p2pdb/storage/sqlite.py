@@ -26,7 +26,7 @@ from ..schema import Schema
 from . import catalog, documents, local_rows, own_writes, queries
 from . import migration_rows as migration_sql
 from . import replication_rows as replication_state
-from .base import BodyCodec, DamagedDocument, Direction, Storage, WriteCheck, WriteTxn
+from .base import BodyCodec, DamagedDocument, Direction, Skip, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
 from .connection import Connections, retry_locked
 from .own_writes import OwnWrites
@@ -179,12 +179,14 @@ class SQLiteStorage:
         return queries.last_seq(self._conns.reader(), self._catalog.get(collection))
 
     def changes_since(
-        self, collection: str, seq: int, limit: int
+        self, collection: str, seq: int, limit: int, skip: Skip | None = None
     ) -> tuple[list[tuple[int, dict[str, Any]]], int]:
         """States (tombstones included) written after ``seq``, in sequence order, as
-        ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none)."""
+        ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none); rows
+        for which ``skip(id, rev)`` is true are passed over unread."""
         info = self._catalog.get(collection)
-        return queries.changes_since(self._conns.reader(), info, seq, limit, self._damage)
+        conn = self._conns.reader()
+        return queries.changes_since(conn, info, seq, limit, self._damage, skip)
 
     def get_or_damaged(
         self, collection: str, ids: Sequence[str]
@@ -437,7 +439,6 @@ class SQLiteStorage:
             )
 
         return await self._conns.run(lambda conn: local_rows.transaction(conn, run))
-
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

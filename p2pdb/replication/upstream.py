@@ -20,29 +20,31 @@ the bulk lane holds for its batch, or takes it itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..causal import Vector, attach, state_vector, take
+from ..causal import state_vector
 from ..conflicts import Conflict, resolve_conflict
-from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
+from ..errors import ConflictError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
 from ..tasks import cancel_and_wait, settle_unless_cancelling
-from .access import apply_modifier, outgoing_rows, refused_ids
-from .causal_order import speaks_causal, stale
+from .causal_order import stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
 from .protocol import WriteRow, from_wire, to_wire
-from .revs import push_missing, relayed_ids, speaks_revs
+from .push_send import PushSender, Vectors
+from .revs import relayed_ids
 
 __all__ = ["LIVE_PUSH_MAX", "ResolvedConflict", "Upstream"]
 
 Doc = dict[str, Any]
 #: Most documents of a local commit that the live lane pushes beside a bulk push.
 LIVE_PUSH_MAX = 16
-_ASK_AGAIN = 3  # times a doubtful conflict answer is asked again before it is resolved
+#: ``masterWrite`` batches of one window of the bulk lane, sent at once, as long as they
+#: hold at most WINDOW_ROWS documents (two windows are in flight at most).
+PUSH_WINDOW = 4
+WINDOW_ROWS = 1000
 
 
 class ResolvedConflict:
@@ -67,18 +69,6 @@ class _Outcome:
     resolved: list[ResolvedConflict] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class _Vectors:
-    """One push's causal vectors by id: the fork's states and the master's answers."""
-
-    ours: dict[str, Vector | None]
-    theirs: dict[str, Vector | None]
-
-
-def _bad_response(message: str) -> ReplicationError:
-    return ReplicationError(message, code="REPLICATION_BAD_RESPONSE")
-
-
 class Upstream(DirectionTask):
     """The push direction of one replication."""
 
@@ -99,6 +89,7 @@ class Upstream(DirectionTask):
         #: Live pushes started so far (each a commit of at most LIVE_PUSH_MAX documents).
         self.live_pushes = 0
         self._relayed: set[str] = set()  # relayed states to push: asked first (revs.py)
+        self._sender = PushSender(context, self._relayed)
 
     def local_change(self) -> None:
         """The collection committed a write: push it (at once in the live lane, if the
@@ -143,25 +134,58 @@ class Upstream(DirectionTask):
             await cancel_and_wait(self._live)  # never loses a cancellation of ours (p2pdb.tasks)
 
     async def _push_all(self) -> None:
-        c = self.context.collection
         while True:
             # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
             # read under the lock, the listed states are current: no pull writes meanwhile
             async with self.context.arrivals.persist_lock:
                 up = self.context.checkpoints.up()
-                pairs, last = c.database.storage.changes_since(
-                    c.name, up, self.context.options.batch_size, self.context.pulled.passes
-                )
+                pairs, last = self._read(up)
                 if not pairs and last == up:
                     return  # (rows the pull wrote only: the checkpoint moves past them)
-                self._note(pairs)
                 self._holding = True  # live pushes may run beside this batch
                 try:
-                    await self._push([state for _, state in pairs], last)
+                    await self._push_windows(pairs, last)
                 finally:
                     self._holding = False
                     await settle_unless_cancelling(self._hosted)  # before the lock goes
             self.succeeded()
+
+    def _read(self, since: int) -> tuple[list[tuple[int, Doc]], int]:
+        """The next window of the change sequence: :data:`PUSH_WINDOW` batches, up to
+        :data:`WINDOW_ROWS` rows (at least one batch), rows the pull wrote passed over."""
+        c = self.context.collection
+        batch_size = self.context.options.batch_size
+        size = batch_size * max(1, min(PUSH_WINDOW, WINDOW_ROWS // batch_size))
+        pairs, last = c.database.storage.changes_since(
+            c.name, since, size, self.context.pulled.passes
+        )
+        self._note(pairs)
+        return pairs, last
+
+    async def _push_windows(self, pairs: list[tuple[int, Doc]], last: int) -> None:
+        """Push window after window, the next one read and sent while the one before is
+        still answered (two in flight at most: the master writes one while the other
+        crosses the wire). Each window's outcome, checkpoint included, is stored after the
+        one before it, and not at all if that one failed (see :meth:`_push`)."""
+        ahead: asyncio.Task[None] | None = None
+        flying: list[asyncio.Task[None]] = []
+        try:
+            while True:
+                states = [state for _, state in pairs]
+                task = asyncio.ensure_future(self._push(states, last, after=ahead))
+                flying.append(task)
+                if ahead is not None:
+                    await ahead
+                    flying.remove(ahead)
+                ahead = task
+                since = last
+                pairs, last = self._read(since)
+                if not pairs and last == since:
+                    break
+            await ahead
+        except BaseException:
+            await cancel_and_wait(flying)  # nothing of a window stored after one failed
+            raise
 
     async def _live_push(self, since: int, until: int) -> None:
         """The live lane: push the documents written in ``(since, until]`` if they are at
@@ -199,23 +223,28 @@ class Upstream(DirectionTask):
             self.live_pushes += 1
             await self._push(states, None)
 
-    async def _push(self, states: list[Doc], checkpoint: int | None) -> None:
+    async def _push(
+        self, states: list[Doc], checkpoint: int | None, after: asyncio.Task[None] | None = None
+    ) -> None:
         """Push the changed documents, resolve conflicts, store the outcome (lock held).
-        ``checkpoint``: the up-checkpoint to store with it (``None``: the live lane's)."""
+        ``checkpoint``: the up-checkpoint to store with it (``None``: the live lane's);
+        ``after``: the push whose outcome must be stored first (its failure is raised)."""
         pk = self.context.collection.schema.primary_key
         revisions = {s[pk]: s["_rev"] for s in states}
         # this push's causal vectors (p2pdb.causal), by id: of the fork's states, and of
         # the master's conflict answers (per push: the two lanes may push at once)
-        vectors = _Vectors({s[pk]: state_vector(s) for s in states}, {})
+        vectors = Vectors({s[pk]: state_vector(s) for s in states}, {})
         rows = self._rows(states)
         if not rows and checkpoint is None:
             return  # a live push of documents that came down: nothing to send or store
         ids = {row.new_document_state[pk] for row in rows}
         self._pushing |= ids  # before any await: the other lane must see them
         try:
-            real, unsent = await self._send(rows, vectors)
+            real, unsent = await self._sender.send(rows, vectors)
             rows = [row for row in rows if row.new_document_state[pk] not in unsent]
             outcome = await self._decide(rows, real, revisions, checkpoint, vectors)
+            if after is not None:
+                await after
             await self._write(outcome)
         finally:
             self._pushing -= ids
@@ -252,123 +281,10 @@ class Upstream(DirectionTask):
                 rows.append(WriteRow(wire, known))
         return rows
 
-    async def _send(
-        self, rows: list[WriteRow], vectors: _Vectors
-    ) -> tuple[dict[str, Doc], set[str]]:
-        """Send the rows in batches: the master's real states of the conflicting ones (in
-        the fork's form, through ``pull_modifier``), and the ids of rows left unsent
-        (``push_modifier`` dropped them) or whose conflict state ``pull_modifier`` dropped:
-        their assumed master states stay as they were."""
-        pk = self.context.collection.schema.primary_key
-        batch_size = self.context.options.batch_size
-        real: dict[str, Doc] = {}
-        unsent: set[str] = set()
-        for start in range(0, len(rows), batch_size):
-            chunk, wire = await outgoing_rows(
-                self.context.options.push_modifier, rows[start : start + batch_size], pk, unsent
-            )
-            if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
-                wire = [
-                    WriteRow(
-                        attach(r.new_document_state, vectors.ours.get(r.new_document_state[pk])),
-                        r.assumed_master_state,
-                    )
-                    for r in wire
-                ]
-            for _ in range(_ASK_AGAIN + 1):
-                doubtful = await self._send_chunk(chunk, wire, unsent, real, vectors)
-                if not doubtful:
-                    break
-                # ask again for those only: the answer is read after that state arrived
-                chunk = [r for r in chunk if r.new_document_state[pk] in doubtful]
-                wire = [r for r in wire if r.new_document_state[pk] in doubtful]
-        return real, unsent
-
-    async def _send_chunk(
-        self,
-        chunk: list[WriteRow],
-        wire: list[WriteRow],
-        unsent: set[str],
-        real: dict[str, Doc],
-        vectors: _Vectors,
-    ) -> set[str]:
-        """Send one batch; put its conflict answers in ``real``. Returns the ids whose
-        answer may be older than a master state that arrived while the push was in flight
-        (see :class:`~.arrivals.Arrivals`): to ask again rather than resolve."""
-        pk, arrivals = self.context.collection.schema.primary_key, self.context.arrivals
-        ids = [row.new_document_state[pk] for row in wire]
-        if not ids:
-            return set()
-        arrivals.flying(ids)
-        try:
-            answer = await self._write_allowed(chunk, wire, unsent)
-        finally:
-            seen = arrivals.landed(ids)
-        if answer is None:
-            return set()
-        sent = {row.new_document_state[pk]: row.new_document_state for row in chunk}
-        arrivals.push_answered(sent.items())
-        for doc_id in sent:  # an earlier answer of a row asked again is replaced
-            real.pop(doc_id, None)
-        if not isinstance(answer, list):
-            raise _bad_response("write() must return a list of conflicting documents.")
-        for answered in answer:
-            if not isinstance(answered, Mapping) or answered.get(pk) not in sent:
-                raise _bad_response("write() returned a conflict for a document that was not sent.")
-            doc_id = answered[pk]
-            answered, vectors.theirs[doc_id] = self._take_vector(answered)
-            state = await apply_modifier(self.context.options.pull_modifier, dict(answered))
-            if state is None:
-                unsent.add(doc_id)
-            else:
-                real[doc_id] = to_wire(state)
-        is_equal = self.context.collection.conflict_handler.is_equal
-        return {i for i in seen & real.keys() if not is_equal(real[i], sent[i])}
-
-    def _take_vector(self, answered: Mapping[str, Any]) -> tuple[Doc, Vector | None]:
-        """A conflict answer without its vector, and the vector (a bad one: a bad answer)."""
-        if not speaks_causal(self.context.handler):
-            return dict(answered), None
-        try:
-            return take(answered)
-        except ValidationError as exc:
-            raise _bad_response(f"write() returned a bad causal vector: {exc.message}") from exc
-
-    async def _write_allowed(
-        self, chunk: list[WriteRow], wire: list[WriteRow], unsent: set[str]
-    ) -> list[Any] | None:
-        """``handler.write(wire)``; when the master refuses some rows
-        (``REPLICATION_WRITE_REFUSED``: its access rules), report it once, leave those rows
-        unsent (nothing of them is stored there) and send the others again, so one refused
-        row never blocks the rest. ``None``: every row was refused."""
-        pk = self.context.collection.schema.primary_key
-        while True:
-            try:
-                rest = await self._unheld(wire)
-                return await self.context.handler.write(rest) if rest else []
-            except P2PDBError as exc:
-                sent = {row.new_document_state[pk] for row in wire}
-                refused = refused_ids(exc) & sent
-                if not refused:
-                    raise
-                self.context.report("up", exc)
-                unsent |= refused
-                chunk[:] = [r for r in chunk if r.new_document_state[pk] not in refused]
-                wire[:] = [r for r in wire if r.new_document_state[pk] not in refused]
-                if not wire:
-                    return None
-
     def _note(self, pairs: list[tuple[int, Doc]]) -> None:
         """Remember which of these states are relayed copies (asked before pushed)."""
         c = self.context.collection
         self._relayed |= relayed_ids(pairs, c.database.storage.token, c.schema.primary_key)
-
-    async def _unheld(self, wire: list[WriteRow]) -> list[WriteRow]:
-        """``wire`` without the relayed states the master holds exactly (revs.py)."""
-        handler, pk = self.context.handler, self.context.collection.schema.primary_key
-        if not speaks_revs(handler) or self.context.options.push_modifier is not None:
-            return wire
-        return await push_missing(handler, wire, self._relayed, pk)
 
     async def _decide(
         self,
@@ -376,7 +292,7 @@ class Upstream(DirectionTask):
         real: dict[str, Doc],
         revisions: dict[str, str],
         up: int | None,
-        vectors: _Vectors,
+        vectors: Vectors,
     ) -> _Outcome:
         """New assumed states and the resolutions of the conflicts the master reported."""
         is_equal = self.context.collection.conflict_handler.is_equal

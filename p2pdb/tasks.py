@@ -12,10 +12,11 @@ cancellation afterwards, never in the middle: nothing is left running, nothing i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "settle", "settle_unless_cancelling"]
+__all__ = ["abandon", "cancel_and_wait", "settle", "settle_unless_cancelling"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -26,6 +27,15 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
     for task in pending:
         task.cancel()
     await _wait_all(pending, cancel=False)
+
+
+async def abandon(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """:func:`cancel_and_wait`, dropping whatever the tasks raised: for an ``except`` block
+    that re-raises its own exception (one of theirs raised instead would hide it, and could
+    turn a cancellation of the caller into an error to retry). A cancellation of the caller
+    meanwhile is still raised."""
+    with contextlib.suppress(Exception):
+        await cancel_and_wait(tasks)
 
 
 async def settle(tasks: Iterable[asyncio.Future[Any]]) -> None:

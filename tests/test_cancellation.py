@@ -172,3 +172,40 @@ async def test_cleanup_close_keeps_the_callers_cancellation(db: p2pdb.Database) 
     cleanup.reports.subscribe(on_completed=lambda: completed.append("reports"))
     await assert_cancelled_at_once(cleanup.close)
     assert completed == ["reports"]  # still completed
+
+
+async def test_abandon_drops_what_the_tasks_raise_but_not_a_cancellation_of_ours() -> None:
+    """``p2pdb.tasks.abandon`` in an ``except`` block: a task that fails instead of being
+    cancelled must not replace the exception being handled (it turned a cancelled push into
+    an error to retry, and ``pause()`` waited forever)."""
+    from p2pdb.tasks import abandon
+
+    async def fails_when_cancelled() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise RuntimeError("failed on the way out") from None
+
+    task = asyncio.ensure_future(fails_when_cancelled())
+    await asyncio.sleep(0)
+    await abandon([task])  # nothing raised
+    assert task.done() and isinstance(task.exception(), RuntimeError)
+
+    gate = asyncio.Event()
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await gate.wait()  # takes its time to end
+            raise
+
+    inner = asyncio.ensure_future(slow_to_end())
+    await asyncio.sleep(0)
+    outer = asyncio.ensure_future(abandon([inner]))
+    await asyncio.sleep(0)
+    outer.cancel()  # ours: raised once the task ended
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert inner.cancelled()

@@ -8,10 +8,11 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Arrivals"]
+__all__ = ["FORGET_AFTER", "Arrivals"]
 
 Doc = dict[str, Any]
-_FORGET_AFTER = 1000  # pushed documents remembered before the old ones are dropped
+#: Answered pushes remembered before the old ones are dropped.
+FORGET_AFTER = 1000
 
 
 class Arrivals:
@@ -71,8 +72,10 @@ class Arrivals:
     def push_answered(self, pushed: Iterable[tuple[str, Doc]]) -> None:
         """A push's answer arrived for these ``(id, wire state sent)`` pairs."""
         answered_at = self.next()
+        pushed_at = self._pushed_at
         for doc_id, state in pushed:
-            self._pushed_at[doc_id] = answered_at
+            pushed_at.pop(doc_id, None)  # to the end: the dict stays in answer order
+            pushed_at[doc_id] = answered_at
             self._pushed_state[doc_id] = state
 
     def flying(self, ids: Iterable[str]) -> None:
@@ -103,8 +106,11 @@ class Arrivals:
 
     def forget_before(self, arrival: int) -> None:
         """Bound the memory of pushes: later arrivals are never older than ``arrival``."""
-        if len(self._pushed_at) > _FORGET_AFTER:
-            self._pushed_at = {k: v for k, v in self._pushed_at.items() if v > arrival}
-            self._pushed_state = {
-                k: v for k, v in self._pushed_state.items() if k in self._pushed_at
-            }
+        if len(self._pushed_at) > FORGET_AFTER:
+            # in answer order (see push_answered): the old ones lead, and only they are read
+            old = list(
+                itertools.takewhile(lambda k: self._pushed_at[k] <= arrival, self._pushed_at)
+            )
+            for doc_id in old:
+                del self._pushed_at[doc_id]
+                del self._pushed_state[doc_id]

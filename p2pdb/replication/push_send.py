@@ -13,7 +13,7 @@ from typing import Any
 
 from ..causal import Vector, attach, take
 from ..errors import P2PDBError, ReplicationError, ValidationError
-from ..tasks import cancel_and_wait
+from ..tasks import abandon
 from .access import apply_modifier, outgoing_rows, refused_ids
 from .causal_order import speaks_causal
 from .direction import ReplicationContext
@@ -70,7 +70,7 @@ class PushSender:
         try:
             await asyncio.gather(*tasks)
         except BaseException:
-            await cancel_and_wait(tasks)  # none outlives the push (nothing of it is stored)
+            await abandon(tasks)  # none outlives the push (nothing of it is stored)
             raise
         return real, unsent
 

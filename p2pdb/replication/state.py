@@ -340,6 +340,11 @@ class ReplicationState:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # we were cancelled, and what we awaited ended otherwise meanwhile (a
+                    # task cancelled with us that failed first): stop, never retry
+                    raise asyncio.CancelledError from exc
                 direction.failing = True
                 direction.failed()
                 direction.set_busy(False)

@@ -28,7 +28,7 @@ from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
-from ..tasks import cancel_and_wait, settle_unless_cancelling
+from ..tasks import abandon, cancel_and_wait, settle_unless_cancelling
 from .causal_order import stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
 from .direction import DirectionTask, ReplicationContext
@@ -58,6 +58,18 @@ class ResolvedConflict:
 
     def __repr__(self) -> str:
         return f"<ResolvedConflict {self.resolved!r}>"
+
+
+@dataclass(slots=True)
+class _Push:
+    """A push ready to send: its rows, their ids (marked in flight), what it stores."""
+
+    rows: list[WriteRow]
+    ids: set[str]
+    revisions: dict[str, str]
+    vectors: Vectors
+    checkpoint: int | None
+    running: bool = False  # its task began (and so takes its ids out of flight itself)
 
 
 @dataclass(slots=True)
@@ -144,7 +156,7 @@ class Upstream(DirectionTask):
                     return  # (rows the pull wrote only: the checkpoint moves past them)
                 self._holding = True  # live pushes may run beside this batch
                 try:
-                    await self._push_windows(pairs, last)
+                    await self._push_windows(up, pairs, last)
                 finally:
                     self._holding = False
                     await settle_unless_cancelling(self._hosted)  # before the lock goes
@@ -162,29 +174,43 @@ class Upstream(DirectionTask):
         self._note(pairs)
         return pairs, last
 
-    async def _push_windows(self, pairs: list[tuple[int, Doc]], last: int) -> None:
+    async def _push_windows(self, start: int, pairs: list[tuple[int, Doc]], last: int) -> None:
         """Push window after window, the next one read and sent while the one before is
         still answered (two in flight at most: the master writes one while the other
         crosses the wire). Each window's outcome, checkpoint included, is stored after the
-        one before it, and not at all if that one failed (see :meth:`_push`)."""
+        one before it, and not at all if that one failed (see :meth:`_run_push`).
+
+        A document is never in two pushes at once: a window holding one still in flight
+        (in the window ahead, or in a live push) waits for those and is read again, so its
+        states and assumed states are current."""
+        pk = self.context.collection.schema.primary_key
         ahead: asyncio.Task[None] | None = None
-        flying: list[asyncio.Task[None]] = []
+        flying: list[tuple[asyncio.Task[None], _Push | None]] = []  # at most two
         try:
-            while True:
-                states = [state for _, state in pairs]
-                task = asyncio.ensure_future(self._push(states, last, after=ahead))
-                flying.append(task)
+            while True:  # ``pairs``: the window read from ``start``
+                while not self._pushing.isdisjoint(state[pk] for _, state in pairs):
+                    if ahead is not None:
+                        await ahead
+                    await settle_unless_cancelling(self._hosted)
+                    pairs, last = self._read(start)
+                push = self._prepare([state for _, state in pairs], last)
+                task = asyncio.ensure_future(self._run_push(push, after=ahead))
+                flying.append((task, push))
                 if ahead is not None:
                     await ahead
-                    flying.remove(ahead)
+                    del flying[0]
                 ahead = task
-                since = last
-                pairs, last = self._read(since)
-                if not pairs and last == since:
+                start = last
+                pairs, last = self._read(start)
+                if not pairs and last == start:
                     break
             await ahead
         except BaseException:
-            await cancel_and_wait(flying)  # nothing of a window stored after one failed
+            # nothing of a window is stored after one failed; none of them flies on
+            await abandon([task for task, _ in flying])
+            for _, push in flying:
+                if push is not None and not push.running:  # cancelled before it began
+                    self._pushing -= push.ids
             raise
 
     async def _live_push(self, since: int, until: int) -> None:
@@ -223,12 +249,14 @@ class Upstream(DirectionTask):
             self.live_pushes += 1
             await self._push(states, None)
 
-    async def _push(
-        self, states: list[Doc], checkpoint: int | None, after: asyncio.Task[None] | None = None
-    ) -> None:
+    async def _push(self, states: list[Doc], checkpoint: int | None) -> None:
         """Push the changed documents, resolve conflicts, store the outcome (lock held).
-        ``checkpoint``: the up-checkpoint to store with it (``None``: the live lane's);
-        ``after``: the push whose outcome must be stored first (its failure is raised)."""
+        ``checkpoint``: the up-checkpoint to store with it (``None``: the live lane's)."""
+        await self._run_push(self._prepare(states, checkpoint))
+
+    def _prepare(self, states: list[Doc], checkpoint: int | None) -> _Push | None:
+        """The rows of a push of ``states``, its documents marked in flight (``None``: a
+        live push with nothing to send)."""
         pk = self.context.collection.schema.primary_key
         revisions = {s[pk]: s["_rev"] for s in states}
         # this push's causal vectors (p2pdb.causal), by id: of the fork's states, and of
@@ -236,19 +264,29 @@ class Upstream(DirectionTask):
         vectors = Vectors({s[pk]: state_vector(s) for s in states}, {})
         rows = self._rows(states)
         if not rows and checkpoint is None:
-            return  # a live push of documents that came down: nothing to send or store
+            return None  # a live push of documents that came down: nothing to send or store
         ids = {row.new_document_state[pk] for row in rows}
         self._pushing |= ids  # before any await: the other lane must see them
+        return _Push(rows, ids, revisions, vectors, checkpoint)
+
+    async def _run_push(self, push: _Push | None, after: asyncio.Task[None] | None = None) -> None:
+        """Send a prepared push, decide, store the outcome after ``after`` (the push whose
+        outcome must be stored first; its failure is raised), and emit the events."""
+        if push is None:
+            return
+        push.running = True
+        pk = self.context.collection.schema.primary_key
+        rows = push.rows
         try:
-            real, unsent = await self._sender.send(rows, vectors)
+            real, unsent = await self._sender.send(rows, push.vectors)
             rows = [row for row in rows if row.new_document_state[pk] not in unsent]
-            outcome = await self._decide(rows, real, revisions, checkpoint, vectors)
+            outcome = await self._decide(rows, real, push.revisions, push.checkpoint, push.vectors)
             if after is not None:
                 await after
             await self._write(outcome)
         finally:
-            self._pushing -= ids
-            self._relayed.difference_update(revisions)
+            self._pushing -= push.ids
+            self._relayed.difference_update(push.revisions)
         for row in rows:
             if row.new_document_state[pk] not in real:
                 self.sent.on_next(row.new_document_state)

@@ -348,9 +348,10 @@ class HeadToHead:
                     flush=True,
                 )
         finally:
-            await asyncio.gather(a.quit(), b.quit())
+            # errors up to here (leaving reports the other side gone, which is no news)
             for side in (a, b):
                 self.notes.extend(f"{pair}: {side.kind} peer: {e}" for e in side.errors())
+            await asyncio.gather(a.quit(), b.quit())
 
     async def run(self) -> None:
         from p2pdb.plugins.replication_webrtc import start_signaling_server

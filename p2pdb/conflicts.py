@@ -18,6 +18,7 @@ __all__ = [
     "Conflict",
     "ConflictHandler",
     "FunctionConflictHandler",
+    "ResolvedConflict",
     "as_conflict_handler",
     "deep_equal",
     "last_write_wins",
@@ -143,3 +144,17 @@ async def resolve_conflict(handler: ConflictHandler, conflict: Conflict) -> Doc:
     if inspect.isawaitable(result):
         result = await result
     return dict(result)
+
+
+class ResolvedConflict:
+    """A conflict the handler resolved (in a replication's push): its input and the state
+    it chose."""
+
+    __slots__ = ("conflict", "resolved")
+
+    def __init__(self, conflict: Conflict, resolved: dict[str, Any]) -> None:
+        self.conflict = conflict
+        self.resolved = resolved
+
+    def __repr__(self) -> str:
+        return f"<ResolvedConflict {self.resolved!r}>"

@@ -12,10 +12,10 @@ cancellation afterwards, never in the middle: nothing is left running, nothing i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
-__all__ = ["cancel_and_wait", "settle", "settle_unless_cancelling"]
+__all__ = ["cancel_and_wait", "run_all", "settle", "settle_unless_cancelling"]
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]]) -> None:
@@ -48,6 +48,22 @@ async def settle_unless_cancelling(tasks: Iterable[asyncio.Future[Any]]) -> None
         await cancel_and_wait(tasks)
     else:
         await settle(tasks)
+
+
+async def run_all(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
+    """Run ``coros`` at once and wait for all of them. The first that fails has the others
+    cancelled (and waited for), then its exception raised; a cancellation of the caller
+    cancels them all the same way."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    if not tasks:
+        return
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        await cancel_and_wait([task for task in tasks if not task.done()])
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
 
 
 async def _wait_all(every: list[asyncio.Future[Any]], *, cancel: bool) -> None:

@@ -5,8 +5,10 @@ document whose current state differs from its assumed master state, so documents
 came down are never sent back. A conflict is resolved by the collection's conflict handler,
 written locally, and pushed again by the next pass.
 
-Two lanes. The **bulk lane** walks the sequence in batches and is the only one that moves
-the up-checkpoint, after a batch was acknowledged. While it is busy, a local commit of at
+Two lanes. The **bulk lane** walks the sequence in passes of up to :data:`WINDOW` batches,
+sent at once (as RxDB sends all of a local write's batches: one round trip per batch
+would bound the rate by the master's latency), and is the only one that moves the
+up-checkpoint, after every batch of a pass was acknowledged. While it is busy, a local commit of at
 most :data:`LIVE_PUSH_MAX` documents is pushed at once by the **live lane**, beside the
 batch in flight: it stores the assumed master states of what the master acknowledged, never
 the checkpoint (the bulk lane finds those documents equal to their assumed states and sends
@@ -25,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..causal import Vector, attach, state_vector, take
-from ..conflicts import Conflict, resolve_conflict
+from ..conflicts import Conflict, ResolvedConflict, resolve_conflict
 from ..errors import ConflictError, P2PDBError, ReplicationError, ValidationError
 from ..storage import Write, WriteTxn
 from ..streams import EventStream
-from ..tasks import cancel_and_wait, settle_unless_cancelling
+from ..tasks import cancel_and_wait, run_all, settle_unless_cancelling
 from .access import apply_modifier, outgoing_rows, refused_ids
 from .causal_order import speaks_causal, stale
 from .checkpoints import Direction, StateUpdate, write_to_the_end
@@ -42,20 +44,9 @@ __all__ = ["LIVE_PUSH_MAX", "ResolvedConflict", "Upstream"]
 Doc = dict[str, Any]
 #: Most documents of a local commit that the live lane pushes beside a bulk push.
 LIVE_PUSH_MAX = 16
+#: Batches the bulk lane reads per pass and sends at once (see the module docstring).
+WINDOW = 8
 _ASK_AGAIN = 3  # times a doubtful conflict answer is asked again before it is resolved
-
-
-class ResolvedConflict:
-    """A conflict the handler resolved: its input and the state it chose."""
-
-    __slots__ = ("conflict", "resolved")
-
-    def __init__(self, conflict: Conflict, resolved: Doc) -> None:
-        self.conflict = conflict
-        self.resolved = resolved
-
-    def __repr__(self) -> str:
-        return f"<ResolvedConflict {self.resolved!r}>"
 
 
 @dataclass(slots=True)
@@ -149,7 +140,7 @@ class Upstream(DirectionTask):
             # read under the lock, the listed states are current: no pull writes meanwhile
             async with self.context.arrivals.persist_lock:
                 pairs, last = c.database.storage.changes_since(
-                    c.name, self.context.checkpoints.up(), self.context.options.batch_size
+                    c.name, self.context.checkpoints.up(), self.context.options.batch_size * WINDOW
                 )
                 if not pairs:
                     return
@@ -256,30 +247,34 @@ class Upstream(DirectionTask):
         the fork's form, through ``pull_modifier``), and the ids of rows left unsent
         (``push_modifier`` dropped them) or whose conflict state ``pull_modifier`` dropped:
         their assumed master states stay as they were."""
-        pk = self.context.collection.schema.primary_key
-        batch_size = self.context.options.batch_size
-        real: dict[str, Doc] = {}
-        unsent: set[str] = set()
-        for start in range(0, len(rows), batch_size):
-            chunk, wire = await outgoing_rows(
-                self.context.options.push_modifier, rows[start : start + batch_size], pk, unsent
-            )
-            if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
-                wire = [
-                    WriteRow(
-                        attach(r.new_document_state, vectors.ours.get(r.new_document_state[pk])),
-                        r.assumed_master_state,
-                    )
-                    for r in wire
-                ]
-            for _ in range(_ASK_AGAIN + 1):
-                doubtful = await self._send_chunk(chunk, wire, unsent, real, vectors)
-                if not doubtful:
-                    break
-                # ask again for those only: the answer is read after that state arrived
-                chunk = [r for r in chunk if r.new_document_state[pk] in doubtful]
-                wire = [r for r in wire if r.new_document_state[pk] in doubtful]
+        size, real, unsent = self.context.options.batch_size, dict[str, Doc](), set[str]()
+        # every batch at once, as RxDB sends them (their ids are disjoint)
+        await run_all(
+            self._send_batch(rows[at : at + size], vectors, unsent, real)
+            for at in range(0, len(rows), size)
+        )
         return real, unsent
+
+    async def _send_batch(
+        self, rows: list[WriteRow], vectors: _Vectors, unsent: set[str], real: dict[str, Doc]
+    ) -> None:
+        pk = self.context.collection.schema.primary_key
+        chunk, wire = await outgoing_rows(self.context.options.push_modifier, rows, pk, unsent)
+        if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel
+            wire = [
+                WriteRow(
+                    attach(r.new_document_state, vectors.ours.get(r.new_document_state[pk])),
+                    r.assumed_master_state,
+                )
+                for r in wire
+            ]
+        for _ in range(_ASK_AGAIN + 1):
+            doubtful = await self._send_chunk(chunk, wire, unsent, real, vectors)
+            if not doubtful:
+                break
+            # ask again for those only: the answer is read after that state arrived
+            chunk = [r for r in chunk if r.new_document_state[pk] in doubtful]
+            wire = [r for r in wire if r.new_document_state[pk] in doubtful]
 
     async def _send_chunk(
         self,

@@ -146,7 +146,11 @@ class RxSide:
 
     def errors(self) -> list[str]:
         """The pool errors this peer reported (``error`` events), for the notes."""
-        return [str(e.get("message"))[:200] for e in self.child.events if e["event"] == "error"]
+        return [
+            " ".join(str(e.get("message")).split())[:200]
+            for e in self.child.events
+            if e["event"] == "error"
+        ]
 
     async def quit(self) -> None:
         if self.child.running:

@@ -60,10 +60,12 @@ async def run_all(coros: Iterable[Coroutine[Any, Any, Any]]) -> None:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
+        # the ended ones' failures, retrieved before anything else can raise
+        failures = [task.exception() for task in tasks if task.done() and not task.cancelled()]
         await cancel_and_wait([task for task in tasks if not task.done()])
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
+    for failure in failures:
+        if failure is not None:
+            raise failure
 
 
 async def _wait_all(every: list[asyncio.Future[Any]], *, cancel: bool) -> None:

@@ -113,3 +113,21 @@ async def test_run_all_runs_nothing_and_raises_the_first_failure() -> None:
         await run_all([slow(), failing()])
     assert caught.value.code == "PEER_TIMEOUT"
     assert ended == ["slow"]  # cancelled and waited for
+
+
+async def test_run_all_cancelled_cancels_and_waits_for_every_task() -> None:
+    started, ended = asyncio.Event(), []
+
+    async def slow(name: str) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(WAIT)
+        finally:
+            ended.append(name)
+
+    caller = asyncio.ensure_future(run_all([slow("a"), slow("b")]))
+    await asyncio.wait_for(started.wait(), WAIT)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert sorted(ended) == ["a", "b"]

@@ -34,6 +34,11 @@ computed per round against the RxDB <-> RxDB pair of the same round, and printed
 compare documents per CPU-second of both processes, which a loaded machine disturbs much less
 than the wall clock.
 
+Every pool error a peer reported (a dropped link, a limit) is printed as a note at the end:
+a transfer that reconnected on the way is not a fair figure.
+``H2H_NODE_CPU_PROF=<folder>`` runs the RxDB peers under ``node --cpu-prof`` (a
+``.cpuprofile`` per process in that folder, for Chrome's DevTools or a script).
+
 ``--engine``: the WebRTC engine of the p2pdb peers. If ``aiortc_connection_handler`` takes an
 ``engine=`` argument it is passed there; either way the children get ``P2PDB_WEBRTC_ENGINE``.
 """
@@ -67,6 +72,8 @@ PAIRS = (RXDB, P2PDB, P2PDB_MASTER, P2PDB_FORK)
 STREAM, PUSH = "stream", "push"
 PAIR_NAMES = {"rxdb": RXDB, "p2pdb": P2PDB, "p2pdb-master": P2PDB_MASTER, "p2pdb-fork": P2PDB_FORK}
 ENGINE_ENV = "P2PDB_WEBRTC_ENGINE"
+#: A folder: the RxDB peers run under ``node --cpu-prof`` and write their profiles there.
+NODE_PROFILE_ENV = "H2H_NODE_CPU_PROF"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -109,10 +116,12 @@ class RxSide:
 
         from rxdb_harness import NodeChild
 
+        profile = os.environ.get(NODE_PROFILE_ENV)
         child = await NodeChild.spawn(
             "rxdb",
             "bench_h2h_peer.mjs",
             json.dumps({"signalingUrl": url, "topic": topic, "schema": schema}),
+            node_args=("--cpu-prof", f"--cpu-prof-dir={profile}") if profile else (),
         )
         try:
             ready = await child.wait_event(lambda e: e["event"] == "ready", within=60)
@@ -134,6 +143,14 @@ class RxSide:
 
     async def settle(self, within: float) -> None:
         await self.child.call("awaitInSync", timeoutMs=within * 1000, within=within)
+
+    def errors(self) -> list[str]:
+        """The pool errors this peer reported (``error`` events), for the notes."""
+        return [
+            " ".join(str(e.get("message")).split())[:200]
+            for e in self.child.events
+            if e["event"] == "error"
+        ]
 
     async def quit(self) -> None:
         if self.child.running:
@@ -191,6 +208,14 @@ class PySide:
 
     async def settle(self, within: float) -> None:
         await self.child.request("in_sync", "in_sync", timeout=within, within=within + 5)
+
+    def errors(self) -> list[str]:
+        """The pool errors this peer reported (``error`` events), for the notes."""
+        return [
+            f"{e.get('code')}: {str(e.get('message'))[:200]}"
+            for e in self.child.events
+            if e["event"] == "error"
+        ]
 
     async def quit(self) -> None:
         await self.child.quit()
@@ -327,6 +352,9 @@ class HeadToHead:
                     flush=True,
                 )
         finally:
+            # errors up to here (leaving reports the other side gone, which is no news)
+            for side in (a, b):
+                self.notes.extend(f"{pair}: {side.kind} peer: {e}" for e in side.errors())
             await asyncio.gather(a.quit(), b.quit())
 
     async def run(self) -> None:

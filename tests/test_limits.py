@@ -36,6 +36,8 @@ from p2pdb.replication.wire import check_checkpoint, parse_changes, parse_stream
     [
         ("max_requests_in_flight", 0),
         ("max_queued_requests", -1),
+        ("max_queued_writes", 0),
+        ("max_queued_bytes", 0),
         ("max_outbox_bytes", 1.5),
         ("drain_timeout", 0),
         ("max_depth", True),
@@ -54,6 +56,7 @@ def test_bad_limits_are_refused_with_a_code(field: str, value: Any) -> None:
 def test_defaults_and_the_shared_budget() -> None:
     limits = PeerLimits()
     assert (limits.max_requests_in_flight, limits.max_queued_requests) == (8, 64)
+    assert (limits.max_queued_writes, limits.max_queued_bytes) == (4096, 32 << 20)
     assert limits.max_outbox_bytes == 8 << 20 and limits.max_depth == 100
     assert limits.shared_budget() is PROCESS_BUDGET
     own = MemoryBudget(1000)
@@ -216,12 +219,61 @@ async def test_the_gate_bounds_requests_in_flight_and_queued() -> None:
             await asyncio.sleep(0)
             assert (gate.in_flight, gate.waiting, server.running) == (3, 5, 3)
             with pytest.raises(PeerError) as caught:
-                gate.push(Request("one-more", "masterWrite", [[]]))
+                gate.push(Request("one-more", "masterChangesSince", [None, 10]))
             assert caught.value.code == "WIRE_PEER_OVER_LIMIT"
             assert caught.value.parameters["limit"] == "max_queued_requests"
             with pytest.raises(PeerError):
                 gate.push(Request("after", "masterWrite", [[]]))  # failed: takes nothing
     assert server.most == 3
+
+
+async def test_the_gate_counts_queued_writes_apart() -> None:
+    """Requests served at once are not counted; waiting writes are, by number and by their
+    params' JSON size (one past ``max_queued_bytes`` drops the peer), and apart from the
+    other requests (``max_queued_requests``)."""
+    row = [[{"new_document_state": {"id": "a", "text": "x" * 900}}]]
+    size = json_size(row)
+    limits = PeerLimits(max_requests_in_flight=2, max_queued_requests=2, max_queued_bytes=3 * size)
+    end, _other = pipe_pair()
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, limits)
+        async with server.gate as gate:
+            for i in range(5):  # 2 start, 3 wait: exactly the bound
+                gate.push(Request(f"w{i}", "masterWrite", row))
+            for request in requests(2):  # reads have a bound of their own
+                gate.push(request)
+            await asyncio.sleep(0)
+            assert (gate.in_flight, gate.waiting) == (2, 5)
+            with pytest.raises(PeerError) as caught:
+                gate.push(Request("one-more", "masterWrite", row))
+            assert caught.value.parameters["limit"] == "max_queued_bytes"
+    limits = PeerLimits(max_requests_in_flight=1, max_queued_writes=3)
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, limits)
+        async with server.gate as gate:
+            for i in range(4):  # 1 starts, 3 wait
+                gate.push(Request(f"w{i}", "masterWrite", [[]]))
+            with pytest.raises(PeerError) as caught:
+                gate.push(Request("one-more", "masterWrite", [[]]))
+            assert caught.value.parameters["limit"] == "max_queued_writes"
+
+
+async def test_an_rxdb_push_burst_is_served_whole() -> None:
+    """An RxDB fork sends every push batch of one bulk write at once: 500 ``masterWrite``
+    requests of 20 rows of ~1 KB (a bulk insert of 10,000 documents) are all served with
+    the default limits, 8 at a time, and the peer is not dropped."""
+    rows = [[{"new_document_state": {"id": str(i), "text": "x" * 960}} for i in range(20)]]
+    end, _other = pipe_pair()
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, PeerLimits(budget=MemoryBudget()), size=10)
+        async with server.gate as gate:
+            for i in range(500):
+                gate.push(Request(f"w{i}", "masterWrite", rows))
+            await asyncio.sleep(0)
+            assert (gate.in_flight, gate.waiting, server.running) == (8, 492, 8)
+            server.go.set()
+            await server.until(lambda: server.served == 500, within=30)
+    assert server.most == 8 and not server.dropped
 
 
 async def test_a_slow_reader_is_slowed_then_dropped() -> None:

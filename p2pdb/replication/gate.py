@@ -4,10 +4,17 @@ A transport hands every request that costs work (``masterChangesSince``, ``maste
 to :meth:`RequestGate.push` instead of serving it at once. The gate serves at most
 ``max_requests_in_flight`` at a time, and starts one only while the peer's outbox holds
 less than ``max_outbox_bytes`` and the shared memory budget has room (a peer with an
-empty outbox may always start one, so a busy neighbour cannot starve it). Requests
-waiting beyond ``max_queued_requests``, or waiting on an outbox from which nothing was
+empty outbox may always start one, so a busy neighbour cannot starve it). More than
+``max_queued_requests`` requests waiting, or waiting on an outbox from which nothing was
 sent for ``drain_timeout`` seconds (the peer does not read), make the gate fail with the
 transport's ``over_limit`` :class:`~p2pdb.errors.PeerError`: the transport drops the peer.
+
+``masterWrite`` requests are counted apart, against ``max_queued_writes`` and
+``max_queued_bytes`` (their params as JSON): an RxDB fork sends every push batch of one
+local write at once (``persistToMaster`` splits it into ``push.batchSize`` rows and awaits
+them all), so a bulk insert of 10,000 documents on it is 500 requests in one burst, which
+an honest master must take. A write costs what it carries (the peer sent it already); a
+request for data may ask for far more than it carries, so those stay few.
 """
 
 from __future__ import annotations
@@ -18,10 +25,13 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import PeerError
 from ..tasks import cancel_and_wait
-from .limits import ErrorRate, PeerLimits
+from .limits import ErrorRate, PeerLimits, json_size
 from .rpc import Request, RpcChannel
 
 __all__ = ["RequestGate", "UnknownMethods"]
+
+#: The one request whose cost is what it carries: queued by count and bytes of its own.
+WRITE_METHOD = "masterWrite"
 
 
 class RequestGate:
@@ -45,7 +55,9 @@ class RequestGate:
         self.budget = limits.shared_budget()
         self._serve = serve
         self._on_over_limit = on_over_limit
-        self._waiting: deque[Request] = deque()
+        self._waiting: deque[tuple[Request, int]] = deque()  # with a write's params' size
+        self._queued_writes = 0  # masterWrite requests waiting, and their params' JSON bytes
+        self._queued_bytes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._watching = False
@@ -81,16 +93,38 @@ class RequestGate:
 
     def push(self, request: Request) -> None:
         """Serve ``request`` when the limits allow. Raises the ``over_limit`` PeerError if
-        more than ``max_queued_requests`` wait (or the gate failed before)."""
+        too many wait (see the module docstring), or if the gate failed before."""
         if self.failed is not None:
             raise self.failed
-        if len(self._waiting) >= self.limits.max_queued_requests:
+        if self._started and not self._waiting and self._can_start():
+            self._start(request)  # served at once: nothing held, nothing to count
+            return
+        limits = self.limits
+        size = 0
+        if request.method != WRITE_METHOD:
+            if len(self._waiting) - self._queued_writes >= limits.max_queued_requests:
+                raise self._fail(
+                    f"{self.channel.label} has more than {limits.max_queued_requests} "
+                    "requests waiting; disconnected.",
+                    "max_queued_requests",
+                )
+        elif self._queued_writes >= limits.max_queued_writes:
             raise self._fail(
-                f"{self.channel.label} has more than {self.limits.max_queued_requests} "
-                "requests waiting; disconnected.",
-                "max_queued_requests",
+                f"{self.channel.label} has more than {limits.max_queued_writes} writes "
+                "waiting; disconnected.",
+                "max_queued_writes",
             )
-        self._waiting.append(request)
+        else:
+            size = json_size(request.params)
+            if self._queued_bytes + size > limits.max_queued_bytes:
+                raise self._fail(
+                    f"{self.channel.label} has more than {limits.max_queued_bytes} bytes "
+                    "of writes waiting; disconnected.",
+                    "max_queued_bytes",
+                )
+            self._queued_writes += 1
+            self._queued_bytes += size
+        self._waiting.append((request, size))
         self._room.clear()
         self._pump()
 
@@ -107,6 +141,14 @@ class RequestGate:
             return False
         return queued == 0 or self.budget.has_room()
 
+    def _can_start(self) -> bool:
+        """A slot is free and the outbox has room."""
+        return len(self._tasks) < self.limits.max_requests_in_flight and self._has_room()
+
+    def _start(self, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        self._tasks.add(task)
+
     def _sent(self) -> None:
         """A message went out: progress, so the drain timer starts again."""
         if self._timer is not None:
@@ -118,12 +160,12 @@ class RequestGate:
         """Start what the limits allow; arm or disarm the drain timer."""
         if not self._started or self.failed is not None:
             return
-        while self._waiting and len(self._tasks) < self.limits.max_requests_in_flight:
-            if not self._has_room():
-                break
-            request = self._waiting.popleft()
-            task = asyncio.get_running_loop().create_task(self._run(request))
-            self._tasks.add(task)
+        while self._waiting and self._can_start():
+            request, size = self._waiting.popleft()
+            if request.method == WRITE_METHOD:
+                self._queued_writes -= 1
+                self._queued_bytes -= size
+            self._start(request)
         if not self._waiting:
             self._room.set()
         blocked = bool(self._waiting) and len(self._tasks) < self.limits.max_requests_in_flight
@@ -169,6 +211,7 @@ class RequestGate:
         error = self.channel.error("over_limit", message, limit=limit)
         self.failed = error
         self._waiting.clear()
+        self._queued_writes = self._queued_bytes = 0
         self._room.set()
         return error
 
@@ -177,6 +220,7 @@ class RequestGate:
         if self.failed is None:
             self.failed = self.channel.error("peer_gone", f"{self.channel.label} is gone.")
         self._waiting.clear()
+        self._queued_writes = self._queued_bytes = 0
         self._room.set()
         if self._timer is not None:
             self._timer.cancel()

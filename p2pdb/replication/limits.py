@@ -5,7 +5,9 @@ still be hostile or broken. These limits keep it from taking the process down:
 
 - **requests in flight**: at most ``max_requests_in_flight`` of a peer's requests are
   served at once; later ones wait (the peer is slowed), and a peer with more than
-  ``max_queued_requests`` waiting is dropped;
+  ``max_queued_requests`` waiting is dropped; ``masterWrite`` requests are counted apart,
+  against ``max_queued_writes`` and ``max_queued_bytes`` (an RxDB fork sends all push
+  batches of one local write at once: 500 for a bulk insert of 10,000 documents);
 - **outbox bytes**: while more than ``max_outbox_bytes`` of answers and events wait to be
   sent to a peer, none of its requests is started; a peer whose outbox does not drain
   within ``drain_timeout`` seconds (it does not read) is dropped;
@@ -102,12 +104,20 @@ PROCESS_BUDGET = MemoryBudget()
 class PeerLimits:
     """The bounds one peer is held to (see the module docstring; defaults in
     docs/webrtc.md and docs/websocket.md). RxDB's own request patterns (a few requests in
-    flight, batches of a few hundred documents) stay far below every default."""
+    flight while pulling, batches of a few hundred documents, every push batch of one local
+    write at once: 500 requests of ~20 KB for a bulk insert of 10,000 documents of ~1 KB)
+    stay below every default."""
 
     #: Requests of one peer served at once; more wait (the peer is slowed).
     max_requests_in_flight: int = 8
-    #: Requests of one peer waiting for a slot; one more drops the peer.
+    #: Requests of one peer (other than ``masterWrite``) waiting for a slot; one more
+    #: drops the peer.
     max_queued_requests: int = 64
+    #: ``masterWrite`` requests of one peer waiting for a slot; one more drops the peer.
+    max_queued_writes: int = 4096
+    #: Bytes (their params as JSON) of one peer's ``masterWrite`` requests waiting for a
+    #: slot; one more drops the peer.
+    max_queued_bytes: int = 32 * MiB
     #: Bytes (JSON) of answers and events waiting to be sent to one peer before its
     #: requests stop being started.
     max_outbox_bytes: int = 8 * MiB

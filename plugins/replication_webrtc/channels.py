@@ -27,7 +27,7 @@ from p2pdb.errors import PeerError
 
 from .compression import FrameCompression
 from .engine import ChannelEvents, DataChannel, LinkSettings, guarded
-from .framing import JSONMessage, Reassembler, encode_message
+from .framing import PLAIN_FRAME_BYTES, JSONMessage, Reassembler, encode_message
 from .peer import Peer
 from .writer import ChannelWriter
 
@@ -254,6 +254,7 @@ class LinkChannel:
             )
         limit = self._frame_limit()
         frames = self.compression.encode(message, limit) or encode_message(
-            message, max_frame_bytes=limit
+            message,
+            max_frame_bytes=min(limit, PLAIN_FRAME_BYTES),  # an RxDB peer's size
         )
         await self._writer.send_frames(frames)

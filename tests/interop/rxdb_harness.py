@@ -150,10 +150,15 @@ class NodeChild:
         ]
 
     @classmethod
-    async def spawn(cls, name: str, script: str, *args: str) -> Self:
+    async def spawn(
+        cls, name: str, script: str, *args: str, node_args: tuple[str, ...] = ()
+    ) -> Self:
+        """Start ``node [node_args] script args`` in tests/interop (``node_args``: options
+        of node itself, e.g. ``--cpu-prof``)."""
         node = node_executable()
         process = await asyncio.create_subprocess_exec(
             node,
+            *node_args,
             str(HERE / script),
             *args,
             cwd=str(HERE),

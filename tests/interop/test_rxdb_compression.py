@@ -1,6 +1,8 @@
 """A p2pdb peer whose handler accepts compressed frames (the default) and a real RxDB 17.6
 peer: RxDB sends no hello, so nothing is compressed, and documents large enough to be
-compressed between p2pdb peers replicate both ways in plain frames."""
+compressed between p2pdb peers replicate both ways in plain frames, no longer than RxDB's
+own chunks (16384 UTF-16 units: its simple-peer layer costs it more per byte in longer
+ones)."""
 
 from __future__ import annotations
 
@@ -40,4 +42,6 @@ async def test_rxdb_peers_get_plain_frames(stack: Stack, wire: WireLog) -> None:
     assert link.compression.accept and not link.compression.sending
     assert link.compression.counts.frames_sent == link.compression.counts.frames_received == 0
     assert max(wire.frame_lengths) > 1200  # messages compression would have packed
+    assert max(wire.frame_lengths) <= 16384  # RxDB's SIMPLE_PEER_MAX_MESSAGE_LENGTH
+    assert len([n for n in wire.frame_lengths if n > 16000]) >= 10  # the batches were chunked
     assert not py.errors

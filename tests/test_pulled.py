@@ -8,6 +8,7 @@ edited locally, a conflict resolution, everything again once the remembered revi
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,13 @@ async def test_a_pulled_bulk_is_not_read_back_by_the_push(
 async def test_without_the_remembered_revisions_everything_is_read_as_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shortcut forgotten (a restart): the walk reads the pulled rows, pushes none."""
+    """The shortcut forgotten (a restart, or a pull-only run before): the walk reads the
+    pulled rows and pushes none of them."""
     async with collection_pair(tmp_path, ID_TEXT_SCHEMA) as (fork, master):
         await master.bulk_insert(docs("bulk", 250))
         async with WirePipe(collection_handler(master)) as pipe:
             pushed: list[int] = []
-            state = replicate(fork, pipe.handler, "pulled")
+            state = replicate(fork, pipe.handler, "pulled", push=False)  # walks nothing
             state.sent.subscribe(on_next=lambda doc: pushed.append(1))
             await state.wait_for_in_sync()
             await state.cancel()
@@ -131,3 +133,26 @@ async def test_conflict_resolutions_are_still_pushed(tmp_path: Path) -> None:
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_a_fork_that_only_pulls_still_moves_its_up_checkpoint(tmp_path: Path) -> None:
+    """Commits of the pull's own do not wake the push at once, but it walks past them soon
+    after: tombstone cleanup waits for every replication's up-checkpoint."""
+    async with collection_pair(tmp_path, ID_TEXT_SCHEMA) as (fork, master):
+        async with WirePipe(collection_handler(master)) as pipe:
+            state = replicate(fork, pipe.handler, "pulled")
+            await state.wait_for_in_sync()
+            await master.bulk_insert(docs("bulk", 300))
+            await master.remove({"id": {"$in": ["bulk-0001", "bulk-0002"]}})
+            await wait_equal(fork, master, seconds=WAIT)
+            checkpoints = Checkpoints(fork.database.storage, fork.name, "pulled")
+            last = fork.database.storage.last_seq(fork.name)
+            walked = asyncio.Event()  # the push's pass ends (PULLED_WALK_DELAY later)
+            sub = state.active.subscribe(on_next=lambda busy: busy or walked.set())
+            async with asyncio.timeout(WAIT):
+                while checkpoints.up() != last:
+                    walked.clear()
+                    await walked.wait()
+            sub.dispose()
+            assert await fork.cleanup(min_age=0) == 2  # the pulled tombstones can go
+            await state.cancel()

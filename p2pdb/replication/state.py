@@ -50,6 +50,8 @@ _LATEST: weakref.WeakValueDictionary[tuple[int, str], ReplicationState] = (
     weakref.WeakValueDictionary()
 )
 log = logging.getLogger("p2pdb.replication.state")
+#: Seconds after a commit of the pull's own before the push walks past its rows.
+PULLED_WALK_DELAY = 1.0
 
 
 class ReplicationState:
@@ -95,6 +97,7 @@ class ReplicationState:
         )
         self._checkpoints = checkpoints
         self._pulled = context.pulled
+        self._walk_timer: asyncio.TimerHandle | None = None  # see _on_local_batch
         self._down = Downstream(context)
         self._up = Upstream(context)
         #: Stored states written from the master.
@@ -180,6 +183,9 @@ class ReplicationState:
     async def pause(self) -> None:
         """Stop pulling and pushing until :meth:`start`; nothing is lost meanwhile."""
         self._paused = True
+        if self._walk_timer is not None:
+            self._walk_timer.cancel()
+            self._walk_timer = None
         for subscription in self._subscriptions:
             subscription.dispose()
         self._subscriptions.clear()
@@ -228,8 +234,18 @@ class ReplicationState:
         await self._wait_until(lambda: self._down.first_done and self._up.first_done)
 
     async def wait_for_in_sync(self) -> None:
-        """Return when nothing is left to pull or push right now (never while failing)."""
-        await self._wait_until(self.is_in_sync)
+        """Return when nothing is left to pull or push right now (never while failing), and
+        the push walked past what was pulled (its up-checkpoint is what cleanup reads)."""
+        await self._wait_until(self._in_sync_and_walked)
+
+    def _in_sync_and_walked(self) -> bool:
+        if not self.is_in_sync():
+            return False
+        if self._walk_timer is not None:  # in sync but for the pulled rows: walk them now
+            self._walk_timer.cancel()
+            self._walk_past_pulled()
+            return False
+        return True
 
     async def wait_for_idle(self) -> None:
         """Return when neither direction is pulling or pushing right now."""
@@ -310,12 +326,23 @@ class ReplicationState:
         self._down.enqueue(RESYNC)
 
     def _on_local_batch(self, events: list[ChangeEvent]) -> None:
-        # a commit of the pull's own (see .pulled) has nothing to push: the next walk of
-        # the push passes over its rows
         holds, key = self._pulled.holds, self.key
-        if not all(e.origin == key and holds(e.id, e.document["_rev"]) for e in events):
+        if all(e.origin == key and holds(e.id, e.document["_rev"]) for e in events):
+            # a commit of the pull's own (see .pulled) has nothing to push; the push walks
+            # past its rows a little later, once for many such commits (the up-checkpoint
+            # it stores is what tombstone cleanup waits for)
+            if self._walk_timer is None:
+                loop = asyncio.get_running_loop()
+                self._walk_timer = loop.call_later(PULLED_WALK_DELAY, self._walk_past_pulled)
+        else:
             self._up.local_change()
         self._changed()
+
+    def _walk_past_pulled(self) -> None:
+        self._walk_timer = None
+        if not self._paused:
+            self._up.local_change()
+            self._changed()
 
     def _report(self, direction: Direction, error: BaseException) -> None:
         if isinstance(error, P2PDBError):

@@ -122,7 +122,9 @@ async def clients() -> AsyncIterator[Open]:
 
 @pytest.mark.engine_neutral
 async def test_message_rate(limited: Any, clients: Open) -> None:
-    server = await limited(max_messages_per_second=5, message_burst=10)
+    # close_timeout: the server waits that long for the flooding client's close acknowledgement
+    # (5 s by default); the close frame and its reason are what is checked
+    server = await limited(max_messages_per_second=5, message_burst=10, close_timeout=0.5)
     a = await clients(server.url)
     assert await a.join() == [a.id]  # within the burst
     with contextlib.suppress(ConnectionClosed):

@@ -42,9 +42,14 @@ echo "== the native engine loads"
 echo "== tests/webrtc and tests/interop on the native engine"
 export P2PDB_WEBRTC_ENGINE=native
 # Files that never open a WebRTC connection (the signaling server and client, framing, SDP text,
-# the websocket and backup interop, the Node setup) or test aiortc only (its SCTP SACK patch)
-# ran in the main suite and are not run again here.
+# the link and multiplex rules over a scripted engine, the websocket and backup interop, the Node
+# setup) or test aiortc only (its SCTP SACK patch) ran in the main suite and are not run again
+# here; nor are the tests marked engine_neutral in the other files (signaling limits and Redis,
+# option checks, the type check of the documented calls).
 exec "$venv/bin/python" -m pytest tests/webrtc tests/interop -q -p no:cacheprovider \
+  -m "not engine_neutral" \
+  --ignore tests/webrtc/test_link_engine.py \
+  --ignore tests/webrtc/test_multiplex.py \
   --ignore tests/webrtc/test_webrtc_signaling_server.py \
   --ignore tests/webrtc/test_webrtc_signaling_client.py \
   --ignore tests/webrtc/test_webrtc_framing.py \

@@ -111,10 +111,11 @@ class ReplicationPool:
             c.set_max_links(self.options.max_links)  # the partial mesh's size (mesh.py)
         self._subscriptions = [
             c.connects.subscribe(on_next=self._on_connect),
-            c.disconnects.subscribe(on_next=self._on_disconnect),
-            c.messages.subscribe(on_next=self._on_message),
             c.errors.subscribe(on_next=self._report),
             self.collection.batches.subscribe(on_next=lambda _events: self._changed()),
+            # the last two: cancel() keeps them until the sessions drained
+            c.disconnects.subscribe(on_next=self._on_disconnect),
+            c.messages.subscribe(on_next=self._on_message),
         ]
         try:  # attached once listening: a channel routed to us at once is not missed
             c.attach()  # WEBRTC_SETTING_INVALID: this collection is there already
@@ -263,11 +264,17 @@ class ReplicationPool:
             return
         self._canceled = True
         self._unregister()
-        for subscription in self._subscriptions:
+        # no new peers; while the sessions drain, the peers' messages still reach them (the
+        # answers to the drain's own requests come that way) and a peer that leaves ends its
+        # session (its pending requests fail at once instead of waiting for close_timeout)
+        *others, disconnects, messages = self._subscriptions
+        for subscription in others:
             subscription.dispose()
         # let every peer receive what we queued for it (our last answers) before leaving
         within = self.options.close_timeout
         await asyncio.gather(*(s.drain(within) for s in list(self.sessions.values())))
+        disconnects.dispose()
+        messages.dispose()
         for session in list(self.sessions.values()):
             await session.close()
         self.sessions.clear()

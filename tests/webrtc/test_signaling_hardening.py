@@ -120,8 +120,11 @@ async def clients() -> AsyncIterator[Open]:
 # -- each limit ----------------------------------------------------------------------------
 
 
+@pytest.mark.engine_neutral
 async def test_message_rate(limited: Any, clients: Open) -> None:
-    server = await limited(max_messages_per_second=5, message_burst=10)
+    # close_timeout: the server waits that long for the flooding client's close acknowledgement
+    # (5 s by default); the close frame and its reason are what is checked
+    server = await limited(max_messages_per_second=5, message_burst=10, close_timeout=0.5)
     a = await clients(server.url)
     assert await a.join() == [a.id]  # within the burst
     with contextlib.suppress(ConnectionClosed):
@@ -132,6 +135,7 @@ async def test_message_rate(limited: Any, clients: Open) -> None:
     assert server.closes == {"SIGNALING_RATE_LIMITED": 1}
 
 
+@pytest.mark.engine_neutral
 async def test_message_size(limited: Any, clients: Open) -> None:
     server = await limited(max_message_bytes=4096)
     a = await clients(server.url)
@@ -139,6 +143,7 @@ async def test_message_size(limited: Any, clients: Open) -> None:
     await a.expect_closed(1009)
 
 
+@pytest.mark.engine_neutral
 async def test_rooms_per_connection(limited: Any, clients: Open) -> None:
     server = await limited(max_rooms_per_connection=2)
     a = await clients(server.url)
@@ -150,6 +155,7 @@ async def test_rooms_per_connection(limited: Any, clients: Open) -> None:
     assert server.rooms() == {}
 
 
+@pytest.mark.engine_neutral
 async def test_peers_per_room(limited: Any, clients: Open) -> None:
     server = await limited(max_peers_per_room=2)
     a, b, c = [await clients(server.url) for _ in range(3)]
@@ -161,6 +167,7 @@ async def test_peers_per_room(limited: Any, clients: Open) -> None:
     assert server.rooms() == {ROOM: [a.id, b.id]}
 
 
+@pytest.mark.engine_neutral
 async def test_total_connections(limited: Any, clients: Open) -> None:
     server = await limited(max_connections=2)
     a = await clients(server.url)
@@ -180,6 +187,7 @@ async def test_total_connections(limited: Any, clients: Open) -> None:
     assert server.closes["SIGNALING_SERVER_FULL"] >= 1
 
 
+@pytest.mark.engine_neutral
 async def test_idle_timeout(limited: Any, clients: Open) -> None:
     server = await limited(ping_timeout=0.3)
     a = await clients(server.url)
@@ -214,6 +222,7 @@ async def flood(
     return sent
 
 
+@pytest.mark.engine_neutral
 async def test_a_receiver_that_never_reads_is_closed_and_its_queue_stays_bounded(
     limited: Any, clients: Open
 ) -> None:
@@ -244,6 +253,7 @@ async def test_a_receiver_that_never_reads_is_closed_and_its_queue_stays_bounded
         stalled.close()
 
 
+@pytest.mark.engine_neutral
 def test_every_limit_must_be_positive() -> None:
     for name in ("max_connections", "max_peers_per_room", "ping_timeout", "message_burst"):
         with pytest.raises(ValidationError) as info:
@@ -252,6 +262,7 @@ def test_every_limit_must_be_positive() -> None:
         assert info.value.parameters["setting"] == name
 
 
+@pytest.mark.engine_neutral
 async def test_keyword_overrides_and_the_old_call_forms_still_work() -> None:
     options = SignalingServerOptions(max_peers_per_room=3)
     async with await start_signaling_server(
@@ -342,6 +353,7 @@ async def test_the_authenticate_hook_refuses_a_bad_token(hook: Any, clients: Ope
             await bad_factory(ROOM)
 
 
+@pytest.mark.engine_neutral
 async def test_a_raising_hook_refuses(clients: Open) -> None:
     async with await start_signaling_server(port=0, authenticate=raising_hook) as server:
         with pytest.raises(InvalidStatus) as info:
@@ -352,6 +364,7 @@ async def test_a_raising_hook_refuses(clients: Open) -> None:
 # -- floods against a server in a child process -------------------------------------------
 
 
+@pytest.mark.engine_neutral
 async def test_flood_to_a_member_that_never_reads_keeps_the_server_small() -> None:
     # Only the rate limit is raised, so that the send-buffer bound alone is what holds.
     raised = {"max_messages_per_second": 100_000, "message_burst": 100_000}
@@ -437,6 +450,7 @@ async def test_connection_and_join_flood_while_a_secret_pair_keeps_connecting() 
         assert growth_mib < 60, f"the server grew by {growth_mib:.1f} MiB"
 
 
+@pytest.mark.engine_neutral
 async def test_a_server_built_by_hand_listens_only_once_started() -> None:
     server = SignalingServer(port=0, options=SignalingServerOptions(max_peers_per_room=2))
     assert server.connection_count == 0 and server.rooms() == {}

@@ -101,6 +101,7 @@ class Raw:
         return json.dumps({**frame, "data": data, "connectionId": "c0nnect10n"})
 
 
+@pytest.mark.engine_neutral
 async def test_a_room_spans_nodes_with_rxdb_frames(nodes: NodeMaker) -> None:
     one, two, three = await nodes(), await nodes(), await nodes()
     a, b, c = [await Raw.open(node.url) for node in (one, two, three)]
@@ -131,6 +132,7 @@ async def test_a_room_spans_nodes_with_rxdb_frames(nodes: NodeMaker) -> None:
         await client.socket.close()
 
 
+@pytest.mark.engine_neutral
 async def test_peers_per_room_are_counted_across_nodes(nodes: NodeMaker) -> None:
     limited = [await nodes(max_peers_per_room=2) for _ in range(3)]
     a, b, c = [await Raw.open(node.url) for node in limited]
@@ -147,6 +149,7 @@ async def test_peers_per_room_are_counted_across_nodes(nodes: NodeMaker) -> None
         await client.socket.close()
 
 
+@pytest.mark.engine_neutral
 async def test_a_killed_node_s_members_leave_their_rooms(
     redis_server: RedisServer, nodes: NodeMaker
 ) -> None:
@@ -169,6 +172,7 @@ async def test_a_killed_node_s_members_leave_their_rooms(
         await child.stop()
 
 
+@pytest.mark.engine_neutral
 async def test_redis_restarted_under_running_nodes(
     redis_server: RedisServer, nodes: NodeMaker
 ) -> None:
@@ -201,6 +205,7 @@ async def test_redis_restarted_under_running_nodes(
         await client.socket.close()
 
 
+@pytest.mark.engine_neutral
 async def test_redis_out_of_reach_at_start_is_typed() -> None:
     port = free_tcp_port()
     with pytest.raises(ReplicationError) as info:
@@ -213,12 +218,14 @@ async def test_redis_out_of_reach_at_start_is_typed() -> None:
         RedisOptions("redis://127.0.0.1", heartbeat_interval=2, heartbeat_timeout=1)
 
 
+@pytest.mark.engine_neutral
 def test_importing_the_plugin_does_not_import_redis() -> None:
     code = "import sys, p2pdb.plugins.replication_webrtc; print('redis' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.engine_neutral
 def test_signaling_urls_are_checked() -> None:
     with pytest.raises(ValidationError) as info:
         aiortc_connection_handler([])
@@ -320,6 +327,7 @@ async def test_replication_recovers_after_a_redis_restart(
                 await pool.collection.database.close()
 
 
+@pytest.mark.engine_neutral
 async def test_a_client_moves_to_the_next_url_when_its_server_goes() -> None:
     dead = f"ws://127.0.0.1:{free_tcp_port()}"  # nothing listens there
     async with await start_signaling_server(port=0) as first:
@@ -346,6 +354,7 @@ async def test_a_client_moves_to_the_next_url_when_its_server_goes() -> None:
                 await client.close()
 
 
+@pytest.mark.engine_neutral
 async def test_redis_url_and_rooms_do_not_go_together() -> None:
     with pytest.raises(ValidationError):
         await start_signaling_server(
@@ -353,6 +362,7 @@ async def test_redis_url_and_rooms_do_not_go_together() -> None:
         )
 
 
+@pytest.mark.engine_neutral
 async def test_the_command_line_node_reports_redis_out_of_reach() -> None:
     port = free_tcp_port()
     process = await asyncio.create_subprocess_exec(

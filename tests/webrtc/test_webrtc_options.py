@@ -41,6 +41,7 @@ async def docs(tmp_path: Path) -> AsyncIterator[p2pdb.Collection]:
     await db.close()
 
 
+@pytest.mark.engine_neutral
 def test_keyword_shortcuts_mirror_the_options() -> None:
     names = {"Peer": Peer}
     keywords = get_type_hints(WebRTCOptionKeywords, localns=names)
@@ -51,6 +52,7 @@ def test_keyword_shortcuts_mirror_the_options() -> None:
     }
 
 
+@pytest.mark.engine_neutral
 def test_connection_options_mirror_the_handler_keywords() -> None:
     """Every field of ConnectionOptions is a keyword of aiortc_connection_handler, with the
     same default, and the other way round (but the URL and ``options`` itself)."""
@@ -61,6 +63,7 @@ def test_connection_options_mirror_the_handler_keywords() -> None:
     assert fields == keywords
 
 
+@pytest.mark.engine_neutral
 def test_connection_options_are_checked_like_keywords() -> None:
     with pytest.raises(ValidationError) as caught:
         aiortc_connection_handler("ws://127.0.0.1:1", options=ConnectionOptions(relay_only=True))
@@ -70,6 +73,7 @@ def test_connection_options_are_checked_like_keywords() -> None:
     assert caught.value.code == "WEBRTC_SETTING_INVALID"
 
 
+@pytest.mark.engine_neutral
 def test_options_and_keywords_together_are_refused() -> None:
     with pytest.raises(ValidationError) as caught:
         aiortc_connection_handler(
@@ -89,6 +93,7 @@ def test_options_and_keywords_together_are_refused() -> None:
         ("heartbeat_timeout", True),
     ],
 )
+@pytest.mark.engine_neutral
 def test_bad_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as caught:
         WebRTCReplicationOptions(**{field: value})  # type: ignore[arg-type]
@@ -126,6 +131,7 @@ async def test_pool_constructor_starts_nothing(
     assert pool.sessions == {} and not connects.observers and connection.closing
 
 
+@pytest.mark.engine_neutral
 def test_documented_calls_type_check(tmp_path: Path) -> None:
     """The calls of README.md and docs/ (and the new options object) pass mypy --strict."""
     script = tmp_path / "user_script.py"

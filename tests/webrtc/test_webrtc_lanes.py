@@ -26,7 +26,7 @@ from p2pdb.replication.master import parse_checkpoint
 
 TOPIC = "p2pdb-lanes-room"
 WAIT = 60.0
-BULK = 1500  # ~1.5 MB: one stream event of the master, 15 push batches of the fork
+BULK = 1500  # ~1.5 MB: 8 stream batches of the master, 15 push batches of the fork
 
 
 @pytest.fixture
@@ -78,18 +78,23 @@ async def test_live_changes_overtake_a_bulk_sync_both_ways(peers: Any) -> None:
     (state,) = fork_pool.peer_states.values()
     storage = fork.database.storage
 
-    # master -> fork: one stream event of 3 MB, then a live change
+    # master -> fork: a commit of 3 MB (stream batches of STREAM_BATCH_DOCS), then a live
+    # change
     before = master.database.storage.last_seq("todos")
-    seen = first_arrival(
-        fork, "live-down", lambda: (storage.get_one("todos", "m00000"), state.down_checkpoint)
-    )
+
+    def held() -> int:  # the bulk's documents the fork holds (they arrive in order)
+        rows, _ = storage.changes_since("todos", 0, 10 * BULK)
+        return sum(1 for _, doc in rows if doc["id"].startswith("m"))
+
+    seen = first_arrival(fork, "live-down", lambda: (held(), state.down_checkpoint))
     await master.bulk_insert([{"id": f"m{i:05}", "text": text(i)} for i in range(BULK)])
     await master.insert({"id": "live-down", "text": "now"})
     async with asyncio.timeout(WAIT):
-        bulk_doc, checkpoint = await seen
-    assert bulk_doc is None  # the live change got there before the bulk
-    # stored with the checkpoint of a message sent before the bulk, never past it
-    assert parse_checkpoint(checkpoint) <= before
+        count, checkpoint = await seen
+    assert count < BULK  # the live change got there before the bulk was through
+    # stored with the checkpoint of a batch sent in order before it: never past a bulk
+    # document the fork does not hold (the bulk's sequence numbers follow ``before``)
+    assert parse_checkpoint(checkpoint) <= before + count
 
     # fork -> master: thirty push batches, then a live change pushed beside them
     await wait_equal(a, b, seconds=WAIT)

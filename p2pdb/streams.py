@@ -26,7 +26,7 @@ from reactivex.subject import Subject
 from .changes import ChangeEvent
 from .errors import StreamOverflowError
 
-__all__ = ["CommitStreams", "EventStream", "StreamOverflowError", "iterate"]
+__all__ = ["CommitStreams", "EventStream", "HeldEventStream", "StreamOverflowError", "iterate"]
 
 T = TypeVar("T")
 log = logging.getLogger("p2pdb.streams")
@@ -43,6 +43,29 @@ class EventStream(Subject[T], Generic[T]):
                 observer.on_next(value)
             except Exception:
                 log.exception("A subscriber of a p2pdb stream raised; it was skipped")
+
+
+class HeldEventStream(EventStream[T]):
+    """An :class:`EventStream` that holds what is emitted before its first subscriber (the
+    last ``limit`` items) and gives it to that subscriber: errors a pool reports while
+    ``replicate_webrtc()`` is still joining reach the caller who subscribes right after."""
+
+    def __init__(self, limit: int = 64) -> None:
+        super().__init__()
+        self._held: deque[T] | None = deque(maxlen=limit)
+
+    def _on_next_core(self, value: T) -> None:
+        if self._held is not None:
+            self._held.append(value)
+        else:
+            super()._on_next_core(value)
+
+    def _subscribe_core(self, observer: Any, scheduler: Any = None) -> DisposableBase:
+        subscription = super()._subscribe_core(observer, scheduler)
+        held, self._held = self._held, None
+        for value in held or ():
+            super()._on_next_core(value)
+        return subscription
 
 
 class CommitStreams:

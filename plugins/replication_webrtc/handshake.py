@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -53,7 +54,14 @@ from .compression import FrameCompression, LinkLookup
 from .peer import Peer
 from .rpc import PeerSink
 
-__all__ = ["PROOF_METHOD", "Fingerprints", "PeerHandshake", "TrustContext"]
+__all__ = [
+    "PROOF_METHOD",
+    "REFUSALS",
+    "Fingerprints",
+    "PeerHandshake",
+    "TrustContext",
+    "let_refusal_out",
+]
 
 #: The request that carries a peer's signed transcript.
 PROOF_METHOD = "p2pdbProof"
@@ -62,6 +70,20 @@ _NONCE_BYTES = 16
 
 #: ``(local, remote)`` DTLS fingerprints of one connection, as one side sees them.
 Fingerprints = tuple[str, str]
+
+
+#: Handshake outcomes reported even when the peer left meanwhile (it may close the
+#: connection before we read why it refused us): a relay in the middle, an untrusted key.
+REFUSALS = frozenset({"WEBRTC_HANDSHAKE_FAILED", "WEBRTC_PEER_UNTRUSTED"})
+_REFUSAL_FLUSH = 1.0  # seconds our error answer (why we refuse) gets before we close
+
+
+async def let_refusal_out(channel: RpcChannel) -> None:
+    """Wait (at most a second) until ``channel`` sent what it holds: our error answer to
+    the peer's proof, which tells it why we refuse it, before the connection closes."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_REFUSAL_FLUSH):
+            await channel.idle.wait()
 
 
 @dataclass(frozen=True)

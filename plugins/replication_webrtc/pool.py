@@ -16,7 +16,7 @@ from p2pdb.backoff import Backoff
 from p2pdb.errors import PeerError, ReplicationError, ValidationError
 from p2pdb.identity import key_fingerprint
 from p2pdb.replication import ReplicationState
-from p2pdb.streams import EventStream
+from p2pdb.streams import EventStream, HeldEventStream
 
 from .admission import Admission
 from .connection import ConnectionHandler
@@ -77,7 +77,7 @@ class ReplicationPool:
             disconnect=self.connection.disconnect,
         )
         self._peers: BehaviorSubject[frozenset[Peer]] = BehaviorSubject(frozenset())
-        self._errors: EventStream[Exception] = EventStream()
+        self._errors: EventStream[Exception] = HeldEventStream()  # (reported while joining)
         self._state_changed = asyncio.Event()
         self._subscriptions: list[DisposableBase] = []
         self._tasks: set[asyncio.Task[None]] = set()  # session starts and closes

@@ -1,16 +1,13 @@
 """One connected peer of a pool: token exchange, role election, serving and replicating.
 
-For each pair exactly one side is the fork (RxDB's rule, over the two database tokens):
-the master answers ``masterChangesSince``/``masterWrite`` from its collection and streams its
-changes; the fork runs :func:`p2pdb.replication.replicate` with a
+For each pair exactly one side is the fork (RxDB's rule, over the two database tokens): the
+master serves its collection and streams its changes; the fork runs ``replicate`` with a
 :class:`~p2pdb.replication.wire.RemoteMaster`. Both sides answer master requests from any
-valid peer (RxDB does too), whatever the roles. The protocol is the core's
-(:mod:`p2pdb.replication.wire`); this module adds what is WebRTC's: the ``token`` request,
-the election, the validity check and the heartbeat.
+valid peer (as RxDB does). The protocol is the core's (:mod:`p2pdb.replication.wire`); this
+module adds the ``token`` request, the election, the validity check and the heartbeat.
 
-Messages from the peer are untrusted: the wire checks methods and params, pushed and pulled
-documents are validated against the schema. A peer whose messages break the protocol is
-reported and disconnected; stored data is never touched.
+Messages from the peer are untrusted (the wire checks methods and params, documents are
+validated): a peer breaking the protocol is reported and disconnected, nothing stored.
 """
 
 from __future__ import annotations
@@ -50,7 +47,7 @@ from p2pdb.tasks import cancel_and_wait
 from .acks import AckRounds
 from .admission import fork_options, peer_master, remote_master
 from .election import is_master
-from .handshake import PeerHandshake
+from .handshake import REFUSALS, PeerHandshake, let_refusal_out
 from .heartbeat import keep_alive
 from .options import WebRTCReplicationOptions
 from .peer import Peer
@@ -218,9 +215,12 @@ class PeerSession:
                     self._stream.on_next(RESYNC)
             self._changed()
         except P2PDBError as exc:
-            if self.closed or self._dropping or self.channel.closed:
+            refused = exc.code in REFUSALS  # told even if the peer left meanwhile
+            if self.closed or self._dropping or (self.channel.closed and not refused):
                 return  # the peer went away (we are closing) or was dropped during the handshake
             self.callbacks.report(exc)
+            if refused:
+                await let_refusal_out(self.channel)
             await self.callbacks.disconnect(self.peer)
 
     async def _check_valid(self) -> bool:

@@ -172,6 +172,7 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
 
         # What the killed process had stored, and how far its checkpoints got.
         remaining: dict[str, int] = {}
+        moved: dict[str, int] = {}  # documents each master's down-checkpoint got past
         async with p2pdb.create_database(str(a_path)) as killed_db:
             killed_docs = await killed_db.add_collection("docs", schema=DOCS_SCHEMA)
             stored = await killed_docs.count()
@@ -184,8 +185,10 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
                 after, _ = master_storage.changes_since("docs", down["seq"], 10**9)
                 total, _ = master_storage.changes_since("docs", 0, 10**9)
                 remaining[node.db.token] = len(after)
-                # the kill fell mid-sync, and the check below can tell a resume from a restart
-                assert len(total) - len(after) > 2 * BATCH, (node.db.token, down, len(total))
+                moved[node.db.token] = len(total) - len(after)
+        # the kill fell mid-sync, and the check below can tell a resume from a restart for
+        # at least one master (the two pulls share the fork's writer: one may lead by far)
+        assert max(moved.values()) > 2 * BATCH, moved
         assert progress["count"] <= stored < DOCS, (progress, stored)
 
         # Restart on the same file: it resumes from its checkpoints and converges.
@@ -197,7 +200,8 @@ async def test_killed_peer_is_dropped_the_rest_go_on_and_it_resumes(
             pulled = stats["pulled"].get(token, 0)
             # A restart from scratch would pull all DOCS + 1 again from each master.
             assert pulled <= left + 2 * BATCH, (token, pulled, left, stats)
-            assert pulled < DOCS - BATCH, (token, pulled, stats)
+            if moved[token] > 2 * BATCH:  # (a master the kill left nearly unpulled tells nothing)
+                assert pulled < DOCS - BATCH, (token, pulled, stats)
         print(f"stored at kill {stored}, remaining {remaining}, pulled after restart {stats}")
         await a.quit()
     finally:

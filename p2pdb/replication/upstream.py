@@ -5,16 +5,18 @@ document whose current state differs from its assumed master state, so documents
 came down are never sent back. A conflict is resolved by the collection's conflict handler,
 written locally, and pushed again by the next pass.
 
-Two lanes. The **bulk lane** walks the sequence in batches and is the only one that moves
-the up-checkpoint, after a batch was acknowledged. While it is busy, a local commit of at
+Two lanes. The **bulk lane** walks the sequence in windows of batches (rows the pull wrote
+passed over unread, see :mod:`.pulled`), two windows in flight at most, and is the only one
+that moves the up-checkpoint, in order, after a window was acknowledged. While it is busy, a
+local commit of at
 most :data:`LIVE_PUSH_MAX` documents is pushed at once by the **live lane**, beside the
 batch in flight: it stores the assumed master states of what the master acknowledged, never
 the checkpoint (the bulk lane finds those documents equal to their assumed states and sends
 nothing when it walks past them). A document is never in two pushes at once: the live lane
 leaves one the bulk lane (or another live push) has in flight to the bulk lane, which reads
-its newer state later; and the bulk lane reads its next batch only once no live push is in
-flight. Both lanes hold the pull out (the persist lock): a live push runs under the lock
-the bulk lane holds for its batch, or takes it itself.
+its newer state later; and a window holding a document still in flight (in the window
+ahead or a live push) waits for it and is read again. Both lanes hold the pull out (the
+persist lock): a live push runs under the lock the bulk lane holds, or takes it itself.
 """
 
 from __future__ import annotations

@@ -49,7 +49,8 @@ def parse_checkpoint(checkpoint: object) -> int:
         if type(seq) is int and seq >= 0:
             return seq
     raise ValidationError(
-        f"Not a checkpoint of this master: {checkpoint!r}. Send null or a checkpoint it returned.",
+        f"Not a checkpoint of this master: {checkpoint!r}. Send null or a checkpoint it "
+        "returned.",
         code="REPLICATION_BAD_CHECKPOINT",
     )
 
@@ -107,11 +108,7 @@ class CollectionHandler:
         if self.causal and self.revs == revs:
             return self
         return CollectionHandler(
-            self.collection,
-            self.origin,
-            self.access,
-            self.origin_is_remote,
-            causal=True,
+            self.collection, self.origin, self.access, self.origin_is_remote, causal=True,
             revs=revs,
         )
 
@@ -273,7 +270,8 @@ class CollectionHandler:
                 found.append(attach(master, state_vector(state)))
                 continue
             elif (
-                row.assumed_master_state is not None and is_equal(master, row.assumed_master_state)
+                row.assumed_master_state is not None
+                and is_equal(master, row.assumed_master_state)
             ) or fast_forward(state_vector(state), vector):  # it descends from ours
                 rev = state["_rev"]  # type: ignore[index]
                 write = Write(user, deleted, rev, vector, new_event=not copied)

@@ -77,7 +77,7 @@ class PushSender:
     async def _send_batch(
         self, rows: list[WriteRow], vectors: Vectors, real: dict[str, Doc], unsent: set[str]
     ) -> None:
-        """Send one batch (asked again for doubtful answers); see :meth:`_send`."""
+        """Send one batch (asked again for doubtful answers); see :meth:`send`."""
         pk = self.context.collection.schema.primary_key
         chunk, wire = await outgoing_rows(self.context.options.push_modifier, rows, pk, unsent)
         if speaks_causal(self.context.handler):  # p2pdb on both ends: vectors travel

@@ -19,7 +19,7 @@ from .identity import DeviceIdentity
 from .local import LocalDocumentMethods, LocalDocuments
 from .queries import CountQuery, FindOneQuery, FindQuery
 from .schema import Schema
-from .storage import ANY_REVISION, SQLiteStorage, Write, WriteTxn
+from .storage import ANY_REVISION, SMALL_WRITE_ROWS, SQLiteStorage, Write, WriteTxn
 from .storage.base import DamagedDocument
 from .streams import CommitStreams, iterate
 from .values import brief, is_text, json_copy
@@ -196,7 +196,7 @@ class Collection(LocalDocumentMethods):
         def run(txn: WriteTxn) -> list[dict[str, Any] | ConflictError]:
             return txn.put(self.name, writes, origin)
 
-        return await self.storage.write(run)
+        return await self.storage.write(run, small=len(writes) <= SMALL_WRITE_ROWS)
 
     async def _write_one(self, write: Write) -> Document:
         (result,) = await self.bulk_write([write])

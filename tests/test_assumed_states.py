@@ -336,7 +336,7 @@ class Shadow:
         real_write = SQLiteStorage.write
         shadow = self
 
-        async def write(storage: SQLiteStorage, fn: Any) -> Any:
+        async def write(storage: SQLiteStorage, fn: Any, **options: Any) -> Any:
             staged: dict[tuple[int, str, str, str], bytes] = {}
 
             def staging(txn: WriteTxn) -> Any:
@@ -346,7 +346,7 @@ class Shadow:
                 finally:
                     shadow._staging.states = None
 
-            result = await real_write(storage, staging)
+            result = await real_write(storage, staging, **options)
             shadow.states.update(staged)  # committed (a failed write raised above)
             return result
 

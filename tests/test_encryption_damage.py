@@ -182,10 +182,12 @@ async def test_repair_with_a_replacement_overwrites_and_replicates(open_notes: O
             with pytest.raises(ValidationError) as info:
                 await notes.repair(DAMAGED, replacement={"id": "other", "body": "x"})
             assert info.value.code == "DOCUMENT_PRIMARY_KEY_CHANGED"
+            arrived = asyncio.Event()  # the master's stream event is still on its way after
+            state.received.subscribe(lambda doc: doc["id"] == DAMAGED and arrived.set())
             fixed = await notes.repair(DAMAGED, replacement={"id": DAMAGED, "body": "restored"})
             assert fixed is not None and fixed.revision.startswith("2-")
             assert await notes.damaged() == []
-            await state.wait_for_in_sync()
+            await asyncio.wait_for(arrived.wait(), 10)
             copy = await fork.find_one(DAMAGED)
             assert copy is not None and copy.get("body") == "restored"
     doc = await notes.find_one(DAMAGED)

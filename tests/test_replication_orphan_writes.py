@@ -36,9 +36,9 @@ async def test_nothing_of_a_paused_replication_commits_after_pause_returns(db_pa
         queued = asyncio.Event()
         real_write = storage.write
 
-        async def write(fn):  # type: ignore[no-untyped-def]
+        async def write(fn, **options):  # type: ignore[no-untyped-def]
             queued.set()  # the pull's write, now waiting behind hold()
-            return await real_write(fn)
+            return await real_write(fn, **options)
 
         storage.write = write  # type: ignore[method-assign]
         try:

@@ -88,6 +88,11 @@ class StateUpdate:
         """Drop the new assumed state of ``doc_id``: the stored one stays."""
         del self._assumed[doc_id]
 
+    @property
+    def rows(self) -> int:
+        """How many rows :meth:`write` writes."""
+        return len(self._assumed) + len(self._positions)
+
     def write(self, txn: WriteTxn) -> None:
         """Write the changes in ``txn``, the transaction of the documents they cover."""
         collection, replication_id = self._checkpoints.collection, self._checkpoints.replication_id
@@ -98,11 +103,15 @@ class StateUpdate:
 
 
 async def write_to_the_end(
-    storage: Storage, fn: Callable[[WriteTxn], T], on_done: Callable[[T], None] | None = None
+    storage: Storage,
+    fn: Callable[[WriteTxn], T],
+    on_done: Callable[[T], None] | None = None,
+    *,
+    small: bool = False,
 ) -> T:
-    """``storage.write(fn)``, awaited to its end even if the caller is cancelled meanwhile
-    (the cancellation is raised after it); ``on_done`` gets the result of a write that
-    committed, cancelled caller or not.
+    """``storage.write(fn, small=small)``, awaited to its end even if the caller is
+    cancelled meanwhile (the cancellation is raised after it); ``on_done`` gets the result
+    of a write that committed, cancelled caller or not.
 
     A write sent to the writer thread commits whether or not its caller still waits. A
     direction cancelled by ``pause()`` or ``cancel()`` while its write was queued would
@@ -111,7 +120,7 @@ async def write_to_the_end(
     from before it and decide on them, and the late commit would then overwrite what they
     read (a pulled master state skipped for good, or a stale state pushed over the master's).
     """
-    task = asyncio.ensure_future(storage.write(fn))
+    task = asyncio.ensure_future(storage.write(fn, small=small))
     try:
         result = await asyncio.shield(task)
     except asyncio.CancelledError:

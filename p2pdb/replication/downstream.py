@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from ..causal import Vector, state_vector, take
 from ..errors import ConflictError, ValidationError
-from ..storage import ABSENT, Write, WriteTxn
+from ..storage import ABSENT, SMALL_WRITE_ROWS, Write, WriteTxn
 from ..storage.base import DamagedDocument
 from ..streams import EventStream
 from ..tasks import cancel_and_wait
@@ -438,7 +438,8 @@ class Downstream(DirectionTask):
             for state in written:
                 self.received.on_next(state)
 
-        await write_to_the_end(c.database.storage, persist, emit)  # emitted even if cancelled
+        small = len(writes) + update.rows <= SMALL_WRITE_ROWS  # emitted even if cancelled:
+        await write_to_the_end(c.database.storage, persist, emit, small=small)
 
 
 async def _drop(task: asyncio.Future[Any]) -> None:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from ..causal import state_vector
 from ..conflicts import Conflict, resolve_conflict
 from ..errors import ConflictError, ReplicationError, ValidationError
-from ..storage import Write, WriteTxn
+from ..storage import SMALL_WRITE_ROWS, Write, WriteTxn
 from ..streams import EventStream
 from ..tasks import abandon, cancel_and_wait, settle_unless_cancelling
 from .causal_order import stale
@@ -380,7 +380,8 @@ class Upstream(DirectionTask):
                     update.keep_assumed(write.document[pk])
             update.write(txn)
 
-        await write_to_the_end(c.database.storage, persist)  # see there: never orphaned
+        small = len(resolutions) + update.rows <= SMALL_WRITE_ROWS
+        await write_to_the_end(c.database.storage, persist, small=small)  # never orphaned
 
     async def _resolve(self, conflict: Conflict) -> Doc:
         """The handler's resolution in wire form; on failure, report and keep the master's."""

@@ -15,6 +15,7 @@ implementation, one concern per module:
 from .base import (
     ABSENT,
     ANY_REVISION,
+    SMALL_WRITE_ROWS,
     BodyCodec,
     Direction,
     Storage,
@@ -31,6 +32,7 @@ from .txn import SQLiteWriteTxn
 __all__ = [
     "ABSENT",
     "ANY_REVISION",
+    "SMALL_WRITE_ROWS",
     "BodyCodec",
     "Direction",
     "SQLiteStorage",

@@ -21,6 +21,7 @@ from .purge import PurgeBatch
 __all__ = [
     "ABSENT",
     "ANY_REVISION",
+    "SMALL_WRITE_ROWS",
     "BodyCodec",
     "DamagedDocument",
     "Direction",
@@ -57,6 +58,10 @@ class _Absent:
 #: ``Write.expected`` value meaning "no row for this id at all, not even a tombstone"
 #: (replication writes a document it found missing; a tombstone written meanwhile wins).
 ABSENT: Any = _Absent()
+
+#: Rows a write may hold to be a small one (``Storage.write(fn, small=True)``): it then
+#: takes tens of microseconds, and may run without a thread hop.
+SMALL_WRITE_ROWS = 16
 
 
 def revision_height(rev: str | None) -> int:
@@ -243,8 +248,11 @@ class Storage(Protocol):
         """The schema of every collection stored in the file (opened now or not)."""
         ...
 
-    async def write(self, fn: Callable[[WriteTxn], T]) -> T:
-        """Run ``fn(txn)`` in one transaction (one thread hop); events follow the commit."""
+    async def write(self, fn: Callable[[WriteTxn], T], *, small: bool = False) -> T:
+        """Run ``fn(txn)`` in one transaction (one thread hop); events follow the commit,
+        before the caller resumes. ``small``: it writes at most about
+        :data:`SMALL_WRITE_ROWS` rows, and may run without the thread hop (on the event
+        loop, when nothing else is being written)."""
         ...
 
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -6,14 +6,14 @@ Point reads and bounded queries run inline on the event loop through the reader 
 unbounded queries (no ``limit``) and counts go to the writer thread so a long scan never
 blocks the loop (see connection.py).
 
-Change events are handed to ``on_commit`` from the writer thread right after ``COMMIT``
-(with ``call_soon_threadsafe``), so they are emitted in commit order, before the writing
-task resumes.
+Change events are handed to ``on_commit`` on the event loop right after ``COMMIT`` (from the
+writer thread with ``call_soon_threadsafe``), so they are emitted in commit order, before
+the writing task resumes. A small write (``write(fn, small=True)``) runs on the event loop
+itself when the writer thread is idle (see connection.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
 import weakref
@@ -110,30 +110,26 @@ class SQLiteStorage:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def write(self, fn: Callable[[WriteTxn], T]) -> T:
-        """Run ``fn(txn)`` in one transaction on the writer thread; events follow the commit."""
-        loop = asyncio.get_running_loop()
+    async def write(self, fn: Callable[[WriteTxn], T], *, small: bool = False) -> T:
+        """Run ``fn(txn)`` in one transaction on the writer thread (``small``: on the event
+        loop when the thread is idle, see connection.py); events follow the commit."""
         cat, replication, own = self._catalog, self._replication, self._own
         checks = self.write_checks
 
-        def run(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                txn = SQLiteWriteTxn(conn, cat, replication, own)
-                for check in checks:
-                    check(txn)
-                result = fn(txn)
-                txn.finish()
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if txn.events:
-                loop.call_soon_threadsafe(self.on_commit, txn.events)
-            return result
+        def body(conn: sqlite3.Connection) -> tuple[T, list[ChangeEvent]]:
+            txn = SQLiteWriteTxn(conn, cat, replication, own)
+            for check in checks:
+                check(txn)
+            result = fn(txn)
+            txn.finish()
+            return result, txn.events
 
-        return await self._conns.run(run)
+        def committed(done: tuple[T, list[ChangeEvent]]) -> None:
+            if done[1]:
+                self.on_commit(done[1])
+
+        result, _ = await self._conns.transaction(body, committed, small=small)
+        return result
 
     # -- reading ---------------------------------------------------------------------------
 

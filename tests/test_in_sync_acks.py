@@ -23,6 +23,7 @@ from replication_helpers import ID_TEXT_SCHEMA, HandlerWrapper, collection_pair
 import p2pdb
 from p2pdb.plugins.replication_webrtc.acks import AckRounds
 from p2pdb.replication import RESYNC, ChangesBatch, Resync, WriteRow, collection_handler, replicate
+from p2pdb.replication.protocol import to_wire
 
 WAIT = 10.0
 SCHEMA = ID_TEXT_SCHEMA
@@ -151,3 +152,27 @@ def test_the_forks_own_pushes_after_what_it_acknowledged_count_as_held() -> None
     assert acks.held() == 5
     acks.own_push(7, 8)  # seqs 6 and 7 are the master's own: not held
     assert acks.held() == 5
+
+
+async def test_no_stream_event_after_a_held_resync_moves_the_checkpoint(tmp_path: Path) -> None:
+    """A RESYNC (a reconnect) says stream events may be lost before it. Held while a push
+    pends, it must still stop the fork from applying later events: their checkpoints would
+    pass the lost ones, and the pull it makes at last would start after them."""
+    async with collection_pair(tmp_path, SCHEMA) as (fork, master):
+        handler = HeldMaster(master)
+        state = replicate(fork, handler, "gap")
+        await state.wait_for_in_sync()
+        handler.write_open.clear()  # a push pends: the RESYNC below is held
+        await fork.insert({"id": "f", "text": "from the fork"})
+        async with asyncio.timeout(WAIT):
+            await handler.write_called.wait()
+        await master.insert({"id": "lost", "text": "its stream event never arrives"})
+        handler.events.on_next(RESYNC)  # the link came back
+        await master.insert({"id": "after", "text": "streamed"})
+        pairs, _ = master.database.storage.changes_since("docs", 0, 100)
+        seq, after = next((seq, state) for seq, state in pairs if state["id"] == "after")
+        handler.events.on_next(ChangesBatch([to_wire(after)], {"seq": seq}))
+        handler.write_open.set()
+        await state.wait_for_in_sync()
+        assert {d.id for d in await fork.find()} == {"f", "lost", "after"}
+        await state.cancel()

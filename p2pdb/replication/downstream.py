@@ -36,8 +36,7 @@ from .revs import Held, fill_stubs, speaks_revs
 
 __all__ = ["FETCH_AHEAD", "SLICE_DOCS", "Downstream"]
 
-#: Ask for the next batch while the current one is written (the master's read and the
-#: fork's write overlap).
+#: Ask for the next batch while the current one is written (the master reads meanwhile).
 FETCH_AHEAD = True
 #: A received stream batch is written in transactions of at most this many documents, so a
 #: live change arriving meanwhile waits for one slice, not for the whole batch.
@@ -47,9 +46,8 @@ _KEEP = object()  # stands for the checkpoint: store none (an unsaved slice, or 
 
 @dataclass(frozen=True, slots=True)
 class _Floor:
-    """Queued behind the older items when a batch went ahead: its checkpoint, stored once
-    they are all saved, unless a newer one was stored by then or a RESYNC waits (an older
-    item was doubtful). Without it the checkpoint of a last live batch would never be stored."""
+    """Queued behind the older items when a batch went ahead: its checkpoint, stored once they
+    are saved, unless a newer one was stored or a RESYNC waits (an older one was doubtful)."""
 
     checkpoint: Any
 
@@ -164,8 +162,12 @@ class Downstream(DirectionTask):
         return bool(self._queue or self._ahead)
 
     def failed(self) -> None:
-        """Stop applying stream events until the next full pull."""
-        self._caught_up = False  # events queued now may follow a gap
+        """Stop applying stream events until the next full pull (see :meth:`gap`)."""
+        self.gap()
+
+    def gap(self) -> None:
+        """Stream events may be lost: apply none (nor their checkpoints) until a full pull."""
+        self._caught_up = False
 
     def retry(self) -> None:
         """Pull again from the stored checkpoint."""
@@ -443,7 +445,6 @@ class Downstream(DirectionTask):
 
 
 async def _drop(task: asyncio.Future[Any]) -> None:
-    """Cancel a fetch ahead that is no longer wanted and wait for it to end (a cancellation
-    of ours meanwhile is raised then)."""
+    """Cancel an unwanted fetch ahead and wait for its end (then raise our cancellation)."""
     with contextlib.suppress(Exception):  # its outcome (a result or an error) is not wanted
         await cancel_and_wait([task])

@@ -305,7 +305,9 @@ class ReplicationState:
             # request carries our checkpoint, see the WebRTC pool's wait_for_in_sync):
             # answering it only after our pending pushes went out tells it that we pushed
             # what we had, too. No other pull request goes out meanwhile: the master may
-            # take the next one for that answer.
+            # take the next one for that answer. Stream events may be missing before it
+            # (a reconnect): none is applied until that pull, which covers them.
+            self._down.gap()
             self._hold_resync(True)
         else:
             self._down.enqueue(item)

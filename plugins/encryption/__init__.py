@@ -19,12 +19,13 @@ fields of a document body)::
 See ``docs/encryption.md`` for the threat model and the formats.
 """
 
-from ._cipher import PREFIX, FieldCipher, key_id
+from ._cipher import BASE64, PREFIX, FieldCipher, key_id
 from ._codec import EncryptedFieldsCodec, associated_data
 from ._kdf import MIN_PASSWORD_LENGTH, ScryptParams, derive_key
 from ._password import PasswordEncryption
 
 __all__ = [
+    "BASE64",
     "MIN_PASSWORD_LENGTH",
     "PREFIX",
     "EncryptedFieldsCodec",

@@ -8,6 +8,11 @@ Stored form of a value::
 (the password was changed by another process) is told apart from a damaged one. The
 associated data ``ad`` is chosen by the caller (the codec binds collection, field path and
 document id): a ciphertext moved to another place fails its tag check.
+
+The base64 goes through ``pybase64`` (SIMD, a dependency) when it is importable, else
+through :mod:`binascii`; both read the same text, and both refuse what is not strict
+base64 (a character outside the alphabet, bad padding, a length that is not a multiple of
+four), which :meth:`FieldCipher.decrypt` reports as a :class:`DecryptError`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ...errors import ValidationError
 
-__all__ = ["PREFIX", "DecryptError", "FieldCipher", "key_id"]
+__all__ = ["BASE64", "PREFIX", "DecryptError", "FieldCipher", "b64decode", "b64encode", "key_id"]
 
 #: Every encrypted value starts with this (format version 1).
 PREFIX = "p2e1:"
@@ -34,6 +39,32 @@ _NONCE = 12
 _TAG = 16
 _HEAD = _KEY_ID + _NONCE
 _NONCE_BATCH = 256  # nonces drawn from the OS per call (see _Nonces)
+
+try:
+    from pybase64 import b64decode as _fast_decode
+    from pybase64 import b64encode_as_string as _fast_encode
+except ImportError:  # tests/test_encryption_base64.py runs this branch in a child process
+    #: Which base64 implementation this process uses: ``"pybase64"`` or ``"binascii"``.
+    BASE64 = "binascii"
+
+    def b64decode(text: str) -> bytes:
+        """The bytes of strict base64 ``text``; :class:`binascii.Error` if it is not."""
+        return binascii.a2b_base64(text, strict_mode=True)
+
+    def b64encode(data: bytes) -> str:
+        """``data`` in base64 (standard alphabet, padded, no newline)."""
+        return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+else:
+    BASE64 = "pybase64"
+
+    def b64decode(text: str) -> bytes:
+        """The bytes of strict base64 ``text``; :class:`binascii.Error` if it is not."""
+        return _fast_decode(text, None, True)  # altchars, validate
+
+    def b64encode(data: bytes) -> str:
+        """``data`` in base64 (standard alphabet, padded, no newline)."""
+        return _fast_encode(data)
 
 
 def key_id(key: bytes) -> bytes:
@@ -123,26 +154,30 @@ class FieldCipher:
         kid, aes = self._current
         nonce = _nonces.take()
         sealed = aes.encrypt(nonce, orjson.dumps(value), associated_data)
-        return PREFIX + binascii.b2a_base64(kid + nonce + sealed, newline=False).decode("ascii")
+        return PREFIX + b64encode(kid + nonce + sealed)
 
     def decrypt(self, text: object, associated_data: bytes) -> Any:
         """The JSON value sealed in ``text``; :class:`DecryptError` if it is not authentic."""
         if not isinstance(text, str) or not text.startswith(PREFIX):
             raise DecryptError("the stored value is not an encrypted value")
         try:
-            blob = binascii.a2b_base64(text[_PREFIX_LEN:], strict_mode=True)
-        except (binascii.Error, ValueError):
+            blob = b64decode(text[_PREFIX_LEN:])
+        except ValueError:  # binascii.Error is one; so is non-ASCII text for binascii
             raise DecryptError("the stored value is not valid base64") from None
-        if len(blob) < _HEAD + _TAG:
-            raise DecryptError("the stored value is too short")
         aes = self._keys.get(blob[:_KEY_ID])
-        if aes is None:
-            raise DecryptError("the value was encrypted with another key", unknown_key=True)
+        if aes is None or len(blob) < _HEAD + _TAG:
+            raise _unreadable(blob)
         try:
-            plain = aes.decrypt(blob[_KEY_ID:_HEAD], blob[_HEAD:], associated_data)
+            return orjson.loads(aes.decrypt(blob[_KEY_ID:_HEAD], blob[_HEAD:], associated_data))
         except InvalidTag:
             raise DecryptError("the authentication tag does not match") from None
-        return orjson.loads(plain)
+
+
+def _unreadable(blob: bytes) -> DecryptError:
+    """Why ``blob`` (too short, or under no key held) is not even worth a tag check."""
+    if len(blob) < _HEAD + _TAG:
+        return DecryptError("the stored value is too short")
+    return DecryptError("the value was encrypted with another key", unknown_key=True)
 
 
 def _aes(key: bytes) -> AESGCM:

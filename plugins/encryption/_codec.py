@@ -16,6 +16,7 @@ from ._cipher import DecryptError, FieldCipher
 __all__ = ["EncryptedFieldsCodec", "associated_data"]
 
 _Field = tuple[str, tuple[str, ...], str, bytes]  # path, parent segments, last segment, ad
+_ABSENT: Any = object()  # a field the document does not have (None is a value)
 
 
 def associated_data(collection: str, path: str, doc_id: str) -> bytes:
@@ -89,11 +90,17 @@ class EncryptedFieldsCodec:
         decrypt = self.cipher.decrypt
         key = doc_id.encode()
         for path, parents, leaf, prefix in self._ad.get(collection) or self._for(collection):
-            parent = _parent(out, parents) if parents else out
-            if parent is None or leaf not in parent:
+            if parents:
+                parent = _parent(out, parents)
+                if parent is None:
+                    continue
+            else:
+                parent = out
+            value = parent.get(leaf, _ABSENT)
+            if value is _ABSENT:
                 continue
             try:
-                parent[leaf] = decrypt(parent[leaf], prefix + key)
+                parent[leaf] = decrypt(value, prefix + key)
             except DecryptError as exc:
                 raise _decrypt_error(collection, doc_id, path, exc) from None
         return out

@@ -39,6 +39,10 @@ a transfer that reconnected on the way is not a fair figure.
 ``H2H_NODE_CPU_PROF=<folder>`` runs the RxDB peers under ``node --cpu-prof`` (a
 ``.cpuprofile`` per process in that folder, for Chrome's DevTools or a script).
 
+``--p2pdb-code DIR``: the p2pdb peers run the code of another checkout (``DIR``'s
+``p2pdb`` and its copy of this script, e.g. ``git archive <commit> | tar -x -C DIR``), so
+that alternate runs compare two commits; the RxDB peers and this process stay as they are.
+
 ``--engine``: the WebRTC engine of the p2pdb peers. If ``aiortc_connection_handler`` takes an
 ``engine=`` argument it is passed there; either way the children get ``P2PDB_WEBRTC_ENGINE``.
 """
@@ -173,13 +177,15 @@ class PySide:
         from peer_process import ChildPeer
 
         extra = ["--uvloop"] if args.uvloop else []
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        code = Path(args.p2pdb_code) if args.p2pdb_code else ROOT  # made absolute in main
+        script = code / "benchmarks" / Path(__file__).name
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(code)}
         if args.engine:
             env[ENGINE_ENV] = args.engine
         log_path = path.with_suffix(".log")
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--p2pdb-child", args.engine or "",
+                sys.executable, script, "--p2pdb-child", args.engine or "",
                 "--db", str(path), "--signaling", url, "--topic", topic, *extra,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 env=env, limit=2**24,
@@ -495,6 +501,8 @@ def report(bench: HeadToHead) -> None:
         f"{len(rounds)} round(s), median [min-max]; p2pdb engine: {engine_note(args.engine)}"
     )
     print(f"  load average (1/5/15 min) at start {bench.load_start}, at end {bench.load_end}")
+    if args.p2pdb_code:
+        print(f"  p2pdb peers run the code in {args.p2pdb_code}")
     head = f"{'pair':25} {'mechanism':9} {'direction':15} {'docs/s':>22}"
     print(f"\n  {head}  CPU s sender / receiver")
     for pair in PAIRS:
@@ -556,6 +564,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="all",
         help="comma-separated subset of rxdb,p2pdb,p2pdb-master,p2pdb-fork (default: all)",
     )
+    parser.add_argument(
+        "--p2pdb-code",
+        default="",
+        help="a p2pdb checkout whose code the p2pdb peers run (default: this one), for A/B runs",
+    )
     return parser.parse_args(argv)
 
 
@@ -565,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
         p2pdb_child(argv[1], argv[2:])
         return 0
     args = parse_args(argv)
+    if args.p2pdb_code:
+        args.p2pdb_code = str(Path(args.p2pdb_code).resolve())
     bench = HeadToHead(args)
     asyncio.run(bench.run())
     report(bench)

@@ -170,13 +170,19 @@ def _ids(recorder: Recorder) -> list[str]:
     return [doc_id for doc_id, _, _ in recorder.log]
 
 
-async def test_a_large_commit_streams_in_batches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "plain"])
+async def test_a_large_commit_streams_in_batches(tmp_path: Path, causal: bool) -> None:
     """p2pdb's master sends a commit of more than ``STREAM_BATCH_DOCS`` documents as
     several stream batches, in order, each with the checkpoint of its own last document
-    (never past one it does not hold), the last one past every event of the commit."""
-    size = master_module.STREAM_BATCH_DOCS
+    (never past one it does not hold), the last one past every event of the commit.
+    A remote without causal vectors (RxDB) gets batches of ``PLAIN_STREAM_BATCH_DOCS``."""
+    plain = master_module.PLAIN_STREAM_BATCH_DOCS
+    size = master_module.STREAM_BATCH_DOCS if causal else plain
+    assert plain > master_module.STREAM_BATCH_DOCS
     async with collection_pair(tmp_path, SCHEMA) as (fork, master):
         handler = collection_handler(master, origin="peer")
+        if causal:
+            handler = handler.with_causal_order(revs=False)
         seen: list[Any] = []
         subscription = handler.stream(skip_own=True).subscribe(on_next=seen.append)
         try:

@@ -253,8 +253,10 @@ class LinkChannel:
                 peer_id=self.peer.peer_id,
             )
         limit = self._frame_limit()
-        frames = self.compression.encode(message, limit) or encode_message(
-            message,
-            max_frame_bytes=min(limit, PLAIN_FRAME_BYTES),  # an RxDB peer's size
-        )
+        frames = self.compression.encode(message, limit) or [
+            # binary UTF-8 frames: RxDB's simple-peer turns a text frame into a Buffer byte
+            # by byte in JavaScript before it parses it, and only wraps a binary one
+            frame.encode("utf-8")
+            for frame in encode_message(message, max_frame_bytes=min(limit, PLAIN_FRAME_BYTES))
+        ]
         await self._writer.send_frames(frames)

@@ -9,8 +9,8 @@ newlines (compact JSON holds none): as many as make a compressed frame of a usef
 Negotiation rides on the p2pdb handshake (:mod:`.handshake`): a hello lists
 ``"compress": ["zlib"]`` when its side accepts compressed frames. A side sends them only
 after the other side's hello listed it, so an RxDB peer (no hello) and a p2pdb peer that
-switched compression off always get plain text frames. A side that accepts decompresses
-from the first frame on (its acceptance is what lets the other side start).
+switched compression off always get plain frames (binary UTF-8 JSON). A side that accepts
+decompresses from the first frame on (its acceptance is what lets the other side start).
 
 Only messages of at least :data:`MIN_BYTES` of JSON are compressed (a smaller one fits one
 SCTP packet anyway), and a frame is sent compressed only when that makes it smaller.

@@ -121,8 +121,9 @@ class MitmSignaling:
         return [f for f in self.frames if any(w in f for w in words)]
 
     def tamper(self, frame: str | bytes) -> str | bytes:
-        """With ``strip``: the handshake removed from ``token`` requests and answers."""
-        if not self.strip or not isinstance(frame, str):
+        """With ``strip``: the handshake removed from ``token`` requests and answers (text
+        frames, and binary ones of plain JSON as p2pdb sends them; compressed ones pass)."""
+        if not self.strip:
             return frame
         try:
             message = orjson.loads(frame)
@@ -134,7 +135,8 @@ class MitmSignaling:
             token = message["result"].get("token")
             if message["result"].get("p2pdb") == 1 and isinstance(token, str):
                 message["result"] = token
-        return orjson.dumps(message).decode()
+        out = orjson.dumps(message)
+        return out if isinstance(frame, bytes) else out.decode()
 
     async def send_signal(
         self, sender: str, receiver: str, data: dict[str, Any], connection_id: str | None

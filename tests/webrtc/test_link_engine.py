@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 
 from p2pdb.errors import PeerError
 from p2pdb.plugins.replication_webrtc.engine import ChannelEvents, EngineEvents, LinkSettings
-from p2pdb.plugins.replication_webrtc.framing import JSONMessage
+from p2pdb.plugins.replication_webrtc.framing import PLAIN_FRAME_BYTES, JSONMessage
 from p2pdb.plugins.replication_webrtc.link import Link, LinkCallbacks
 
 
@@ -141,12 +142,34 @@ async def test_a_responder_answers_applies_early_candidates_and_carries_messages
     assert [error.code for error in owner.errors] == ["WEBRTC_SIGNAL_INVALID"]  # not fatal
     assert not link.ended and link.dtls_fingerprints() == ("ours", "theirs")
     await link.send({"hello": 1})
-    assert engine.channel.sent == ['{"hello":1}']
+    assert engine.channel.sent == [b'{"hello":1}']  # plain frames are binary UTF-8
     engine.events.frame('{"back":2}')
     assert owner.messages == [{"back": 2}]
     engine.events.state("closed")
     await asyncio.wait_for(link.wait_closed(), 5)
     assert link.ended and engine.closed.is_set() and len(owner.errors) == 1
+
+
+async def test_a_large_plain_message_goes_as_binary_rxdb_chunks_of_at_most_16_kib() -> None:
+    """A peer that agreed no compression (RxDB) gets binary UTF-8 frames: RxDB's
+    simple-peer only wraps those, where it re-encodes a text frame byte by byte in JS."""
+    owner = Owner()
+    link, engine = await open_link(owner)
+    message = {
+        "id": "1",
+        "result": {"documents": [{"id": f"d{i}", "t": "é" * 500} for i in range(100)]},
+    }
+    await link.send(message)
+    frames = engine.channel.sent
+    assert len(frames) > 1 and all(type(f) is bytes and len(f) <= PLAIN_FRAME_BYTES for f in frames)
+    chunks = [json.loads(f.decode("utf-8"))["chunk"] for f in frames]
+    assert [c["index"] for c in chunks] == list(range(len(frames)))
+    assert json.loads("".join(c["data"] for c in chunks)) == message
+    for frame in frames:  # and a p2pdb peer reads them back
+        engine.events.frame(frame)
+    assert owner.messages == [message]
+    engine.events.state("closed")
+    await asyncio.wait_for(link.wait_closed(), 5)
 
 
 async def test_an_engine_error_is_reported_once_and_ends_the_link() -> None:

@@ -151,7 +151,7 @@ async def test_an_initiator_opens_what_both_list_and_waits_for_ready() -> None:
     control_raw, control = rig.remote_channel("p2pdb/1")
     assert control is not None and rig.ports["todos"].open == [rig.link.primary]
     await asyncio.sleep(0)  # our list goes out (a task)
-    assert control_raw.sent == ['{"collections":["todos","notes"]}']
+    assert control_raw.sent == [b'{"collections":["todos","notes"]}']  # a plain frame: binary
     control.frame('{"collections":["notes","todos"]}')
     (opened,) = [c for c, _ in rig.engine.opened_channels]
     assert opened.label == "p2pdb/1/notes"

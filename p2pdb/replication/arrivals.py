@@ -1,12 +1,13 @@
-"""The order in which things reach a fork from its master, and the lock that keeps a pull
+"""The order in which things reach a fork from its master, and the turns that keep a pull
 and a push from interleaving: what decides which master states are stale."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Iterable
 from typing import Any
+
+from .turns import PersistTurns
 
 __all__ = ["FORGET_AFTER", "Arrivals"]
 
@@ -55,10 +56,9 @@ class Arrivals:
         #: one may predate the newer one's pushes, which its bookkeeping never saw, so it
         #: applies nothing more.
         self.superseded = False
-        #: Held while one direction reads and updates documents and assumed master states:
-        #: a push in flight and a pull must never interleave, or a state read by one side
-        #: could be overwritten with a stale decision of the other.
-        self.persist_lock = asyncio.Lock()
+        #: Taken while one direction reads and updates documents and assumed master states:
+        #: a push in flight and a pull must never interleave (pushes may, see .turns).
+        self.turns = PersistTurns()
 
     def next(self) -> int:
         """The arrival number of something that just arrived (a stream item, an answer)."""

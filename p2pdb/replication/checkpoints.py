@@ -115,7 +115,7 @@ async def write_to_the_end(
 
     A write sent to the writer thread commits whether or not its caller still waits. A
     direction cancelled by ``pause()`` or ``cancel()`` while its write was queued would
-    release the persist lock (:class:`~p2pdb.replication.arrivals.Arrivals`) before that
+    end its turn (:mod:`p2pdb.replication.turns`) before that
     write committed: the direction restarted next (or the other one) would read the states
     from before it and decide on them, and the late commit would then overwrite what they
     read (a pulled master state skipped for good, or a stale state pushed over the master's).

@@ -80,7 +80,7 @@ class Downstream(DirectionTask):
         self._caught_up = False
         # the causal vectors of the master states being applied, by id (p2pdb.causal), and
         # the stubs equal to our own states (revs.Held: only their assumed state is
-        # recorded); set and read under the persist lock, in one _persist
+        # recorded); set and read in a pull's turn, in one _persist
         self._vectors: dict[str, Vector | None] = {}
         self._same: dict[str, Doc] = {}
         # cleared while a master's RESYNC waits for our pushes (see state.py): no request
@@ -301,8 +301,8 @@ class Downstream(DirectionTask):
         """Apply master states; False if some were doubtful and the checkpoint was kept.
         ``checkpoint`` ``_KEEP``: none is stored."""
         arrivals = self.context.arrivals
-        # never interleaved with a push's read-decide-write (see Arrivals.persist_lock)
-        async with arrivals.persist_lock:
+        # never interleaved with a push's read-decide-write (.turns); a bare checkpoint: no
+        async with arrivals.turns.pull() if documents else contextlib.nullcontext():
             incoming, complete = await self._incoming(documents, arrival)
             if arrivals.superseded:  # a newer replication of this id runs (see Arrivals)
                 return True

@@ -12,7 +12,7 @@ the same transaction as the documents they cover: a crash never skips or repeats
 
 This module holds the lifecycle and the public API; the parts are ``downstream``,
 ``upstream``, ``checkpoints`` (the stored state), ``arrivals`` (the stale-state rule and the
-persist lock) and ``options``.
+turns) and ``options``.
 """
 
 from __future__ import annotations

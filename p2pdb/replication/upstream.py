@@ -15,8 +15,8 @@ the checkpoint (the bulk lane finds those documents equal to their assumed state
 nothing when it walks past them). A document is never in two pushes at once: the live lane
 leaves one the bulk lane (or another live push) has in flight to the bulk lane, which reads
 its newer state later; and a window holding a document still in flight (in the window
-ahead or a live push) waits for it and is read again. Both lanes hold the pull out (the
-persist lock): a live push runs under the lock the bulk lane holds, or takes it itself.
+ahead or a live push) waits for it and is read again. Both lanes hold the pull out: each
+push holds a push's turn (:mod:`.turns`), which any number of pushes hold together.
 """
 
 from __future__ import annotations
@@ -97,9 +97,8 @@ class Upstream(DirectionTask):
         self._local_change = asyncio.Event()
         self._noticed: int | None = None  # the collection's last seq at the last commit seen
         self._pushing: set[str] = set()  # ids in a push in flight (either lane)
-        self._holding = False  # the bulk lane holds the persist lock around its batch
+        self._landed = asyncio.Event()  # set when a push ended (its ids left _pushing)
         self._live: set[asyncio.Task[None]] = set()  # live pushes (owned by run())
-        self._hosted: set[asyncio.Task[None]] = set()  # those running under the bulk's lock
         #: Live pushes started so far (each a commit of at most LIVE_PUSH_MAX documents).
         self.live_pushes = 0
         self._relayed: set[str] = set()  # relayed states to push: asked first (revs.py)
@@ -138,6 +137,9 @@ class Upstream(DirectionTask):
                 self._local_change.clear()
                 self.set_busy(True)
                 await self._push_all()
+                # idle only once the live pushes begun meanwhile ended too
+                while running := [task for task in self._live if not task.done()]:
+                    await settle_unless_cancelling(running)
                 self.first_done = True
                 self.set_busy(False)
                 if not self.context.options.live:
@@ -149,19 +151,14 @@ class Upstream(DirectionTask):
 
     async def _push_all(self) -> None:
         while True:
-            # never interleaved with a pull's read-decide-write (see Arrivals.persist_lock)
-            # read under the lock, the listed states are current: no pull writes meanwhile
-            async with self.context.arrivals.persist_lock:
+            # never interleaved with a pull's read-decide-write (see .turns): read in a
+            # push's turn, the listed states are current (no pull writes meanwhile)
+            async with self.context.arrivals.turns.push():
                 up = self.context.checkpoints.up()
                 pairs, last = self._read(up)
                 if not pairs and last == up:
                     return  # (rows the pull wrote only: the checkpoint moves past them)
-                self._holding = True  # live pushes may run beside this batch
-                try:
-                    await self._push_windows(up, pairs, last)
-                finally:
-                    self._holding = False
-                    await settle_unless_cancelling(self._hosted)  # before the lock goes
+                await self._push_windows(up, pairs, last)
             self.succeeded()
 
     def _read(self, since: int) -> tuple[list[tuple[int, Doc]], int]:
@@ -193,7 +190,9 @@ class Upstream(DirectionTask):
                 while not self._pushing.isdisjoint(state[pk] for _, state in pairs):
                     if ahead is not None:
                         await ahead
-                    await settle_unless_cancelling(self._hosted)
+                    if not self._pushing.isdisjoint(state[pk] for _, state in pairs):
+                        self._landed.clear()  # in a live push: wait until one ended
+                        await self._landed.wait()
                     pairs, last = self._read(start)
                 push = self._prepare([state for _, state in pairs], last)
                 task = asyncio.ensure_future(self._run_push(push, after=ahead))
@@ -219,20 +218,12 @@ class Upstream(DirectionTask):
         """The live lane: push the documents written in ``(since, until]`` if they are at
         most :data:`LIVE_PUSH_MAX`, beside the bulk lane's batch (see the module docstring).
         A failure is reported; the bulk lane pushes those documents later."""
-        task = asyncio.current_task()
-        assert task is not None
         try:
-            if self._holding:
-                self._hosted.add(task)  # the bulk lane waits for us before releasing its lock
+            async with self.context.arrivals.turns.push():
                 await self._push_range(since, until)
-            else:
-                async with self.context.arrivals.persist_lock:
-                    await self._push_range(since, until)
         except Exception as exc:  # not fatal: nothing of it moved the checkpoint
             self.context.report("up", exc)
             self._local_change.set()
-        finally:
-            self._hosted.discard(task)
 
     async def _push_range(self, since: int, until: int) -> None:
         c = self.context.collection
@@ -289,6 +280,7 @@ class Upstream(DirectionTask):
         finally:
             self._pushing -= push.ids
             self._relayed.difference_update(push.revisions)
+            self._landed.set()
         for row in rows:
             if row.new_document_state[pk] not in real:
                 self.sent.on_next(row.new_document_state)

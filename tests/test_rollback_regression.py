@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import reactivex
+from reactivex import Observable
 from replication_helpers import ID_W_SCHEMA, HandlerWrapper
 
 import p2pdb
@@ -31,7 +33,9 @@ from p2pdb.plugins.replication_webrtc.admission import peer_master
 from p2pdb.plugins.replication_webrtc.options import WebRTCReplicationOptions
 from p2pdb.plugins.replication_webrtc.peer import Peer
 from p2pdb.replication import (
+    ChangesBatch,
     ReplicationHandler,
+    Resync,
     WriteRow,
     collection_handler,
     replicate,
@@ -56,7 +60,10 @@ def handler_factories() -> dict[str, Master]:
 
 
 class AnswerLost(HandlerWrapper):
-    """A master that stores a push, then fails like a link dropped before the answer."""
+    """A master that stores a push, then fails like a link dropped before the answer. The
+    link drops its stream too: the stored state's event never reaches the fork (which could
+    otherwise learn from it, in time, that the master holds its state; the tests here are
+    about what the master decides when the fork knows nothing)."""
 
     def __init__(self, inner: ReplicationHandler) -> None:
         super().__init__(inner)
@@ -66,6 +73,9 @@ class AnswerLost(HandlerWrapper):
         await self.inner.write(rows)
         self.stored.set()
         raise PeerError("The link dropped before the answer.", code="WIRE_PEER_GONE")
+
+    def stream(self) -> Observable[ChangesBatch | Resync]:
+        return reactivex.never()
 
 
 async def state_of(collection: p2pdb.Collection, doc_id: str) -> dict[str, Any] | None:

@@ -77,6 +77,17 @@ def test_bad_batch_size(bad: Any) -> None:
     assert info.value.code == "REPLICATION_BAD_BATCH_SIZE"
 
 
+@pytest.mark.parametrize(
+    ("delay", "cap"), [(0, 1), (-1, 1), (2.0, 1.0), ("1", 5), (None, 5), (1, True)]
+)
+async def test_bad_retry_delays(make_collection: Factory, delay: Any, cap: Any) -> None:
+    fork, master = await make_collection("fork"), await make_collection("master")
+    with pytest.raises(ValidationError) as info:
+        replicate(fork, collection_handler(master), "r", retry_delay=delay, max_retry_delay=cap)
+    assert info.value.code == "REPLICATION_BAD_RETRY_DELAY"
+    assert info.value.parameters["retry_delay"] == delay
+
+
 async def test_validation_codes_and_order(make_collection: Factory) -> None:
     fork, master = await make_collection("fork"), await make_collection("master")
     handler = collection_handler(master)

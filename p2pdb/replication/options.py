@@ -25,7 +25,8 @@ class ReplicationOptions:
     default, so ``ReplicationOptions()`` is a live two-way replication.
 
     Raises :class:`~p2pdb.errors.ValidationError` ``REPLICATION_BAD_BATCH_SIZE`` when
-    ``batch_size`` is not a positive integer.
+    ``batch_size`` is not a positive integer, ``REPLICATION_BAD_RETRY_DELAY`` unless
+    ``0 < retry_delay <= max_retry_delay``.
     """
 
     #: Pull the master's changes into the collection (``False``: push only).
@@ -56,6 +57,15 @@ class ReplicationOptions:
             raise ValidationError(
                 f"batch_size must be a positive integer, got {self.batch_size!r}.",
                 code="REPLICATION_BAD_BATCH_SIZE",
+            )
+        delays = (self.retry_delay, self.max_retry_delay)
+        if not all(type(d) in (int, float) for d in delays) or not 0 < delays[0] <= delays[1]:
+            raise ValidationError(
+                f"retry_delay and max_retry_delay must be seconds with 0 < retry_delay <= "
+                f"max_retry_delay, got {self.retry_delay!r} and {self.max_retry_delay!r}.",
+                code="REPLICATION_BAD_RETRY_DELAY",
+                retry_delay=self.retry_delay,
+                max_retry_delay=self.max_retry_delay,
             )
 
 

@@ -142,3 +142,21 @@ async def test_small_writes_leave_checkpoints_to_the_thread(docs: Any) -> None:
     assert len(on_thread) == 4000 // (INLINE_RUN + 1)  # every (INLINE_RUN + 1)-th
     size = await asyncio.to_thread(os.path.getsize, wal)
     assert size < 3000 * 4096  # SQLite's checkpoints ran (on the thread)
+
+
+async def test_a_failing_listener_fails_no_small_write(docs: Any) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    try:
+
+        def fails(_events: Any) -> None:
+            raise RuntimeError("a listener's bug")
+
+        docs.database.storage.on_commit = fails  # as a commit callback from the thread would
+        stored = await docs.insert({"id": "kept"})  # committed: the write does not fail
+        assert stored.id == "kept"
+        assert [str(e) for e in reported] == ["a listener's bug"]
+        assert docs.database.storage.get_one("docs", "kept") is not None
+    finally:
+        loop.set_exception_handler(None)

@@ -223,7 +223,12 @@ class Connections:
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
             if began:
-                committed(result)
+                try:
+                    committed(result)
+                except Exception as exc:  # as from the thread's callback: reported, not raised
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "Exception in a commit callback", "exception": exc}
+                    )
                 return result
         self._inline_run = 0
         loop = asyncio.get_running_loop()

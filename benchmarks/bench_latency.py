@@ -2,10 +2,11 @@
 
     python benchmarks/bench_latency.py [--docs 10000] [--size 1000] [--samples 50]
                                        [--rounds 3] [--interval 0.05] [--code NAME=DIR ...]
+                                       [--uvloop]
 
 Two p2pdb peers, each its own OS process (``tests/webrtc/peer_process.py``), on loopback.
-The writer A either leads the pair (``down``: master -> fork, its bulk goes out as one
-stream event) or is the fork (``up``: fork -> master, its bulk goes out as ``masterWrite``
+The writer A either leads the pair (``down``: master -> fork, its bulk goes out as stream
+events of 200 documents) or is the fork (``up``: fork -> master, its bulk goes out as ``masterWrite``
 batches of 100). Per round and direction:
 
 * idle: ``--samples`` single inserts on A one after the other, each timed until B's change
@@ -19,7 +20,8 @@ batches of 100). Per round and direction:
 ``--code NAME=DIR`` (repeatable) runs the same rounds with the peers on the p2pdb in ``DIR``
 too (a checkout of another commit, e.g. ``git archive c38637f | tar -x -C DIR``),
 interleaved round by round with this checkout (``this``), so every version shares the
-machine's load. Figures are medians [range] over the rounds.
+machine's load. Figures are medians [range] over the rounds. ``--uvloop`` runs the peers and
+the raw pair on uvloop (what ``p2pdb`` commands use where it installs).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ async def one_run(
     x_leads = is_master(tokens[0], tokens[1])
     a_path, b_path = (paths[0], paths[1]) if x_leads == writer_leads else (paths[1], paths[0])
     os.environ["PYTHONPATH"] = str(code)  # the children's p2pdb
-    extra = ["--batch-size", "100", "--watch-prefix", "lat-"]
+    extra = ["--batch-size", "100", "--watch-prefix", "lat-", *(["--uvloop"] * args.uvloop)]
     a = await ChildPeer.start(a_path, url, TOPIC, folder / "a.log", *extra)
     b = await ChildPeer.start(b_path, url, TOPIC, folder / "b.log", *extra)
     try:
@@ -129,7 +131,9 @@ async def main(args: argparse.Namespace) -> None:
             for name, code in codes.items():
                 for direction, leads in (("down", True), ("up", False)):
                     os.environ["PYTHONPATH"] = str(ROOT)
-                    rtt = (await raw_baseline(64 * 1024, rounds=1))["rtt_median"]  # just before
+                    # just before, on the same event loop as the peers
+                    baseline = await raw_baseline(64 * 1024, rounds=1, uvloop=args.uvloop)
+                    rtt = baseline["rtt_median"]
                     t0 = time.monotonic()
                     out = await one_run(
                         code, leads, args, server.url, work / f"{r}-{name}-{direction}"
@@ -180,6 +184,9 @@ def parse_args() -> argparse.Namespace:
         "--code", action="append", default=[], help="NAME=DIR: other p2pdb code to compare"
     )
     parser.add_argument("--workdir", help="folder for the databases and logs (kept)")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="peers and the raw baseline on uvloop"
+    )
     return parser.parse_args()
 
 

@@ -155,12 +155,18 @@ async def raw_child(role: str) -> None:
     await pc.close()
 
 
-async def raw_child_process(role: str) -> JsonChild:
-    return await JsonChild.start(__file__, "--raw-child", role, within=60)
+async def raw_child_process(role: str, *extra: str) -> JsonChild:
+    return await JsonChild.start(__file__, "--raw-child", role, *extra, within=60)
 
 
-async def raw_baseline(total_bytes: int, rounds: int = 3) -> dict[str, float]:
-    sender, receiver = await raw_child_process("sender"), await raw_child_process("receiver")
+async def raw_baseline(
+    total_bytes: int, rounds: int = 3, *, uvloop: bool = False
+) -> dict[str, float]:
+    """The raw aiortc pair (two processes): throughput and round trip of small messages;
+    ``uvloop``: both on uvloop (as the p2pdb peers they are compared with)."""
+    extra = ["--uvloop"] if uvloop else []
+    sender = await raw_child_process("sender", *extra)
+    receiver = await raw_child_process("receiver", *extra)
     try:
         offer = await sender.read()
         receiver.send(**offer)
@@ -321,7 +327,7 @@ async def main(args: argparse.Namespace) -> None:
 
     payload = document_bytes(args.docs, args.size)
     print(f"# {args.docs} documents of ~{args.size} B: {payload / 1e6:.2f} MB of JSON", flush=True)
-    raw = await raw_baseline(payload)
+    raw = await raw_baseline(payload, uvloop=args.uvloop)
     raw_rate = payload / raw["seconds"]
     print(
         f"# raw aiortc: {payload / 1e6:.2f} MB in {raw['seconds']:.3f} s "
@@ -392,7 +398,11 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     arguments = parse_args()
-    if arguments.raw_child:
+    if arguments.raw_child and arguments.uvloop:
+        import uvloop
+
+        uvloop.run(raw_child(arguments.raw_child))
+    elif arguments.raw_child:
         asyncio.run(raw_child(arguments.raw_child))
     else:
         os.environ.setdefault("PYTHONPATH", str(ROOT))

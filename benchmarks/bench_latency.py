@@ -6,8 +6,8 @@
 
 Two p2pdb peers, each its own OS process (``tests/webrtc/peer_process.py``), on loopback.
 The writer A either leads the pair (``down``: master -> fork, its bulk goes out as stream
-events of 200 documents) or is the fork (``up``: fork -> master, its bulk goes out as ``masterWrite``
-batches of 100). Per round and direction:
+events of 200 documents) or is the fork (``up``: fork -> master, its bulk goes out as
+``masterWrite`` batches of 100). Per round and direction:
 
 * idle: ``--samples`` single inserts on A one after the other, each timed until B's change
   event (median), and the raw aiortc round trip of a small message measured just before

@@ -21,7 +21,7 @@ from .query import CompiledQuery, compile_query
 from .storage import SQLiteStorage, Write
 from .streams import iterate
 from .update import compile_update
-from .values import brief
+from .values import brief, is_text
 
 __all__ = [
     "QUERY_WRITE_ROUNDS",
@@ -96,21 +96,42 @@ class Query(Generic[R]):
                 f"limit must be an integer >= 0 or None, got {brief(limit)}.",
                 code="QUERY_BAD_LIMIT",
             )
-        schema = collection.schema
-        # Compiled before anything is copied: the compiler checks the shapes (a list or a
-        # string as selector or sort is a QueryError, never a ValueError from dict()).
-        self.compiled: CompiledQuery = compile_query(
+        self.collection = collection
+        self._compiled: CompiledQuery | None = None
+        if not self._by_id(selector, sort):
+            # Compiled before anything is copied: the compiler checks the shapes (a list or
+            # a string as selector or sort is a QueryError, never a ValueError from dict()).
+            self._compiled = self._compile(selector, sort)
+        self.selector: dict[str, Any] = {} if selector is None else dict(selector)
+        self.sort = [dict(s) for s in sort or []]
+        self.skip = skip
+        self.limit = limit
+
+    def _by_id(
+        self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
+    ) -> bool:
+        """True for a lookup by primary key that needs no compiled query to run (a find_one
+        by id): it is compiled only if asked for (observe), and it cannot be malformed."""
+        return False
+
+    def _compile(
+        self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
+    ) -> CompiledQuery:
+        schema = self.collection.schema
+        return compile_query(
             selector,
             sort,
             primary_key=schema.primary_key,
             field_types=schema.field_types,
             forbidden_paths=schema.encrypted,
         )
-        self.collection = collection
-        self.selector: dict[str, Any] = {} if selector is None else dict(selector)
-        self.sort = [dict(s) for s in sort or []]
-        self.skip = skip
-        self.limit = limit
+
+    @property
+    def compiled(self) -> CompiledQuery:
+        """The query compiled to SQL and a Python matcher."""
+        if self._compiled is None:
+            self._compiled = self._compile(self.selector, self.sort or None)
+        return self._compiled
 
     async def exec(self) -> R:
         """Run the query against the stored documents."""
@@ -225,6 +246,12 @@ class FindOneQuery(Query[Document | None]):
                 code="QUERY_NOT_OBJECT",
             )
         super().__init__(collection, selector, sort, 0, 1)
+
+    def _by_id(
+        self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
+    ) -> bool:
+        # an id that is not text (a lone surrogate) is compiled: QUERY_INVALID_OPERAND
+        return sort is None and self.doc_id is not None and is_text(self.doc_id)
 
     async def exec(self) -> Document | None:
         """Run the query."""

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import p2pdb
+from p2pdb import queries
 from p2pdb.errors import QueryError
 
 BAD_SELECTORS: list[Any] = [[], [{"text": "a"}], "text", ("text", "a"), 5]
@@ -63,3 +64,26 @@ async def test_a_string_primary_key_and_good_queries_still_work(todos: p2pdb.Col
     assert await todos.count({}) == 2 and await todos.count(None) == 2
     assert [d.id for d in await todos.find({}, sort=[{"n": "desc"}])] == ["b", "a"]
     assert [d.id for d in await todos.find(sort=({"n": "desc"},))] == ["b", "a"]  # a tuple
+
+
+async def test_find_one_by_id_compiles_only_what_it_needs(
+    todos: p2pdb.Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup by primary key reads the row without compiling a query (~2x faster); a
+    live one compiles it on demand, and one with a sort still checks the sort at the call."""
+    await _seed(todos)
+    compiled: list[object] = []
+    real = queries.compile_query
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        compiled.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(queries, "compile_query", counting)
+    found = await todos.find_one("a")
+    assert found is not None and found.id == "a" and compiled == []
+    seen: list[Any] = []
+    todos.find_one("a").observe().subscribe(seen.append)
+    assert compiled == [{"id": "a"}]
+    with pytest.raises(QueryError):
+        todos.find_one("a", sort=[{"nope": "sideways"}])

@@ -13,36 +13,20 @@ import os
 import sqlite3
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
+from schemas import PEER_SCHEMA
 
 import p2pdb
 from p2pdb.errors import ValidationError
 from p2pdb.storage import SMALL_WRITE_ROWS, WriteTxn
 from p2pdb.storage.connection import INLINE_RUN
 
-SCHEMA: dict[str, Any] = {
-    "version": 0,
-    "primaryKey": "id",
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "maxLength": 40},
-        "n": {"type": "integer"},
-        "text": {"type": "string"},
-    },
-    "required": ["id"],
-}
-
 
 @pytest.fixture
-async def docs(tmp_path: Path) -> Any:
-    db = await p2pdb.create_database(str(tmp_path / "small.db"))
-    try:
-        yield await db.add_collection("docs", schema=SCHEMA)
-    finally:
-        await db.close()
+async def docs(db: p2pdb.Database) -> p2pdb.Collection:
+    return await db.add_collection("docs", schema=PEER_SCHEMA)
 
 
 def thread_of_writes(collection: p2pdb.Collection) -> list[int]:
@@ -58,10 +42,10 @@ async def test_a_small_write_runs_on_the_loop_and_its_event_comes_first(docs: An
     threads = thread_of_writes(docs)
     seen: list[str] = []
     docs.changes.subscribe(lambda event: seen.append(event.id))
-    await docs.insert({"id": "one"})
+    await docs.insert({"id": "one", "text": ""})
     assert seen == ["one"]  # before the await returned
     assert threads == [threading.get_ident()]
-    await docs.bulk_insert([{"id": f"b{i}"} for i in range(SMALL_WRITE_ROWS + 1)])
+    await docs.bulk_insert([{"id": f"b{i}", "text": ""} for i in range(SMALL_WRITE_ROWS + 1)])
     assert threads[1] != threading.get_ident()  # a larger write goes to the writer thread
     assert seen[-1] == f"b{SMALL_WRITE_ROWS}"
 
@@ -79,8 +63,10 @@ async def test_a_small_write_waits_behind_a_write_on_the_thread(docs: Any) -> No
     await asyncio.to_thread(entered.wait, 10)
     order: list[str] = []
     docs.changes.subscribe(lambda event: order.append(event.id))
-    big = asyncio.ensure_future(docs.bulk_insert([{"id": f"big{i}"} for i in range(20)]))
-    small = asyncio.ensure_future(docs.insert({"id": "small"}))
+    big = asyncio.ensure_future(
+        docs.bulk_insert([{"id": f"big{i}", "text": ""} for i in range(20)])
+    )
+    small = asyncio.ensure_future(docs.insert({"id": "small", "text": ""}))
     done, _ = await asyncio.wait({small}, timeout=0.2)
     assert not done  # not on the loop beside the thread's transaction: queued behind it
     release.set()
@@ -104,7 +90,7 @@ async def test_another_processes_write_lock_never_blocks_the_loop(docs: Any) -> 
                 await asyncio.sleep(0.01)
 
         ticking = asyncio.ensure_future(ticker())
-        insert = asyncio.ensure_future(docs.insert({"id": "later"}))
+        insert = asyncio.ensure_future(docs.insert({"id": "later", "text": ""}))
         started = time.monotonic()
         done, _ = await asyncio.wait({insert}, timeout=0.3)
         assert not done  # it waits on the thread for the lock...
@@ -120,7 +106,7 @@ async def test_another_processes_write_lock_never_blocks_the_loop(docs: Any) -> 
 
 
 async def test_a_failing_small_write_stores_nothing(docs: Any) -> None:
-    await docs.insert({"id": "kept", "n": 1})
+    await docs.insert({"id": "kept", "n": 1, "text": ""})
 
     def fails(txn: WriteTxn) -> None:
         txn.put("docs", [], "test")
@@ -128,7 +114,7 @@ async def test_a_failing_small_write_stores_nothing(docs: Any) -> None:
 
     with pytest.raises(ValidationError):
         await docs.database.storage.write(fails, small=True)
-    await docs.insert({"id": "after"})
+    await docs.insert({"id": "after", "text": ""})
     assert {d.id for d in await docs.find()} == {"kept", "after"}
 
 
@@ -154,7 +140,7 @@ async def test_a_failing_listener_fails_no_small_write(docs: Any) -> None:
             raise RuntimeError("a listener's bug")
 
         docs.database.storage.on_commit = fails  # as a commit callback from the thread would
-        stored = await docs.insert({"id": "kept"})  # committed: the write does not fail
+        stored = await docs.insert({"id": "kept", "text": ""})  # committed: the write does not fail
         assert stored.id == "kept"
         assert [str(e) for e in reported] == ["a listener's bug"]
         assert docs.database.storage.get_one("docs", "kept") is not None

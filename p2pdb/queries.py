@@ -76,7 +76,8 @@ class Query(Generic[R]):
 
     Building one checks it: a malformed selector, sort, ``skip`` or ``limit`` raises
     :class:`~p2pdb.errors.QueryError` at once (at ``find()`` / ``find_one()`` / ``count()``),
-    before anything is awaited.
+    before anything is awaited. ``lazy`` (a query that cannot be malformed, such as a
+    ``find_one`` by id): it is compiled on first use of :attr:`compiled` instead.
     """
 
     def __init__(
@@ -86,6 +87,8 @@ class Query(Generic[R]):
         sort: Sequence[Mapping[str, str]] | None = None,
         skip: int = 0,
         limit: int | None = None,
+        *,
+        lazy: bool = False,
     ) -> None:
         if type(skip) is not int or skip < 0:
             raise QueryError(
@@ -98,7 +101,7 @@ class Query(Generic[R]):
             )
         self.collection = collection
         self._compiled: CompiledQuery | None = None
-        if not self._by_id(selector, sort):
+        if not lazy:  # lazy: nothing to check, compiled on first use (a find_one by id)
             # Compiled before anything is copied: the compiler checks the shapes (a list or
             # a string as selector or sort is a QueryError, never a ValueError from dict()).
             self._compiled = self._compile(selector, sort)
@@ -106,13 +109,6 @@ class Query(Generic[R]):
         self.sort = [dict(s) for s in sort or []]
         self.skip = skip
         self.limit = limit
-
-    def _by_id(
-        self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
-    ) -> bool:
-        """True for a lookup by primary key that needs no compiled query to run (a find_one
-        by id): it is compiled only if asked for (observe), and it cannot be malformed."""
-        return False
 
     def _compile(
         self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
@@ -245,13 +241,11 @@ class FindOneQuery(Query[Document | None]):
                 f"find_one takes a primary key string or a selector dict, got {brief(selector)}.",
                 code="QUERY_NOT_OBJECT",
             )
-        super().__init__(collection, selector, sort, 0, 1)
-
-    def _by_id(
-        self, selector: Mapping[str, Any] | None, sort: Sequence[Mapping[str, str]] | None
-    ) -> bool:
-        # an id that is not text (a lone surrogate) is compiled: QUERY_INVALID_OPERAND
-        return sort is None and self.doc_id is not None and is_text(self.doc_id)
+        # a lookup by id reads the row without a compiled query (one is compiled if it is
+        # observed); an id that is not text (a lone surrogate) is compiled at once, to fail
+        # there with QUERY_INVALID_OPERAND
+        by_id = sort is None and self.doc_id is not None and is_text(self.doc_id)
+        super().__init__(collection, selector, sort, 0, 1, lazy=by_id)
 
     async def exec(self) -> Document | None:
         """Run the query."""

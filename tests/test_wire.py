@@ -156,13 +156,58 @@ async def test_messages_arrive_in_order_and_on_idle_fires() -> None:
     async with channel, echo.channel:
         for i in range(50):
             channel.post_event({"documents": [], "checkpoint": {"seq": i}})
-        assert not channel.idle.is_set()
         async with asyncio.timeout(5):
             await drained.wait()
             await all_seen.wait()
     assert [m["result"]["checkpoint"]["seq"] for m in seen] == list(range(50))
     assert all(m["id"] == STREAM_ID for m in seen)
     assert channel.idle.is_set()
+
+
+class GatedSink:
+    """A sink whose sends wait for ``gate`` (a full channel) and can be made to fail."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.sent: list[object] = []
+        self.fail = False
+
+    async def send(self, message: object) -> None:
+        await self.gate.wait()
+        if self.fail:
+            raise PeerError("gone", code="WIRE_PEER_GONE")
+        self.sent.append(message)
+
+
+async def test_a_message_posted_while_idle_goes_out_in_the_call_and_order_holds() -> None:
+    sink = GatedSink()
+    sink.gate.set()
+    async with RpcChannel(sink, label="Peer", token="t") as channel:
+        channel.post({"n": 0})
+        assert sink.sent == [{"n": 0}] and channel.idle.is_set()  # no task hop
+        sink.gate.clear()
+        for n in range(1, 4):  # the first waits in the sink, the others behind it
+            channel.post({"n": n})
+        assert not channel.idle.is_set()
+        sink.gate.set()
+        async with asyncio.timeout(5):
+            await channel.idle.wait()
+        assert sink.sent == [{"n": n} for n in range(4)]
+
+
+async def test_a_failed_send_fails_the_requests_and_stops_sending_in_order() -> None:
+    sink = GatedSink()
+    async with RpcChannel(sink, label="Peer", token="t") as channel:
+        answer = asyncio.ensure_future(channel.request("m", [], within=5))
+        await asyncio.sleep(0)  # the request task runs: the request waits in the sink
+        channel.post({"n": 1})
+        assert channel.queued_bytes > 0
+        sink.fail = True
+        sink.gate.set()
+        with pytest.raises(PeerError):
+            await asyncio.wait_for(answer, 5)
+        channel.post({"n": 2})
+    assert sink.sent == [] and channel.queued_bytes == 0  # what was never sent is given back
 
 
 async def test_nothing_is_sent_before_start() -> None:

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from ..eager import start_eagerly
 from ..errors import ValidationError
 from ..storage import Direction, Storage, WriteTxn, replication_origin
 
@@ -120,7 +121,7 @@ async def write_to_the_end(
     from before it and decide on them, and the late commit would then overwrite what they
     read (a pulled master state skipped for good, or a stale state pushed over the master's).
     """
-    task = asyncio.ensure_future(storage.write(fn, small=small))
+    task = start_eagerly(storage.write(fn, small=small))  # a write on the loop: done now
     try:
         result = await asyncio.shield(task)
     except asyncio.CancelledError:

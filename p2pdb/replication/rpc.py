@@ -30,6 +30,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..eager import start_eagerly
 from ..errors import P2PDBError, PeerError
 from ..tasks import cancel_and_wait
 from ..tokens import random_token
@@ -146,7 +147,9 @@ class RpcChannel:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._outbox: deque[Outgoing] = deque()
         self._mail = asyncio.Event()  # set while the outbox holds something
-        self._sending: Outgoing | None = None  # being sent by the in-order sender
+        self._sending: Outgoing | None = None  # being sent in order
+        self._head: asyncio.Future[None] | None = None  # sent at once, may still be sending
+        self._failed: PeerError | None = None  # the sink failed: nothing more goes in order
         #: Which stream events may go ahead of the queue (see :mod:`.lanes`).
         self.lane = LiveLane()
         self.budget = budget if budget is not None else PROCESS_BUDGET
@@ -191,16 +194,28 @@ class RpcChannel:
     # -- sending ---------------------------------------------------------------------------
 
     def post(self, message: object) -> None:
-        """Queue a message (sent in order, after everything queued before)."""
-        self._enqueue(Outgoing(message, json_size(message)))
+        """Queue a message (sent in order, after everything queued before). With nothing
+        queued before it, it is sent at once: its frames go in this turn, not the sender
+        task's (requests and answers; a stream event posted while its commit's listeners
+        run waits for the sender task, so they and the writer are not held up)."""
+        self._enqueue(Outgoing(message, json_size(message)), at_once=True)
 
-    def _enqueue(self, entry: Outgoing) -> None:
+    def _enqueue(self, entry: Outgoing, *, at_once: bool = False) -> None:
         if not self._closed:
             self.idle.clear()
             self.queued_bytes += entry.size
             self.budget.charge(entry.size)
+            if at_once and self._in_order_idle():
+                self._head = start_eagerly(self._send_one(entry, notify_soon=True))
+                return
             self._outbox.append(entry)
             self._mail.set()
+
+    def _in_order_idle(self) -> bool:
+        """True when nothing posted before is still to be sent (or being sent)."""
+        head_done = self._head is None or self._head.done()
+        idle = self._sending is None and not self._outbox and not self._live and head_done
+        return idle and self._sender is not None and self._failed is None
 
     def post_now(self, message: object) -> None:
         """Send a small message at once, ahead of the queue (its frames may interleave
@@ -211,9 +226,7 @@ class RpcChannel:
         if self._sender is None or len(self._urgent) >= MAX_URGENT:
             self.post(message)
         elif not self._closed:
-            task = asyncio.get_running_loop().create_task(self._send_now(message))
-            self._urgent.add(task)
-            task.add_done_callback(self._urgent.discard)
+            _track(asyncio.get_running_loop().create_task(self._send_now(message)), self._urgent)
 
     def post_event(self, result: object, *, ids: Collection[str] | None = None) -> None:
         """Queue a stream event ``{id: STREAM_ID, result}``.
@@ -234,10 +247,7 @@ class RpcChannel:
             if live is not None:
                 self.lane.started(ids)
                 task = asyncio.get_running_loop().create_task(self._send_now(live, ids))
-                self._urgent.add(task)
-                task.add_done_callback(self._urgent.discard)
-                self._live.add(task)
-                task.add_done_callback(self._live.discard)
+                _track(task, self._urgent, self._live)
                 return
         self._enqueue(Outgoing(message, size, None if ids is None else frozenset(ids)))
 
@@ -255,24 +265,42 @@ class RpcChannel:
             while not self._outbox:
                 self._mail.clear()
                 await self._mail.wait()
+            # one sent at once that had to wait (a full channel) goes first
+            if self._head is not None and not self._head.done():
+                await asyncio.wait([self._head])
             while self._live:  # what was posted after a live event never reaches the sink first
                 await asyncio.wait(list(self._live))
-            self._sending = entry = self._outbox.popleft()
-            try:
-                await self.sink.send(entry.message)
-            except PeerError as exc:
-                self.fail_pending(exc)
+            if self._failed is not None:
                 return
-            finally:
-                self._sending = None
-                self._uncharge(entry.size)
-            self.lane.sent_in_order(entry)
-            for listener in list(self.sent_listeners):
-                listener()
-            if not self._outbox:
-                self.idle.set()
-                if self._on_idle is not None:
-                    self._on_idle()
+            await self._send_one(self._outbox.popleft())
+
+    async def _send_one(self, entry: Outgoing, *, notify_soon: bool = False) -> None:
+        """Send the next message in order (``notify_soon``: sent within ``post``, whose
+        caller is not called back in the middle of posting)."""
+        self._sending = entry
+        try:
+            await self.sink.send(entry.message)
+        except PeerError as exc:
+            self._failed = exc  # nothing more is sent in order: the peer is gone
+            self.fail_pending(exc)
+            return
+        finally:
+            self._sending = None
+            self._uncharge(entry.size)
+        self.lane.sent_in_order(entry)
+        drained = not self._outbox
+        if drained:
+            self.idle.set()
+        if notify_soon:
+            asyncio.get_running_loop().call_soon(self._notify, drained)
+        else:
+            self._notify(drained)
+
+    def _notify(self, drained: bool) -> None:
+        for listener in list(self.sent_listeners):
+            listener()
+        if drained and self._on_idle is not None:
+            self._on_idle()
 
     def _uncharge(self, size: int) -> None:
         self.queued_bytes -= size
@@ -399,9 +427,18 @@ class RpcChannel:
         self._closed = True
         self.fail_pending(self.error("peer_gone", f"{self.label} disconnected."))
         try:
-            await cancel_and_wait(t for t in (self._sender, *self._urgent) if t is not None)
+            await cancel_and_wait(
+                t for t in (self._sender, self._head, *self._urgent) if t is not None
+            )
         finally:  # our caller cancelled meanwhile or not
             while self._outbox:  # never sent: give the budget back
                 self._uncharge(self._outbox.popleft().size)
             self.sent_listeners.clear()
             self.idle.set()
+
+
+def _track(task: asyncio.Task[None], *sets: set[asyncio.Task[None]]) -> None:
+    """Keep ``task`` in ``sets`` until it ends."""
+    for tasks in sets:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)

@@ -106,6 +106,9 @@ class Connections:
         self._submitted = 0  # functions sent to the writer thread
         self._settled = 0  # of those, ended, and what they scheduled on the loop ran
         self._inline_run = 0  # small transactions run on the loop since the last on the thread
+        # the writer's settings are the loop's (no busy wait, no checkpoint): switched back
+        # by the next function on the thread, not after every small transaction (2-6 us each)
+        self._loop_settings = False
 
     async def open(self, init: Callable[[sqlite3.Connection], T]) -> T:
         """Connect both; ``init`` runs first on the writer thread (it creates the tables)."""
@@ -177,6 +180,9 @@ class Connections:
 
         def job() -> T:
             try:
+                if self._loop_settings:
+                    _thread_settings(conn)
+                    self._loop_settings = False
                 return fn(conn)
             finally:  # after anything fn scheduled on the loop (call_soon_threadsafe is FIFO)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
@@ -216,10 +222,13 @@ class Connections:
         # idle: every function sent to the thread ended, and its commit's callbacks ran
         if small and self._submitted == self._settled and self._inline_run < INLINE_RUN:
             try:
+                if not self._loop_settings:
+                    _loop_settings(conn)
+                    self._loop_settings = True
                 began = _begin_at_once(conn)
                 if began:
                     self._inline_run += 1
-                    result = _commit(conn, body, autocheckpoint=False)
+                    result = _commit(conn, body)
             except sqlite3.Error as exc:
                 raise storage_error(self.path, exc) from exc
             if began:
@@ -235,7 +244,7 @@ class Connections:
 
         def on_thread(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
-            result = _commit(conn, body, autocheckpoint=True)
+            result = _commit(conn, body)
             loop.call_soon_threadsafe(committed, result)
             return result
 
@@ -247,35 +256,37 @@ class Connections:
         return await self.run(fn)
 
 
-def _begin_at_once(conn: sqlite3.Connection) -> bool:
-    """``BEGIN IMMEDIATE`` without waiting: False if another process holds the write lock."""
+def _loop_settings(conn: sqlite3.Connection) -> None:
+    """The writer's settings while it runs on the event loop: never wait for another
+    process's lock there, and never checkpoint the WAL there (that can take milliseconds)."""
     conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+
+def _thread_settings(conn: sqlite3.Connection) -> None:
+    """The writer's settings on its thread: wait for a lock, checkpoint as SQLite does."""
+    conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
+
+
+def _begin_at_once(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` without waiting (under :func:`_loop_settings`): False if another
+    process holds the write lock."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             return False
         raise
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
     return True
 
 
-def _commit(
-    conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], *, autocheckpoint: bool
-) -> T:
+def _commit(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
     """``body(conn)`` in the transaction just begun, then ``COMMIT`` (``ROLLBACK`` if
-    anything raises). Without ``autocheckpoint`` the commit does not checkpoint the WAL
-    (that can take milliseconds: never on the event loop)."""
+    anything raises)."""
     try:
         result = body(conn)
-        if not autocheckpoint:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            conn.execute("COMMIT")
-        finally:
-            if not autocheckpoint:
-                conn.execute(f"PRAGMA wal_autocheckpoint = {_AUTOCHECKPOINT_PAGES}")
+        conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

@@ -2,7 +2,8 @@
 
 :class:`AiortcEngine` makes one ``RTCPeerConnection`` (on the configured host addresses,
 :mod:`.ice`), creates the ordered in-band channel labelled with 40 hex chars as initiator
-or takes the one it is given as responder, turns on delayed SACKs (:mod:`.sctp_sack`),
+or takes the one it is given as responder, turns on delayed SACKs (:mod:`.sctp_sack`) and
+flushing sends at once (:mod:`.sctp_flush`),
 adds trickled candidates (:mod:`.candidates`: ``.local`` names resolved in the background)
 and closes it all within a bound.
 """
@@ -17,7 +18,7 @@ from aiortc.sdp import candidate_from_sdp
 from p2pdb.errors import PeerError
 from p2pdb.tokens import random_token
 
-from . import sctp_sack
+from . import sctp_flush, sctp_sack
 from .candidates import CandidateAdder
 from .engine import (
     ChannelEvents,
@@ -152,6 +153,7 @@ class AiortcEngine:
         self.channel = channel
         if self._settings.delayed_sack:
             sctp_sack.enable(channel.transport)
+        sctp_flush.enable(channel.transport)
         on = self._events
         self._wire(channel, ChannelEvents(on.opened, on.frame, on.low, on.closed))
 

@@ -23,7 +23,6 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from ..eager import start_eagerly
 from ..errors import PeerError
 from ..tasks import cancel_and_wait
 from .limits import ErrorRate, PeerLimits, json_size
@@ -59,7 +58,7 @@ class RequestGate:
         self._waiting: deque[tuple[Request, int]] = deque()  # with a write's params' size
         self._queued_writes = 0  # masterWrite requests waiting, and their params' JSON bytes
         self._queued_bytes = 0
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._watching = False
         self._room = asyncio.Event()  # set while no request waits (for wait_for_queue)
@@ -98,7 +97,7 @@ class RequestGate:
         if self.failed is not None:
             raise self.failed
         if self._started and not self._waiting and self._can_start():
-            self._start(request, at_once=True)  # nothing held, nothing to count
+            self._start(request)  # served at once: nothing held, nothing to count
             return
         limits = self.limits
         size = 0
@@ -146,13 +145,9 @@ class RequestGate:
         """A slot is free and the outbox has room."""
         return len(self._tasks) < self.limits.max_requests_in_flight and self._has_room()
 
-    def _start(self, request: Request, *, at_once: bool = False) -> None:
-        # at once: served in this turn up to its first wait (a small write and its answer
-        # are often all of it); from _pump as a task (a finished one's _pump would recurse)
-        run = self._run(request)
-        task = start_eagerly(run) if at_once else asyncio.get_running_loop().create_task(run)
-        if not task.done():
-            self._tasks.add(task)
+    def _start(self, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(request))
+        self._tasks.add(task)
 
     def _sent(self) -> None:
         """A message went out: progress, so the drain timer starts again."""

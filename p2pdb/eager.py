@@ -86,6 +86,10 @@ class _Started(Coroutine[Any, Any, Any]):
     def first_part(self) -> None:
         try:
             self._yielded = self._coro.send(None)
+            if asyncio.isfuture(self._yielded):
+                # taken, as a task takes it at once: C futures read a set flag as "already
+                # awaited" and fail another awaiter of the same future until it is cleared
+                self._yielded._asyncio_future_blocking = False
         except (KeyboardInterrupt, SystemExit) as exc:
             self.ended = asyncio.CancelledError()  # the task's step just ends
             raise exc
@@ -98,8 +102,11 @@ class _Started(Coroutine[Any, Any, Any]):
             if self.ended is not None:
                 raise StopIteration  # the outcome went to start_eagerly's future
             waited = self._yielded
-            if not (asyncio.isfuture(waited) and waited.done()):
-                return waited  # the task waits for it
+            if not asyncio.isfuture(waited):
+                return waited  # a bare yield: the task steps again
+            if not waited.done():
+                waited._asyncio_future_blocking = True  # as its await left it: the task takes it
+                return waited
             waited._asyncio_future_blocking = False  # done meanwhile: go on at once
         return self._coro.send(value)
 

@@ -158,3 +158,19 @@ async def test_started_from_a_plain_callback_outside_any_task() -> None:
 
     loop.call_soon(lambda: started.set_result(start_eagerly(waits_a_turn())))
     assert await asyncio.wait_for(await started, 5) == "done"
+
+
+async def test_a_future_the_caller_awaits_too_right_after_the_start() -> None:
+    """The started coroutine and its caller wait for the same future (a push window
+    waiting for the one ahead while the caller waits for it too), the caller first: both
+    wake up."""
+    loop = asyncio.get_running_loop()
+    shared: asyncio.Future[str] = loop.create_future()
+
+    async def waits_for_shared() -> str:
+        return await shared + " (started)"
+
+    future = start_eagerly(waits_for_shared())
+    loop.call_later(0.01, shared.set_result, "done")
+    assert await shared == "done"  # this task takes the future before the started one's step
+    assert await asyncio.wait_for(future, 5) == "done (started)"

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 from ..causal import state_vector
 from ..conflicts import Conflict, resolve_conflict
+from ..eager import start_eagerly
 from ..errors import ConflictError, ReplicationError, ValidationError
 from ..storage import SMALL_WRITE_ROWS, Write, WriteTxn
 from ..streams import EventStream
@@ -183,8 +184,8 @@ class Upstream(DirectionTask):
         (in the window ahead, or in a live push) waits for those and is read again, so its
         states and assumed states are current."""
         pk = self.context.collection.schema.primary_key
-        ahead: asyncio.Task[None] | None = None
-        flying: list[tuple[asyncio.Task[None], _Push | None]] = []  # at most two
+        ahead: asyncio.Future[None] | None = None
+        flying: list[tuple[asyncio.Future[None], _Push | None]] = []  # at most two
         try:
             while True:  # ``pairs``: the window read from ``start``
                 while not self._pushing.isdisjoint(state[pk] for _, state in pairs):
@@ -195,7 +196,7 @@ class Upstream(DirectionTask):
                         await self._landed.wait()
                     pairs, last = self._read(start)
                 push = self._prepare([state for _, state in pairs], last)
-                task = asyncio.ensure_future(self._run_push(push, after=ahead))
+                task = start_eagerly(self._run_push(push, after=ahead))  # sent in this turn
                 flying.append((task, push))
                 if ahead is not None:
                     await ahead
@@ -262,7 +263,9 @@ class Upstream(DirectionTask):
         self._pushing |= ids  # before any await: the other lane must see them
         return _Push(rows, ids, revisions, vectors, checkpoint)
 
-    async def _run_push(self, push: _Push | None, after: asyncio.Task[None] | None = None) -> None:
+    async def _run_push(
+        self, push: _Push | None, after: asyncio.Future[None] | None = None
+    ) -> None:
         """Send a prepared push, decide, store the outcome after ``after`` (the push whose
         outcome must be stored first; its failure is raised), and emit the events."""
         if push is None:

@@ -80,6 +80,7 @@ class _Member:
     last_seen: float
     rate: MessageRate
     rooms: set[str] = field(default_factory=set)
+    joining: set[str] = field(default_factory=set)  # announced, the registry's answer not in
 
 
 class _Refusal(Exception):
@@ -87,8 +88,7 @@ class _Refusal(Exception):
 
     def __init__(self, reason: CloseReason, detail: str) -> None:
         super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
+        self.reason, self.detail = reason, detail
 
 
 class SignalingServer:
@@ -295,14 +295,16 @@ class SignalingServer:
             return
         limits = self.options
         if len(member.rooms) >= limits.max_rooms_per_connection:
-            raise _Refusal(
-                CloseReason.TOO_MANY_ROOMS,
-                f"too many rooms (limit {limits.max_rooms_per_connection})",
-            )
-        if not await self.registry.join(room, member.id, limits.max_peers_per_room):
-            raise _Refusal(
-                CloseReason.ROOM_FULL, f"room is full (limit {limits.max_peers_per_room} peers)"
-            )
+            detail = f"too many rooms (limit {limits.max_rooms_per_connection})"
+            raise _Refusal(CloseReason.TOO_MANY_ROOMS, detail)
+        member.joining.add(room)  # others may signal it once announced, before join returns
+        try:
+            joined = await self.registry.join(room, member.id, limits.max_peers_per_room)
+        finally:
+            member.joining.discard(room)
+        if not joined:
+            detail = f"room is full (limit {limits.max_peers_per_room} peers)"
+            raise _Refusal(CloseReason.ROOM_FULL, detail)
         if self._members.get(member.id) is not member:  # evicted while the join ran
             self.registry.leave(member.id, [room])
             return
@@ -327,7 +329,7 @@ class SignalingServer:
             if relay is Relay.GONE:  # it left (a benign race with its disconnect): drop it
                 logger.debug("dropping signal from %s to departed peer %s", member.id, receiver_id)
             return
-        if room not in receiver.rooms:
+        if room not in receiver.rooms and room not in receiver.joining:
             raise _violation("signal to a peer outside the room")
         self._deliver(receiver, text)
 

@@ -14,6 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from p2pdb.errors import ValidationError
 from p2pdb.plugins.replication_webrtc import start_signaling_server
+from p2pdb.plugins.replication_webrtc.signaling_rooms import MemoryRooms
 from p2pdb.plugins.replication_webrtc.signaling_server import SignalingServer
 
 ROOM = "room-abc"
@@ -192,6 +193,48 @@ async def test_signal_to_a_peer_outside_the_room_is_rejected(clients: Any) -> No
     signal = {"type": "signal", "room": ROOM, "senderPeerId": a.id, "receiverPeerId": c.id}
     await a.send({**signal, "data": {}})
     await a.expect_closed(1008, "outside the room")
+
+
+class SlowSharedRooms(MemoryRooms):
+    """Rooms shared through a slow store (as Redis): a join is announced to the members
+    before its answer reaches the joiner's node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = asyncio.Event()
+
+    async def join(self, room: str, peer_id: str, max_peers: int) -> bool:
+        joined = await super().join(room, peer_id, max_peers)
+        await self.answer.wait()
+        return joined
+
+
+async def test_a_member_signalling_a_peer_announced_but_not_yet_answered_is_delivered() -> None:
+    """The announced joiner's node has not heard the registry's answer yet: a signal to it
+    is a race of the shared registry, not a violation (it once closed the sender's socket,
+    and the peer came back with a new id)."""
+    rooms = SlowSharedRooms()
+    rooms.answer.set()
+    async with await start_signaling_server(port=0, rooms=rooms) as server:
+        a_socket, b_socket = await connect(server.url), await connect(server.url)
+        try:
+            ids = [json.loads(await socket.recv())["yourPeerId"] for socket in (a_socket, b_socket)]
+            a, b = Client(a_socket, ids[0]), Client(b_socket, ids[1])
+            assert await a.join() == [a.id]
+            rooms.answer.clear()
+            await b.send({"type": "join", "room": ROOM})
+            assert await a.joined() == [a.id, b.id]  # announced; b's join not answered yet
+            signal = {"type": "signal", "room": ROOM, "senderPeerId": a.id, "receiverPeerId": b.id}
+            await a.send({**signal, "data": {"type": "offer"}})
+            assert (await b.recv())["type"] == "joined"
+            assert (await b.recv())["data"] == {"type": "offer"}  # delivered, a still open
+            rooms.answer.set()
+            await a.send({**signal, "data": {"type": "again"}})
+            assert (await b.recv())["data"] == {"type": "again"}
+        finally:
+            rooms.answer.set()  # a join still waiting would hold the server's close
+            await a_socket.close()
+            await b_socket.close()
 
 
 async def test_signal_naming_a_room_the_sender_did_not_join_is_rejected(clients: Any) -> None:

@@ -6,6 +6,7 @@ several times; reopening continues until done, and every document is migrated ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -96,7 +97,10 @@ async def run_child(path: Path, kill_after: int | None, delay: float) -> tuple[b
                 seen.append(int(rest[0]))
                 if kill_after is not None and len(seen) >= kill_after:
                     await asyncio.sleep(delay)  # a random point inside the next batch
-                    process.send_signal(signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                        process.send_signal(signal.SIGKILL)
+                    # what it printed before the kill (all of it, had it already finished)
+                    finished = b"done" in await process.stdout.read()
                     break
     finally:
         if process.returncode is None and not finished:

@@ -31,7 +31,7 @@ import aiosqlite
 from ..backoff import Backoff
 from ..errors import ClosedError, StorageError
 
-__all__ = ["INLINE_RUN", "Connections", "retry_locked", "storage_error"]
+__all__ = ["INLINE_RUN", "Connections", "retry_locked", "storage_error", "transaction"]
 
 T = TypeVar("T")
 
@@ -243,8 +243,7 @@ class Connections:
         loop = asyncio.get_running_loop()
 
         def on_thread(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            result = _commit(conn, body)
+            result = transaction(conn, body)
             loop.call_soon_threadsafe(committed, result)
             return result
 
@@ -279,6 +278,13 @@ def _begin_at_once(conn: sqlite3.Connection) -> bool:
             return False
         raise
     return True
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it raises);
+    on the writer thread (it waits for another process's lock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    return _commit(conn, fn)
 
 
 def _commit(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:

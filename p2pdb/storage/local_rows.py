@@ -10,8 +10,7 @@ connection given by the caller: the writer's inside a transaction, or the reader
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -27,10 +26,7 @@ __all__ = [
     "get",
     "list_rows",
     "put",
-    "transaction",
 ]
-
-T = TypeVar("T")
 
 #: The ``parent`` of the database's own local documents (collection names are never empty).
 DATABASE_PARENT = ""
@@ -116,14 +112,3 @@ def delete_parent(conn: sqlite3.Connection, parent: str) -> None:
     conn.execute("DELETE FROM p2pdb_local WHERE parent = ?", (parent,))
 
 
-def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """``fn(conn)`` between ``BEGIN IMMEDIATE`` and ``COMMIT`` (rolled back if it raises)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
 from . import catalog
 from .catalog import CollectionInfo, table_name
+from .connection import transaction
 
 __all__ = [
     "MigratedRow",
@@ -35,8 +36,6 @@ __all__ = [
     "source_mark",
     "write_batch",
 ]
-
-T = TypeVar("T")
 
 #: ``(id, seq, rev, lwt, deleted, origin, body)``: a row of a collection's table, with its
 #: body as stored (a JSON text).
@@ -53,18 +52,6 @@ def record_key(name: str) -> str:
 def scratch_table(name: str) -> str:
     """The quoted scratch table a migration of ``name`` fills."""
     return f'"col_{name}#migrating"'
-
-
-def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
 
 
 def get_record(conn: sqlite3.Connection, name: str) -> dict[str, Any] | None:
@@ -105,7 +92,7 @@ def begin(conn: sqlite3.Connection, name: str, record: dict[str, Any]) -> dict[s
         catalog.set_info(conn, record_key(name), orjson.dumps(record).decode())
         return record
 
-    return _transaction(conn, run)
+    return transaction(conn, run)
 
 
 def source_batch(
@@ -141,7 +128,7 @@ def write_batch(
         )
         catalog.set_info(conn, record_key(name), orjson.dumps(record).decode())
 
-    _transaction(conn, run)
+    transaction(conn, run)
 
 
 def abort(conn: sqlite3.Connection, name: str) -> None:
@@ -151,7 +138,7 @@ def abort(conn: sqlite3.Connection, name: str) -> None:
         conn.execute(f"DROP TABLE IF EXISTS {scratch_table(name)}")
         conn.execute("DELETE FROM p2pdb_info WHERE key = ?", (record_key(name),))
 
-    _transaction(conn, run)
+    transaction(conn, run)
 
 
 def finish(
@@ -178,4 +165,4 @@ def finish(
         conn.execute("DELETE FROM p2pdb_info WHERE key = ?", (record_key(info.name),))
         return True
 
-    return _transaction(conn, run)
+    return transaction(conn, run)

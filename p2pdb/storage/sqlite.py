@@ -28,7 +28,7 @@ from . import migration_rows as migration_sql
 from . import replication_rows as replication_state
 from .base import BodyCodec, DamagedDocument, Direction, Skip, Storage, WriteCheck, WriteTxn
 from .catalog import Catalog
-from .connection import Connections, retry_locked
+from .connection import Connections, retry_locked, transaction
 from .own_writes import OwnWrites
 from .purge import PurgeBatch, purge_batch
 from .replication_rows import ReplicationRows
@@ -264,7 +264,7 @@ class SQLiteStorage:
             local_rows.delete_parent(conn, name)
             return catalog.drop(conn, name)
 
-        found = await self._conns.run(lambda conn: local_rows.transaction(conn, drop))
+        found = await self._conns.run(lambda conn: transaction(conn, drop))
         self._catalog.remove(name)
         return found
 
@@ -305,7 +305,7 @@ class SQLiteStorage:
         def put(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, dict[str, Any]]:
             return local_rows.put(conn, parent, doc_id, data, insert=insert, expected=expected)
 
-        return await self._conns.run(lambda conn: local_rows.transaction(conn, put))
+        return await self._conns.run(lambda conn: transaction(conn, put))
 
     async def delete_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
         """Delete a local document in its own transaction; what it was, or ``None``."""
@@ -313,7 +313,7 @@ class SQLiteStorage:
         def delete(conn: sqlite3.Connection) -> dict[str, Any] | None:
             return local_rows.delete(conn, parent, doc_id)
 
-        return await self._conns.run(lambda conn: local_rows.transaction(conn, delete))
+        return await self._conns.run(lambda conn: transaction(conn, delete))
 
     # -- schema migration (format: migration_sql.py; the logic: p2pdb/migration.py) -------
 
@@ -434,7 +434,7 @@ class SQLiteStorage:
                 keep=lambda ids: keep(conn, ids),
             )
 
-        return await self._conns.run(lambda conn: local_rows.transaction(conn, run))
+        return await self._conns.run(lambda conn: transaction(conn, run))
 
 
 if TYPE_CHECKING:  # the type checker proves the implementation matches the protocols

@@ -25,16 +25,16 @@ changed. Transports :func:`enable` was not called for keep aiortc's behaviour ex
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-import aiortc
 from aiortc import rtcsctptransport
 from aiortc.rtcsctptransport import RTCSctpTransport
 
 from p2pdb.eager import start_eagerly
+
+from . import aiortc_patches
 
 __all__ = [
     "CHECKED_AIORTC_VERSIONS",
@@ -54,20 +54,17 @@ ENV_VARIABLE = "P2PDB_SCTP_EAGER_FLUSH"
 
 _enabled: weakref.WeakSet[RTCSctpTransport] = weakref.WeakSet()
 _original: Callable[[RTCSctpTransport, Any, bytes | str], None] | None = None
-_unsupported_logged = False
+_METHODS = ("_data_channel_send", "_data_channel_flush")
 
 
 def supported() -> bool:
     """Whether the installed aiortc is one this patch was checked against."""
-    return aiortc.__version__ in CHECKED_AIORTC_VERSIONS and all(
-        hasattr(RTCSctpTransport, name) for name in ("_data_channel_send", "_data_channel_flush")
-    )
+    return aiortc_patches.checked(CHECKED_AIORTC_VERSIONS, *_METHODS)
 
 
 def enabled_by_environment() -> bool:
     """``False`` when ``P2PDB_SCTP_EAGER_FLUSH`` is ``0``/``false``/``no``/``off``."""
-    value = os.environ.get(ENV_VARIABLE, "").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    return aiortc_patches.switched_on(ENV_VARIABLE)
 
 
 def enable(transport: RTCSctpTransport) -> bool:
@@ -75,17 +72,10 @@ def enable(transport: RTCSctpTransport) -> bool:
 
     Returns whether it is on: ``False`` if the environment switched it off or the
     installed aiortc is not a checked version (then nothing is patched)."""
-    global _original, _unsupported_logged
-    if not enabled_by_environment():
-        return False
-    if not supported():
-        if not _unsupported_logged:
-            _unsupported_logged = True
-            logger.debug(
-                "aiortc %s is not among the versions checked for flushing at once (%s)",
-                aiortc.__version__,
-                ", ".join(sorted(CHECKED_AIORTC_VERSIONS)),
-            )
+    global _original
+    if not aiortc_patches.may_patch(
+        ENV_VARIABLE, CHECKED_AIORTC_VERSIONS, _METHODS, "flushing at once", logger
+    ):
         return False
     if _original is None:
         _original = RTCSctpTransport._data_channel_send

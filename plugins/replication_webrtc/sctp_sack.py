@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiortc
 from aiortc.rtcsctptransport import RTCSctpTransport
+
+from . import aiortc_patches
 
 __all__ = [
     "CHECKED_AIORTC_VERSIONS",
@@ -95,7 +95,6 @@ class _State:
 _counts = SackCounts()
 _states: weakref.WeakKeyDictionary[RTCSctpTransport, _State] = weakref.WeakKeyDictionary()
 _original: Callable[[RTCSctpTransport], Awaitable[None]] | None = None
-_unsupported_logged = False
 
 
 def counts() -> SackCounts:
@@ -103,17 +102,17 @@ def counts() -> SackCounts:
     return _counts
 
 
+_METHODS = ("_send_sack",)
+
+
 def supported() -> bool:
     """Whether the installed aiortc is one this patch was checked against."""
-    return aiortc.__version__ in CHECKED_AIORTC_VERSIONS and hasattr(
-        RTCSctpTransport, "_send_sack"
-    )
+    return aiortc_patches.checked(CHECKED_AIORTC_VERSIONS, *_METHODS)
 
 
 def enabled_by_environment() -> bool:
     """``False`` when ``P2PDB_SCTP_DELAYED_SACK`` is ``0``/``false``/``no``/``off``."""
-    value = os.environ.get(ENV_VARIABLE, "").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    return aiortc_patches.switched_on(ENV_VARIABLE)
 
 
 def enable(transport: RTCSctpTransport) -> bool:
@@ -121,18 +120,10 @@ def enable(transport: RTCSctpTransport) -> bool:
 
     Returns whether they are on: ``False`` if the environment switched them off or the
     installed aiortc is not a checked version (then nothing is patched)."""
-    global _original, _unsupported_logged
-    if not enabled_by_environment():
-        return False
-    if not supported():
-        if not _unsupported_logged:
-            _unsupported_logged = True
-            logger.debug(
-                "aiortc %s is not among the versions checked for delayed SACKs (%s); "
-                "SCTP acknowledges every packet",
-                aiortc.__version__,
-                ", ".join(sorted(CHECKED_AIORTC_VERSIONS)),
-            )
+    global _original
+    if not aiortc_patches.may_patch(
+        ENV_VARIABLE, CHECKED_AIORTC_VERSIONS, _METHODS, "delayed SACKs", logger
+    ):
         return False
     if _original is None:
         _original = RTCSctpTransport._send_sack

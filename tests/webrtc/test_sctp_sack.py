@@ -17,7 +17,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from webrtc_helpers import HandlerMaker
 
-from p2pdb.plugins.replication_webrtc import sctp_sack
+from p2pdb.plugins.replication_webrtc import aiortc_patches, sctp_sack
 
 CHILD = Path(__file__).with_name("sack_child.py")
 COUNT = 2000  # messages each way
@@ -139,7 +139,7 @@ def test_an_unknown_aiortc_version_is_left_alone(
 ) -> None:
     monkeypatch.delenv(sctp_sack.ENV_VARIABLE, raising=False)
     monkeypatch.setattr(aiortc, "__version__", "0.0.1")
-    monkeypatch.setattr(sctp_sack, "_unsupported_logged", False)
+    monkeypatch.setattr(aiortc_patches, "_logged", set())
     with caplog.at_level(logging.DEBUG, logger="p2pdb.webrtc.sctp_sack"):
         assert sctp_sack.enable(object()) is False  # type: ignore[arg-type]
         assert sctp_sack.enable(object()) is False  # type: ignore[arg-type]

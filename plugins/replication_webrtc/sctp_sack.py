@@ -15,7 +15,12 @@ patch, a transport it is enabled for (:func:`enable`) sends its SACK:
 
 - at once when the packet left duplicates or gaps, or filled the last gap (loss recovery
   and fast retransmit are as quick as before);
-- at once on every second packet that needed one;
+- at once on every second packet that needed one, while packets come close together (a
+  sender filling its window waits for it);
+- after :data:`QUIET_DELAY` (1 ms) for the second packet of a quiet spell, when the packet
+  before it came at least :data:`QUIET` (2 ms) earlier: no window is filling, and the
+  SACK's encryption and ``sendto`` (60-190 us on a busy peer) no longer come between the
+  message's arrival and the application's handling of it, a live change's latency;
 - otherwise after :data:`DELAY` seconds (200 ms, the RFC's bound), unless the next packet
   came first.
 
@@ -48,6 +53,8 @@ __all__ = [
     "CHECKED_AIORTC_VERSIONS",
     "DELAY",
     "ENV_VARIABLE",
+    "QUIET",
+    "QUIET_DELAY",
     "SackCounts",
     "counts",
     "delayed_send_sack",
@@ -64,6 +71,10 @@ CHECKED_AIORTC_VERSIONS = frozenset({"1.16.0"})
 DELAY = 0.2
 #: Packets acknowledged by one SACK at most (RFC 4960 6.2: at least every second packet).
 EVERY = 2
+#: A packet this long (seconds) after the one before it ends a quiet spell: its SACK is sent
+#: :data:`QUIET_DELAY` later, after the application's turn, unless another packet comes first.
+QUIET = 0.002
+QUIET_DELAY = 0.001
 #: ``P2PDB_SCTP_DELAYED_SACK=0`` switches the patch off for the process.
 ENV_VARIABLE = "P2PDB_SCTP_DELAYED_SACK"
 
@@ -77,17 +88,19 @@ class SackCounts:
     sent: int = 0
     """SACK chunks those transports sent (at once or from the timer)."""
     delayed: int = 0
-    """SACKs sent by the timer (no second packet within :data:`DELAY`)."""
+    """SACKs sent by the timer (no second packet within :data:`DELAY`, or the second packet
+    of a quiet spell, :data:`QUIET_DELAY` later)."""
     for_gaps: int = 0
     """SACKs sent at once because of gaps or duplicates (loss or reordering)."""
 
 
 class _State:
-    __slots__ = ("gaps", "task", "timer", "unacked")
+    __slots__ = ("gaps", "last", "task", "timer", "unacked")
 
     def __init__(self) -> None:
         self.unacked = 0  # packets received since the last SACK
         self.gaps = False  # the last SACK reported gaps or duplicates
+        self.last = float("-inf")  # loop time of the last packet that needed a SACK
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None  # a timer's SACK being sent
 
@@ -144,14 +157,22 @@ async def delayed_send_sack(self: RTCSctpTransport) -> None:
         return
     _counts.packets += 1
     state.unacked += 1
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    quiet = now - state.last >= QUIET
+    state.last = now
     gaps = bool(self._sack_misordered or self._sack_duplicates)
     if gaps or state.gaps:
         _counts.for_gaps += 1
         await _send_now(self, state, gaps)
-    elif state.unacked >= EVERY:
+    elif state.unacked >= EVERY and not quiet:
         await _send_now(self, state, gaps)
+    elif state.unacked >= EVERY:  # after a quiet spell: once the application had its turn
+        if state.timer is not None:
+            state.timer.cancel()
+        state.timer = loop.call_later(QUIET_DELAY, _expired, self, state)
     elif state.timer is None:
-        state.timer = asyncio.get_running_loop().call_later(DELAY, _expired, self, state)
+        state.timer = loop.call_later(DELAY, _expired, self, state)
 
 
 async def _send_now(self: RTCSctpTransport, state: _State, gaps: bool) -> None:

@@ -7,7 +7,8 @@ import asyncio
 
 import aioice.ice
 import pytest
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection
+from aiortc import RTCDataChannel
+from aiortc_pair import pair
 
 from p2pdb.plugins.replication_webrtc import sctp_flush
 
@@ -34,28 +35,11 @@ class Inbox:
             self.full.set()
 
 
-async def pair() -> tuple[RTCPeerConnection, RTCPeerConnection, RTCDataChannel, RTCDataChannel]:
-    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    ours = offerer.createDataChannel("flush-test", ordered=True)
-    theirs: asyncio.Future[RTCDataChannel] = asyncio.get_running_loop().create_future()
-    answerer.on("datachannel", theirs.set_result)
-    opened = asyncio.Event()
-    ours.on("open", opened.set)
-    await offerer.setLocalDescription(await offerer.createOffer())
-    await answerer.setRemoteDescription(offerer.localDescription)
-    await answerer.setLocalDescription(await answerer.createAnswer())
-    await offerer.setRemoteDescription(answerer.localDescription)
-    async with asyncio.timeout(30):
-        await opened.wait()
-        return offerer, answerer, ours, await theirs
-
-
 @pytest.mark.skipif(not sctp_flush.supported(), reason="aiortc version not checked")
 async def test_a_patched_send_leaves_before_it_returns_and_order_holds_both_ways(
     loopback: None,
 ) -> None:
-    offerer, answerer, ours, theirs = await pair()
+    offerer, answerer, ours, theirs = await pair("flush-test")
     try:
         assert sctp_flush.enable(ours.transport)
         ours_in, theirs_in = Inbox(ours), Inbox(theirs)

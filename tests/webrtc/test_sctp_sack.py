@@ -15,6 +15,7 @@ import aiortc
 import orjson
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc_pair import pair
 from webrtc_helpers import HandlerMaker
 
 from p2pdb.plugins.replication_webrtc import aiortc_patches, sctp_sack
@@ -124,6 +125,51 @@ async def test_delayed_sacks_interoperate_with_an_unpatched_peer(loopback: None)
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.skipif(not sctp_sack.supported(), reason="aiortc version not checked")
+async def test_after_a_quiet_spell_the_sack_waits_for_the_application_turn(
+    loopback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offerer, answerer, ours, theirs = await pair("quiet-sack-test")
+    try:
+        assert sctp_sack.enable(theirs.transport)  # the receiver's SACKs
+        loop = asyncio.get_running_loop()
+        turns: list[tuple[str, int]] = []  # (message, SACKs sent at delivery / a turn later)
+        second_turns = asyncio.Event()
+        sacked = asyncio.Event()
+        send_now = sctp_sack._send_now
+
+        async def observed(*args: Any) -> None:
+            await send_now(*args)
+            sacked.set()
+
+        monkeypatch.setattr(sctp_sack, "_send_now", observed)
+
+        def next_turn(message: str) -> None:
+            turns.append(("next turn", sctp_sack.counts().sent))
+            if message == "second":
+                second_turns.set()
+
+        def on_message(message: str | bytes) -> None:
+            turns.append((str(message), sctp_sack.counts().sent))
+            loop.call_soon(next_turn, str(message))
+
+        theirs.on("message", on_message)
+        ours.send("first")  # its SACK waits for a second packet (or DELAY)
+        await asyncio.sleep(sctp_sack.QUIET * 3)  # the quiet spell under test
+        sent = sctp_sack.counts().sent
+        sacked.clear()
+        ours.send("second")  # a second packet after a quiet spell
+        async with asyncio.timeout(10):
+            await second_turns.wait()
+        assert turns[2:] == [("second", sent), ("next turn", sent)]  # not in its turn
+        async with asyncio.timeout(sctp_sack.DELAY / 2):  # QUIET_DELAY later, not DELAY
+            await sacked.wait()
+        assert sctp_sack.counts().sent == sent + 1
+    finally:
+        await offerer.close()
+        await answerer.close()
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,6 +101,47 @@ async def test_a_live_event_overtakes_a_bulk_event_with_the_floor_checkpoint() -
         assert events(sink)[2] == (BULK, {"seq": 201})  # the bulk keeps its own
 
 
+class QueueGauge:
+    """A transport's queue that urgent frames overtake (as aiortc's with sctp_flush):
+    every in-order message is "handed" at once and leaves the queue on :meth:`flush`."""
+
+    def __init__(self, sink: SlowSink) -> None:
+        self.sink = sink
+        self.flushed_to = 0
+
+    def handed(self) -> int:
+        return len(self.sink.sent)
+
+    def flushed(self) -> int:
+        return self.flushed_to
+
+
+async def test_with_a_gauge_the_floor_is_the_last_message_past_the_transports_queue() -> None:
+    sink = SlowSink()
+    gauge = QueueGauge(sink)
+    channel = RpcChannel(sink, label="test", token="t", primary_key="id", gauge=gauge)
+    async with channel:
+        channel.post_event(batch(["first"], 1))
+        channel.post_event(batch(["second"], 2))
+        await sink.count(2)
+        assert not channel.lane.has_floor()  # both may still be overtaken in the queue
+        gauge.flushed_to = 1  # "first" left the queue, "second" did not
+        channel.post_event(batch(BULK, 201))
+        await sink.holding.wait()
+        channel.post_event(batch(["live"], 202))
+        await sink.count(3)
+        # the floor is "first"'s: "second" may still be behind the live event on the wire
+        assert events(sink)[2] == (["live"], {"seq": 1})
+        gauge.flushed_to = 2
+        channel.post_event(batch(["live2"], 203))
+        await sink.count(4)
+        assert events(sink)[3] == (["live2"], {"seq": 2})
+        sink.release.set()
+        await sink.count(5)
+        gauge.flushed_to = 5
+        assert channel.lane.floor == {"seq": 201}  # pending floors are dropped as they pass
+
+
 async def test_a_live_event_never_overtakes_an_older_state_of_its_document() -> None:
     sink = SlowSink()
     async with await channel_with_floor(sink) as channel:

@@ -19,18 +19,23 @@ of the message being sent, see :data:`URGENT_SEND`), when every rule below holds
   checkpoint that holds even if the connection drops before the overtaken messages arrive;
   they carry their own checkpoints when they do. Without a floor it waits in the queue.
 
+  A transport whose own queue lets urgent frames overtake frames it still holds (aiortc's
+  data channel queue, ``sctp_flush.py``) gives the channel a :class:`FlushGauge`: a message
+  becomes the floor only once its frames are past that queue, where nothing overtakes them.
+
 Anything else waits in the queue, in order.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
+    "FlushGauge",
     "LIVE_MAX_BYTES",
     "LIVE_MAX_DOCS",
     "STREAM_ID",
@@ -99,10 +104,30 @@ def sound_checkpoint(message: object) -> object:
     return _NO_FLOOR
 
 
-class LiveLane:
-    """Decides which stream events of one channel go ahead (see the module docstring)."""
+class FlushGauge(Protocol):
+    """How far a transport took the messages it was given in order (bytes of their frames):
+    offered by a transport that sends urgent frames ahead of frames it still queues."""
 
-    def __init__(self) -> None:
+    def handed(self) -> int:
+        """Bytes of in-order frames handed to the transport so far."""
+        ...
+
+    def flushed(self) -> int:
+        """Of those, the bytes surely past the queue that urgent frames overtake (a lower
+        bound: the floor it gives may lag, never lead)."""
+        ...
+
+
+class LiveLane:
+    """Decides which stream events of one channel go ahead (see the module docstring).
+    ``gauge``: the transport's :class:`FlushGauge`, if urgent frames may overtake frames
+    it holds."""
+
+    def __init__(self, gauge: FlushGauge | None = None) -> None:
+        self._gauge = gauge
+        # checkpoints of messages sent in order whose frames the transport may still hold,
+        # with the gauge's ``handed()`` at their end (only with a gauge)
+        self._unflushed: deque[tuple[int, object]] = deque()
         self._floor: object = _NO_FLOOR
         self._in_flight: Counter[str] = Counter()  # ids of live events being sent
         #: Live events sent ahead so far.
@@ -112,17 +137,29 @@ class LiveLane:
     def floor(self) -> object:
         """The checkpoint a live event carries now (``None`` may be a real one; see
         :meth:`has_floor`)."""
-        return None if isinstance(self._floor, _Missing) else self._floor
+        return self._floor if self.has_floor() else None
 
     def has_floor(self) -> bool:
-        """True once a message carrying a sound checkpoint was sent completely."""
+        """True once a message carrying a sound checkpoint was sent completely (and is past
+        the transport's queue, with a gauge)."""
+        if self._unflushed:
+            assert self._gauge is not None
+            flushed = self._gauge.flushed()
+            while self._unflushed and self._unflushed[0][0] <= flushed:
+                self._floor = self._unflushed.popleft()[1]
         return not isinstance(self._floor, _Missing)
 
     def sent_in_order(self, entry: Outgoing) -> None:
-        """``entry`` was sent completely, in order: its checkpoint is the new floor."""
+        """``entry`` was sent completely, in order: its checkpoint is the new floor (once
+        its frames are past the transport's queue, with a gauge)."""
         checkpoint = sound_checkpoint(entry.message)
-        if not isinstance(checkpoint, _Missing):
+        if isinstance(checkpoint, _Missing):
+            return
+        if self._gauge is None:
             self._floor = checkpoint
+        else:  # one per message the transport may still hold (bounded by its buffer)
+            self._unflushed.append((self._gauge.handed(), checkpoint))
+            self.has_floor()  # drops those past it
 
     def live_message(
         self, result: object, ids: Collection[str], size: int, unsent: Iterable[Outgoing]

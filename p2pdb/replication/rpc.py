@@ -34,7 +34,7 @@ from ..eager import start_eagerly
 from ..errors import P2PDBError, PeerError
 from ..tasks import cancel_and_wait
 from ..tokens import random_token
-from .lanes import STREAM_ID, URGENT_SEND, LiveLane, Outgoing, batch_ids
+from .lanes import STREAM_ID, URGENT_SEND, FlushGauge, LiveLane, Outgoing, batch_ids
 from .limits import PROCESS_BUDGET, MemoryBudget, json_size
 
 __all__ = [
@@ -119,7 +119,8 @@ class RpcChannel:
     ``on_idle`` is called each time the outgoing queue drains; ``budget`` is charged
     with the bytes queued (default :data:`~p2pdb.replication.limits.PROCESS_BUDGET`);
     ``primary_key`` names the documents' id field of the stream batches posted: with it,
-    a small one may go ahead of bulk ones (:meth:`post_event`).
+    a small one may go ahead of bulk ones (:meth:`post_event`); ``gauge``: the sink's, if
+    its transport lets urgent frames overtake frames it holds (:class:`.lanes.FlushGauge`).
     Use ``async with`` or :meth:`start` and :meth:`close`.
     """
 
@@ -135,6 +136,7 @@ class RpcChannel:
         on_idle: Callable[[], None] | None = None,
         budget: MemoryBudget | None = None,
         primary_key: str | None = None,
+        gauge: FlushGauge | None = None,
     ) -> None:
         self.sink = sink
         self.label = label
@@ -151,7 +153,7 @@ class RpcChannel:
         self._head: asyncio.Future[None] | None = None  # sent at once, may still be sending
         self._failed: PeerError | None = None  # the sink failed: nothing more goes in order
         #: Which stream events may go ahead of the queue (see :mod:`.lanes`).
-        self.lane = LiveLane()
+        self.lane = LiveLane(gauge)
         self.budget = budget if budget is not None else PROCESS_BUDGET
         #: Bytes (JSON) of the messages queued and not yet sent.
         self.queued_bytes = 0

@@ -232,6 +232,12 @@ class LinkChannel:
             self.close()
             self._hooks.failed(self, overflow)
 
+    @property
+    def gauge(self) -> ChannelWriter:
+        """How far the channel took the frames sent in order (a
+        :class:`~p2pdb.replication.lanes.FlushGauge`)."""
+        return self._writer
+
     def send_now(self, message: object) -> None:
         """Send one small message at once, ahead of any queued one (a channel's first)."""
         if self.closed:

@@ -24,6 +24,7 @@ from reactivex import Observable
 from reactivex.subject import Subject
 
 from p2pdb.errors import PeerError, ValidationError
+from p2pdb.replication.lanes import FlushGauge
 
 from .channels import LinkChannel, channel_label
 from .compression import FrameCompression
@@ -296,6 +297,11 @@ class CollectionPort:
         """The data channel of this collection to ``peer``."""
         found = self._channels.get(peer)
         return None if found is None else found[1]
+
+    def gauge_for(self, peer: Peer) -> FlushGauge | None:
+        """How far ``peer``'s channel took the frames sent in order (``None``: no channel)."""
+        channel = self.channel_to(peer)
+        return None if channel is None else channel.gauge
 
     def compression_for(self, peer: Peer) -> FrameCompression | None:
         """The compression of ``peer``'s channel (the handshake on it agrees on it)."""

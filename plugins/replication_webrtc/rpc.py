@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from p2pdb.replication.lanes import FlushGauge
 from p2pdb.replication.rpc import WireErrorCodes
 
 from .peer import Peer
@@ -34,6 +35,10 @@ class PeerSender(Protocol):
         """Send ``message`` to ``peer`` (raises ``WEBRTC_PEER_GONE`` if it is gone)."""
         ...
 
+    def gauge_for(self, peer: Peer) -> FlushGauge | None:
+        """The :class:`FlushGauge` of ``peer``'s channel (``None``: not connected)."""
+        ...
+
 
 class PeerSink:
     """A :class:`~p2pdb.replication.rpc.MessageSink` to one peer of a connection handler."""
@@ -45,3 +50,15 @@ class PeerSink:
     async def send(self, message: object) -> None:
         """Send ``message`` to the peer (chunked and flow controlled by the handler)."""
         await self.connection.send(self.peer, message)
+
+    # its channel's FlushGauge: urgent frames overtake the frames aiortc queues (sctp_flush)
+
+    def handed(self) -> int:
+        """Bytes of frames sent in order on the peer's channel (0: not connected)."""
+        gauge = self.connection.gauge_for(self.peer)
+        return 0 if gauge is None else gauge.handed()
+
+    def flushed(self) -> int:
+        """Of those, the bytes past the channel's buffer (0: not connected)."""
+        gauge = self.connection.gauge_for(self.peer)
+        return 0 if gauge is None else gauge.flushed()

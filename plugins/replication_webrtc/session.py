@@ -51,7 +51,7 @@ from .handshake import REFUSALS, PeerHandshake, let_refusal_out
 from .heartbeat import keep_alive
 from .options import WebRTCReplicationOptions
 from .peer import Peer
-from .rpc import WEBRTC_CODES
+from .rpc import WEBRTC_CODES, PeerSink
 
 if TYPE_CHECKING:
     from p2pdb.collection import Collection
@@ -117,6 +117,7 @@ class PeerSession:
             on_idle=self._changed,  # in_sync() depends on it: wake wait_for_in_sync()
             budget=settings.options.limits.shared_budget(),
             primary_key=settings.collection.schema.primary_key,  # live events go first
+            gauge=sink if isinstance(sink, PeerSink) else None,  # they overtake aiortc's queue
         )
         # the peer's requests that cost work are served within its limits, the rest at once
         self.gate = RequestGate(

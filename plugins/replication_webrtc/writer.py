@@ -50,6 +50,9 @@ class ChannelWriter:
     stream event) does not wait at all: its frames go behind what the channel already
     buffers, ahead of every waiting frame (such messages are few and small).
 
+    It is the channel's :class:`~p2pdb.replication.lanes.FlushGauge`: :meth:`handed` and
+    :meth:`flushed` count the bytes of frames sent without urgency.
+
     :meth:`close` fails current and later sends with ``WEBRTC_PEER_GONE``.
     """
 
@@ -71,7 +74,17 @@ class ChannelWriter:
         self._peer_id = peer_id
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._handed = 0  # bytes of frames sent without urgency
         channel.bufferedAmountLowThreshold = low_water_mark
+
+    def handed(self) -> int:
+        """Bytes of the frames sent without urgency so far."""
+        return self._handed
+
+    def flushed(self) -> int:
+        """Of :meth:`handed`, the bytes no longer in the channel's buffer (a lower bound:
+        urgent frames still buffered are counted as not flushed)."""
+        return self._handed - self._channel.bufferedAmount
 
     def notify_low(self) -> None:
         """Wake waiting senders (call on the channel's ``bufferedamountlow`` event)."""
@@ -117,3 +130,5 @@ class ChannelWriter:
                 self._channel.send(frame)
             except Exception as error:  # aiortc: InvalidStateError, ValueError (size)
                 raise self._gone(f"the data channel refused a frame: {error!r}") from error
+            if not urgent:  # the bytes the channel buffers (aiortc: of UTF-8 text)
+                self._handed += len(frame) if isinstance(frame, bytes) else len(frame.encode())

@@ -11,6 +11,7 @@ from aiortc import RTCDataChannel
 from aiortc_pair import pair
 
 from p2pdb.plugins.replication_webrtc import sctp_flush
+from p2pdb.replication.lanes import URGENT_SEND
 
 COUNT = 600  # messages each way, sent in bursts past SCTP's congestion window
 SIZE = 1200
@@ -55,6 +56,45 @@ async def test_a_patched_send_leaves_before_it_returns_and_order_holds_both_ways
             await theirs_in.full.wait()
             await ours_in.full.wait()
         assert theirs_in.got == list(range(COUNT)) and ours_in.got == list(range(COUNT))
+    finally:
+        await offerer.close()
+        await answerer.close()
+
+
+@pytest.mark.skipif(not sctp_flush.supported(), reason="aiortc version not checked")
+async def test_urgent_frames_go_ahead_of_the_queued_ones_in_their_own_order(
+    loopback: None,
+) -> None:
+    offerer, answerer, ours, theirs = await pair("flush-test")
+    try:
+        assert sctp_flush.enable(ours.transport)
+        got: list[str] = []
+        done = asyncio.Event()
+
+        def on_message(message: str | bytes) -> None:
+            got.append(str(message)[:12])
+            if len(got) == COUNT + 2:
+                done.set()
+
+        theirs.on("message", on_message)
+        filler = "z" * (SIZE - 12)
+        for i in range(COUNT):  # far past SCTP's congestion window: most wait in the queue
+            ours.send(f"bulk{i:08d}{filler}")
+        assert ours.bufferedAmount > SIZE * 10  # many frames still wait
+
+        def urgent(n: int) -> None:
+            URGENT_SEND.set(True)  # a callback's copied context: only this send is urgent
+            ours.send(f"live{n:08d}")
+
+        loop = asyncio.get_running_loop()
+        loop.call_soon(urgent, 0)
+        loop.call_soon(urgent, 1)
+        async with asyncio.timeout(60):
+            await done.wait()
+        lives = [got.index(f"live{n:08d}") for n in range(2)]
+        assert lives[0] < lives[1] < COUNT // 2, lives  # ahead of most bulk frames, in order
+        bulk = [m for m in got if m.startswith("bulk")]
+        assert bulk == [f"bulk{i:08d}" for i in range(COUNT)]  # the others keep their order
     finally:
         await offerer.close()
         await answerer.close()

@@ -21,6 +21,7 @@ from p2pdb.plugins.replication_webrtc.framing import (
     join_chunks,
     split_json,
 )
+from p2pdb.replication.lanes import URGENT_SEND
 
 RXDB_CHUNK_UNITS = 16384  # SIMPLE_PEER_MAX_MESSAGE_LENGTH, in UTF-16 code units
 
@@ -256,6 +257,23 @@ async def test_writer_waits_above_the_high_water_mark_and_interleaves() -> None:
         await asyncio.sleep(0)
     await big
     assert channel.sent.count("b" * 100) == 20
+
+
+async def test_writer_gauge_counts_in_order_bytes_and_what_left_the_buffer() -> None:
+    channel = FakeChannel()
+    writer = ChannelWriter(channel, high_water_mark=10_000, low_water_mark=0)
+    await writer.send_frames(["ab", "cdé"])  # bytes as the channel buffers them (UTF-8)
+    assert (writer.handed(), writer.flushed()) == (6, 0)
+    token = URGENT_SEND.set(True)
+    try:
+        await writer.send_frames(["urgent"])
+    finally:
+        URGENT_SEND.reset(token)
+    # an urgent frame is not counted as handed, and while it is buffered, in-order bytes
+    # count as not flushed (it may sit behind them or ahead): a lower bound
+    assert (writer.handed(), writer.flushed()) == (6, -6)
+    channel.drain()
+    assert (writer.handed(), writer.flushed()) == (6, 6)
 
 
 async def test_writer_fails_waiting_and_later_sends_after_close() -> None:

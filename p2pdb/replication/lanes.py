@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
-    "FlushGauge",
     "LIVE_MAX_BYTES",
     "LIVE_MAX_DOCS",
     "STREAM_ID",
     "URGENT_SEND",
+    "FlushGauge",
     "LiveLane",
     "Outgoing",
     "batch_ids",

@@ -170,6 +170,28 @@ class Connections:
             raise self._closed_error()
         return self._reader
 
+    def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn(conn)``, a short read on the event loop that returns what it read.
+
+        It runs on the writer's connection when the writer thread is idle and no
+        transaction is open there, else on the reader's. SQLite drops a connection's whole
+        page cache when it sees another connection's commit, so the reader's first read
+        after each write starts cold (25 us against 10 us for a point read); the writer's
+        own commits leave its cache warm. Both read the last committed state. A read the
+        writer's connection finds locked (it does not wait on the loop) goes to the reader.
+        """
+        reader = self.reader()  # raises ClosedError when closed
+        writer = self._writer
+        if writer is not None and self._submitted == self._settled:
+            conn = writer._conn
+            if not conn.in_transaction:  # (a read from inside a write's body: the reader)
+                try:
+                    return fn(conn)
+                except sqlite3.OperationalError as exc:
+                    if not _locked(exc):
+                        raise
+        return fn(reader)
+
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the writer thread with the writer connection: one hop."""
         writer = self._writer
@@ -274,10 +296,14 @@ def _begin_at_once(conn: sqlite3.Connection) -> bool:
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if _locked(exc):
             return False
         raise
     return True
+
+
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:

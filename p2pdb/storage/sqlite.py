@@ -136,14 +136,16 @@ class SQLiteStorage:
     def get(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Stored states (tombstones included) by id; a synchronous, inline point read."""
         info = self._catalog.get(collection)
-        return documents.get_many(self._conns.reader(), info, list(ids), damage=self._damage)
+        return self._conns.read(
+            lambda conn: documents.get_many(conn, info, list(ids), damage=self._damage)
+        )
 
     def get_one(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         """One stored state (tombstone included) or ``None``; a damaged one raises
         ``ENCRYPTION_TAMPERED``."""
         info = self._catalog.get(collection)
         sql = f"SELECT {documents.COLUMNS} FROM {info.table} WHERE id = ?"
-        row = self._conns.reader().execute(sql, (doc_id,)).fetchone()
+        row = self._conns.read(lambda conn: conn.execute(sql, (doc_id,)).fetchone())
         if row is None:
             return None
         state = documents.decode_row(info, row, self._damage)
@@ -151,7 +153,8 @@ class SQLiteStorage:
 
     def origin(self, collection: str, doc_id: str) -> str | None:
         """Who wrote a document's stored state (its write's ``origin``), ``None`` if none."""
-        return documents.origin_of(self._conns.reader(), self._catalog.get(collection), doc_id)
+        info = self._catalog.get(collection)
+        return self._conns.read(lambda conn: documents.origin_of(conn, info, doc_id))
 
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
@@ -160,7 +163,7 @@ class SQLiteStorage:
         info = self._catalog.get(collection)
         run, bounded = queries.plan_query(info, query, skip, limit, self._damage)
         if bounded:
-            return run(self._conns.reader())
+            return self._conns.read(run)
         return await self._conns.read_in_thread(run)
 
     async def count(self, collection: str, query: CompiledQuery) -> int:
@@ -172,7 +175,8 @@ class SQLiteStorage:
 
     def last_seq(self, collection: str) -> int:
         """The sequence number of the collection's latest write (0 if none)."""
-        return queries.last_seq(self._conns.reader(), self._catalog.get(collection))
+        info = self._catalog.get(collection)
+        return self._conns.read(lambda conn: queries.last_seq(conn, info))
 
     def changes_since(
         self, collection: str, seq: int, limit: int, skip: Skip | None = None
@@ -181,8 +185,9 @@ class SQLiteStorage:
         ``(seq, state)`` pairs, and the sequence of the last one (``seq`` if none); rows
         for which ``skip(id, rev)`` is true are passed over unread."""
         info = self._catalog.get(collection)
-        conn = self._conns.reader()
-        return queries.changes_since(conn, info, seq, limit, self._damage, skip)
+        return self._conns.read(
+            lambda conn: queries.changes_since(conn, info, seq, limit, self._damage, skip)
+        )
 
     def get_or_damaged(
         self, collection: str, ids: Sequence[str]
@@ -190,7 +195,9 @@ class SQLiteStorage:
         """Like :meth:`get`, but a damaged document comes back as its
         :class:`~p2pdb.storage.base.DamagedDocument` instead of raising; inline."""
         info = self._catalog.get(collection)
-        return documents.get_or_damaged(self._conns.reader(), info, list(ids), self._damage)
+        return self._conns.read(
+            lambda conn: documents.get_or_damaged(conn, info, list(ids), self._damage)
+        )
 
     async def damaged(self, collection: str) -> list[DamagedDocument]:
         """Every stored document (tombstones too) whose body fails authentication, by id;
@@ -204,16 +211,20 @@ class SQLiteStorage:
 
     def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
         """A replication's stored checkpoint (``None`` if none); an inline read."""
-        conn = self._conns.reader()
-        return self._replication.get_checkpoint(conn, collection, replication_id, direction)
+        rows = self._replication
+        return self._conns.read(
+            lambda conn: rows.get_checkpoint(conn, collection, replication_id, direction)
+        )
 
     def get_assumed(
         self, collection: str, replication_id: str, ids: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         """A replication's assumed master states by document id, decoded through the
         collection's codec; an inline read."""
-        conn = self._conns.reader()
-        return self._replication.get_assumed(conn, collection, replication_id, ids)
+        rows = self._replication
+        return self._conns.read(
+            lambda conn: rows.get_assumed(conn, collection, replication_id, ids)
+        )
 
     def get_last_contact(self, collection: str, replication_id: str) -> float | None:
         """When the replication last stored a checkpoint (Unix time), if ever; inline."""
@@ -283,7 +294,7 @@ class SQLiteStorage:
     def get_local(self, parent: str, doc_id: str) -> dict[str, Any] | None:
         """``{"id", "data", "_rev"}`` of a local document of ``parent`` (``""``: the
         database's own, else a collection name), or ``None``; an inline read."""
-        return local_rows.get(self._conns.reader(), parent, doc_id)
+        return self._conns.read(lambda conn: local_rows.get(conn, parent, doc_id))
 
     def list_local(self, parent: str) -> list[dict[str, Any]]:
         """Every local document of ``parent``, by id; an inline read."""

@@ -153,8 +153,7 @@ class SQLiteStorage:
 
     def origin(self, collection: str, doc_id: str) -> str | None:
         """Who wrote a document's stored state (its write's ``origin``), ``None`` if none."""
-        info = self._catalog.get(collection)
-        return self._conns.read(lambda conn: documents.origin_of(conn, info, doc_id))
+        return documents.origin_of(self._conns.reader(), self._catalog.get(collection), doc_id)
 
     async def query(
         self, collection: str, query: CompiledQuery, skip: int = 0, limit: int | None = None
@@ -175,8 +174,7 @@ class SQLiteStorage:
 
     def last_seq(self, collection: str) -> int:
         """The sequence number of the collection's latest write (0 if none)."""
-        info = self._catalog.get(collection)
-        return self._conns.read(lambda conn: queries.last_seq(conn, info))
+        return self._conns.read(lambda conn: queries.last_seq(conn, self._catalog.get(collection)))
 
     def changes_since(
         self, collection: str, seq: int, limit: int, skip: Skip | None = None
@@ -211,10 +209,8 @@ class SQLiteStorage:
 
     def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
         """A replication's stored checkpoint (``None`` if none); an inline read."""
-        rows = self._replication
-        return self._conns.read(
-            lambda conn: rows.get_checkpoint(conn, collection, replication_id, direction)
-        )
+        conn = self._conns.reader()
+        return self._replication.get_checkpoint(conn, collection, replication_id, direction)
 
     def get_assumed(
         self, collection: str, replication_id: str, ids: Sequence[str]

@@ -1,17 +1,14 @@
 """SQLite storage: documents, their revisions, the change sequence and replication state.
 
 Each call of :meth:`SQLiteStorage.write` runs a whole function in the writer thread inside
-one ``BEGIN IMMEDIATE`` transaction, so a bulk write costs one thread hop, not one per row.
-Point reads and bounded queries run inline on the event loop through the reader connection;
-unbounded queries (no ``limit``) and counts go to the writer thread so a long scan never
-blocks the loop (see connection.py).
+one ``BEGIN IMMEDIATE`` transaction, so a bulk write costs one thread hop, not one per row
+(a small one runs on the event loop when the thread is idle). Point reads and bounded
+queries run inline on the event loop; unbounded queries (no ``limit``) and counts go to the
+writer thread so a long scan never blocks the loop (see connection.py).
 
-Change events are handed to ``on_commit`` on the event loop right after ``COMMIT`` (from the
-writer thread with ``call_soon_threadsafe``), so they are emitted in commit order, before
-the writing task resumes. A small write (``write(fn, small=True)``) runs on the event loop
-itself when the writer thread is idle (see connection.py).
+Change events are handed to ``on_commit`` on the event loop right after ``COMMIT``, so they
+are emitted in commit order, before the writing task resumes.
 """
-
 from __future__ import annotations
 
 import os
@@ -209,8 +206,10 @@ class SQLiteStorage:
 
     def get_checkpoint(self, collection: str, replication_id: str, direction: Direction) -> Any:
         """A replication's stored checkpoint (``None`` if none); an inline read."""
-        conn = self._conns.reader()
-        return self._replication.get_checkpoint(conn, collection, replication_id, direction)
+        rows = self._replication
+        return self._conns.read(
+            lambda conn: rows.get_checkpoint(conn, collection, replication_id, direction)
+        )
 
     def get_assumed(
         self, collection: str, replication_id: str, ids: Sequence[str]

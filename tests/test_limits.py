@@ -227,6 +227,29 @@ async def test_the_gate_bounds_requests_in_flight_and_queued() -> None:
     assert server.most == 3
 
 
+async def test_an_idle_gate_starts_a_write_in_the_turn_it_arrived_a_pull_as_a_task() -> None:
+    limits = PeerLimits(max_requests_in_flight=3)
+    end, _other = pipe_pair()
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, limits)
+        async with server.gate as gate:
+            gate.push(Request("w0", "masterWrite", [[]]))
+            assert (server.running, gate.in_flight) == (1, 1)  # began within push()
+            gate.push(Request("w1", "masterWrite", [[]]))  # one in flight: a task
+            gate.push(requests(1)[0])  # a pull: always a task
+            assert server.running == 1
+            await asyncio.sleep(0)
+            assert (server.running, gate.in_flight) == (3, 3)
+            server.go.set()
+            await server.until(lambda: server.served == 3)
+            assert gate.in_flight == 0  # each ended in the step it answered in
+            server.go.clear()
+            gate.push(Request("w2", "masterWrite", [[]]))  # idle again: at once
+            assert server.running == 1
+            server.go.set()
+            await server.until(lambda: server.served == 4)
+
+
 async def test_the_gate_counts_queued_writes_apart() -> None:
     """Requests served at once are not counted; waiting writes are, by number and by their
     params' JSON size (one past ``max_queued_bytes`` drops the peer), and apart from the

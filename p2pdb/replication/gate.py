@@ -23,6 +23,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from ..eager import start_eagerly
 from ..errors import PeerError
 from ..tasks import cancel_and_wait
 from .limits import ErrorRate, PeerLimits, json_size
@@ -58,7 +59,7 @@ class RequestGate:
         self._waiting: deque[tuple[Request, int]] = deque()  # with a write's params' size
         self._queued_writes = 0  # masterWrite requests waiting, and their params' JSON bytes
         self._queued_bytes = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._watching = False
         self._room = asyncio.Event()  # set while no request waits (for wait_for_queue)
@@ -97,7 +98,12 @@ class RequestGate:
         if self.failed is not None:
             raise self.failed
         if self._started and not self._waiting and self._can_start():
-            self._start(request)  # served at once: nothing held, nothing to count
+            # served at once: nothing held, nothing to count. A write, while nothing else is
+            # in flight and the outbox is empty, runs its first part (the write on the loop,
+            # the answer sent) in this turn: a live push's way. A pull may ask for far more
+            # than it carries: always a task, so a flood of them fills the outbox and waits.
+            now = request.method == WRITE_METHOD and not self._tasks
+            self._start(request, now=now and self.channel.queued_bytes == 0)
             return
         limits = self.limits
         size = 0
@@ -145,7 +151,12 @@ class RequestGate:
         """A slot is free and the outbox has room."""
         return len(self._tasks) < self.limits.max_requests_in_flight and self._has_room()
 
-    def _start(self, request: Request) -> None:
+    def _start(self, request: Request, *, now: bool = False) -> None:
+        if now:
+            started = start_eagerly(self._run(request))
+            if not started.done():  # waiting (a write on the thread): in flight
+                self._tasks.add(started)
+            return
         task = asyncio.get_running_loop().create_task(self._run(request))
         self._tasks.add(task)
 

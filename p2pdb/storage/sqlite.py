@@ -9,6 +9,7 @@ writer thread so a long scan never blocks the loop (see connection.py).
 Change events are handed to ``on_commit`` on the event loop right after ``COMMIT``, so they
 are emitted in commit order, before the writing task resumes.
 """
+
 from __future__ import annotations
 
 import os

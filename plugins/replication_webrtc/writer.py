@@ -47,8 +47,9 @@ class ChannelWriter:
     wires it to :meth:`notify_low`). Frames of concurrent senders interleave,
     so a small message never waits for a whole large one, only for the buffer.
     An urgent send (:data:`~p2pdb.replication.lanes.URGENT_SEND`: a heartbeat, a live
-    stream event) does not wait at all: its frames go behind what the channel already
-    buffers, ahead of every waiting frame (such messages are few and small).
+    stream event) does not wait at all: its frames go ahead of every waiting frame, behind
+    what the channel already buffers (on aiortc, ahead of that too: ``sctp_flush.py``);
+    such messages are few and small.
 
     It is the channel's :class:`~p2pdb.replication.lanes.FlushGauge`: :meth:`handed` and
     :meth:`flushed` count the bytes of frames sent without urgency.

@@ -37,6 +37,11 @@ def value(conn: sqlite3.Connection, k: str = "a") -> str | None:
     return None if row is None else str(row[0])
 
 
+async def write(conns: Connections, body: Any, *, small: bool = False) -> None:
+    """``body`` in one transaction (``small``: on the loop while the thread is idle)."""
+    await conns.transaction(body, lambda _: None, small=small)
+
+
 def on_reader(conns: Connections) -> Any:
     return lambda conn: conn is conns.reader()
 
@@ -44,10 +49,10 @@ def on_reader(conns: Connections) -> Any:
 async def test_a_read_after_a_write_runs_on_the_idle_writers_connection(
     conns: Connections,
 ) -> None:
-    await conns.transaction(put("a", "1"), lambda _: None, small=True)  # on the loop
+    await write(conns, put("a", "1"), small=True)  # on the loop
     assert not conns.read(on_reader(conns))
     assert conns.read(value) == "1"
-    await conns.transaction(put("a", "2"), lambda _: None)  # on the writer thread
+    await write(conns, put("a", "2"))  # on the writer thread
     assert not conns.read(on_reader(conns))
     assert conns.read(value) == "2"
 
@@ -55,7 +60,7 @@ async def test_a_read_after_a_write_runs_on_the_idle_writers_connection(
 async def test_inside_a_transaction_a_read_goes_to_the_reader_and_sees_the_committed_state(
     conns: Connections,
 ) -> None:
-    await conns.transaction(put("a", "before"), lambda _: None, small=True)
+    await write(conns, put("a", "before"), small=True)
     seen: list[Any] = []
 
     def body(conn: sqlite3.Connection) -> None:  # a small one: on the loop, in its transaction
@@ -63,7 +68,7 @@ async def test_inside_a_transaction_a_read_goes_to_the_reader_and_sees_the_commi
         seen.append(conns.read(on_reader(conns)))
         seen.append(conns.read(value))  # not yet committed: not seen
 
-    await conns.transaction(body, lambda _: None, small=True)
+    await write(conns, body, small=True)
     assert seen == [True, "before"]
     assert conns.read(value) == "after"
 
@@ -78,7 +83,7 @@ async def test_while_the_writer_thread_works_a_read_goes_to_the_reader(
         entered.set()
         release.wait(10)
 
-    task = asyncio.ensure_future(conns.transaction(held, lambda _: None))
+    task = asyncio.ensure_future(write(conns, held))
     try:
         assert await asyncio.to_thread(entered.wait, 10)
         assert conns.read(on_reader(conns))
@@ -92,7 +97,7 @@ async def test_while_the_writer_thread_works_a_read_goes_to_the_reader(
 async def test_a_read_the_writers_connection_finds_locked_goes_to_the_reader(
     conns: Connections,
 ) -> None:
-    await conns.transaction(put("a", "1"), lambda _: None, small=True)
+    await write(conns, put("a", "1"), small=True)
     used: list[bool] = []
 
     def read(conn: sqlite3.Connection) -> str | None:

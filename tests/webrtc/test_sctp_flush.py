@@ -40,8 +40,7 @@ class Inbox:
 async def test_a_patched_send_leaves_before_it_returns_and_order_holds_both_ways(
     loopback: None,
 ) -> None:
-    offerer, answerer, ours, theirs = await pair("flush-test")
-    try:
+    async with pair("flush-test") as (ours, theirs):
         assert sctp_flush.enable(ours.transport)
         ours_in, theirs_in = Inbox(ours), Inbox(theirs)
         ours.send("00000000 first")
@@ -56,17 +55,13 @@ async def test_a_patched_send_leaves_before_it_returns_and_order_holds_both_ways
             await theirs_in.full.wait()
             await ours_in.full.wait()
         assert theirs_in.got == list(range(COUNT)) and ours_in.got == list(range(COUNT))
-    finally:
-        await offerer.close()
-        await answerer.close()
 
 
 @pytest.mark.skipif(not sctp_flush.supported(), reason="aiortc version not checked")
 async def test_urgent_frames_go_ahead_of_the_queued_ones_in_their_own_order(
     loopback: None,
 ) -> None:
-    offerer, answerer, ours, theirs = await pair("flush-test")
-    try:
+    async with pair("flush-test") as (ours, theirs):
         assert sctp_flush.enable(ours.transport)
         got: list[str] = []
         done = asyncio.Event()
@@ -95,9 +90,6 @@ async def test_urgent_frames_go_ahead_of_the_queued_ones_in_their_own_order(
         assert lives[0] < lives[1] < COUNT // 2, lives  # ahead of most bulk frames, in order
         bulk = [m for m in got if m.startswith("bulk")]
         assert bulk == [f"bulk{i:08d}" for i in range(COUNT)]  # the others keep their order
-    finally:
-        await offerer.close()
-        await answerer.close()
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

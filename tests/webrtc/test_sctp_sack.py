@@ -131,8 +131,7 @@ async def test_delayed_sacks_interoperate_with_an_unpatched_peer(loopback: None)
 async def test_after_a_quiet_spell_the_sack_waits_for_the_application_turn(
     loopback: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    offerer, answerer, ours, theirs = await pair("quiet-sack-test")
-    try:
+    async with pair("quiet-sack-test") as (ours, theirs):
         assert sctp_sack.enable(theirs.transport)  # the receiver's SACKs
         loop = asyncio.get_running_loop()
         turns: list[tuple[str, int]] = []  # (message, SACKs sent at delivery / a turn later)
@@ -167,9 +166,6 @@ async def test_after_a_quiet_spell_the_sack_waits_for_the_application_turn(
         async with asyncio.timeout(sctp_sack.DELAY / 2):  # QUIET_DELAY later, not DELAY
             await sacked.wait()
         assert sctp_sack.counts().sent == sent + 1
-    finally:
-        await offerer.close()
-        await answerer.close()
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -125,7 +125,10 @@ async def test_a_full_mesh_moves_each_body_once_per_link_when_needed(
         print(f"revs={revs}: {delivered} bodies for {needed} needed ({ratio:.2f})")
         if revs:
             assert max(crossings.values()) == 1, [k for k, v in crossings.items() if v > 1][:5]
-            assert ratio <= 1.5  # over 1 only where a relay's stub overtook the origin's body
+            # over 1 only where a relay's stub overtook the origin's body: a race, in
+            # batches of DOCS (+0.08 each). 60 quiet runs gave 1.00-1.50, a loaded CI run
+            # 1.58; the plain protocol gives 2.9-3.0, and "at most once per link" is above
+            assert ratio < 2.0
         else:
             assert ratio >= 2.0  # the plain protocol relays every body to every neighbour
     finally:

@@ -4,11 +4,14 @@ gate) over the in-memory pipe: fast checks of every bound a transport relies on.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from schemas import TODO_SCHEMA
 
 import p2pdb
@@ -80,6 +83,53 @@ def test_depth_of_text_and_values() -> None:
     assert value_too_deep(deep, 100) and not value_too_deep([[1], {"a": [2]}], 3)
     assert value_too_deep([[[]]], 2) and not value_too_deep([[[]]], 3)
     assert json_size({"a": 1}) == 7 and json_size("\ud800") == 8  # escaped when orjson refuses
+    # past the rounds of peeling (more than 8 levels) the running count decides
+    nested = "[" * 10 + '{"a": "]]"}' + "]" * 10
+    assert not text_too_deep(nested, 11) and text_too_deep(nested, 10)
+
+
+def _depth_by_scanning(text: bytes) -> int:
+    """The nesting depth ``text_too_deep`` judges, by the plain character scan: an escape
+    takes the next character with it, quotes open and close strings."""
+    depth = deepest = 0
+    in_string = False
+    i = 0
+    while i < len(text):
+        char = text[i : i + 1]
+        if char == b"\\":
+            i += 2
+            continue
+        if char == b'"':
+            in_string = not in_string
+        elif not in_string and char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif not in_string and char in (b"]", b"}"):
+            depth -= 1
+        i += 1
+    return deepest
+
+
+_GARBAGE = b'[]{}"\\ax:,'
+_JSON = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='ab[]{}"\\', max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=40,
+)
+
+
+@given(
+    text=st.one_of(
+        _JSON.map(lambda value: json.dumps(value).encode()),
+        st.binary(max_size=60).map(lambda raw: bytes(_GARBAGE[b % len(_GARBAGE)] for b in raw)),
+    ),
+    max_depth=st.integers(0, 12),
+)
+def test_text_depth_is_the_plain_scan(text: bytes, max_depth: int) -> None:
+    """The fast passes (a skeleton of brackets and quotes, pairs peeled) judge every text,
+    JSON or garbage, as the plain character scan does."""
+    assert text_too_deep(text, max_depth) == (_depth_by_scanning(text) > max_depth)
+    assert text_too_deep(text.decode("latin-1"), max_depth) == text_too_deep(text, max_depth)
 
 
 def test_error_rate_reports_a_few_then_drops() -> None:

@@ -92,6 +92,9 @@ class SackCounts:
     of a quiet spell, :data:`QUIET_DELAY` later)."""
     for_gaps: int = 0
     """SACKs sent at once because of gaps or duplicates (loss or reordering)."""
+    quiet: int = 0
+    """Second packets after a quiet spell, whose SACK waited :data:`QUIET_DELAY` (a third
+    packet meanwhile is acknowledged with them, at once)."""
 
 
 class _State:
@@ -168,6 +171,7 @@ async def delayed_send_sack(self: RTCSctpTransport) -> None:
     elif state.unacked >= EVERY and not quiet:
         await _send_now(self, state, gaps)
     elif state.unacked >= EVERY:  # after a quiet spell: once the application had its turn
+        _counts.quiet += 1
         if state.timer is not None:
             state.timer.cancel()
         state.timer = loop.call_later(QUIET_DELAY, _expired, self, state)

@@ -85,7 +85,7 @@ def storage_error(path: str, exc: sqlite3.Error) -> StorageError:
             path=path,
             sqlite_error=name,
         )
-    if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
+    if isinstance(exc, sqlite3.OperationalError) and _locked(exc):
         return StorageError(
             f"SQLite failed on {path!r}: {exc}. Another process held the write lock too long; "
             "retry.",

@@ -30,6 +30,7 @@ from p2pdb.replication.limits import (
 from p2pdb.replication.rpc import MAX_URGENT, WIRE_CODES, Request, RpcChannel
 from p2pdb.replication.testing import WirePipe, pipe_pair
 from p2pdb.replication.wire import check_checkpoint, parse_changes, parse_stream_event
+from p2pdb.storage import SMALL_WRITE_ROWS
 
 # -- the options and the pure helpers --------------------------------------------------------
 
@@ -277,27 +278,71 @@ async def test_the_gate_bounds_requests_in_flight_and_queued() -> None:
     assert server.most == 3
 
 
+def bulk_write(name: str, rows: int = SMALL_WRITE_ROWS + 1) -> Request:
+    return Request(name, "masterWrite", [[{"new_document_state": {"id": name}}] * rows])
+
+
 async def test_an_idle_gate_starts_a_write_in_the_turn_it_arrived_a_pull_as_a_task() -> None:
-    limits = PeerLimits(max_requests_in_flight=3)
+    limits = PeerLimits(max_requests_in_flight=4, max_bulk_writes_in_flight=2)
     end, _other = pipe_pair()
     async with RpcChannel(end, label="Peer x", token="t") as channel:
         server = Server(channel, limits)
         async with server.gate as gate:
-            gate.push(Request("w0", "masterWrite", [[]]))
+            gate.push(bulk_write("b0"))
             assert (server.running, gate.in_flight) == (1, 1)  # began within push()
-            gate.push(Request("w1", "masterWrite", [[]]))  # one in flight: a task
+            gate.push(bulk_write("b1"))  # a bulk write with one in flight: a task
             gate.push(requests(1)[0])  # a pull: always a task
             assert server.running == 1
+            gate.push(Request("w0", "masterWrite", [[]]))  # a small write: at once, always
+            assert (server.running, gate.in_flight) == (2, 4)  # the two tasks not begun yet
             await asyncio.sleep(0)
-            assert (server.running, gate.in_flight) == (3, 3)
-            server.go.set()
-            await server.until(lambda: server.served == 3)
-            assert gate.in_flight == 0  # each ended in the step it answered in
-            server.go.clear()
-            gate.push(Request("w2", "masterWrite", [[]]))  # idle again: at once
-            assert server.running == 1
+            assert (server.running, gate.in_flight) == (4, 4)
             server.go.set()
             await server.until(lambda: server.served == 4)
+            assert gate.in_flight == 0  # each ended in the step it answered in
+            server.go.clear()
+            gate.push(bulk_write("b2"))  # idle again: at once
+            assert server.running == 1
+            server.go.set()
+            await server.until(lambda: server.served == 5)
+
+
+async def test_bulk_writes_take_turns_and_small_requests_go_beside_them() -> None:
+    """At most ``max_bulk_writes_in_flight`` writes of more than SMALL_WRITE_ROWS rows are
+    served at once; a small write or a pull arriving behind waiting bulk writes starts at
+    once; the bulk writes are served in the order they came; all are counted as waiting
+    writes, and a failed gate drops every queue."""
+    limits = PeerLimits(max_requests_in_flight=4, max_queued_writes=5)
+    end, _other = pipe_pair()
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        order: list[str] = []
+        server = Server(channel, limits)
+        serve = server.serve
+
+        async def serve_in_order(request: Request) -> None:
+            order.append(request.id)
+            await serve(request)
+
+        server.gate = RequestGate(channel, limits, serve_in_order, server.drop)
+        async with server.gate as gate:
+            for i in range(4):
+                gate.push(bulk_write(f"b{i}"))
+            gate.push(bulk_write("s0", SMALL_WRITE_ROWS))  # small: at most 16 rows
+            gate.push(requests(1)[0])
+            await asyncio.sleep(0)
+            assert order == ["b0", "s0", "r0"]
+            assert (server.running, gate.in_flight, gate.waiting) == (3, 3, 3)
+            server.go.set()
+            await server.until(lambda: server.served == 6)
+            assert order == ["b0", "s0", "r0", "b1", "b2", "b3"]
+            assert server.most == 3  # never two bulk writes at once
+            server.go.clear()
+            for i in range(4, 10):  # 1 starts, 5 wait: the bound, bulk ones counted too
+                gate.push(bulk_write(f"b{i}"))
+            with pytest.raises(PeerError) as caught:
+                gate.push(bulk_write("one-more"))
+            assert caught.value.parameters["limit"] == "max_queued_writes"
+            assert gate.waiting == 0 and server.running == 1
 
 
 async def test_the_gate_counts_queued_writes_apart() -> None:
@@ -334,7 +379,8 @@ async def test_the_gate_counts_queued_writes_apart() -> None:
 async def test_an_rxdb_push_burst_is_served_whole() -> None:
     """An RxDB fork sends every push batch of one bulk write at once: 500 ``masterWrite``
     requests of 20 rows of ~1 KB (a bulk insert of 10,000 documents) are all served with
-    the default limits, 8 at a time, and the peer is not dropped."""
+    the default limits, one at a time (bulk writes: over 16 rows), and the peer is not
+    dropped."""
     rows = [[{"new_document_state": {"id": str(i), "text": "x" * 960}} for i in range(20)]]
     end, _other = pipe_pair()
     async with RpcChannel(end, label="Peer x", token="t") as channel:
@@ -343,10 +389,10 @@ async def test_an_rxdb_push_burst_is_served_whole() -> None:
             for i in range(500):
                 gate.push(Request(f"w{i}", "masterWrite", rows))
             await asyncio.sleep(0)
-            assert (gate.in_flight, gate.waiting, server.running) == (8, 492, 8)
+            assert (gate.in_flight, gate.waiting, server.running) == (1, 499, 1)
             server.go.set()
             await server.until(lambda: server.served == 500, within=30)
-    assert server.most == 8 and not server.dropped
+    assert server.most == 1 and not server.dropped
 
 
 async def test_a_slow_reader_is_slowed_then_dropped() -> None:

@@ -15,6 +15,13 @@ local write at once (``persistToMaster`` splits it into ``push.batchSize`` rows 
 them all), so a bulk insert of 10,000 documents on it is 500 requests in one burst, which
 an honest master must take. A write costs what it carries (the peer sent it already); a
 request for data may ask for far more than it carries, so those stay few.
+
+Bulk writes (more than :data:`~p2pdb.storage.SMALL_WRITE_ROWS` rows) are served at most
+``max_bulk_writes_in_flight`` at a time, and wait in a queue of their own: a small write (a
+live change) or a pull that arrives behind them starts at once, beside them. Their
+transactions take turns on the one SQLite writer anyway; served all at once, they would
+only stand ahead of the small one there, and lengthen every turn of the event loop that
+has to read its packet.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Awaitable, Callable
 
 from ..eager import start_eagerly
 from ..errors import PeerError
+from ..storage import SMALL_WRITE_ROWS
 from ..tasks import cancel_and_wait
 from .limits import ErrorRate, PeerLimits, json_size
 from .rpc import Request, RpcChannel
@@ -33,6 +41,15 @@ __all__ = ["RequestGate", "UnknownMethods"]
 
 #: The one request whose cost is what it carries: queued by count and bytes of its own.
 WRITE_METHOD = "masterWrite"
+
+
+def is_bulk_write(request: Request) -> bool:
+    """A ``masterWrite`` of more than :data:`~p2pdb.storage.SMALL_WRITE_ROWS` rows (its
+    params are checked later, when served: anything malformed counts as small)."""
+    if request.method != WRITE_METHOD:
+        return False
+    params = request.params
+    return bool(params) and isinstance(params[0], list) and len(params[0]) > SMALL_WRITE_ROWS
 
 
 class RequestGate:
@@ -56,7 +73,10 @@ class RequestGate:
         self.budget = limits.shared_budget()
         self._serve = serve
         self._on_over_limit = on_over_limit
-        self._waiting: deque[tuple[Request, int]] = deque()  # with a write's params' size
+        # waiting, with a write's params' size: bulk writes apart, the others go first
+        self._waiting: deque[tuple[Request, int]] = deque()
+        self._bulk_waiting: deque[tuple[Request, int]] = deque()
+        self._bulk_in_flight = 0
         self._queued_writes = 0  # masterWrite requests waiting, and their params' JSON bytes
         self._queued_bytes = 0
         self._tasks: set[asyncio.Future[None]] = set()
@@ -76,7 +96,7 @@ class RequestGate:
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot or for the outbox to drain."""
-        return len(self._waiting)
+        return len(self._waiting) + len(self._bulk_waiting)
 
     async def start(self) -> None:
         """Start serving (requests pushed before wait until then)."""
@@ -97,18 +117,21 @@ class RequestGate:
         too many wait (see the module docstring), or if the gate failed before."""
         if self.failed is not None:
             raise self.failed
-        if self._started and not self._waiting and self._can_start():
-            # served at once: nothing held, nothing to count. A write, while nothing else is
-            # in flight and the outbox is empty, runs its first part (the write on the loop,
-            # the answer sent) in this turn: a live push's way. A pull may ask for far more
-            # than it carries: always a task, so a flood of them fills the outbox and waits.
-            now = request.method == WRITE_METHOD and not self._tasks
-            self._start(request, now=now and self.channel.queued_bytes == 0)
+        bulk = is_bulk_write(request)
+        queue = self._bulk_waiting if bulk else self._waiting
+        if self._started and not queue and self._can_start(bulk):
+            # served at once: nothing held, nothing to count. A small write (and a bulk one
+            # while nothing else is in flight), with the outbox empty, runs its first part
+            # (the write on the loop, the answer sent) in this turn: a live push's way. A
+            # pull may ask for far more than it carries: always a task, so a flood of them
+            # fills the outbox and waits.
+            now = request.method == WRITE_METHOD and not (bulk and self._tasks)
+            self._start(request, bulk, now=now and self.channel.queued_bytes == 0)
             return
         limits = self.limits
         size = 0
         if request.method != WRITE_METHOD:
-            if len(self._waiting) - self._queued_writes >= limits.max_queued_requests:
+            if self.waiting - self._queued_writes >= limits.max_queued_requests:
                 raise self._fail(
                     f"{self.channel.label} has more than {limits.max_queued_requests} "
                     "requests waiting; disconnected.",
@@ -130,7 +153,7 @@ class RequestGate:
                 )
             self._queued_writes += 1
             self._queued_bytes += size
-        self._waiting.append((request, size))
+        queue.append((request, size))
         self._room.clear()
         self._pump()
 
@@ -147,17 +170,20 @@ class RequestGate:
             return False
         return queued == 0 or self.budget.has_room()
 
-    def _can_start(self) -> bool:
-        """A slot is free and the outbox has room."""
+    def _can_start(self, bulk: bool) -> bool:
+        """A slot (of its kind) is free and the outbox has room."""
+        if bulk and self._bulk_in_flight >= self.limits.max_bulk_writes_in_flight:
+            return False
         return len(self._tasks) < self.limits.max_requests_in_flight and self._has_room()
 
-    def _start(self, request: Request, *, now: bool = False) -> None:
+    def _start(self, request: Request, bulk: bool, *, now: bool = False) -> None:
+        self._bulk_in_flight += bulk
         if now:
-            started = start_eagerly(self._run(request))
+            started = start_eagerly(self._run(request, bulk))
             if not started.done():  # waiting (a write on the thread): in flight
                 self._tasks.add(started)
             return
-        task = asyncio.get_running_loop().create_task(self._run(request))
+        task = asyncio.get_running_loop().create_task(self._run(request, bulk))
         self._tasks.add(task)
 
     def _sent(self) -> None:
@@ -171,15 +197,24 @@ class RequestGate:
         """Start what the limits allow; arm or disarm the drain timer."""
         if not self._started or self.failed is not None:
             return
-        while self._waiting and self._can_start():
-            request, size = self._waiting.popleft()
+        while True:
+            if self._waiting and self._can_start(False):
+                (request, size), bulk = self._waiting.popleft(), False
+            elif self._bulk_waiting and self._can_start(True):
+                (request, size), bulk = self._bulk_waiting.popleft(), True
+            else:
+                break
             if request.method == WRITE_METHOD:
                 self._queued_writes -= 1
                 self._queued_bytes -= size
-            self._start(request)
-        if not self._waiting:
+            self._start(request, bulk)
+        if not self.waiting:
             self._room.set()
-        blocked = bool(self._waiting) and len(self._tasks) < self.limits.max_requests_in_flight
+        # still waiting with a slot free: held by the outbox or the budget
+        startable = self._waiting or (
+            self._bulk_waiting and self._bulk_in_flight < self.limits.max_bulk_writes_in_flight
+        )
+        blocked = bool(startable) and len(self._tasks) < self.limits.max_requests_in_flight
         if blocked and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.limits.drain_timeout, self._drain_expired
@@ -200,10 +235,11 @@ class RequestGate:
             self.budget.unwatch(self._pump)
         self._watching = on
 
-    async def _run(self, request: Request) -> None:
+    async def _run(self, request: Request, bulk: bool) -> None:
         try:
             await self._serve(request)
         finally:
+            self._bulk_in_flight -= bulk
             self._tasks.discard(asyncio.current_task())
             self._pump()
 
@@ -222,6 +258,7 @@ class RequestGate:
         error = self.channel.error("over_limit", message, limit=limit)
         self.failed = error
         self._waiting.clear()
+        self._bulk_waiting.clear()
         self._queued_writes = self._queued_bytes = 0
         self._room.set()
         return error
@@ -231,6 +268,7 @@ class RequestGate:
         if self.failed is None:
             self.failed = self.channel.error("peer_gone", f"{self.channel.label} is gone.")
         self._waiting.clear()
+        self._bulk_waiting.clear()
         self._queued_writes = self._queued_bytes = 0
         self._room.set()
         if self._timer is not None:

@@ -7,7 +7,9 @@ still be hostile or broken. These limits keep it from taking the process down:
   served at once; later ones wait (the peer is slowed), and a peer with more than
   ``max_queued_requests`` waiting is dropped; ``masterWrite`` requests are counted apart,
   against ``max_queued_writes`` and ``max_queued_bytes`` (an RxDB fork sends all push
-  batches of one local write at once: 500 for a bulk insert of 10,000 documents);
+  batches of one local write at once: 500 for a bulk insert of 10,000 documents); at most
+  ``max_bulk_writes_in_flight`` of them with more than ``SMALL_WRITE_ROWS`` rows are served
+  at once, small writes and pulls beside them (a live change does not wait behind a bulk);
 - **outbox bytes**: while more than ``max_outbox_bytes`` of answers and events wait to be
   sent to a peer, none of its requests is started; a peer whose outbox does not drain
   within ``drain_timeout`` seconds (it does not read) is dropped;
@@ -110,6 +112,11 @@ class PeerLimits:
 
     #: Requests of one peer served at once; more wait (the peer is slowed).
     max_requests_in_flight: int = 8
+    #: ``masterWrite`` requests of one peer with more than
+    #: :data:`~p2pdb.storage.SMALL_WRITE_ROWS` rows served at once (within
+    #: ``max_requests_in_flight``): they take turns on the one SQLite writer anyway, and
+    #: more of them at once only queue ahead of a small (live) write served beside them.
+    max_bulk_writes_in_flight: int = 1
     #: Requests of one peer (other than ``masterWrite``) waiting for a slot; one more
     #: drops the peer.
     max_queued_requests: int = 64

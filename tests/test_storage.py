@@ -4,6 +4,7 @@ delivery of events."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import tempfile
 import time
@@ -396,3 +397,22 @@ async def test_put_writes_what_the_reference_helpers_define(storage: SQLiteStora
     assert [(e.operation, e.id, e.previous) for e in batches[1]] == [
         ("DELETE", "a", states[0]), ("INSERT", "s", None)
     ]  # fmt: skip
+
+
+async def test_nothing_of_a_written_transaction_stays_alive_after_it(db_path: str) -> None:
+    """A bulk write's states and events are the caller's alone once it returned: the
+    writer thread keeps nothing of its last transaction (aiosqlite's thread holds its last
+    job's return value until the next job; ours returns nothing)."""
+    import gc
+
+    db = await p2pdb.create_database(db_path)
+    todos = await db.add_collection("todos", schema=TODO_SCHEMA)
+    seen = asyncio.Event()
+    todos.changes.subscribe(lambda event: event.id == "t499" and seen.set())
+    result = await todos.bulk_insert([{"id": f"t{i}", "text": "x"} for i in range(500)])
+    assert len(result.success) == 500
+    del result
+    await asyncio.wait_for(seen.wait(), 5)
+    gc.collect()
+    assert sum(isinstance(o, ChangeEvent) for o in gc.get_objects()) == 0
+    await db.close()

@@ -199,13 +199,17 @@ class Connections:
             raise self._closed_error()
         loop = asyncio.get_running_loop()
         conn = writer._conn
+        # the result comes back through this box, not as the job's return value: aiosqlite's
+        # thread keeps its last job's future and return value until the next job arrives
+        # (a bulk write's thousands of states and events, kept alive for nothing)
+        box: list[T] = []
 
-        def job() -> T:
+        def job() -> None:
             try:
                 if self._loop_settings:
                     _thread_settings(conn)
                     self._loop_settings = False
-                return fn(conn)
+                box.append(fn(conn))
             finally:  # after anything fn scheduled on the loop (call_soon_threadsafe is FIFO)
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
                     loop.call_soon_threadsafe(self._settle)
@@ -214,10 +218,10 @@ class Connections:
         try:
             # aiosqlite's _execute runs a function on its connection thread: one hop for a
             # whole transaction instead of one per statement.
-            result: T = await writer._execute(job)  # type: ignore[no-untyped-call]
-            return result
+            await writer._execute(job)  # type: ignore[no-untyped-call]
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc) from exc
+        return box.pop()
 
     def _settle(self) -> None:
         self._settled += 1

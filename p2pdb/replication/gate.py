@@ -17,11 +17,13 @@ an honest master must take. A write costs what it carries (the peer sent it alre
 request for data may ask for far more than it carries, so those stay few.
 
 Bulk writes (more than :data:`~p2pdb.storage.SMALL_WRITE_ROWS` rows) are served at most
-``max_bulk_writes_in_flight`` at a time, and wait in a queue of their own: a small write (a
-live change) or a pull that arrives behind them starts at once, beside them. Their
-transactions take turns on the one SQLite writer anyway; served all at once, they would
-only stand ahead of the small one there, and lengthen every turn of the event loop that
-has to read its packet.
+``max_bulk_writes_in_flight`` at a time. Their transactions take turns on the one SQLite
+writer anyway; served all at once, they would only stand ahead of a live change there, and
+lengthen every turn of the event loop that has to read its packet. A small write (a live
+change) waits in a queue of its own and goes ahead of them; every other request keeps its
+place behind the writes that came before it: a fork answers a master's ``RESYNC`` with a
+pull sent after its pushes, and the master takes that pull as a sign that they were served
+(``plugins/replication_webrtc/acks.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..tasks import cancel_and_wait
 from .limits import ErrorRate, PeerLimits, json_size
 from .rpc import Request, RpcChannel
 
-__all__ = ["RequestGate", "UnknownMethods"]
+__all__ = ["RequestGate", "UnknownMethods", "is_bulk_write"]
 
 #: The one request whose cost is what it carries: queued by count and bytes of its own.
 WRITE_METHOD = "masterWrite"
@@ -73,9 +75,10 @@ class RequestGate:
         self.budget = limits.shared_budget()
         self._serve = serve
         self._on_over_limit = on_over_limit
-        # waiting, with a write's params' size: bulk writes apart, the others go first
-        self._waiting: deque[tuple[Request, int]] = deque()
-        self._bulk_waiting: deque[tuple[Request, int]] = deque()
+        # waiting, with a write's params' size and whether it is a bulk one: small writes go
+        # ahead, the others keep their order
+        self._waiting: deque[tuple[Request, int, bool]] = deque()
+        self._small_writes: deque[tuple[Request, int, bool]] = deque()
         self._bulk_in_flight = 0
         self._queued_writes = 0  # masterWrite requests waiting, and their params' JSON bytes
         self._queued_bytes = 0
@@ -96,7 +99,7 @@ class RequestGate:
     @property
     def waiting(self) -> int:
         """Requests waiting for a slot or for the outbox to drain."""
-        return len(self._waiting) + len(self._bulk_waiting)
+        return len(self._waiting) + len(self._small_writes)
 
     async def start(self) -> None:
         """Start serving (requests pushed before wait until then)."""
@@ -118,7 +121,8 @@ class RequestGate:
         if self.failed is not None:
             raise self.failed
         bulk = is_bulk_write(request)
-        queue = self._bulk_waiting if bulk else self._waiting
+        small_write = request.method == WRITE_METHOD and not bulk
+        queue = self._small_writes if small_write else self._waiting
         if self._started and not queue and self._can_start(bulk):
             # served at once: nothing held, nothing to count. A small write (and a bulk one
             # while nothing else is in flight), with the outbox empty, runs its first part
@@ -153,7 +157,7 @@ class RequestGate:
                 )
             self._queued_writes += 1
             self._queued_bytes += size
-        queue.append((request, size))
+        queue.append((request, size, bulk))
         self._room.clear()
         self._pump()
 
@@ -198,10 +202,10 @@ class RequestGate:
         if not self._started or self.failed is not None:
             return
         while True:
-            if self._waiting and self._can_start(False):
-                (request, size), bulk = self._waiting.popleft(), False
-            elif self._bulk_waiting and self._can_start(True):
-                (request, size), bulk = self._bulk_waiting.popleft(), True
+            if self._small_writes and self._can_start(False):
+                request, size, bulk = self._small_writes.popleft()
+            elif self._waiting and self._can_start(self._waiting[0][2]):
+                request, size, bulk = self._waiting.popleft()
             else:
                 break
             if request.method == WRITE_METHOD:
@@ -211,10 +215,13 @@ class RequestGate:
         if not self.waiting:
             self._room.set()
         # still waiting with a slot free: held by the outbox or the budget
-        startable = self._waiting or (
-            self._bulk_waiting and self._bulk_in_flight < self.limits.max_bulk_writes_in_flight
+        head_may_start = bool(self._waiting) and (
+            not self._waiting[0][2]
+            or self._bulk_in_flight < self.limits.max_bulk_writes_in_flight
         )
-        blocked = bool(startable) and len(self._tasks) < self.limits.max_requests_in_flight
+        blocked = (bool(self._small_writes) or head_may_start) and len(
+            self._tasks
+        ) < self.limits.max_requests_in_flight
         if blocked and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(
                 self.limits.drain_timeout, self._drain_expired
@@ -258,7 +265,7 @@ class RequestGate:
         error = self.channel.error("over_limit", message, limit=limit)
         self.failed = error
         self._waiting.clear()
-        self._bulk_waiting.clear()
+        self._small_writes.clear()
         self._queued_writes = self._queued_bytes = 0
         self._room.set()
         return error
@@ -268,7 +275,7 @@ class RequestGate:
         if self.failed is None:
             self.failed = self.channel.error("peer_gone", f"{self.channel.label} is gone.")
         self._waiting.clear()
-        self._bulk_waiting.clear()
+        self._small_writes.clear()
         self._queued_writes = self._queued_bytes = 0
         self._room.set()
         if self._timer is not None:

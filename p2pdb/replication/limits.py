@@ -9,7 +9,7 @@ still be hostile or broken. These limits keep it from taking the process down:
   against ``max_queued_writes`` and ``max_queued_bytes`` (an RxDB fork sends all push
   batches of one local write at once: 500 for a bulk insert of 10,000 documents); at most
   ``max_bulk_writes_in_flight`` of them with more than ``SMALL_WRITE_ROWS`` rows are served
-  at once, small writes and pulls beside them (a live change does not wait behind a bulk);
+  at once, small writes going ahead of them (a live change does not wait behind a bulk);
 - **outbox bytes**: while more than ``max_outbox_bytes`` of answers and events wait to be
   sent to a peer, none of its requests is started; a peer whose outbox does not drain
   within ``drain_timeout`` seconds (it does not read) is dropped;

@@ -348,6 +348,37 @@ async def test_bulk_writes_take_turns_and_small_writes_go_ahead_of_them() -> Non
             assert gate.waiting == 0 and server.running == 1
 
 
+async def test_the_gate_counts_queued_writes_apart() -> None:
+    """Requests served at once are not counted; waiting writes are, by number and by their
+    params' JSON size (one past ``max_queued_bytes`` drops the peer), and apart from the
+    other requests (``max_queued_requests``)."""
+    row = [[{"new_document_state": {"id": "a", "text": "x" * 900}}]]
+    size = json_size(row)
+    limits = PeerLimits(max_requests_in_flight=2, max_queued_requests=2, max_queued_bytes=3 * size)
+    end, _other = pipe_pair()
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, limits)
+        async with server.gate as gate:
+            for i in range(5):  # 2 start, 3 wait: exactly the bound
+                gate.push(Request(f"w{i}", "masterWrite", row))
+            for request in requests(2):  # reads have a bound of their own
+                gate.push(request)
+            await asyncio.sleep(0)
+            assert (gate.in_flight, gate.waiting) == (2, 5)
+            with pytest.raises(PeerError) as caught:
+                gate.push(Request("one-more", "masterWrite", row))
+            assert caught.value.parameters["limit"] == "max_queued_bytes"
+    limits = PeerLimits(max_requests_in_flight=1, max_queued_writes=3)
+    async with RpcChannel(end, label="Peer x", token="t") as channel:
+        server = Server(channel, limits)
+        async with server.gate as gate:
+            for i in range(4):  # 1 starts, 3 wait
+                gate.push(Request(f"w{i}", "masterWrite", [[]]))
+            with pytest.raises(PeerError) as caught:
+                gate.push(Request("one-more", "masterWrite", [[]]))
+            assert caught.value.parameters["limit"] == "max_queued_writes"
+
+
 async def test_an_rxdb_push_burst_is_served_whole() -> None:
     """An RxDB fork sends every push batch of one bulk write at once: 500 ``masterWrite``
     requests of 20 rows of ~1 KB (a bulk insert of 10,000 documents) are all served with

@@ -5,6 +5,7 @@ delivery of events."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import tempfile
 import time
@@ -403,8 +404,6 @@ async def test_nothing_of_a_written_transaction_stays_alive_after_it(db_path: st
     """A bulk write's states and events are the caller's alone once it returned: the
     writer thread keeps nothing of its last transaction (aiosqlite's thread holds its last
     job's return value until the next job; ours returns nothing)."""
-    import gc
-
     db = await p2pdb.create_database(db_path)
     todos = await db.add_collection("todos", schema=TODO_SCHEMA)
     seen = asyncio.Event()

@@ -34,8 +34,9 @@ async def test_master_waits_for_an_rxdb_fork_after_its_bulk_push(stack: Stack) -
 async def test_an_rxdb_forks_push_burst_is_taken_whole(stack: Stack) -> None:
     """RxDB sends every push batch of one local write at once (``persistToMaster`` awaits
     them together): a bulk insert of 4,000 documents is 200 ``masterWrite``s of 20 in one
-    burst. The master serves them 8 at a time and keeps the peer (before session 8 the
-    64-request queue bound dropped it, and its push restarted from its checkpoint)."""
+    burst. The master serves them one at a time (bulk writes take turns) and keeps the peer
+    (before session 8 the 64-request queue bound dropped it, and its push restarted from its
+    checkpoint)."""
     py, rx = await connect_pair(stack, "p2pdb", p2pdb_master=True, p2pdb_initiator=True)
     pool = py.pool
     assert pool is not None

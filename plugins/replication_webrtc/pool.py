@@ -312,6 +312,11 @@ class ReplicationPool:
         self._errors.on_next(error)
 
     def _on_replication_error(self, error: Exception) -> None:
+        if isinstance(error, PeerError) and error.code == "WEBRTC_PEER_GONE":
+            # the peer left (told as a departure, not an error): on the native engine a send
+            # on a channel closed in its threads ends the link at once, but the request that
+            # failed can reach the replication before its session stops it (docs/webrtc.md)
+            return
         self._errors.on_next(error)
 
     def _spawn(self, coro: Awaitable[None]) -> None:

@@ -208,7 +208,9 @@ class PeerSession:
                         settings.collection, settings.options, self.peer, self.callbacks.report
                     ),
                 )
-                self._error_subscription = self.state.errors.subscribe(self._replication_error)
+                self._error_subscription = self.state.errors.subscribe(
+                    self.callbacks.replication_error
+                )
                 self.state.active.subscribe(lambda _active: self._changed())
                 if self._missed_stream:
                     self._stream.on_next(RESYNC)
@@ -221,16 +223,6 @@ class PeerSession:
             if refused:
                 await let_refusal_out(self.channel)
             await self.callbacks.disconnect(self.peer)
-
-    def _replication_error(self, error: Exception) -> None:
-        """Pass our replication's errors on, but not ``WEBRTC_PEER_GONE``: the peer left. A
-        send on a channel the native engine closed in its own threads ends the link at once,
-        but the request that failed can reach the replication before the session stops it
-        (seen in ``tests/interop/test_rxdb_pairs.py``, about one run in six); the pool
-        tells departures as peers, not as errors."""
-        if isinstance(error, PeerError) and error.code == "WEBRTC_PEER_GONE":
-            return
-        self.callbacks.replication_error(error)
 
     async def _check_valid(self) -> bool:
         self.peer = await self.handshake.authenticate(self.channel)  # the verified key
